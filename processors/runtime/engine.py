@@ -1,0 +1,533 @@
+"""The consume loop of one integration app.
+
+One ``Engine`` = one consumer group = one app.  The engine
+
+* polls in a dedicated thread (all consumer calls happen there, librdkafka consumers are not
+  thread-safe) while handlers run concurrently on the asyncio loop;
+* keeps each key's records in order (``Ordering.KEY``), or each partition's
+  (``Ordering.PARTITION``), or none (``Ordering.UNORDERED``);
+* bounds buffered work per partition and per app, and *pauses partitions* at the bound instead
+  of blocking the poll loop;
+* commits an offset only when it and every earlier offset of its partition finished and their
+  outputs were acknowledged by the broker;
+* on revocation drains the partitions' running work and commits it before giving them up; on
+  SIGTERM stops fetching, drains within a grace period, commits and closes.
+
+A handler failure never stops the engine: the processor's failure route (the app's DLQ today,
+retry tiers on top of it) receives the record and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, cast
+
+import confluent_kafka
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from processors.errors import BrokerError, ConfigError
+from processors.runtime.message import KafkaMessage, OutRecord
+from processors.runtime.producer import AsyncProducer
+from processors.runtime.tracker import PartitionState
+
+__all__ = ["Engine", "EngineSettings", "EngineStats", "Ordering", "Processor", "consumer_config"]
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class Ordering(StrEnum):
+    KEY = "key"
+    PARTITION = "partition"
+    UNORDERED = "unordered"
+
+
+class EngineSettings(BaseModel):
+    """How one app consumes.  Defaults suit an HTTP-bound integration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ordering: Ordering = Ordering.KEY
+    max_concurrency: int = Field(default=64, ge=1, le=10_000)
+    max_buffered_per_partition: int = Field(default=2_000, ge=1)
+    max_buffered: int = Field(default=10_000, ge=1)
+    commit_interval_ms: int = Field(default=500, ge=0)
+    poll_batch: int = Field(default=500, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(default=100, ge=1, le=10_000)
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+    output_retry_backoff_ms: int = Field(default=1_000, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EngineSettings:
+        if self.max_buffered < self.max_buffered_per_partition:
+            raise ValueError("max_buffered must be ≥ max_buffered_per_partition")
+        return self
+
+
+class Processor(Protocol):
+    """What an engine runs: decode, call out, and say what to produce.
+
+    ``process`` raises to signal failure; ``failure`` turns the failed record and the error
+    into the record(s) that park it (DLQ, retry tier).  Both are called on the event loop.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sources(self) -> Sequence[str]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]: ...
+    def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]: ...
+    async def on_assigned(self, partitions: Sequence[TP]) -> None: ...
+    async def on_revoked(self, partitions: Sequence[TP]) -> None: ...
+
+
+@dataclass
+class EngineStats:
+    processed: int = 0
+    failed: int = 0
+    outputs: int = 0
+    rebalances: int = 0
+    commits: int = 0
+    last_success_at: float | None = None
+    partitions: list[TP] = field(default_factory=list)
+
+
+def consumer_config(
+    bootstrap_servers: str, group_id: str, overrides: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": 45_000,
+        "max.poll.interval.ms": 300_000,
+        "enable.partition.eof": False,
+    }
+    for key, value in (overrides or {}).items():
+        if key.startswith(("consumer.", "client.")):
+            conf[key.split(".", 1)[1]] = value
+    return conf
+
+
+class Engine:
+    def __init__(
+        self,
+        processor: Processor,
+        *,
+        consumer_conf: Mapping[str, Any],
+        producer: AsyncProducer,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.processor = processor
+        self.settings = settings or EngineSettings()
+        self.group = str(consumer_conf["group.id"])
+        self.stats = EngineStats()
+        self._consumer_conf = dict(consumer_conf)
+        self._producer = producer
+        self._consumer: confluent_kafka.Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"poll-{processor.name}")
+        self._parts: dict[TP, PartitionState] = {}
+        self._lanes: dict[Hashable, deque[KafkaMessage]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(self.settings.max_concurrency)
+        self._buffered = 0
+        self._to_pause: set[TP] = set()
+        self._to_resume: set[TP] = set()
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._last_commit = 0.0
+        self._assigned_once = asyncio.Event()
+        self._revoke_grace_s = self.settings.shutdown_grace_s
+        self._lane_key: Callable[[KafkaMessage], Hashable] = {
+            Ordering.KEY: _key_lane,
+            Ordering.PARTITION: _partition_lane,
+            Ordering.UNORDERED: _offset_lane,
+        }[self.settings.ordering]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def assigned(self) -> list[TP]:
+        return sorted(self._parts)
+
+    async def wait_assigned(self) -> None:
+        """Return once the group gave this engine its first assignment."""
+        await self._assigned_once.wait()
+
+    def stop(self) -> None:
+        """Ask the engine to stop: no more fetching; ``run()`` drains, commits and returns."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; always drains, commits and closes on the way out."""
+        self._loop = asyncio.get_running_loop()
+        await self.processor.start()
+        try:
+            self._consumer = await self._loop.run_in_executor(self._executor, self._create_consumer)
+            await self._poll_loop()
+        finally:
+            await self._shutdown()
+
+    def _create_consumer(self) -> confluent_kafka.Consumer:
+        try:
+            consumer = confluent_kafka.Consumer(self._consumer_conf)
+            consumer.subscribe(
+                list(self.processor.sources),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"app {self.processor.name}: cannot create consumer: {exc}") from exc
+        return consumer
+
+    async def _poll_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        interval_s = self.settings.commit_interval_ms / 1000
+        while not self._stopping.is_set():
+            pause, resume = self._take_pause_changes()
+            commits: list[confluent_kafka.TopicPartition] = []
+            now = time.monotonic()
+            if now - self._last_commit >= interval_s:
+                commits = self._due_commits()
+                self._last_commit = now
+            msgs = await loop.run_in_executor(self._executor, self._poll_step, pause, resume, commits)
+            for msg in msgs:
+                self._dispatch(msg)
+
+    def _poll_step(
+        self,
+        pause: list[TP],
+        resume: list[TP],
+        commits: list[confluent_kafka.TopicPartition],
+    ) -> Sequence[KafkaMessage]:
+        """Runs on the poll thread: the only place consumer methods are called (with callbacks)."""
+        consumer = self._consumer
+        assert consumer is not None
+        if pause:
+            _pause_resume(consumer.pause, pause)
+        if resume:
+            _pause_resume(consumer.resume, resume)
+        if commits:
+            self._commit(consumer, commits, asynchronous=True)
+        msgs = consumer.consume(
+            num_messages=self.settings.poll_batch, timeout=self.settings.poll_timeout_ms / 1000
+        )
+        # confluent_kafka.Message satisfies KafkaMessage; its stub types headers more loosely.
+        return cast(Sequence[KafkaMessage], msgs)
+
+    def _commit(
+        self,
+        consumer: confluent_kafka.Consumer,
+        offsets: list[confluent_kafka.TopicPartition],
+        *,
+        asynchronous: bool,
+    ) -> None:
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except confluent_kafka.KafkaException as exc:
+            # Not fatal: the next commit carries a later offset; a lost one means re-processing,
+            # which idempotency keys make harmless.
+            log.warning("app %s: commit failed: %s", self.processor.name, exc)
+
+    def _due_commits(self) -> list[confluent_kafka.TopicPartition]:
+        due = []
+        for state in self._parts.values():
+            offset = state.commit_due()
+            if offset is not None:
+                due.append(confluent_kafka.TopicPartition(state.topic, state.partition, offset))
+                state.committed = offset
+        return due
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, msg: KafkaMessage) -> None:
+        err = msg.error() if hasattr(msg, "error") else None
+        if err is not None:
+            if err.fatal():
+                raise BrokerError(f"app {self.processor.name}: fatal consumer error: {err.str()}")
+            log.warning("app %s: consumer error: %s", self.processor.name, err.str())
+            return
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None
+        assert partition is not None
+        assert offset is not None
+        state = self._parts.get((topic, partition))
+        if state is None or state.revoked:
+            return  # fetched just before the partition went elsewhere: its new owner reads it
+        if not state.track(offset):
+            return  # fetched twice (a re-fetch after a consumer error): already in hand
+        self._buffered += 1
+        lane_key = self._lane_key(msg)
+        lane = self._lanes.get(lane_key)
+        if lane is None:
+            lane = deque((msg,))
+            self._lanes[lane_key] = lane
+            task = asyncio.create_task(self._run_lane(lane_key, lane, state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            lane.append(msg)
+        if state.unfinished >= self.settings.max_buffered_per_partition:
+            self._pause(state, "partition-buffer")
+        if self._buffered >= self.settings.max_buffered:
+            for other in self._parts.values():
+                self._pause(other, "app-buffer")
+
+    async def _run_lane(self, lane_key: Hashable, lane: deque[KafkaMessage], state: PartitionState) -> None:
+        try:
+            while lane and not self._halted(state):
+                msg = lane[0]
+                async with self._sem:
+                    if self._halted(state):  # revoked or stopping while waiting for a slot
+                        break
+                    state.started()
+                    try:
+                        await self._process_one(msg)
+                    finally:
+                        state.stopped()
+                lane.popleft()
+                offset = msg.offset()
+                assert offset is not None
+                state.finish(offset)
+                self._buffered -= 1
+                self._maybe_resume(state)
+        finally:
+            if self._lanes.get(lane_key) is lane:
+                del self._lanes[lane_key]
+
+    def _halted(self, state: PartitionState) -> bool:
+        return state.revoked or self._draining
+
+    async def _process_one(self, msg: KafkaMessage) -> None:
+        processor = self.processor
+        try:
+            outputs = await processor.process(msg)
+            self.stats.processed += 1
+            self.stats.last_success_at = time.time()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.failed += 1
+            log.warning(
+                "app %s: %s[%s]@%s failed: %s",
+                processor.name,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                type(exc).__name__,
+            )
+            outputs = processor.failure(msg, exc, group=self.group)
+        if outputs:
+            await self._send(outputs)
+
+    async def _send(self, outputs: Sequence[OutRecord]) -> None:
+        """Produce and await acknowledgement; a broker failure is retried, never skipped."""
+        records = list(outputs)
+        while True:
+            try:
+                await self._producer.send_all(records)
+                self.stats.outputs += len(records)
+                return
+            except BrokerError as exc:
+                log.error("app %s: output not acknowledged, retrying: %s", self.processor.name, exc)
+                await asyncio.sleep(self.settings.output_retry_backoff_ms / 1000)
+
+    # ------------------------------------------------------------------ pause / resume
+
+    def _pause(self, state: PartitionState, reason: str) -> None:
+        was_paused = state.paused
+        state.pause_reasons.add(reason)
+        if not was_paused:
+            self._to_resume.discard(state.tp)
+            self._to_pause.add(state.tp)
+
+    def _unpause(self, state: PartitionState, reason: str) -> None:
+        if reason not in state.pause_reasons:
+            return
+        state.pause_reasons.discard(reason)
+        if not state.paused:
+            self._to_pause.discard(state.tp)
+            self._to_resume.add(state.tp)
+
+    def pause_partitions(self, partitions: Sequence[TP], reason: str) -> None:
+        """Pause fetching for ``partitions`` until ``resume_partitions`` with the same reason."""
+        for tp in partitions:
+            state = self._parts.get(tp)
+            if state is not None:
+                self._pause(state, reason)
+
+    def resume_partitions(self, partitions: Sequence[TP], reason: str) -> None:
+        for tp in partitions:
+            state = self._parts.get(tp)
+            if state is not None:
+                self._unpause(state, reason)
+
+    def _maybe_resume(self, state: PartitionState) -> None:
+        if "partition-buffer" in state.pause_reasons and (
+            state.unfinished <= self.settings.max_buffered_per_partition // 2
+        ):
+            self._unpause(state, "partition-buffer")
+        if self._buffered <= self.settings.max_buffered // 2:
+            for other in self._parts.values():
+                if "app-buffer" in other.pause_reasons:
+                    self._unpause(other, "app-buffer")
+
+    def _take_pause_changes(self) -> tuple[list[TP], list[TP]]:
+        pause = [tp for tp in self._to_pause if tp in self._parts]
+        resume = [tp for tp in self._to_resume if tp in self._parts]
+        self._to_pause.clear()
+        self._to_resume.clear()
+        return pause, resume
+
+    # ------------------------------------------------------------------ rebalance (poll thread)
+
+    def _on_assign(self, _consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self._call_on_loop(self._assigned(tps))
+
+    def _on_revoke(self, consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        offsets = self._call_on_loop(self._revoked(tps, commit=True))
+        if offsets:
+            self._commit(consumer, offsets, asynchronous=False)
+
+    def _on_lost(self, _consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self._call_on_loop(self._revoked(tps, commit=False))
+
+    def _call_on_loop(self, coro: Awaitable[Any]) -> Any:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self._loop)
+        return future.result()
+
+    async def _assigned(self, tps: list[TP]) -> None:
+        self.stats.rebalances += 1
+        for tp in tps:
+            self._parts[tp] = PartitionState(*tp)
+        if tps:
+            log.info("app %s: assigned %s", self.processor.name, _fmt(tps))
+            # Stateful apps restore their store here, before any record of these partitions runs.
+            await self.processor.on_assigned(tps)
+        self.stats.partitions = self.assigned
+        self._assigned_once.set()
+
+    async def _revoked(self, tps: list[TP], *, commit: bool) -> list[confluent_kafka.TopicPartition]:
+        self.stats.rebalances += 1
+        states = [self._parts[tp] for tp in tps if tp in self._parts]
+        for state in states:
+            state.revoked = True
+        await self._wait_idle(states, self._revoke_grace_s)
+        offsets = []
+        for state in states:
+            self._buffered -= state.unfinished
+            del self._parts[state.tp]
+            offset = state.commit_due()
+            if commit and offset is not None:
+                offsets.append(confluent_kafka.TopicPartition(state.topic, state.partition, offset))
+                state.committed = offset
+        if tps:
+            log.info("app %s: %s %s", self.processor.name, "revoked" if commit else "lost", _fmt(tps))
+            await self.processor.on_revoked(tps)
+        self.stats.partitions = self.assigned
+        return offsets
+
+    async def _wait_idle(self, states: Sequence[PartitionState], timeout_s: float) -> bool:
+        busy = [s.idle.wait() for s in states if s.running]
+        if not busy:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*busy), timeout_s)
+        except TimeoutError:
+            log.error("app %s: in-flight work did not finish within %.1fs", self.processor.name, timeout_s)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _shutdown(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._draining = True
+        finished = await self._wait_idle(list(self._parts.values()), self.settings.shutdown_grace_s)
+        if not finished:
+            for task in list(self._tasks):
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer is not None:
+            commits = [
+                confluent_kafka.TopicPartition(s.topic, s.partition, off)
+                for s in self._parts.values()
+                if (off := s.commit_due()) is not None
+            ]
+            await loop.run_in_executor(self._executor, self._close_consumer, commits)
+        self._executor.shutdown(wait=False)
+        await self.processor.stop()
+        log.info(
+            "app %s: stopped (processed=%d failed=%d)",
+            self.processor.name,
+            self.stats.processed,
+            self.stats.failed,
+        )
+
+    def _close_consumer(self, commits: list[confluent_kafka.TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if commits:
+            self._commit(consumer, commits, asynchronous=False)
+        try:
+            consumer.close()
+        except (confluent_kafka.KafkaException, RuntimeError) as exc:
+            log.warning("app %s: consumer close: %s", self.processor.name, exc)
+        self._consumer = None
+
+
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _pause_resume(method: Callable[[list[confluent_kafka.TopicPartition]], None], tps: list[TP]) -> None:
+    try:
+        method([confluent_kafka.TopicPartition(t, p) for t, p in tps])
+    except confluent_kafka.KafkaException as exc:
+        log.warning("pause/resume of %s failed: %s", _fmt(tps), exc)
+
+
+def _key_lane(msg: KafkaMessage) -> Hashable:
+    key = msg.key()
+    if key is None:
+        return (msg.topic(), msg.partition(), msg.offset())
+    return (msg.topic(), msg.partition(), key)
+
+
+def _partition_lane(msg: KafkaMessage) -> Hashable:
+    return (msg.topic(), msg.partition())
+
+
+def _offset_lane(msg: KafkaMessage) -> Hashable:
+    return (msg.topic(), msg.partition(), msg.offset())
+
+
+def _fmt(tps: Sequence[TP]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))

@@ -1,0 +1,149 @@
+"""An asyncio face on ``confluent_kafka.Producer``.
+
+``send()`` returns once the broker acknowledged the record (acks=all, idempotent producer).
+A background thread serves librdkafka's delivery reports and resolves the awaiting futures on
+the event loop in batches, so the loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import confluent_kafka
+
+from processors.errors import BrokerError
+from processors.runtime.message import OutRecord
+
+__all__ = ["AsyncProducer", "producer_config"]
+
+log = logging.getLogger(__name__)
+
+
+def producer_config(bootstrap_servers: str, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        # Never give up on a record on our own: the runtime does not commit past it, and an
+        # operator sees the broker outage in health and logs.
+        "delivery.timeout.ms": 2_147_483_647,
+        "message.timeout.ms": 0,
+    }
+    for key, value in (overrides or {}).items():
+        if key.startswith(("producer.", "client.")):
+            conf[key.split(".", 1)[1]] = value
+    return conf
+
+
+class AsyncProducer:
+    """Produce records and await their acknowledgement.
+
+    Call ``start()`` before ``send()`` and ``stop()`` at the end (flushes what is queued).
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, poll_interval_s: float = 0.05) -> None:
+        self._config = dict(config)
+        self._poll_interval_s = poll_interval_s
+        self._producer: confluent_kafka.Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._reports: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]] = []
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._producer = confluent_kafka.Producer(self._config)
+        except confluent_kafka.KafkaException as exc:
+            raise BrokerError(f"cannot create producer: {exc}") from exc
+        self._running.set()
+        self._thread = threading.Thread(target=self._serve_reports, name="producer-reports", daemon=True)
+        self._thread.start()
+
+    @property
+    def raw(self) -> confluent_kafka.Producer:
+        if self._producer is None:
+            raise BrokerError("producer not started")
+        return self._producer
+
+    def _serve_reports(self) -> None:
+        producer = self.raw
+        while self._running.is_set():
+            producer.poll(self._poll_interval_s)
+            self._dispatch_reports()
+        producer.poll(0)
+        self._dispatch_reports()
+
+    def _dispatch_reports(self) -> None:
+        if not self._reports or self._loop is None:
+            return
+        batch, self._reports = self._reports, []
+        try:
+            self._loop.call_soon_threadsafe(_resolve, batch)
+        except RuntimeError:  # loop closed during shutdown
+            log.debug("event loop closed; %d delivery reports dropped", len(batch))
+
+    async def send(self, record: OutRecord) -> None:
+        """Produce ``record``; return when the broker acknowledged it, raise BrokerError if it failed."""
+        loop = self._loop
+        if loop is None:
+            raise BrokerError("producer not started")
+        future: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: confluent_kafka.KafkaError | None, _msg: object) -> None:
+            # Runs on the report thread, inside poll(): collected and resolved in batches.
+            self._reports.append((future, err))
+
+        headers: Any = record.headers or None
+        while True:
+            try:
+                self.raw.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                # Local queue full: wait for deliveries to drain it instead of failing.
+                await asyncio.sleep(self._poll_interval_s)
+            except confluent_kafka.KafkaException as exc:
+                raise BrokerError(f"produce to {record.topic} failed: {exc}") from exc
+        await future
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        if len(records) == 1:
+            await self.send(records[0])
+        elif records:
+            await asyncio.gather(*(self.send(r) for r in records))
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        if self._producer is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._running.clear()
+        if self._thread is not None:
+            await loop.run_in_executor(None, self._thread.join, 5.0)
+            self._thread = None
+        remaining = await loop.run_in_executor(None, self._producer.flush, timeout_s)
+        self._dispatch_reports()
+        if remaining:
+            log.error("producer stopped with %d records not acknowledged", remaining)
+        self._producer = None
+
+
+def _resolve(batch: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]]) -> None:
+    for future, err in batch:
+        if future.done():
+            continue
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(BrokerError(f"delivery failed: {err.str()}"))
