@@ -1,0 +1,192 @@
+"""Payment gateway adapter: ``POST /api/v1/payments`` with a Bearer token and an idempotency key.
+
+One call = one attempt.  Classification of the answer:
+
+======================  =====================================================
+200 ``COMPLETED``        ``PaymentOutcome`` (completed)
+202 ``PENDING``          ``PaymentOutcome`` (pending; confirmed later by webhook)
+402 ``DECLINED``         ``PaymentOutcome`` (declined) — a business result, not an error
+409                      ``Retriable``: the same key is still being processed
+429, 5xx                 ``Retriable`` (``Retry-After`` honoured)
+400, 401, 403, 404, 422  ``Permanent``
+unreadable 2xx body      ``Retriable``: the charge may have happened; the same key makes a retry safe
+======================  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from processors.adapters import jsonwire
+from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport, TimeoutSettings
+from processors.errors import Permanent, Retriable
+
+__all__ = [
+    "GatewayRejected",
+    "GatewaySettings",
+    "PaymentGateway",
+    "PaymentOutcome",
+    "PaymentRequest",
+    "retry_after_s",
+]
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = "http://127.0.0.1:8600"
+    token: SecretStr = SecretStr("sandbox-token")
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    policy_id: str
+    amount: Decimal
+    currency: str
+    payment_method: dict[str, Any]
+    idempotency_key: str
+    transaction_type: Literal["CHARGE", "REFUND"]
+    reference_id: str
+
+    def __repr__(self) -> str:  # the payment method holds a card token and an address
+        return (
+            f"PaymentRequest(policy_id={self.policy_id!r}, key={self.idempotency_key!r}, "
+            f"{self.amount} {self.currency})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentOutcome:
+    status: Literal["COMPLETED", "PENDING", "DECLINED"]
+    payment_id: str | None
+    gateway_reference: str | None
+    amount: Decimal | None
+    currency: str | None
+    processed_at: datetime | None
+    receipt_url: str | None = None
+    decline_code: str | None = None
+    decline_reason: str | None = None
+
+
+class GatewayRejected(Permanent):
+    """The gateway refused the request itself (validation, auth, key reused with other data)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PaymentGateway:
+    def __init__(self, settings: GatewaySettings, transport: HttpTransport) -> None:
+        self.settings = settings
+        self._transport = transport
+        self._url = settings.base_url.rstrip("/") + "/api/v1/payments"
+        self.endpoint = "payment-gateway"
+
+    async def submit(self, request: PaymentRequest) -> PaymentOutcome:
+        body = jsonwire.dumps(
+            {
+                "policy_id": request.policy_id,
+                "amount": request.amount,
+                "currency": request.currency,
+                "payment_method": request.payment_method,
+                "idempotency_key": request.idempotency_key,
+                "transaction_type": request.transaction_type,
+                "reference_id": request.reference_id,
+            }
+        )
+        http_request = HttpRequest(
+            method="POST",
+            url=self._url,
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "Authorization": f"Bearer {self.settings.token.get_secret_value()}",
+                "Idempotency-Key": request.idempotency_key,
+            },
+            body=body,
+        )
+        response = await self._transport.send(http_request, timeouts=self.settings.timeouts)
+        return parse_response(response)
+
+
+def parse_response(response: HttpResponse) -> PaymentOutcome:
+    status = response.status
+    if status in (200, 201, 202, 402):
+        try:
+            payload = jsonwire.loads(response.body)
+            return _outcome(payload, status)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Retriable(f"gateway answered {status} with an unreadable body") from exc
+    reason = _error_reason(response)
+    if status == 409:
+        raise Retriable(
+            f"gateway: request with this idempotency key still in progress ({reason})",
+            retry_after_s=retry_after_s(response),
+        )
+    if status == 429 or status >= 500:
+        raise Retriable(f"gateway answered {status} ({reason})", retry_after_s=retry_after_s(response))
+    raise GatewayRejected(f"gateway refused the request: {status} ({reason})", status=status)
+
+
+def _outcome(payload: dict[str, Any], http_status: int) -> PaymentOutcome:
+    gateway_status = str(payload["status"]).upper()
+    if http_status == 402 or gateway_status in ("DECLINED", "FAILED"):
+        status: Literal["COMPLETED", "PENDING", "DECLINED"] = "DECLINED"
+    elif http_status == 202 or gateway_status == "PENDING":
+        status = "PENDING"
+    elif gateway_status == "COMPLETED":
+        status = "COMPLETED"
+    else:
+        raise ValueError(f"unknown gateway status {gateway_status!r}")
+    amount = payload.get("amount")
+    return PaymentOutcome(
+        status=status,
+        payment_id=payload.get("payment_id"),
+        gateway_reference=payload.get("gateway_reference"),
+        amount=Decimal(str(amount)) if amount is not None else None,
+        currency=payload.get("currency"),
+        processed_at=_parse_time(payload.get("processed_at")),
+        receipt_url=payload.get("receipt_url"),
+        decline_code=payload.get("decline_code"),
+        decline_reason=payload.get("decline_reason"),
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _error_reason(response: HttpResponse) -> str:
+    try:
+        payload = jsonwire.loads(response.body)
+    except ValueError:
+        return "no readable body"
+    if isinstance(payload, dict):
+        code = payload.get("error")
+        message = payload.get("message")
+        return ": ".join(str(x) for x in (code, message) if x) or "no reason given"
+    return "no reason given"
+
+
+def retry_after_s(response: HttpResponse) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
+    value = response.header("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
