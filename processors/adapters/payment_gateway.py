@@ -89,6 +89,12 @@ class PaymentGateway:
         self._url = settings.base_url.rstrip("/") + "/api/v1/payments"
         self.endpoint = "payment-gateway"
 
+    async def start(self) -> None:
+        await self._transport.start()
+
+    async def close(self) -> None:
+        await self._transport.close()
+
     async def submit(self, request: PaymentRequest) -> PaymentOutcome:
         body = jsonwire.dumps(
             {

@@ -1,0 +1,136 @@
+"""``processors`` command line.
+
+::
+
+    processors run payments              run apps (each its own consumer group) until SIGTERM
+    processors demo                      broker + sandbox + payments + sample events, live
+    processors topics apply|check|list   make a cluster match topics.yaml
+    processors sandbox                   simulated external services
+    processors broker start|fetch        a Kafka broker for development
+    processors samples publish           publish sample events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from processors.errors import ConfigError, ProcessorsError
+
+__all__ = ["main"]
+
+log = logging.getLogger("processors")
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("PROCESSORS_LOG_LEVEL", "INFO"), logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from processors.runner import Runner
+    from processors.settings import load_settings
+
+    overrides: dict[str, object] = {}
+    if args.bootstrap_servers:
+        overrides["bootstrap_servers"] = args.bootstrap_servers
+    if args.topics_file:
+        overrides["topics_file"] = args.topics_file
+    settings = load_settings(**overrides)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = Runner(settings, args.apps)
+        await runner.run(stop, on_ready=lambda: log.info("running %s", ", ".join(runner.app_names)))
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from processors.demo import run_demo
+
+    return asyncio.run(run_demo(events=args.events, policies=args.policies, broker=args.broker))
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from processors.demo import publish_samples
+    from processors.settings import load_settings
+
+    settings = load_settings(**({"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {}))
+    sent = publish_samples(settings.bootstrap_servers, count=args.count, policies=args.policies, fmt=args.format)
+    print(f"published {sent} premium.due events to insurance.billing.events")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="processors", description="Insurance integration stream processors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run integration apps until SIGTERM/SIGINT")
+    run.add_argument("apps", nargs="+", help="apps to run (payments)")
+    run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
+    run.add_argument("--topics-file", help="default: ./topics.yaml")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="end-to-end demo on embedded defaults")
+    demo.add_argument("--events", type=int, default=300)
+    demo.add_argument("--policies", type=int, default=60)
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "external", "docker", "apache", "embedded"],
+        default="auto",
+        help="auto: $KAFKA_BOOTSTRAP_SERVERS if set, else the embedded broker",
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    samples = sub.add_parser("samples", help="sample events")
+    samples_sub = samples.add_subparsers(dest="samples_command", required=True)
+    publish = samples_sub.add_parser("publish", help="publish premium.due sample events")
+    publish.add_argument("--count", type=int, default=100)
+    publish.add_argument("--policies", type=int, default=20)
+    publish.add_argument("--format", choices=["avro", "json"], default="avro")
+    publish.add_argument("--bootstrap-servers")
+    publish.set_defaults(func=_cmd_samples)
+
+    from processors.devbroker.cli import register_cli as register_broker
+    from processors.sandbox.cli import register_cli as register_sandbox
+    from processors.topics.cli import register_cli as register_topics
+
+    register_topics(sub)
+    register_sandbox(sub)
+    register_broker(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ProcessorsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""``processors demo``: the whole path on embedded defaults, with a live view.
+
+A broker (``$KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded one), the topics of
+``topics.yaml``, the sandbox payment gateway, the payments app, a few hundred ``premium.due``
+events (some declined, some pending) plus four invalid messages; then every result and dead
+letter as it arrives, a summary, and exit 0 only if every event is accounted for and the
+gateway charged each idempotency key exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import confluent_kafka
+
+from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+from processors.runtime.failures import H
+from processors.runtime.message import header_value
+from processors.samples import premium_due_stream
+
+__all__ = ["POISON", "poison_records", "publish_events", "publish_samples", "run_demo"]
+
+BILLING = "insurance.billing.events"
+RESULTS = "integrations.payment.results"
+DLQ = "integrations.payments.dlq"
+
+_GREEN, _RED, _YELLOW, _DIM, _RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
+
+
+def _c(color: str, text: str) -> str:
+    return f"{color}{text}{_RESET}" if sys.stdout.isatty() else text
+
+
+def poison_records() -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """(key, value, headers) of four invalid inputs, one of each kind the contract refuses."""
+    valid = next(premium_due_stream(1, 1, seed=99))
+    good = json.loads(Codec(LocalSchemaIds()).encode(valid, ContentType.JSON)[0])
+    missing = dict(good)
+    missing["data"] = {k: v for k, v in good["data"].items() if k != "instalment_id"}
+    five_decimals = dict(good)
+    five_decimals["data"] = {**good["data"], "amount": "1185.12345"}
+    unknown = {**good, "event_type": "policy.teleported"}
+    json_h = [("content-type", b"application/json")]
+    key = valid.subject.encode()
+    return [
+        (b"POISON-GARBAGE", b"\x00\x00\xff\xfe not an event at all", []),
+        (key, json.dumps(unknown).encode(), json_h),
+        (key, json.dumps(missing).encode(), json_h),
+        (key, json.dumps(five_decimals).encode(), json_h),
+    ]
+
+
+POISON = 4
+
+
+def publish_events(
+    bootstrap: str, events: Iterable[Event], *, fmt: str = "avro", extra: Iterable[tuple[bytes, bytes, Any]] = ()
+) -> int:
+    codec = Codec(LocalSchemaIds())
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    content_type = ContentType.AVRO if fmt == "avro" else ContentType.JSON
+    count = 0
+    for event in events:
+        value, headers = codec.encode(event, content_type)
+        producer.produce(BILLING, key=event.subject.encode(), value=value, headers=headers)
+        producer.poll(0)
+        count += 1
+    for key, value, headers in extra:
+        producer.produce(BILLING, key=key, value=value, headers=headers or None)
+        count += 1
+    left = producer.flush(30)
+    if left:
+        raise RuntimeError(f"{left} events not acknowledged by the broker")
+    return count
+
+
+def publish_samples(bootstrap: str, *, count: int, policies: int, fmt: str = "avro") -> int:
+    return publish_events(bootstrap, premium_due_stream(count, policies), fmt=fmt)
+
+
+async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto") -> int:
+    from processors.devbroker import BrokerKind, provide_broker
+    from processors.runner import Runner
+    from processors.sandbox.gateway import GatewayConfig
+    from processors.sandbox.server import SandboxServer
+    from processors.settings import load_settings
+    from processors.topics.admin import apply
+    from processors.topics.catalogue import load_catalogue
+
+    t0 = time.monotonic()
+    if broker == "auto":
+        prefer = BrokerKind.EXTERNAL if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else BrokerKind.EMBEDDED
+    else:
+        prefer = BrokerKind(broker)
+    print(_c(_DIM, f"starting a {prefer.value} Kafka broker…"))
+    loop = asyncio.get_running_loop()
+    dev = provide_broker(prefer=prefer)
+    info = await loop.run_in_executor(None, dev.start)
+    try:
+        bootstrap = info.bootstrap_servers
+        print(f"broker      {info.kind.value} at {bootstrap}")
+        catalogue = load_catalogue()
+        changes = await loop.run_in_executor(
+            None, lambda: apply({"bootstrap.servers": bootstrap}, catalogue, replication_factor=1)
+        )
+        print(f"topics      {len(catalogue.topics)} in topics.yaml, {len(changes)} changes applied")
+        async with SandboxServer(gateway=GatewayConfig(latency_ms=10, seed=1)) as sandbox:
+            print(f"sandbox     payment gateway at {sandbox.url}")
+            overrides = {f"consumer.{k}": v for k, v in info.client_overrides().items()}
+            settings = load_settings(
+                bootstrap_servers=bootstrap,
+                client_overrides=overrides,
+                payments={"gateway": {"base_url": sandbox.url}},
+            )
+            stop = asyncio.Event()
+            runner = Runner(settings, ["payments"], catalogue=catalogue)
+            run_task = asyncio.create_task(runner.run(stop))
+            mix = {"ok": 0.85, "declined": 0.07, "expired": 0.03, "pending": 0.05}
+            sample = list(premium_due_stream(events, policies, seed=2024, token_mix=mix))
+            sent = await loop.run_in_executor(
+                None, lambda: publish_events(bootstrap, sample, extra=poison_records())
+            )
+            print(f"published   {sent} records to {BILLING} ({events} premium.due + {POISON} invalid)\n")
+            seen = await loop.run_in_executor(None, _watch, bootstrap, events, POISON, info.client_overrides())
+            stop.set()
+            await run_task
+            charges = sandbox.gateway.charges_by_key
+        ok = _summary(seen, sample, charges, time.monotonic() - t0)
+        return 0 if ok else 1
+    finally:
+        await loop.run_in_executor(None, dev.stop)
+
+
+def _watch(bootstrap: str, expected_results: int, expected_dlq: int, overrides: dict[str, str]) -> dict[str, Any]:
+    """Print results and dead letters as they arrive, until all are in or 180 s pass."""
+    codec = Codec(LocalSchemaIds())
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"demo-view-{os.getpid()}-{time.time_ns()}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        **overrides,
+    }
+    consumer = confluent_kafka.Consumer(conf)
+    consumer.subscribe([RESULTS, DLQ])
+    results: Counter[str] = Counter()
+    dead: list[tuple[str, str]] = []
+    events: list[Event] = []
+    deadline = time.monotonic() + 180
+    try:
+        while (sum(results.values()) < expected_results or len(dead) < expected_dlq) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.topic() == DLQ:
+                reason = header_value(msg.headers(), H.ERROR_MESSAGE) or "?"
+                cls = header_value(msg.headers(), H.ERROR_CLASS) or "?"
+                dead.append((cls, reason))
+                print(_c(_RED, f"  ✖ dead letter  {cls:<18} {reason}"))
+                continue
+            event = codec.decode(msg.value(), msg.headers())
+            events.append(event)
+            results[event.event_type] += 1
+            data: Any = event.data
+            amount = f"{data.amount:>10} {data.currency}"
+            if event.event_type == "payment.completed":
+                print(_c(_GREEN, f"  ✔ {event.subject}  {data.reference_id:<22} {amount}  {data.payment_id}"))
+            elif event.event_type == "payment.pending":
+                print(_c(_YELLOW, f"  … {event.subject}  {data.reference_id:<22} {amount}  pending confirmation"))
+            else:
+                print(_c(_RED, f"  ✖ {event.subject}  {data.reference_id:<22} {amount}  declined: {data.decline_code}"))
+    finally:
+        consumer.close()
+    return {"results": results, "dead": dead, "events": events}
+
+
+def _summary(seen: dict[str, Any], sample: list[Event], charges: dict[str, int], elapsed_s: float) -> bool:
+    results: Counter[str] = seen["results"]
+    dead: list[tuple[str, str]] = seen["dead"]
+    events: list[Event] = seen["events"]
+    by_source = {e.data.source_event_id for e in events}  # type: ignore[union-attr]
+    missing = [e for e in sample if e.event_id not in by_source]
+    over_charged = {k: n for k, n in charges.items() if n != 1}
+    charged = sum(
+        (e.data.amount for e in events if e.event_type == "payment.completed"),  # type: ignore[union-attr]
+        Decimal("0"),
+    )
+    print("\nsummary")
+    print(f"  premium.due published      {len(sample)}")
+    for kind in ("payment.completed", "payment.failed", "payment.pending"):
+        print(f"  {kind:<26} {results.get(kind, 0)}")
+    print(f"  dead letters               {len(dead)}")
+    print(f"  collected (completed)      {charged} USD")
+    print(f"  gateway charges            {sum(charges.values())} over {len(charges)} idempotency keys")
+    print(f"  events without a result    {len(missing)}")
+    print(f"  keys charged more than once {len(over_charged)}")
+    print(f"  elapsed                    {elapsed_s:.1f} s")
+    ok = not missing and not over_charged and len(dead) == POISON
+    print(_c(_GREEN, "\nall events accounted for") if ok else _c(_RED, "\nsomething is missing: see above"))
+    return ok

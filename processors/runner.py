@@ -1,0 +1,118 @@
+"""Build the apps named on the command line and run them, each in its own consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from confluent_kafka.admin import AdminClient
+
+from processors.adapters.http import AiohttpTransport
+from processors.adapters.payment_gateway import PaymentGateway
+from processors.apps.payments import PaymentsApp
+from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
+from processors.errors import ConfigError
+from processors.runtime.app import EventApp
+from processors.runtime.engine import Engine, consumer_config
+from processors.runtime.producer import AsyncProducer, producer_config
+from processors.settings import Settings
+from processors.topics.catalogue import Catalogue, load_catalogue
+
+__all__ = ["APP_NAMES", "Runner", "build_app", "make_codec"]
+
+log = logging.getLogger(__name__)
+
+APP_NAMES = ("payments",)
+
+
+def make_codec(settings: Settings) -> Codec:
+    if settings.schema_registry_url:
+        return Codec(SchemaRegistryClient(settings.schema_registry_url))
+    return Codec(LocalSchemaIds())
+
+
+def build_app(name: str, settings: Settings, catalogue: Catalogue, codec: Codec) -> EventApp:
+    topics = catalogue.app(name)
+    content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
+    if name == "payments":
+        transport = AiohttpTransport(max_connections=settings.engine.max_concurrency)
+        gateway = PaymentGateway(settings.payments.gateway, transport)
+        return PaymentsApp(
+            codec=codec,
+            gateway=gateway,
+            settings=settings.payments,
+            sources=topics.sources,
+            dlq_topic=topics.dlq,
+            output_content_type=content_type,
+        )
+    raise ConfigError(f"unknown app {name!r}; known: {', '.join(APP_NAMES)}")
+
+
+class Runner:
+    """Runs several apps in one process; each app is its own consumer group and producer."""
+
+    def __init__(self, settings: Settings, app_names: Sequence[str], *, catalogue: Catalogue | None = None) -> None:
+        if not app_names:
+            raise ConfigError("no app to run; known apps: " + ", ".join(APP_NAMES))
+        unknown = [n for n in app_names if n not in APP_NAMES]
+        if unknown:
+            raise ConfigError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(APP_NAMES)}")
+        self.settings = settings
+        self.app_names = list(dict.fromkeys(app_names))
+        self.catalogue = catalogue or load_catalogue(settings.topics_file)
+        self.engines: list[Engine] = []
+        self._producers: list[AsyncProducer] = []
+
+    async def check_topics(self) -> None:
+        """Refuse to start when a topic the apps read or write is missing."""
+        needed: set[str] = set()
+        for name in self.app_names:
+            topics = self.catalogue.app(name)
+            needed.update(topics.sources)
+            needed.add(topics.dlq)
+        needed.add(self.settings.payments.results_topic)
+        conf = {"bootstrap.servers": self.settings.bootstrap_servers}
+        admin = AdminClient(conf)
+        loop = asyncio.get_running_loop()
+        try:
+            metadata = await loop.run_in_executor(None, lambda: admin.list_topics(timeout=15))
+        except Exception as exc:
+            raise ConfigError(f"cannot reach Kafka at {self.settings.bootstrap_servers}: {exc}") from exc
+        missing = sorted(needed - set(metadata.topics))
+        if missing:
+            raise ConfigError(
+                f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first"
+            )
+
+    async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
+        await self.check_topics()
+        codec = make_codec(self.settings)
+        for name in self.app_names:
+            app = build_app(name, self.settings, self.catalogue, codec)
+            producer = AsyncProducer(producer_config(self.settings.bootstrap_servers, self.settings.client_overrides))
+            await producer.start()
+            self._producers.append(producer)
+            conf = consumer_config(
+                self.settings.bootstrap_servers, self.settings.group_prefix + name, self.settings.client_overrides
+            )
+            self.engines.append(Engine(app, consumer_conf=conf, producer=producer, settings=self.settings.engine))
+        tasks = [asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}") for engine in self.engines]
+        if on_ready is not None:
+            on_ready()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    log.error("engine %s failed", task.get_name(), exc_info=task.exception())
+        finally:
+            for engine in self.engines:
+                engine.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stopper.cancel()
+            for producer in self._producers:
+                await producer.stop()
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
