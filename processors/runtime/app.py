@@ -69,7 +69,7 @@ class EventApp:
         event = self.codec.decode(msg.value(), headers)
         key = msg.key()
         if key is None:
-            raise ValidationFailed(f"message key is missing; it must be the event subject ({event.event_type})")
+            raise ValidationFailed(f"message key is missing; it must be the subject ({event.event_type})")
         if key != event.subject.encode():
             raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
         if event.event_type not in self.handles:

@@ -34,10 +34,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors.errors import BrokerError, ConfigError
 from processors.runtime.message import KafkaMessage, OutRecord
-from processors.runtime.producer import AsyncProducer
 from processors.runtime.tracker import PartitionState
 
-__all__ = ["Engine", "EngineSettings", "EngineStats", "Ordering", "Processor", "consumer_config"]
+__all__ = [
+    "ConsumerFactory",
+    "Engine",
+    "EngineSettings",
+    "EngineStats",
+    "Ordering",
+    "OutputProducer",
+    "Processor",
+    "consumer_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,14 @@ class EngineSettings(BaseModel):
         if self.max_buffered < self.max_buffered_per_partition:
             raise ValueError("max_buffered must be ≥ max_buffered_per_partition")
         return self
+
+
+class OutputProducer(Protocol):
+    async def send_all(self, records: list[OutRecord]) -> None: ...
+
+
+ConsumerFactory = Callable[[dict[str, Any]], Any]
+"""Builds the consumer (``confluent_kafka.Consumer``; a fake in unit tests)."""
 
 
 class Processor(Protocol):
@@ -129,8 +145,9 @@ class Engine:
         processor: Processor,
         *,
         consumer_conf: Mapping[str, Any],
-        producer: AsyncProducer,
+        producer: OutputProducer,
         settings: EngineSettings | None = None,
+        consumer_factory: ConsumerFactory = confluent_kafka.Consumer,
     ) -> None:
         self.processor = processor
         self.settings = settings or EngineSettings()
@@ -138,6 +155,7 @@ class Engine:
         self.stats = EngineStats()
         self._consumer_conf = dict(consumer_conf)
         self._producer = producer
+        self._consumer_factory = consumer_factory
         self._consumer: confluent_kafka.Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"poll-{processor.name}")
@@ -185,7 +203,7 @@ class Engine:
 
     def _create_consumer(self) -> confluent_kafka.Consumer:
         try:
-            consumer = confluent_kafka.Consumer(self._consumer_conf)
+            consumer = self._consumer_factory(self._consumer_conf)
             consumer.subscribe(
                 list(self.processor.sources),
                 on_assign=self._on_assign,

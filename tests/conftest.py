@@ -1,0 +1,68 @@
+"""Shared fixtures.
+
+Integration tests get a real Kafka broker from ``processors.devbroker``: an external cluster
+(``KAFKA_BOOTSTRAP_SERVERS``), Docker, or Apache Kafka run from its Maven Central jars.  The
+embedded broker is refused unless ``PROCESSORS_TEST_ALLOW_EMBEDDED=1``: it does not honour
+transaction aborts, and a suite that silently fell back to it would hide bugs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[object]:
+    from processors.devbroker import BrokerKind, provide_broker
+
+    allow = [BrokerKind.EXTERNAL, BrokerKind.DOCKER, BrokerKind.APACHE]
+    if os.environ.get("PROCESSORS_TEST_ALLOW_EMBEDDED") == "1":
+        allow.append(BrokerKind.EMBEDDED)
+    broker = provide_broker(allow=allow)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: object) -> str:
+    return str(kafka_broker.info.bootstrap_servers)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[[], tuple[Path, str]]:
+    """A copy of topics.yaml whose every topic name carries a unique prefix, applied to the broker.
+
+    Returns (topics file, prefix); the prefix is also a good consumer-group prefix.
+    """
+
+    def make() -> tuple[Path, str]:
+        from processors.topics.admin import apply
+        from processors.topics.catalogue import load_catalogue
+
+        prefix = f"t{uuid.uuid4().hex[:10]}."
+        text = (ROOT / "topics.yaml").read_text()
+        text = re.sub(r"(?<![\w.])(insurance|integrations|reinsurance|regulatory)\.", prefix + r"\1.", text)
+        path = tmp_path / f"{prefix}topics.yaml"
+        path.write_text(text)
+        catalogue = load_catalogue(path)
+        apply({"bootstrap.servers": kafka_bootstrap}, catalogue, replication_factor=1)
+        return path, prefix
+
+    return make

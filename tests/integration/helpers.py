@@ -1,0 +1,114 @@
+"""Helpers for integration tests: publish, collect, run the processor as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+
+CODEC = Codec(LocalSchemaIds())
+
+
+def publish(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[Event],
+    *,
+    fmt: ContentType = ContentType.AVRO,
+    raw: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = (),
+) -> int:
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    count = 0
+    for event in events:
+        value, headers = CODEC.encode(event, fmt)
+        producer.produce(topic, key=event.subject.encode(), value=value, headers=headers)
+        producer.poll(0)
+        count += 1
+    for key, value, headers in raw:
+        producer.produce(topic, key=key, value=value, headers=headers or None)
+        count += 1
+    assert producer.flush(30) == 0
+    return count
+
+
+class Collector:
+    """Reads topics from the beginning in a background thread; tests await conditions on it."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.records: list[confluent_kafka.Message] = []
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"collector-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self._consumer.subscribe(topics)
+
+    def poll(self, timeout_s: float = 0.2) -> None:
+        for msg in self._consumer.consume(500, timeout_s):
+            if msg.error() is None:
+                self.records.append(msg)
+
+    async def wait_for(
+        self, condition: Callable[[list[confluent_kafka.Message]], bool], *, timeout_s: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout_s
+        while not condition(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"condition not met within {timeout_s}s ({len(self.records)} records seen)"
+                )
+            await loop.run_in_executor(None, self.poll)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def on(self, topic: str) -> list[confluent_kafka.Message]:
+        return [m for m in self.records if m.topic() == topic]
+
+
+def decode(msg: confluent_kafka.Message) -> Event:
+    return CODEC.decode(msg.value(), msg.headers())
+
+
+def header(msg: confluent_kafka.Message, name: str) -> str | None:
+    for key, value in msg.headers() or []:
+        if key == name and value is not None:
+            return bytes(value).decode()
+    return None
+
+
+def start_processor(env: Mapping[str, str], *args: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """``processors run ...`` as a real child process with its own environment."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("ab")
+    return subprocess.Popen(  # the command is fixed, not user input
+        [sys.executable, "-m", "processors.cli", *args],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def sandbox_env(prefix: str, topics_file: Path, bootstrap: str, gateway_url: str) -> dict[str, Any]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PROCESSORS_TOPICS_FILE": str(topics_file),
+        "PROCESSORS_GROUP_PREFIX": prefix,
+        "PROCESSORS_PAYMENTS__RESULTS_TOPIC": f"{prefix}integrations.payment.results",
+        "PROCESSORS_PAYMENTS__GATEWAY__BASE_URL": gateway_url,
+    }

@@ -1,0 +1,159 @@
+"""The payments slice end to end against a real broker, a real sandbox gateway and a real process."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from processors.contract import ContentType
+from processors.runtime.failures import H
+from processors.samples import CARD_TOKENS, premium_due, premium_due_stream
+from processors.sandbox.gateway import GatewayConfig
+from processors.sandbox.server import SandboxServer
+from tests.integration.helpers import Collector, decode, header, publish, sandbox_env, start_processor
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def _instalment_number(reference_id: str) -> int:
+    return int(reference_id.rsplit("-I", 1)[1])
+
+
+async def test_sigkill_mid_run_loses_nothing_reorders_nothing_and_charges_once(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    events = list(premium_due_stream(2_000, 200, seed=11))
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=3, seed=3)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        publish(kafka_bootstrap, billing, events)
+        collector = Collector(kafka_bootstrap, [results])
+        log_path = tmp_path / "processor.log"
+        try:
+            first = start_processor(env, "run", "payments", log_path=log_path)
+            try:
+                await collector.wait_for(lambda r: len(r) >= 400, timeout_s=120)
+            finally:
+                first.send_signal(signal.SIGKILL)
+                first.wait(30)
+            assert first.returncode == -signal.SIGKILL
+            killed_at = len({decode(m).data.source_event_id for m in collector.records})  # type: ignore[union-attr]
+            assert killed_at < len(events), "the processor finished before it was killed; nothing was tested"
+
+            second = start_processor(env, "run", "payments", log_path=log_path)
+            try:
+                want = {e.event_id for e in events}
+
+                def all_in(records: list[object]) -> bool:
+                    got = {decode(m).data.source_event_id for m in collector.records}  # type: ignore[union-attr]
+                    return want <= got
+
+                await collector.wait_for(all_in, timeout_s=240)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(60)
+            assert second.returncode == 0, log_path.read_text()[-3000:]
+        finally:
+            collector.close()
+
+        by_policy: dict[str, list[int]] = defaultdict(list)
+        first_seen: set[object] = set()
+        for msg in collector.records:
+            event = decode(msg)
+            assert msg.key() == event.subject.encode()
+            data = event.data
+            if data.source_event_id in first_seen:  # type: ignore[union-attr]
+                continue  # a re-processed event after the kill: same result, same key
+            first_seen.add(data.source_event_id)  # type: ignore[union-attr]
+            by_policy[event.subject].append(_instalment_number(data.reference_id))  # type: ignore[union-attr]
+        assert len(first_seen) == 2_000
+        assert len(by_policy) == 200
+        for policy, instalments in by_policy.items():
+            assert instalments == sorted(instalments), f"{policy} results out of order: {instalments}"
+            assert instalments == list(range(1, 11))
+
+        charges = sandbox.gateway.charges_by_key
+        assert len(charges) == 2_000
+        assert set(charges.values()) == {1}
+
+
+async def test_poison_input_goes_to_the_dlq_with_a_reason_and_processing_continues(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    dlq = f"{prefix}integrations.payments.dlq"
+
+    valid = premium_due(1, 1)
+    good = json.loads(publish_json(valid))
+    missing = {**good, "data": {k: v for k, v in good["data"].items() if k != "instalment_id"}}
+    five_decimals = {**good, "data": {**good["data"], "amount": "1185.12345"}}
+    unknown = {**good, "event_type": "policy.teleported"}
+    json_h = [("content-type", b"application/json")]
+    key = valid.subject.encode()
+    poison = [
+        (b"POL-GARBAGE", b"\x00\x00\x00\x03\xe9\xff\xfe garbage", []),
+        (key, json.dumps(unknown).encode(), json_h),
+        (key, json.dumps(missing).encode(), json_h),
+        (key, json.dumps(five_decimals).encode(), json_h),
+    ]
+    after = [premium_due(2, i, token=CARD_TOKENS["ok"]) for i in range(1, 4)]
+    declined = premium_due(3, 1, token=CARD_TOKENS["declined"], amount=Decimal("99.99"))
+
+    async with SandboxServer(gateway=GatewayConfig(seed=5)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        publish(kafka_bootstrap, billing, [], raw=poison)
+        publish(kafka_bootstrap, billing, [*after, declined], fmt=ContentType.JSON)
+        collector = Collector(kafka_bootstrap, [results, dlq])
+        proc = start_processor(env, "run", "payments", log_path=tmp_path / "p.log")
+        try:
+            await collector.wait_for(
+                lambda r: len(collector.on(dlq)) >= 4 and len(collector.on(results)) >= 4, timeout_s=120
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            collector.close()
+        assert proc.returncode == 0
+
+    dead = collector.on(dlq)
+    assert len(dead) == 4
+    reasons = [(header(m, H.ERROR_CLASS), header(m, H.ERROR_MESSAGE) or "") for m in dead]
+    assert reasons[0][0] == "DecodeError"
+    assert reasons[1][0] == "UnknownEventType"
+    assert "policy.teleported" in reasons[1][1]
+    assert reasons[2][0] == "ValidationFailed"
+    assert "instalment_id" in reasons[2][1]
+    assert reasons[3][0] == "ValidationFailed"
+    assert "5 decimal places" in reasons[3][1]
+    for msg in dead:
+        assert header(msg, H.ORIGINAL_TOPIC) == billing
+        assert header(msg, H.APP) == "payments"
+        assert header(msg, H.GROUP) == f"{prefix}payments"
+        assert header(msg, H.ORIGINAL_OFFSET) is not None
+    assert [m.value() for m in dead] == [p[1] for p in poison]  # the original bytes, untouched
+
+    outcomes = {decode(m).data.reference_id: decode(m).event_type for m in collector.on(results)}  # type: ignore[union-attr]
+    assert outcomes == {
+        "POL-2024-000002-I001": "payment.completed",
+        "POL-2024-000002-I002": "payment.completed",
+        "POL-2024-000002-I003": "payment.completed",
+        "POL-2024-000003-I001": "payment.failed",
+    }
+    failed = next(decode(m) for m in collector.on(results) if decode(m).event_type == "payment.failed")
+    assert failed.data.decline_code == "insufficient_funds"  # type: ignore[union-attr]
+
+
+def publish_json(event: object) -> bytes:
+    from tests.integration.helpers import CODEC
+
+    return CODEC.encode(event, ContentType.JSON)[0]  # type: ignore[arg-type]

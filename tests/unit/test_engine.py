@@ -1,0 +1,271 @@
+"""The consume engine with a fake consumer behind its factory seam and a fake producer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from processors.runtime.engine import Engine, EngineSettings, Ordering
+from processors.runtime.message import KafkaMessage, OutRecord, StaticMessage
+
+TOPIC = "in"
+
+
+class FakeConsumer:
+    """Hands out preloaded records of unpaused partitions; records pauses and commits."""
+
+    def __init__(self, messages: Sequence[StaticMessage], partitions: Sequence[int]) -> None:
+        self.pending: deque[StaticMessage] = deque(messages)
+        self.partitions = [TopicPartition(TOPIC, p) for p in partitions]
+        self.paused: set[int] = set()
+        self.pause_log: list[tuple[str, int]] = []
+        self.commits: list[tuple[int, int]] = []
+        self.closed = False
+        self._assigned = False
+        self._lock = threading.Lock()
+        self.callbacks: dict[str, Any] = {}
+
+    def __call__(self, _conf: dict[str, Any]) -> FakeConsumer:
+        return self
+
+    def subscribe(self, _topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[StaticMessage]:
+        if not self._assigned:
+            self._assigned = True
+            self.callbacks["on_assign"](self, self.partitions)
+            return []
+        out: list[StaticMessage] = []
+        skipped: deque[StaticMessage] = deque()
+        while self.pending and len(out) < num_messages:
+            msg = self.pending.popleft()
+            (skipped if msg.partition() in self.paused else out).append(msg)
+        self.pending = skipped + self.pending
+        if not out:
+            threading.Event().wait(timeout / 10)  # a real consume blocks up to its timeout
+        return out
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.paused.add(tp.partition)
+            self.pause_log.append(("pause", tp.partition))
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.paused.discard(tp.partition)
+            self.pause_log.append(("resume", tp.partition))
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        with self._lock:
+            self.commits.extend((tp.partition, tp.offset) for tp in offsets)
+
+    def close(self) -> None:
+        self.callbacks["on_revoke"](self, self.partitions)
+        self.closed = True
+
+    def last_commit(self, partition: int) -> int | None:
+        found = [off for p, off in self.commits if p == partition]
+        return found[-1] if found else None
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[OutRecord] = []
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        self.sent.extend(records)
+
+
+class ScriptedProcessor:
+    """Processes by calling ``behaviour(msg)``; records the order records were started and ended."""
+
+    name = "test"
+    sources = (TOPIC,)
+
+    def __init__(self, behaviour: Any = None) -> None:
+        self.started: list[tuple[bytes | None, int]] = []
+        self.ended: list[tuple[bytes | None, int]] = []
+        self.behaviour = behaviour
+        self.assigned: list[tuple[str, int]] = []
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def on_assigned(self, partitions: Sequence[tuple[str, int]]) -> None:
+        self.assigned.extend(partitions)
+
+    async def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None: ...
+
+    async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
+        ident = (msg.key(), msg.offset() or 0)
+        self.started.append(ident)
+        if self.behaviour is not None:
+            await self.behaviour(msg)
+        self.ended.append(ident)
+        return [OutRecord("out", msg.key(), msg.value())]
+
+    def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
+        return [OutRecord("dlq", msg.key(), msg.value(), [("x-error-class", type(exc).__name__.encode())])]
+
+
+def _msg(partition: int, offset: int, key: str) -> StaticMessage:
+    return StaticMessage(TOPIC, partition, offset, key.encode(), f"{key}@{offset}".encode())
+
+
+def _engine(
+    processor: ScriptedProcessor, consumer: FakeConsumer, producer: FakeProducer, **settings: Any
+) -> Engine:
+    return Engine(
+        processor,  # type: ignore[arg-type]
+        consumer_conf={"group.id": "g"},
+        producer=producer,
+        settings=EngineSettings(commit_interval_ms=0, **settings),
+        consumer_factory=consumer,
+    )
+
+
+async def _run_until(engine: Engine, condition: Any) -> None:
+    task = asyncio.create_task(engine.run())
+    try:
+        async with asyncio.timeout(20):
+            while not condition():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.005)
+    finally:
+        engine.stop()
+        await task
+
+
+async def test_one_keys_records_run_in_order_while_other_keys_run_concurrently() -> None:
+    b_started = asyncio.Event()
+
+    async def behaviour(msg: KafkaMessage) -> None:
+        if msg.key() == b"B":
+            b_started.set()
+        if msg.key() == b"A" and msg.offset() == 0:
+            # A's first record cannot finish until B's record started: only concurrency gets here.
+            await b_started.wait()
+
+    msgs = [_msg(0, 0, "A"), _msg(0, 1, "A"), _msg(0, 2, "B"), _msg(0, 3, "A")]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer)
+    await _run_until(engine, lambda: len(producer.sent) == 4)
+
+    a_order = [off for key, off in proc.started if key == b"A"]
+    assert a_order == [0, 1, 3]
+    assert proc.ended[0] == (b"B", 2)  # B ran to completion while A0 was still running
+    assert consumer.last_commit(0) == 4
+    assert consumer.closed
+
+
+async def test_partition_ordering_runs_one_record_at_a_time() -> None:
+    running = 0
+    peak = 0
+
+    async def behaviour(_msg: KafkaMessage) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        running -= 1
+
+    msgs = [_msg(0, i, k) for i, k in enumerate("ABCDEF")]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor(behaviour)
+    await _run_until(
+        _engine(proc, consumer, producer, ordering=Ordering.PARTITION), lambda: len(producer.sent) == 6
+    )
+    assert peak == 1
+    assert [off for _, off in proc.started] == list(range(6))
+
+
+async def test_commit_never_passes_an_unfinished_earlier_offset() -> None:
+    release = asyncio.Event()
+
+    async def behaviour(msg: KafkaMessage) -> None:
+        if msg.offset() == 0:
+            await release.wait()
+
+    msgs = [_msg(0, i, f"K{i}") for i in range(5)]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer)
+    task = asyncio.create_task(engine.run())
+    async with asyncio.timeout(20):
+        while len(producer.sent) < 4:
+            await asyncio.sleep(0.005)
+        # Offsets 1..4 are done; 0 is not: nothing may be committed yet.
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert consumer.last_commit(0) is None
+        release.set()
+        while consumer.last_commit(0) != 5:
+            await asyncio.sleep(0.005)
+    engine.stop()
+    await task
+
+
+async def test_a_partition_is_paused_at_its_bound_and_resumed_when_it_drains() -> None:
+    release = asyncio.Event()
+
+    async def behaviour(_msg: KafkaMessage) -> None:
+        await release.wait()
+
+    msgs = [_msg(0, i, f"K{i}") for i in range(10)] + [_msg(1, i, f"L{i}") for i in range(3)]
+    consumer, producer, proc = FakeConsumer(msgs, [0, 1]), FakeProducer(), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer, max_buffered_per_partition=4, max_buffered=100, poll_batch=1)
+    task = asyncio.create_task(engine.run())
+    async with asyncio.timeout(20):
+        while ("pause", 0) not in consumer.pause_log or len(proc.started) < 7:
+            await asyncio.sleep(0.005)
+        # Partition 0 stopped at its bound; partition 1 kept flowing.
+        assert ("pause", 1) not in consumer.pause_log
+        assert sum(1 for k, _ in proc.started if k and k.startswith(b"K")) == 4
+        assert sum(1 for k, _ in proc.started if k and k.startswith(b"L")) == 3
+        release.set()
+        while len(producer.sent) < 13:
+            await asyncio.sleep(0.005)
+    engine.stop()
+    await task
+    assert ("resume", 0) in consumer.pause_log
+    assert consumer.last_commit(0) == 10
+    assert consumer.last_commit(1) == 3
+
+
+async def test_a_failing_record_is_routed_by_the_processor_and_the_rest_continue() -> None:
+    async def behaviour(msg: KafkaMessage) -> None:
+        if msg.offset() == 1:
+            raise ValueError("boom")
+
+    msgs = [_msg(0, i, "A") for i in range(3)]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer)
+    await _run_until(engine, lambda: len(producer.sent) == 3)
+    assert [r.topic for r in producer.sent] == ["out", "dlq", "out"]
+    assert producer.sent[1].headers == [("x-error-class", b"ValueError")]
+    assert engine.stats.failed == 1
+    assert consumer.last_commit(0) == 3
+
+
+async def test_partitions_are_announced_to_the_app_before_their_records_run() -> None:
+    seen_assigned: list[list[tuple[str, int]]] = []
+    proc = ScriptedProcessor()
+
+    async def behaviour(_msg: KafkaMessage) -> None:
+        seen_assigned.append(list(proc.assigned))
+
+    proc.behaviour = behaviour
+    consumer, producer = FakeConsumer([_msg(0, 0, "A")], [0]), FakeProducer()
+    await _run_until(_engine(proc, consumer, producer), lambda: len(producer.sent) == 1)
+    assert seen_assigned == [[(TOPIC, 0)]]
+
+
+def test_settings_refuse_an_app_bound_below_the_partition_bound() -> None:
+    with pytest.raises(ValueError, match="max_buffered"):
+        EngineSettings(max_buffered=10, max_buffered_per_partition=20)
