@@ -27,6 +27,7 @@ class FakeConsumer:
         self.pause_log: list[tuple[str, int]] = []
         self.commits: list[tuple[int, int]] = []
         self.closed = False
+        self.consume_calls = 0
         self._assigned = False
         self._lock = threading.Lock()
         self.callbacks: dict[str, Any] = {}
@@ -38,6 +39,7 @@ class FakeConsumer:
         self.callbacks = callbacks
 
     def consume(self, num_messages: int, timeout: float) -> list[StaticMessage]:
+        self.consume_calls += 1
         if not self._assigned:
             self._assigned = True
             self.callbacks["on_assign"](self, self.partitions)
@@ -131,14 +133,19 @@ def _engine(
     )
 
 
+async def eventually(condition: Any, timeout_s: float = 20) -> None:
+    """Await a condition the engine's progress makes true (polled; fails after ``timeout_s``)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 async def _run_until(engine: Engine, condition: Any) -> None:
     task = asyncio.create_task(engine.run())
     try:
-        async with asyncio.timeout(20):
-            while not condition():
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.005)
+        await eventually(lambda: condition() or task.done())
+        if task.done():
+            task.result()
     finally:
         engine.stop()
         await task
@@ -197,16 +204,14 @@ async def test_commit_never_passes_an_unfinished_earlier_offset() -> None:
     consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor(behaviour)
     engine = _engine(proc, consumer, producer)
     task = asyncio.create_task(engine.run())
-    async with asyncio.timeout(20):
-        while len(producer.sent) < 4:
-            await asyncio.sleep(0.005)
-        # Offsets 1..4 are done; 0 is not: nothing may be committed yet.
-        for _ in range(5):
-            await asyncio.sleep(0.01)
-        assert consumer.last_commit(0) is None
-        release.set()
-        while consumer.last_commit(0) != 5:
-            await asyncio.sleep(0.005)
+    await eventually(lambda: len(producer.sent) == 4)
+    # Offsets 1..4 are done, 0 is not. Let the loop run several poll steps (each one commits
+    # what is due, commit_interval_ms=0): still nothing may be committed.
+    steps = consumer.consume_calls
+    await eventually(lambda: consumer.consume_calls >= steps + 3)
+    assert consumer.last_commit(0) is None
+    release.set()
+    await eventually(lambda: consumer.last_commit(0) == 5)
     engine.stop()
     await task
 
@@ -221,16 +226,15 @@ async def test_a_partition_is_paused_at_its_bound_and_resumed_when_it_drains() -
     consumer, producer, proc = FakeConsumer(msgs, [0, 1]), FakeProducer(), ScriptedProcessor(behaviour)
     engine = _engine(proc, consumer, producer, max_buffered_per_partition=4, max_buffered=100, poll_batch=1)
     task = asyncio.create_task(engine.run())
-    async with asyncio.timeout(20):
-        while ("pause", 0) not in consumer.pause_log or len(proc.started) < 7:
-            await asyncio.sleep(0.005)
-        # Partition 0 stopped at its bound; partition 1 kept flowing.
-        assert ("pause", 1) not in consumer.pause_log
-        assert sum(1 for k, _ in proc.started if k and k.startswith(b"K")) == 4
-        assert sum(1 for k, _ in proc.started if k and k.startswith(b"L")) == 3
-        release.set()
-        while len(producer.sent) < 13:
-            await asyncio.sleep(0.005)
+    await eventually(lambda: ("pause", 0) in consumer.pause_log and len(proc.started) == 7)
+    steps = consumer.consume_calls
+    await eventually(lambda: consumer.consume_calls >= steps + 3)
+    # Partition 0 stopped at its bound; partition 1 kept flowing.
+    assert ("pause", 1) not in consumer.pause_log
+    assert sum(1 for k, _ in proc.started if k and k.startswith(b"K")) == 4
+    assert sum(1 for k, _ in proc.started if k and k.startswith(b"L")) == 3
+    release.set()
+    await eventually(lambda: len(producer.sent) == 13)
     engine.stop()
     await task
     assert ("resume", 0) in consumer.pause_log

@@ -26,8 +26,11 @@ def _resp(status: int, body: bytes, **headers: str) -> HttpResponse:
 
 def test_completed_pending_and_declined_are_outcomes() -> None:
     done = parse_response(
-        _resp(200, b'{"payment_id":"PMT-1","status":"COMPLETED","gateway_reference":"ch_1","amount":10.00,'
-              b'"currency":"USD","processed_at":"2024-01-15T10:30:00Z"}')
+        _resp(
+            200,
+            b'{"payment_id":"PMT-1","status":"COMPLETED","gateway_reference":"ch_1","amount":10.00,'
+            b'"currency":"USD","processed_at":"2024-01-15T10:30:00Z"}',
+        )
     )
     assert done.status == "COMPLETED"
     assert done.amount == Decimal("10.00")
