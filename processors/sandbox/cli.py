@@ -1,0 +1,102 @@
+"""``processors sandbox``: serve the simulated external services until SIGINT/SIGTERM.
+
+The gateway token comes from ``--token``, else ``$SANDBOX_GATEWAY_TOKEN``, else ``sandbox-token``
+(prefer the environment: command lines are visible to other users of the machine).  Every knob
+can be changed later through ``PUT /_sandbox/gateway/config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from processors.errors import ConfigError
+from processors.sandbox.gateway import DEFAULT_TOKEN, GatewayConfig
+from processors.sandbox.server import run_sandbox_forever
+
+__all__ = ["TOKEN_ENV", "gateway_config_from_args", "register_cli", "run_sandbox_command"]
+
+TOKEN_ENV = "SANDBOX_GATEWAY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "sandbox",
+        help="run the simulated external services (payment gateway) with fault injection",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8600, help="TCP port, 0 for any free one (default: %(default)s)"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="latency added to each new payment")
+    parser.add_argument(
+        "--latency-jitter-ms", type=float, default=0.0, help="extra random latency, 0 to this"
+    )
+    parser.add_argument("--error-rate", type=float, default=0.0, help="probability of 503 before charging")
+    parser.add_argument(
+        "--error-after-charge-rate",
+        type=float,
+        default=0.0,
+        help="probability of charging, then answering 500",
+    )
+    parser.add_argument("--outage", action="store_true", help="answer every payment with 503")
+    parser.add_argument("--rate-limit-per-s", type=float, default=None, help="answer 429 above this rate")
+    parser.add_argument(
+        "--token", default=None, help=f"Bearer token to accept (default: ${TOKEN_ENV} or {DEFAULT_TOKEN})"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible random choices")
+    parser.add_argument("--access-log", action="store_true", help="log one line per request (never bodies)")
+    parser.set_defaults(func=run_sandbox_command)
+
+
+def gateway_config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway knobs from parsed arguments; :class:`ConfigError` when a value is out of range."""
+    values: dict[str, Any] = {
+        "latency_ms": args.latency_ms,
+        "latency_jitter_ms": args.latency_jitter_ms,
+        "error_rate": args.error_rate,
+        "error_after_charge_rate": args.error_after_charge_rate,
+        "outage": args.outage,
+        "rate_limit_per_s": args.rate_limit_per_s,
+        "token": args.token or os.environ.get(TOKEN_ENV) or DEFAULT_TOKEN,
+        "seed": args.seed,
+    }
+    return GatewayConfig.from_mapping(values)
+
+
+def run_sandbox_command(args: argparse.Namespace) -> int:
+    config = gateway_config_from_args(args)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, not {args.port}")
+
+    def started(url: str) -> None:
+        print(f"sandbox listening on {url}", flush=True)
+        print(f"  payment gateway  POST {url}/api/v1/payments", flush=True)
+        print(f"  control          {url}/_sandbox/gateway/{{charges,config,reset,requests}}", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+
+    run_sandbox_forever(args.host, args.port, config, on_started=started, access_log=args.access_log)
+    print("sandbox stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m processors.sandbox.cli``: the ``sandbox`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m processors.sandbox.cli")
+    sub = parser.add_subparsers(dest="command")
+    register_cli(sub)
+    args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The sandbox: one aiohttp application hosting the simulated external services.
+
+In the caller's event loop (tests, demo)::
+
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=10)) as sandbox:
+        sandbox.url                       # http://127.0.0.1:<bound port>
+        sandbox.gateway.charges_by_key    # the simulator's live state
+
+In a process of its own (benchmarks: the server must not share the client's loop or CPU)::
+
+    with SandboxProcess(gateway=GatewayConfig(latency_ms=20)) as sandbox:
+        sandbox.url
+
+or ``processors sandbox`` on the command line (:func:`run_sandbox_forever`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+from typing import Final, Self
+
+from aiohttp import web
+
+from processors.errors import ConfigError, ProcessorsError
+from processors.sandbox.gateway import GATEWAY_APP_KEY, GatewayConfig, PaymentGatewaySim
+
+__all__ = [
+    "HEALTH_PATH",
+    "SandboxProcess",
+    "SandboxServer",
+    "build_sandbox_app",
+    "run_sandbox_forever",
+]
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH: Final = "/_sandbox/health"
+_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def build_sandbox_app(gateway: GatewayConfig | None = None) -> web.Application:
+    """The sandbox application: ``GET /_sandbox/health`` and every simulated service's routes."""
+    app = web.Application()
+    app.router.add_get(HEALTH_PATH, _health)
+    PaymentGatewaySim(gateway).add_to(app)
+    return app
+
+
+async def _health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+class SandboxServer:
+    """The sandbox application served on ``host:port`` (``port=0``: any free port; see :attr:`url`).
+
+    One-shot: ``start()`` once, ``stop()`` once (or use ``async with``).  No I/O happens before
+    ``start()``.  The aiohttp access log is off unless ``access_log=True``; request bodies are never
+    logged.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        gateway: GatewayConfig | None = None,
+        *,
+        access_log: bool = False,
+        shutdown_timeout_s: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.app = build_sandbox_app(gateway)
+        self._access_log = access_log
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self._used = False
+
+    @property
+    def gateway(self) -> PaymentGatewaySim:
+        """The payment gateway simulator (state readable and configurable in-process)."""
+        return self.app[GATEWAY_APP_KEY]
+
+    @property
+    def url(self) -> str:
+        """Base URL with the bound port, e.g. ``http://127.0.0.1:40123``."""
+        if self._url is None:
+            raise RuntimeError("the sandbox server is not running")
+        return self._url
+
+    async def start(self) -> None:
+        if self._used:
+            raise RuntimeError("a SandboxServer starts once; create a new one")
+        self._used = True
+        runner = web.AppRunner(
+            self.app,
+            access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
+            shutdown_timeout=self._shutdown_timeout_s,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"the sandbox cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._url = _base_url(str(bound_host), int(bound_port))
+        log.info("sandbox listening on %s", self._url)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._url = None
+        await runner.cleanup()
+        log.info("sandbox stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _base_url(host: str, port: int) -> str:
+    host = _WILDCARD_HOSTS.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def run_sandbox_forever(
+    host: str = "127.0.0.1",
+    port: int = 8600,
+    config: GatewayConfig | None = None,
+    *,
+    on_started: Callable[[str], None] | None = None,
+    access_log: bool = False,
+) -> None:
+    """Serve the sandbox in a new event loop until SIGINT or SIGTERM, then stop gracefully.
+
+    ``on_started`` receives the base URL once the socket is listening.  Must run in the main
+    thread (it installs signal handlers).
+    """
+    asyncio.run(_serve_until_signalled(host, port, config, on_started=on_started, access_log=access_log))
+
+
+async def _serve_until_signalled(
+    host: str,
+    port: int,
+    config: GatewayConfig | None,
+    *,
+    on_started: Callable[[str], None] | None,
+    access_log: bool,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with SandboxServer(host, port, config, access_log=access_log) as server:
+            if on_started is not None:
+                on_started(server.url)
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+class SandboxProcess:
+    """The sandbox in a child process (``spawn`` start method), for benchmarks and out-of-process tests.
+
+    ``start()`` returns once the child listens; ``stop()`` sends SIGTERM (graceful) and kills the
+    child only if it has not exited within ``stop_timeout_s``.  Drive the simulator through its
+    HTTP control API (``/_sandbox/gateway/...``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        gateway: GatewayConfig | None = None,
+        *,
+        start_timeout_s: float = 30.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.gateway_config = gateway or GatewayConfig()
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._process: BaseProcess | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the sandbox process is not running")
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> str:
+        if self._process is not None:
+            raise RuntimeError("the sandbox process is already started")
+        context = multiprocessing.get_context("spawn")
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_child_main,
+            args=(self.host, self.port, self.gateway_config, sender),
+            name="sandbox",
+            daemon=True,
+        )
+        process.start()
+        self._process = process
+        sender.close()
+        try:
+            if not receiver.poll(self._start_timeout_s):
+                raise ProcessorsError(f"the sandbox process did not listen within {self._start_timeout_s} s")
+            kind, value = receiver.recv()
+        except EOFError:
+            process.join(self._stop_timeout_s)
+            self.stop()
+            raise ProcessorsError(
+                f"the sandbox process exited (code {process.exitcode}) before listening"
+            ) from None
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            receiver.close()
+        if kind != "url":
+            self.stop()
+            raise ProcessorsError(str(value))
+        self._url = str(value)
+        return self._url
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        self._url = None
+        if process is None:
+            return
+        if process.is_alive():
+            process.terminate()
+            process.join(self._stop_timeout_s)
+        if process.is_alive():
+            log.warning("sandbox process %s ignored SIGTERM; killing it", process.pid)
+            process.kill()
+            process.join()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _child_main(host: str, port: int, config: GatewayConfig, sender: Connection) -> None:
+    def started(url: str) -> None:
+        sender.send(("url", url))
+        sender.close()
+
+    try:
+        run_sandbox_forever(host, port, config, on_started=started)
+    except ProcessorsError as exc:
+        if not sender.closed:
+            sender.send(("error", str(exc)))
+        raise SystemExit(1) from exc
