@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from processors.adapters import jsonwire
 from processors.sandbox import GatewayConfig, SandboxProcess, SandboxServer
@@ -538,7 +539,7 @@ async def test_logs_hold_no_card_tokens_or_secrets(
 
 
 async def test_sandbox_process_serves_from_its_own_process(client: aiohttp.ClientSession) -> None:
-    sandbox = SandboxProcess(gateway=GatewayConfig(token="proc-token"))
+    sandbox = SandboxProcess(gateway=GatewayConfig(token=SecretStr("proc-token")))
     loop = asyncio.get_running_loop()
     url = await loop.run_in_executor(None, sandbox.start)
     try:
