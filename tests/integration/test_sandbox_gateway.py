@@ -405,6 +405,20 @@ async def test_rate_limit_answers_429_with_retry_after(pay: Any, sandbox: Sandbo
     assert sandbox.gateway.charges_by_key == {"idem_rl_1": 1}
 
 
+async def test_a_seed_makes_payment_ids_reproducible(client: aiohttp.ClientSession) -> None:
+    async def first_payment_id(seed: int) -> str:
+        async with SandboxServer(gateway=GatewayConfig(seed=seed)) as server:
+            headers = {"Authorization": AUTH, "Idempotency-Key": "idem_seed"}
+            url = f"{server.url}/api/v1/payments"
+            async with client.post(
+                url, data=jsonwire.dumps(payment_body("idem_seed")), headers=headers
+            ) as response:
+                return str((await response.json())["payment_id"])
+
+    assert await first_payment_id(11) == await first_payment_id(11)
+    assert await first_payment_id(11) != await first_payment_id(12)
+
+
 # -- exact money ----------------------------------------------------------------------------------
 
 
