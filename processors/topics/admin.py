@@ -19,7 +19,9 @@ is refused rather than lowered behind the operator's back.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from processors.topics.catalogue import Catalogue, TopicSpec
 __all__ = ["Change", "Drift", "Survey", "apply", "check", "plan", "survey"]
 
 ChangeAction = Literal["create", "add_partitions", "alter_config"]
+
+log = logging.getLogger(__name__)
 
 _POLL_FIRST_S = 0.05
 _POLL_MAX_S = 0.5
@@ -183,6 +187,28 @@ def _same(key: str, have: str | None, want: str) -> bool:
         return False
 
 
+class _ClientLog(logging.Handler):
+    """Keeps the client library's recent log lines for error messages; forwards them at DEBUG.
+
+    Attached to a detached logger, so connection retries do not flood the operator's
+    terminal while a broker is unreachable; the last line goes into the error instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.recent: deque[str] = deque(maxlen=8)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.recent.append(message)
+        log.debug("kafka client: %s", message)
+
+    def logger(self) -> logging.Logger:
+        detached = logging.Logger("processors.topics.kafka-client")
+        detached.addHandler(self)
+        return detached
+
+
 class _Cluster:
     """One admin client, one deadline, and the operations on them."""
 
@@ -193,6 +219,8 @@ class _Cluster:
             raise ConfigError("the Kafka admin config needs 'bootstrap.servers'")
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
+        self.client_log = _ClientLog()
+        conf.setdefault("logger", self.client_log.logger())  # type: ignore[arg-type]  # accepted by the client
         try:
             self.admin = AdminClient(conf)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -207,7 +235,15 @@ class _Cluster:
         except KafkaException as exc:
             raise BrokerError(
                 f"cannot read cluster metadata from {self.bootstrap}: {_kafka_reason(exc)}"
+                + self.last_client_log()
             ) from exc
+
+    def last_client_log(self) -> str:
+        """``"; last client log: ..."`` when the client logged something, else ``""``."""
+        self.admin.poll(0)
+        if not self.client_log.recent:
+            return ""
+        return f"; last client log: {self.client_log.recent[-1]}"
 
     # ---- looking
 
