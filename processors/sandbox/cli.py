@@ -14,12 +14,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from processors.errors import ConfigError
-from processors.sandbox.gateway import DEFAULT_TOKEN, GatewayConfig
+from processors.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
 from processors.sandbox.server import run_sandbox_forever
 
-__all__ = ["TOKEN_ENV", "gateway_config_from_args", "register_cli", "run_sandbox_command"]
+__all__ = [
+    "READY_PREFIX",
+    "TOKEN_ENV",
+    "config_to_argv",
+    "gateway_config_from_args",
+    "register_cli",
+    "run_sandbox_command",
+]
 
-TOKEN_ENV = "SANDBOX_GATEWAY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+READY_PREFIX = "sandbox listening on "
+"""The first line printed, followed by the base URL, once the socket listens."""
 
 
 def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,13 +77,34 @@ def gateway_config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig.from_mapping(values)
 
 
+def config_to_argv(config: GatewayConfig) -> list[str]:
+    """The flags that reproduce ``config``, except the token (pass it as ``$SANDBOX_GATEWAY_TOKEN``)."""
+    argv = [
+        "--latency-ms",
+        repr(config.latency_ms),
+        "--latency-jitter-ms",
+        repr(config.latency_jitter_ms),
+        "--error-rate",
+        repr(config.error_rate),
+        "--error-after-charge-rate",
+        repr(config.error_after_charge_rate),
+    ]
+    if config.outage:
+        argv.append("--outage")
+    if config.rate_limit_per_s is not None:
+        argv += ["--rate-limit-per-s", repr(config.rate_limit_per_s)]
+    if config.seed is not None:
+        argv += ["--seed", str(config.seed)]
+    return argv
+
+
 def run_sandbox_command(args: argparse.Namespace) -> int:
     config = gateway_config_from_args(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {args.port}")
 
     def started(url: str) -> None:
-        print(f"sandbox listening on {url}", flush=True)
+        print(f"{READY_PREFIX}{url}", flush=True)
         print(f"  payment gateway  POST {url}/api/v1/payments", flush=True)
         print(f"  control          {url}/_sandbox/gateway/{{charges,config,reset,requests}}", flush=True)
         print("press Ctrl-C to stop", flush=True)

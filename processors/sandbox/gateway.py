@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_TOKEN",
     "GATEWAY_APP_KEY",
     "PAYMENTS_PATH",
+    "TOKEN_ENV",
     "ChargeRequest",
     "GatewayConfig",
     "PaymentGatewaySim",
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 PAYMENTS_PATH: Final = "/api/v1/payments"
 CONTROL_PREFIX: Final = "/_sandbox/gateway"
 DEFAULT_TOKEN: Final = "sandbox-token"  # noqa: S105 - the sandbox's documented default
+TOKEN_ENV: Final = "SANDBOX_GATEWAY_TOKEN"  # noqa: S105 - the name of the variable holding the token
 
 _MAX_TEXT_LEN: Final = 255
 _MAX_DECIMAL_PLACES: Final = 6

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
+import os
+import select
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Final, Self
 
 from aiohttp import web
 
 from processors.errors import ConfigError, ProcessorsError
-from processors.sandbox.gateway import GATEWAY_APP_KEY, GatewayConfig, PaymentGatewaySim
+from processors.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig, PaymentGatewaySim
 
 __all__ = [
     "HEALTH_PATH",
@@ -185,11 +186,13 @@ async def _serve_until_signalled(
 
 
 class SandboxProcess:
-    """The sandbox in a child process (``spawn`` start method), for benchmarks and out-of-process tests.
+    """The sandbox in a child process (``python -m processors.sandbox.cli``), for benchmarks.
 
-    ``start()`` returns once the child listens; ``stop()`` sends SIGTERM (graceful) and kills the
-    child only if it has not exited within ``stop_timeout_s``.  Drive the simulator through its
-    HTTP control API (``/_sandbox/gateway/...``).
+    The child has its own interpreter and event loop, so it never shares a loop (or the GIL) with
+    the caller.  ``start()`` returns the base URL once the child listens; ``stop()`` sends SIGTERM
+    (graceful) and kills the child only if it has not exited within ``stop_timeout_s``.  Drive the
+    simulator through its HTTP control API (``/_sandbox/gateway/...``).  The token reaches the
+    child through its environment, not its command line.
     """
 
     def __init__(
@@ -206,7 +209,7 @@ class SandboxProcess:
         self.gateway_config = gateway or GatewayConfig()
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
-        self._process: BaseProcess | None = None
+        self._process: subprocess.Popen[str] | None = None
         self._url: str | None = None
 
     @property
@@ -220,38 +223,37 @@ class SandboxProcess:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> str:
+        from processors.sandbox.cli import READY_PREFIX, config_to_argv
+
         if self._process is not None:
             raise RuntimeError("the sandbox process is already started")
-        context = multiprocessing.get_context("spawn")
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_child_main,
-            args=(self.host, self.port, self.gateway_config, sender),
-            name="sandbox",
-            daemon=True,
-        )
-        process.start()
+        command = [
+            sys.executable,
+            "-m",
+            "processors.sandbox.cli",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *config_to_argv(self.gateway_config),
+        ]
+        env = {**os.environ, TOKEN_ENV: self.gateway_config.token.get_secret_value()}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)  # noqa: S603
         self._process = process
-        sender.close()
+        assert process.stdout is not None
         try:
-            if not receiver.poll(self._start_timeout_s):
-                raise ProcessorsError(f"the sandbox process did not listen within {self._start_timeout_s} s")
-            kind, value = receiver.recv()
-        except EOFError:
-            process.join(self._stop_timeout_s)
-            self.stop()
-            raise ProcessorsError(
-                f"the sandbox process exited (code {process.exitcode}) before listening"
-            ) from None
+            ready, _, _ = select.select([process.stdout], [], [], self._start_timeout_s)
+            line = process.stdout.readline() if ready else None
         except BaseException:
             self.stop()
             raise
-        finally:
-            receiver.close()
-        if kind != "url":
+        if line is None:
             self.stop()
-            raise ProcessorsError(str(value))
-        self._url = str(value)
+            raise ProcessorsError(f"the sandbox process did not listen within {self._start_timeout_s} s")
+        if not line.startswith(READY_PREFIX):
+            self.stop()
+            raise ProcessorsError(f"the sandbox process exited (code {process.returncode}) before listening")
+        self._url = line[len(READY_PREFIX) :].strip()
         return self._url
 
     def stop(self) -> None:
@@ -259,13 +261,14 @@ class SandboxProcess:
         self._url = None
         if process is None:
             return
-        if process.is_alive():
+        if process.poll() is None:
             process.terminate()
-            process.join(self._stop_timeout_s)
-        if process.is_alive():
+        try:
+            process.communicate(timeout=self._stop_timeout_s)
+        except subprocess.TimeoutExpired:
             log.warning("sandbox process %s ignored SIGTERM; killing it", process.pid)
             process.kill()
-            process.join()
+            process.communicate()
 
     def __enter__(self) -> Self:
         self.start()
@@ -278,16 +281,3 @@ class SandboxProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _child_main(host: str, port: int, config: GatewayConfig, sender: Connection) -> None:
-    def started(url: str) -> None:
-        sender.send(("url", url))
-        sender.close()
-
-    try:
-        run_sandbox_forever(host, port, config, on_started=started)
-    except ProcessorsError as exc:
-        if not sender.closed:
-            sender.send(("error", str(exc)))
-        raise SystemExit(1) from exc

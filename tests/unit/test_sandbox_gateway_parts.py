@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, DecodeError, ValidationFailed
-from processors.sandbox.cli import TOKEN_ENV, gateway_config_from_args, register_cli
+from processors.sandbox.cli import TOKEN_ENV, config_to_argv, gateway_config_from_args, register_cli
 from processors.sandbox.gateway import (
     GATEWAY_APP_KEY,
     GatewayConfig,
@@ -196,3 +196,27 @@ class TestCli:
     def test_out_of_range_knob_is_a_config_error(self) -> None:
         with pytest.raises(ConfigError, match="error_after_charge_rate"):
             gateway_config_from_args(self.parse(["--error-after-charge-rate", "1.5"]))
+
+    @pytest.mark.parametrize(
+        "config",
+        [
+            GatewayConfig(),
+            GatewayConfig(
+                latency_ms=20.5,
+                latency_jitter_ms=3,
+                error_rate=0.1,
+                error_after_charge_rate=0.05,
+                outage=True,
+                rate_limit_per_s=250,
+                seed=9,
+            ),
+        ],
+    )
+    def test_config_to_argv_round_trips_every_knob_but_the_token(
+        self, config: GatewayConfig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+        argv = config_to_argv(config)
+
+        assert gateway_config_from_args(self.parse(argv)) == config
+        assert "--token" not in argv
