@@ -22,15 +22,18 @@ The file has five sections (all optional except what the apps refer to)::
         dlq:    {partitions?, retention?, config?}
         parked: {partitions?, retention?, config?}
 
-Each app generates its failure topics; their names are fixed by convention:
+Each app generates its failure topics, named by the templates of the optional
+``naming`` section (placeholders ``{app}``, ``{index}``, ``{delay}``); the defaults are:
 
-* retry tier *i* with delay *d*: ``integrations.<app>.retry.<i>-<d>``, where *i* counts
-  from 0 and *d* is the canonical delay (largest whole unit: ``60s`` is written ``1m``).
-  The index keeps names unique when a delay repeats (``[.., 10h, 10h]``) and sorts the
-  tiers in the order a message walks through them: ``integrations.payments.retry.0-5s``,
-  ``integrations.payments.retry.1-30s``, ...
-* dead letters: ``integrations.<app>.dlq``;
-* parked dead letters (the replay loop guard): ``integrations.<app>.parked``.
+* retry tier *i* with delay *d*: ``integrations.{app}.retry.{index}-{delay}``, where the
+  index counts from 0 and the delay is canonical (largest whole unit: ``60s`` is written
+  ``1m``).  The index keeps names unique when a delay repeats (``[.., 10h, 10h]``) and
+  sorts the tiers in the order a message walks through them:
+  ``integrations.payments.retry.0-5s``, ``integrations.payments.retry.1-30s``, ...
+  (the template must use ``{app}`` and ``{index}``);
+* dead letters: ``integrations.{app}.dlq``;
+* parked dead letters (the replay loop guard): ``integrations.{app}.parked``
+  (both must use ``{app}``).
 
 Retry tier and DLQ partitions default to the largest partition count among the app's
 sources and may not be set below it.  ``parked`` defaults to the DLQ's partitions and
@@ -58,6 +61,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import string
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,7 +75,10 @@ from processors.topics._source import DocPath, Problem, Source, SourceError, rea
 from processors.topics.durations import FOREVER, format_duration, parse_duration, parse_retention
 
 __all__ = [
+    "DEFAULT_DLQ_TEMPLATE",
     "DEFAULT_FILE_NAME",
+    "DEFAULT_PARKED_TEMPLATE",
+    "DEFAULT_RETRY_TEMPLATE",
     "ENV_TOPICS_FILE",
     "KNOWN_TOPIC_CONFIGS",
     "MANAGED_CONFIGS",
@@ -146,6 +153,15 @@ except vendor extensions (``confluent.*``)."""
 
 _VENDOR_CONFIG_PREFIXES = ("confluent.",)
 
+DEFAULT_RETRY_TEMPLATE = "integrations.{app}.retry.{index}-{delay}"
+DEFAULT_DLQ_TEMPLATE = "integrations.{app}.dlq"
+DEFAULT_PARKED_TEMPLATE = "integrations.{app}.parked"
+_TEMPLATE_FIELDS = {
+    "retry": ({"app", "index"}, {"app", "index", "delay"}),
+    "dlq": ({"app"}, {"app"}),
+    "parked": ({"app"}, {"app"}),
+}  # template -> (required placeholders, allowed placeholders)
+
 DEFAULT_RETRY_RETENTION_MS = 7 * 86_400_000
 DEFAULT_DLQ_RETENTION_MS = 30 * 86_400_000
 
@@ -165,17 +181,19 @@ class CatalogueError(ConfigError):
 # --------------------------------------------------------------------------- public values
 
 
-def retry_topic_name(app: str, index: int, delay_ms: int) -> str:
-    """``integrations.<app>.retry.<index>-<delay>``, e.g. ``integrations.payments.retry.0-5s``."""
-    return f"integrations.{app}.retry.{index}-{format_duration(delay_ms)}"
+def retry_topic_name(app: str, index: int, delay_ms: int, template: str = DEFAULT_RETRY_TEMPLATE) -> str:
+    """A retry tier's topic, by default ``integrations.<app>.retry.<index>-<delay>``."""
+    return template.format(app=app, index=index, delay=format_duration(delay_ms))
 
 
-def dlq_topic_name(app: str) -> str:
-    return f"integrations.{app}.dlq"
+def dlq_topic_name(app: str, template: str = DEFAULT_DLQ_TEMPLATE) -> str:
+    """An app's dead-letter topic, by default ``integrations.<app>.dlq``."""
+    return template.format(app=app)
 
 
-def parked_topic_name(app: str) -> str:
-    return f"integrations.{app}.parked"
+def parked_topic_name(app: str, template: str = DEFAULT_PARKED_TEMPLATE) -> str:
+    """An app's parking topic, by default ``integrations.<app>.parked``."""
+    return template.format(app=app)
 
 
 @dataclass(frozen=True)
@@ -479,8 +497,15 @@ class _App(_Model):
     parked: _Generated = _Generated()
 
 
+class _Naming(_Model):
+    retry: str = DEFAULT_RETRY_TEMPLATE
+    dlq: str = DEFAULT_DLQ_TEMPLATE
+    parked: str = DEFAULT_PARKED_TEMPLATE
+
+
 class _File(_Model):
     version: Literal[1] = 1
+    naming: _Naming = _Naming()
     defaults: _Defaults = _Defaults()
     inputs: list[_Topic] = Field(default_factory=list)
     outputs: list[_Topic] = Field(default_factory=list)
@@ -489,7 +514,7 @@ class _File(_Model):
 
 
 _ALL_KEYS = sorted(
-    {name for model in (_Defaults, _Topic, _Generated, _App, _File) for name in model.model_fields}
+    {name for model in (_Naming, _Defaults, _Topic, _Generated, _App, _File) for name in model.model_fields}
 )
 _SECTIONS: dict[str, TopicKind] = {"inputs": "input", "outputs": "output", "state": "state"}
 
@@ -605,6 +630,7 @@ class _Assembler:
         self.problems.append(self.source.problem(at, reason))
 
     def build(self) -> Catalogue:
+        templates_ok = self._check_templates()
         d = self.model.defaults
         if d.replication_factor > 1 and d.min_insync_replicas > d.replication_factor:
             self.fail(
@@ -615,13 +641,38 @@ class _Assembler:
         for section, kind in _SECTIONS.items():
             for index, entry in enumerate(getattr(self.model, section)):
                 self._declare(entry, kind, (section, index))
-        apps = [self._app(name, entry) for name, entry in self.model.apps.items()]
+        apps = [self._app(name, entry) for name, entry in self.model.apps.items()] if templates_ok else []
         if self.problems:
             raise CatalogueError(sorted(self.problems))
         topics = [item.spec for item in self.declared.values()] + self.generated
         return Catalogue(topics, [a for a in apps if a is not None], path=self.path)
 
     # ---- names
+
+    def _check_templates(self) -> bool:
+        ok = True
+        for key, (required, allowed) in _TEMPLATE_FIELDS.items():
+            template: str = getattr(self.model.naming, key)
+            at: DocPath = ("naming", key)
+            try:
+                parts = list(string.Formatter().parse(template))
+            except ValueError as exc:
+                self.fail(at, f"naming: {key} template {template!r}: {exc}")
+                ok = False
+                continue
+            fields = [(f, spec, conv) for _, f, spec, conv in parts if f is not None]
+            used = {f for f, _, _ in fields}
+            odd = any(f not in allowed or spec or conv for f, spec, conv in fields)
+            missing = required - used
+            if odd or missing:
+                places = ", ".join("{" + f + "}" for f in sorted(allowed))
+                need = ", ".join("{" + f + "}" for f in sorted(required))
+                self.fail(
+                    at,
+                    f"naming: {key} template {template!r} must use {need} and may use only {places}",
+                )
+                ok = False
+        return ok
 
     def _claim(self, name: str, at: DocPath, app: str | None = None) -> bool:
         """Reserve a topic name; ``app`` is set for the topics an app generates."""
@@ -792,17 +843,17 @@ class _Assembler:
         tiers: list[RetryTier] = []
         specs: list[TopicSpec] = []
         for index, delay in enumerate(entry.retry_tiers):
-            topic = retry_topic_name(name, index, delay)
+            topic = retry_topic_name(name, index, delay, self.model.naming.retry)
             if self._claim(topic, (*at, "retry_tiers", index), name):
                 tiers.append(RetryTier(topic=topic, delay_ms=delay, index=index))
                 text = f"{name}: retry tier {index}, redelivered {format_duration(delay)} after failing"
                 specs.append(make(topic, "retry", retry_partitions, retry_retention, retry_extra, text))
-        dlq = dlq_topic_name(name)
+        dlq = dlq_topic_name(name, self.model.naming.dlq)
         dlq_extra = self._extra_config(entry.dlq.config, (*at, "dlq", "config"), who)
         if self._claim(dlq, (*at, "dlq"), name):
             text = f"{name}: dead letters (permanent failures, retries exhausted, poison input)"
             specs.append(make(dlq, "dlq", dlq_partitions, dlq_retention, dlq_extra, text))
-        parked = parked_topic_name(name)
+        parked = parked_topic_name(name, self.model.naming.parked)
         parked_extra = self._extra_config(entry.parked.config, (*at, "parked", "config"), who)
         if self._claim(parked, (*at, "parked"), name):
             text = f"{name}: dead letters that failed again after replay (loop guard)"
