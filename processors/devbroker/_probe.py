@@ -13,9 +13,17 @@ from confluent_kafka.admin import AdminClient
 
 __all__ = ["NotReady", "fetch_broker_count", "wait_until_ready"]
 
-# librdkafka's own log lines (connection refused while a broker boots, ...) go to this logger
-# instead of the process's standard error.
-_client_logger = logging.getLogger("processors.devbroker.client")
+
+class _DebugLevel(logging.LoggerAdapter[logging.Logger]):
+    """Logs every record at DEBUG: while a broker boots, client errors are expected, not news."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+
+
+# librdkafka's own log lines (connection refused while a broker boots, coordinator loading, ...)
+# go to this logger at DEBUG instead of the process's standard error.
+_client_logger = _DebugLevel(logging.getLogger("processors.devbroker.client"), {})
 
 _PROBE_SETTINGS: dict[str, Any] = {
     "reconnect.backoff.ms": 50,
