@@ -21,7 +21,14 @@ from typing import Any
 
 import confluent_kafka
 
-from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+from processors.contract import (
+    Codec,
+    ContentType,
+    Event,
+    LocalSchemaIds,
+    PaymentCompleted,
+    PaymentResultData,
+)
 from processors.runtime.failures import H
 from processors.runtime.message import header_value
 from processors.samples import premium_due_stream
@@ -62,15 +69,21 @@ POISON = 4
 
 
 def publish_events(
-    bootstrap: str, events: Iterable[Event], *, fmt: str = "avro", extra: Iterable[tuple[bytes, bytes, Any]] = ()
+    bootstrap: str,
+    events: Iterable[Event],
+    *,
+    fmt: str = "avro",
+    extra: Iterable[tuple[bytes, bytes, Any]] = (),
 ) -> int:
     codec = Codec(LocalSchemaIds())
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     content_type = ContentType.AVRO if fmt == "avro" else ContentType.JSON
     count = 0
     for event in events:
         value, headers = codec.encode(event, content_type)
-        producer.produce(BILLING, key=event.subject.encode(), value=value, headers=headers)
+        producer.produce(BILLING, key=event.subject.encode(), value=value, headers=list(headers))
         producer.poll(0)
         count += 1
     for key, value, headers in extra:
@@ -129,7 +142,9 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
                 None, lambda: publish_events(bootstrap, sample, extra=poison_records())
             )
             print(f"published   {sent} records to {BILLING} ({events} premium.due + {POISON} invalid)\n")
-            seen = await loop.run_in_executor(None, _watch, bootstrap, events, POISON, info.client_overrides())
+            seen = await loop.run_in_executor(
+                None, _watch, bootstrap, events, POISON, info.client_overrides()
+            )
             stop.set()
             await run_task
             charges = sandbox.gateway.charges_by_key
@@ -139,7 +154,9 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
         await loop.run_in_executor(None, dev.stop)
 
 
-def _watch(bootstrap: str, expected_results: int, expected_dlq: int, overrides: dict[str, str]) -> dict[str, Any]:
+def _watch(
+    bootstrap: str, expected_results: int, expected_dlq: int, overrides: dict[str, str]
+) -> dict[str, Any]:
     """Print results and dead letters as they arrive, until all are in or 180 s pass."""
     codec = Codec(LocalSchemaIds())
     conf: dict[str, Any] = {
@@ -156,17 +173,20 @@ def _watch(bootstrap: str, expected_results: int, expected_dlq: int, overrides: 
     events: list[Event] = []
     deadline = time.monotonic() + 180
     try:
-        while (sum(results.values()) < expected_results or len(dead) < expected_dlq) and time.monotonic() < deadline:
+        while (
+            sum(results.values()) < expected_results or len(dead) < expected_dlq
+        ) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
+            headers: Any = msg.headers()
             if msg.topic() == DLQ:
-                reason = header_value(msg.headers(), H.ERROR_MESSAGE) or "?"
-                cls = header_value(msg.headers(), H.ERROR_CLASS) or "?"
+                reason = header_value(headers, H.ERROR_MESSAGE) or "?"
+                cls = header_value(headers, H.ERROR_CLASS) or "?"
                 dead.append((cls, reason))
                 print(_c(_RED, f"  ✖ dead letter  {cls:<18} {reason}"))
                 continue
-            event = codec.decode(msg.value(), msg.headers())
+            event = codec.decode(msg.value(), headers)
             events.append(event)
             results[event.event_type] += 1
             data: Any = event.data
@@ -174,9 +194,19 @@ def _watch(bootstrap: str, expected_results: int, expected_dlq: int, overrides: 
             if event.event_type == "payment.completed":
                 print(_c(_GREEN, f"  ✔ {event.subject}  {data.reference_id:<22} {amount}  {data.payment_id}"))
             elif event.event_type == "payment.pending":
-                print(_c(_YELLOW, f"  … {event.subject}  {data.reference_id:<22} {amount}  pending confirmation"))
+                print(
+                    _c(
+                        _YELLOW,
+                        f"  … {event.subject}  {data.reference_id:<22} {amount}  pending confirmation",
+                    )
+                )
             else:
-                print(_c(_RED, f"  ✖ {event.subject}  {data.reference_id:<22} {amount}  declined: {data.decline_code}"))
+                print(
+                    _c(
+                        _RED,
+                        f"  ✖ {event.subject}  {data.reference_id:<22} {amount}  declined: {data.decline_code}",
+                    )
+                )
     finally:
         consumer.close()
     return {"results": results, "dead": dead, "events": events}
@@ -186,13 +216,11 @@ def _summary(seen: dict[str, Any], sample: list[Event], charges: dict[str, int],
     results: Counter[str] = seen["results"]
     dead: list[tuple[str, str]] = seen["dead"]
     events: list[Event] = seen["events"]
-    by_source = {e.data.source_event_id for e in events}  # type: ignore[union-attr]
+    payments = [e.data for e in events if isinstance(e.data, PaymentResultData)]
+    by_source = {d.source_event_id for d in payments}
     missing = [e for e in sample if e.event_id not in by_source]
     over_charged = {k: n for k, n in charges.items() if n != 1}
-    charged = sum(
-        (e.data.amount for e in events if e.event_type == "payment.completed"),  # type: ignore[union-attr]
-        Decimal("0"),
-    )
+    charged = sum((d.amount for d in payments if isinstance(d, PaymentCompleted)), Decimal("0"))
     print("\nsummary")
     print(f"  premium.due published      {len(sample)}")
     for kind in ("payment.completed", "payment.failed", "payment.pending"):

@@ -52,7 +52,9 @@ def build_app(name: str, settings: Settings, catalogue: Catalogue, codec: Codec)
 class Runner:
     """Runs several apps in one process; each app is its own consumer group and producer."""
 
-    def __init__(self, settings: Settings, app_names: Sequence[str], *, catalogue: Catalogue | None = None) -> None:
+    def __init__(
+        self, settings: Settings, app_names: Sequence[str], *, catalogue: Catalogue | None = None
+    ) -> None:
         if not app_names:
             raise ConfigError("no app to run; known apps: " + ", ".join(APP_NAMES))
         unknown = [n for n in app_names if n not in APP_NAMES]
@@ -72,8 +74,7 @@ class Runner:
             needed.update(topics.sources)
             needed.add(topics.dlq)
         needed.add(self.settings.payments.results_topic)
-        conf = {"bootstrap.servers": self.settings.bootstrap_servers}
-        admin = AdminClient(conf)
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
         loop = asyncio.get_running_loop()
         try:
             metadata = await loop.run_in_executor(None, lambda: admin.list_topics(timeout=15))
@@ -81,23 +82,30 @@ class Runner:
             raise ConfigError(f"cannot reach Kafka at {self.settings.bootstrap_servers}: {exc}") from exc
         missing = sorted(needed - set(metadata.topics))
         if missing:
-            raise ConfigError(
-                f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first"
-            )
+            raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first")
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         await self.check_topics()
         codec = make_codec(self.settings)
         for name in self.app_names:
             app = build_app(name, self.settings, self.catalogue, codec)
-            producer = AsyncProducer(producer_config(self.settings.bootstrap_servers, self.settings.client_overrides))
+            producer = AsyncProducer(
+                producer_config(self.settings.bootstrap_servers, self.settings.client_overrides)
+            )
             await producer.start()
             self._producers.append(producer)
             conf = consumer_config(
-                self.settings.bootstrap_servers, self.settings.group_prefix + name, self.settings.client_overrides
+                self.settings.bootstrap_servers,
+                self.settings.group_prefix + name,
+                self.settings.client_overrides,
             )
-            self.engines.append(Engine(app, consumer_conf=conf, producer=producer, settings=self.settings.engine))
-        tasks = [asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}") for engine in self.engines]
+            self.engines.append(
+                Engine(app, consumer_conf=conf, producer=producer, settings=self.settings.engine)
+            )
+        tasks = [
+            asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}")
+            for engine in self.engines
+        ]
         if on_ready is not None:
             on_ready()
         stopper = asyncio.create_task(stop.wait())

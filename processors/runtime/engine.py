@@ -203,7 +203,7 @@ class Engine:
 
     def _create_consumer(self) -> confluent_kafka.Consumer:
         try:
-            consumer = self._consumer_factory(self._consumer_conf)
+            consumer: confluent_kafka.Consumer = self._consumer_factory(self._consumer_conf)
             consumer.subscribe(
                 list(self.processor.sources),
                 on_assign=self._on_assign,

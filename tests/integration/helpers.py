@@ -95,13 +95,13 @@ def header(msg: confluent_kafka.Message, name: str) -> str | None:
 def start_processor(env: Mapping[str, str], *args: str, log_path: Path) -> subprocess.Popen[bytes]:
     """``processors run ...`` as a real child process with its own environment."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    log = log_path.open("ab")
-    return subprocess.Popen(  # the command is fixed, not user input
-        [sys.executable, "-m", "processors.cli", *args],
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(  # the command is fixed, not user input
+            [sys.executable, "-m", "processors.cli", *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def sandbox_env(prefix: str, topics_file: Path, bootstrap: str, gateway_url: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.adapters.payment_gateway import GatewaySettings, PaymentGateway
+from processors.adapters.payment_gateway import GatewaySettings, PaymentGateway, PaymentOutcome
 from processors.apps.payments import mapping
 from processors.contract import Codec, ContentType, Event
 from processors.resilience.retry import RetryPolicy
@@ -37,7 +37,9 @@ class PaymentsApp(EventApp):
         dlq_topic: str,
         output_content_type: ContentType = ContentType.AVRO,
     ) -> None:
-        super().__init__(codec=codec, sources=sources, dlq_topic=dlq_topic, output_content_type=output_content_type)
+        super().__init__(
+            codec=codec, sources=sources, dlq_topic=dlq_topic, output_content_type=output_content_type
+        )
         self.gateway = gateway
         self.settings = settings
 
@@ -50,7 +52,7 @@ class PaymentsApp(EventApp):
     async def handle(self, event: Event) -> Sequence[Emit]:
         request = mapping.payment_request(event, app=self.name)
 
-        async def attempt(_n: int) -> mapping.PaymentOutcome:
+        async def attempt(_n: int) -> PaymentOutcome:
             return await self.gateway.submit(request)
 
         outcome = await self.settings.retry.call(attempt)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from processors.adapters.payment_gateway import PaymentOutcome, PaymentRequest
@@ -59,7 +59,7 @@ def result_event(
     now: datetime | None = None,
 ) -> Event:
     """The result published on the results topic, keyed (subject) by the policy."""
-    common = {
+    common: dict[str, Any] = {
         "policy_id": request.policy_id,
         "operation": request.transaction_type,
         "reference_id": request.reference_id,
