@@ -62,6 +62,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from processors.demo import run_demo
 
+    if not args.verbose:  # the live view is the output; logs only for errors
+        logging.getLogger().setLevel(logging.ERROR)
     return asyncio.run(run_demo(events=args.events, policies=args.policies, broker=args.broker))
 
 

@@ -113,7 +113,7 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
         prefer = BrokerKind.EXTERNAL if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else BrokerKind.EMBEDDED
     else:
         prefer = BrokerKind(broker)
-    print(_c(_DIM, f"starting a {prefer.value} Kafka broker…"))
+    print(_c(_DIM, f"starting the {prefer.value} Kafka broker…"))
     loop = asyncio.get_running_loop()
     dev = provide_broker(prefer=prefer)
     info = await loop.run_in_executor(None, dev.start)

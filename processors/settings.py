@@ -23,7 +23,11 @@ __all__ = ["Settings", "load_settings"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="PROCESSORS_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="PROCESSORS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
     )
 
     bootstrap_servers: str = Field(
