@@ -27,7 +27,7 @@ from io import BytesIO
 from typing import Annotated, Any, Union
 
 from fastavro import schemaless_reader, schemaless_writer
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from processors.contract import avro
 from processors.contract.events import (
@@ -80,7 +80,10 @@ class _Reader:
 
 def _any_envelope() -> TypeAdapter[_TypedEnvelope]:
     members = tuple(TYPED_ENVELOPES.values())
-    return TypeAdapter(Annotated[Union[members], Field(discriminator="event_type")])  # noqa: UP007
+    return TypeAdapter(
+        Annotated[Union[members], Field(discriminator="event_type")],  # noqa: UP007
+        config=ConfigDict(hide_input_in_errors=True),
+    )
 
 
 _JSON = _any_envelope()

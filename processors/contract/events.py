@@ -23,6 +23,7 @@ from uuid import UUID, uuid4
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -133,8 +134,8 @@ def _email(value: str) -> str:
 _CARD_NUMBER = re.compile(r"[0-9][0-9 -]{10,}[0-9]")
 
 
-def _not_a_card_number(value: str) -> str:
-    if _CARD_NUMBER.fullmatch(value) is not None:
+def _not_a_card_number(value: Any) -> Any:
+    if isinstance(value, str) and _CARD_NUMBER.fullmatch(value) is not None:
         raise PydanticCustomError("card_number", "must be a payment gateway token, never a card number")
     return value
 
@@ -143,7 +144,7 @@ Email = Annotated[str, AfterValidator(_email)]
 CardToken = Annotated[
     str,
     StringConstraints(min_length=4, max_length=128, pattern=NO_WHITESPACE),
-    AfterValidator(_not_a_card_number),
+    BeforeValidator(_not_a_card_number),  # before the whitespace rule: "4242 4242 ..." is a card number
 ]
 
 

@@ -91,7 +91,7 @@ def _decimal_places(amount: Decimal) -> int:
     """Decimal places that carry a value: trailing zeros do not count."""
     _sign, digits, exponent = amount.as_tuple()
     assert isinstance(exponent, int)  # finite amounts only
-    if exponent >= 0:
+    if exponent >= 0 or amount.is_zero():
         return 0
     places = -exponent
     for digit in reversed(digits):
