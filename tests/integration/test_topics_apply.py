@@ -10,7 +10,7 @@ import argparse
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,11 @@ def eventually(probe: Callable[[], T], accept: Callable[[T], bool], timeout_s: f
         if accept(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
+
+
+def client(conf: Mapping[str, str]) -> AdminClient:
+    settings: dict[str, str | int | float | bool] = dict(conf)
+    return AdminClient(settings)
 
 
 @pytest.fixture
@@ -92,7 +97,7 @@ apps:
 
 
 def describe(conf: dict[str, str], topic: str) -> tuple[int, dict[str, str]]:
-    admin = AdminClient(conf)
+    admin = client(conf)
     partitions = len(admin.list_topics(topic=topic, timeout=10).topics[topic].partitions)
     futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
     entries = next(iter(futures.values())).result(timeout=10)
@@ -142,7 +147,7 @@ def test_a_config_changed_out_of_band_is_drift_and_apply_restores_it(
     apply(conf, catalogue, replication_factor=1)
     topic = f"{prefix}.events"
     entry = ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)
-    admin = AdminClient(conf)
+    admin = client(conf)
     for future in admin.incremental_alter_configs(
         [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])]
     ).values():
@@ -213,7 +218,7 @@ def test_topics_outside_the_catalogue_are_listed_but_are_not_drift(
     catalogue = write(tmp_path, prefix)
     apply(conf, catalogue, replication_factor=1)
     stray = f"{prefix}.stray"
-    admin = AdminClient(conf)  # keep the client alive until its futures resolve
+    admin = client(conf)  # keep the client alive until its futures resolve
     for future in admin.create_topics([NewTopic(stray, 1, 1)]).values():
         future.result(timeout=10)
 
@@ -228,12 +233,12 @@ def test_a_replication_factor_above_the_broker_count_is_refused(
     tmp_path: Path, prefix: str, conf: dict[str, str]
 ) -> None:
     catalogue = write(tmp_path, prefix)
-    brokers = len(AdminClient(conf).list_topics(timeout=10).brokers)
+    brokers = len(client(conf).list_topics(timeout=10).brokers)
     with pytest.raises(
         ConfigError, match=r"replication factor \d+ exceeds the \d+ live broker.*--replication-factor"
     ):
         apply(conf, catalogue, replication_factor=brokers + 1)
-    assert not [t for t in AdminClient(conf).list_topics(timeout=10).topics if t.startswith(prefix)]
+    assert not [t for t in client(conf).list_topics(timeout=10).topics if t.startswith(prefix)]
 
 
 def test_the_real_catalogue_applies_cleanly(tmp_path: Path, prefix: str, conf: dict[str, str]) -> None:
