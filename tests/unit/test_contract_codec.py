@@ -99,7 +99,7 @@ def test_avro_wire_format_is_confluent_framed(codec: Codec) -> None:
     value, _ = codec.encode(event)
     assert value[0] == 0
     assert int.from_bytes(value[1:5], "big") == local_schema_ids()["insurance.events.PremiumDueEvent"] == 1005
-    record = fastavro.schemaless_reader(
+    record: Any = fastavro.schemaless_reader(
         BytesIO(value[5:]), fastavro.parse_schema(writer_schema("premium.due"))
     )
     assert record["data"]["amount"] == Decimal("1185.5000")  # scale 4 on the wire, quantized on decode

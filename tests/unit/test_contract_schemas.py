@@ -51,7 +51,7 @@ def test_writer_schema_is_the_envelope_around_the_payload(event_type: str) -> No
     data = schema["fields"][-1]["type"]
     assert data["type"] == "record"
     assert data["name"] == payload
-    parsed = fastavro.parse_schema(schema, named_schemas={})
+    parsed: Any = fastavro.parse_schema(schema, named_schemas={})
     assert parsed["name"] == f"insurance.events.{payload}Event"
     assert event_type_for_schema(parsed["name"]) == event_type
     assert json.loads(writer_schema_text(event_type)) == schema
