@@ -316,14 +316,22 @@ class Engine:
         try:
             while lane and not self._halted(state):
                 msg = lane[0]
-                async with self._sem:
-                    if self._halted(state):  # revoked or stopping while waiting for a slot
-                        break
-                    state.started()
+                await self._sem.acquire()
+                if self._halted(state):  # revoked or stopping while waiting for a slot
+                    self._sem.release()
+                    break
+                state.started()
+                try:
+                    # The slot bounds concurrent handler work (external calls); waiting for the
+                    # broker to acknowledge the outputs does not hold one.
                     try:
-                        await self._process_one(msg)
+                        outputs = await self._process_one(msg)
                     finally:
-                        state.stopped()
+                        self._sem.release()
+                    if outputs:
+                        await self._send(outputs)
+                finally:
+                    state.stopped()
                 lane.popleft()
                 offset = msg.offset()
                 assert offset is not None
@@ -337,7 +345,8 @@ class Engine:
     def _halted(self, state: PartitionState) -> bool:
         return state.revoked or self._draining
 
-    async def _process_one(self, msg: KafkaMessage) -> None:
+    async def _process_one(self, msg: KafkaMessage) -> Sequence[OutRecord]:
+        """The outputs for ``msg``: the handler's, or the failure route's when it raised."""
         processor = self.processor
         try:
             outputs = await processor.process(msg)
@@ -356,8 +365,7 @@ class Engine:
                 type(exc).__name__,
             )
             outputs = processor.failure(msg, exc, group=self.group)
-        if outputs:
-            await self._send(outputs)
+        return outputs
 
     async def _send(self, outputs: Sequence[OutRecord]) -> None:
         """Produce and await acknowledgement; a broker failure is retried, never skipped."""
