@@ -28,7 +28,7 @@ def producer_config(bootstrap_servers: str, overrides: Mapping[str, str] | None 
         "bootstrap.servers": bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
+        "linger.ms": 20,
         "compression.type": "lz4",
         # Never give up on a record on our own: the runtime does not commit past it, and an
         # operator sees the broker outage in health and logs.
