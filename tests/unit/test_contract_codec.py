@@ -18,7 +18,9 @@ from processors.contract import (
     ContentType,
     Event,
     LocalSchemaIds,
+    PaymentMethod,
     PremiumDue,
+    RefundRequested,
     writer_schema,
     writer_schema_name,
 )
@@ -72,6 +74,18 @@ def test_round_trip(codec: Codec, event_type: str, content_type: ContentType) ->
     assert all(isinstance(getattr(decoded.data, name), Decimal | None) for name in money_fields(decoded))
     assert codec.decode(value, None) == event  # sniffed without headers
     assert Codec().decode(value, headers) == event  # a fresh codec resolves ids on its own
+
+
+@pytest.mark.parametrize("content_type", list(ContentType))
+def test_optional_records_round_trip_when_absent(codec: Codec, content_type: ContentType) -> None:
+    good = example_event("refund.requested")
+    data = good.data_as(RefundRequested).model_copy(
+        update={"payment_method": PaymentMethod(type="DIRECT_DEBIT"), "original_payment_id": None}
+    )
+    event = Event.create("refund.requested", subject=good.subject, data=data, source="billing-system")
+    decoded = codec.decode(*codec.encode(event, content_type))
+    assert decoded == event
+    assert decoded.data_as(RefundRequested).payment_method.billing_address is None
 
 
 def test_money_keeps_its_exact_scale(codec: Codec) -> None:
