@@ -350,7 +350,19 @@ def test_bad_postal_code_does_not_leak_the_card_token_or_the_address(codec: Code
     method = body["data"]["payment_method"]
     assert method["card_token"] == TOKEN
     method["billing_address"]["postal_code"] = "!!62701!!"
-    for value, headers in [(json.dumps(body).encode(), JSON_HEADERS)]:
+    good = example_event("premium.due")
+    due = good.data_as(PremiumDue)
+    assert due.payment_method.billing_address is not None
+    address = due.payment_method.billing_address.model_construct(
+        **{**dict(due.payment_method.billing_address), "postal_code": "!!62701!!"}
+    )
+    method_model = due.payment_method.model_construct(
+        **{**dict(due.payment_method), "billing_address": address}
+    )
+    bad = Event.model_construct(
+        **{**dict(good), "data": PremiumDue.model_construct(**{**dict(due), "payment_method": method_model})}
+    )
+    for value, headers in [(json.dumps(body).encode(), JSON_HEADERS), codec.encode(bad, ContentType.AVRO)]:
         error = refused(codec, value, headers)
         assert type(error) is ValidationFailed
         assert error.reason.startswith(

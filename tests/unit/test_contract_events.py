@@ -403,3 +403,15 @@ def test_event_ids_are_uuids() -> None:
         Event.model_validate(envelope(event_id="not-a-uuid"))
     assert [loc for loc, _ in errors_of(exc)] == ["event_id"]
     assert Event.model_validate(envelope(event_id=str(uuid4()))).event_id.version == 4
+
+
+def test_public_names_are_exported_and_sorted() -> None:
+    import processors.contract as contract
+
+    assert contract.__all__ == sorted(contract.__all__, key=lambda name: (not name.isupper(), name))
+    assert len(set(contract.__all__)) == len(contract.__all__)
+    for name in contract.__all__:
+        assert getattr(contract, name) is not None
+    needed = {"Codec", "ContentType", "Headers", "Event", "EventData", "EVENT_TYPES", "payload_model",
+              "LocalSchemaIds", "SchemaRegistryClient", "SchemaIdSource", "Money"}  # fmt: skip
+    assert needed <= set(contract.__all__)
