@@ -36,7 +36,7 @@ from processors.contract.events import (
     PII_FIELDS,
     TYPED_ENVELOPES,
     Event,
-    _TypedEnvelope,
+    TypedEnvelope,
     as_event,
 )
 from processors.contract.registry import LocalSchemaIds, SchemaIdSource
@@ -76,10 +76,10 @@ class _Reader:
     event_type: str
     writer: Any  # parsed writer schema
     reader: Any | None  # parsed local schema when it differs from the writer's, else None
-    envelope: type[_TypedEnvelope]
+    envelope: type[TypedEnvelope]
 
 
-def _any_envelope() -> TypeAdapter[_TypedEnvelope]:
+def _any_envelope() -> TypeAdapter[TypedEnvelope]:
     members = tuple(TYPED_ENVELOPES.values())
     return TypeAdapter(
         Annotated[Union[members], Field(discriminator="event_type")],  # noqa: UP007

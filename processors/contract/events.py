@@ -715,7 +715,7 @@ def check_subject(subject: str, data: EventData) -> None:
 # --- typed envelopes (the decoders' fast path) ------------------------------------------------
 
 
-class _TypedEnvelope(_Envelope):
+class TypedEnvelope(_Envelope):
     """Base of the per-type envelope models that the codec validates wire data with.
 
     Each pins ``event_type`` to a literal and types ``data`` as that type's payload, so a
@@ -729,23 +729,23 @@ class _TypedEnvelope(_Envelope):
         return self
 
 
-def _typed_envelope(event_type: str, model: type[EventData]) -> type[_TypedEnvelope]:
+def _typed_envelope(event_type: str, model: type[EventData]) -> type[TypedEnvelope]:
     return create_model(
         f"{model.__name__}Event",
-        __base__=_TypedEnvelope,
+        __base__=TypedEnvelope,
         __module__=__name__,
         event_type=(Literal[event_type], ...),
         data=(model, ...),
     )
 
 
-TYPED_ENVELOPES: Mapping[str, type[_TypedEnvelope]] = MappingProxyType(
+TYPED_ENVELOPES: Mapping[str, type[TypedEnvelope]] = MappingProxyType(
     {event_type: _typed_envelope(event_type, model) for event_type, model in EVENT_TYPES.items()}
 )
 """Per event type, the envelope model with ``data`` typed as the payload (codec internals)."""
 
 
-def as_event(envelope: _TypedEnvelope) -> Event:
+def as_event(envelope: TypedEnvelope) -> Event:
     """The :class:`Event` holding the same, already validated, values as a typed envelope.
 
     What ``Event.model_construct`` does, minus its per-field loop: the typed envelope is
