@@ -91,8 +91,9 @@ async def ceiling(url: str, *, requests: int, concurrency: int) -> float:
         return requests / (time.perf_counter() - t0)
 
 
-async def pipeline(bootstrap: str, url: str, overrides: dict[str, str], *, events: int, policies: int,
-                   concurrency: int) -> float:
+async def pipeline(
+    bootstrap: str, url: str, overrides: dict[str, str], *, events: int, policies: int, concurrency: int
+) -> float:
     from processors.demo import publish_events
 
     catalogue = load_catalogue()
@@ -140,7 +141,16 @@ async def main() -> None:
     info = broker.start()
     port = _free_port()
     sandbox = subprocess.Popen(  # fixed command
-        [sys.executable, "-m", "processors.cli", "sandbox", "--port", str(port), "--latency-ms", str(args.latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "sandbox",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -148,14 +158,20 @@ async def main() -> None:
         await _wait_http(url + "/_sandbox/health")
         ceiling_rps = await ceiling(url, requests=args.ceiling_requests, concurrency=args.concurrency)
         rate = await pipeline(
-            info.bootstrap_servers, url, info.client_overrides(),
-            events=args.events, policies=args.policies, concurrency=args.concurrency,
+            info.bootstrap_servers,
+            url,
+            info.client_overrides(),
+            events=args.events,
+            policies=args.policies,
+            concurrency=args.concurrency,
         )
     finally:
         sandbox.terminate()
         sandbox.wait(10)
         broker.stop()
-    print(f"payments pipeline : {rate:8.0f} events/s  ({args.events} events, {args.policies} policies, key order)")
+    print(
+        f"payments pipeline : {rate:8.0f} events/s  ({args.events} events, {args.policies} policies, key order)"
+    )
     print(f"ceiling (aiohttp) : {ceiling_rps:8.0f} req/s     (same sandbox, {args.concurrency} concurrent)")
     print(f"ratio             : {rate / ceiling_rps:8.2f}         (target ≥ 0.70)")
 

@@ -28,7 +28,11 @@ log = logging.getLogger("processors")
 
 
 def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("PROCESSORS_LOG_LEVEL", "INFO"), logging.INFO)
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("PROCESSORS_LOG_LEVEL", "INFO"), logging.INFO)
+    )
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -71,8 +75,12 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     from processors.demo import publish_samples
     from processors.settings import load_settings
 
-    settings = load_settings(**({"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {}))
-    sent = publish_samples(settings.bootstrap_servers, count=args.count, policies=args.policies, fmt=args.format)
+    settings = load_settings(
+        **({"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {})
+    )
+    sent = publish_samples(
+        settings.bootstrap_servers, count=args.count, policies=args.policies, fmt=args.format
+    )
     print(f"published {sent} premium.due events to insurance.billing.events")
     return 0
 

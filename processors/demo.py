@@ -204,7 +204,8 @@ def _watch(
                 print(
                     _c(
                         _RED,
-                        f"  ✖ {event.subject}  {data.reference_id:<22} {amount}  declined: {data.decline_code}",
+                        f"  ✖ {event.subject}  {data.reference_id:<22} {amount}  "
+                        f"declined: {data.decline_code}",
                     )
                 )
     finally:

@@ -87,6 +87,9 @@ class Runner:
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         await self.check_topics()
         codec = make_codec(self.settings)
+        loop = asyncio.get_running_loop()
+        # Register / look up every schema id now, not on the first record.
+        await loop.run_in_executor(None, codec.prepare)
         for name in self.app_names:
             app = build_app(name, self.settings, self.catalogue, codec)
             producer = AsyncProducer(

@@ -31,7 +31,12 @@ def _method(rng: random.Random, token: str) -> PaymentMethod:
         type="CREDIT_CARD",
         card_token=token,
         billing_address=Address(
-            line1=f"{rng.randint(1, 999)} Main St", line2=None, city=city, state=state, postal_code=postal, country="US"
+            line1=f"{rng.randint(1, 999)} Main St",
+            line2=None,
+            city=city,
+            state=state,
+            postal_code=postal,
+            country="US",
         ),
     )
 

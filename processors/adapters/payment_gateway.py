@@ -128,7 +128,9 @@ def parse_response(response: HttpResponse) -> PaymentOutcome:
         try:
             payload = jsonwire.loads(response.body)
             return _outcome(payload, status)
-        except (ValueError, KeyError, TypeError) as exc:
+        except _Incomplete as exc:
+            raise Retriable(f"gateway answered {status} but {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Retriable(f"gateway answered {status} with an unreadable body") from exc
     reason = _error_reason(response)
     if status == 409:
@@ -141,6 +143,10 @@ def parse_response(response: HttpResponse) -> PaymentOutcome:
     raise GatewayRejected(f"gateway refused the request: {status} ({reason})", status=status)
 
 
+class _Incomplete(ValueError):
+    """A well-formed answer that lacks a field the result needs."""
+
+
 def _outcome(payload: dict[str, Any], http_status: int) -> PaymentOutcome:
     gateway_status = str(payload["status"]).upper()
     if http_status == 402 or gateway_status in ("DECLINED", "FAILED"):
@@ -151,6 +157,10 @@ def _outcome(payload: dict[str, Any], http_status: int) -> PaymentOutcome:
         status = "COMPLETED"
     else:
         raise ValueError(f"unknown gateway status {gateway_status!r}")
+    if status != "DECLINED" and not payload.get("payment_id"):
+        raise _Incomplete(f"the {gateway_status} answer has no payment_id")
+    if status == "COMPLETED" and not payload.get("gateway_reference"):
+        raise _Incomplete("the COMPLETED answer has no gateway_reference")
     amount = payload.get("amount")
     return PaymentOutcome(
         status=status,

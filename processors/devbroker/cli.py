@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -114,6 +115,7 @@ def _serve(kind: BrokerKind | None, starting: threading.Event, stop_requested: t
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``broker`` command on its own: ``python -m processors.devbroker.cli broker start``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m processors.devbroker.cli")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

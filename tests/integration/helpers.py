@@ -112,3 +112,29 @@ def sandbox_env(prefix: str, topics_file: Path, bootstrap: str, gateway_url: str
         "PROCESSORS_PAYMENTS__RESULTS_TOPIC": f"{prefix}integrations.payment.results",
         "PROCESSORS_PAYMENTS__GATEWAY__BASE_URL": gateway_url,
     }
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed(
+            [confluent_kafka.TopicPartition(topic, p) for p in partitions], timeout=10
+        )
+        return {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()

@@ -16,7 +16,16 @@ from processors.runtime.failures import H
 from processors.samples import CARD_TOKENS, premium_due, premium_due_stream
 from processors.sandbox.gateway import GatewayConfig
 from processors.sandbox.server import SandboxServer
-from tests.integration.helpers import Collector, decode, header, publish, sandbox_env, start_processor
+from tests.integration.helpers import (
+    Collector,
+    committed_offsets,
+    decode,
+    end_offsets,
+    header,
+    publish,
+    sandbox_env,
+    start_processor,
+)
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -32,8 +41,10 @@ async def test_sigkill_mid_run_loses_nothing_reorders_nothing_and_charges_once(
     billing = f"{prefix}insurance.billing.events"
     results = f"{prefix}integrations.payment.results"
     events = list(premium_due_stream(2_000, 200, seed=11))
-    async with SandboxServer(gateway=GatewayConfig(latency_ms=3, seed=3)) as sandbox:
+    # 8 calls in flight at 40 ms each: about 200 events/s, so the kill lands mid-run.
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=40, seed=3)) as sandbox:
         env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        env["PROCESSORS_ENGINE__MAX_CONCURRENCY"] = "8"
         publish(kafka_bootstrap, billing, events)
         collector = Collector(kafka_bootstrap, [results])
         log_path = tmp_path / "processor.log"
@@ -63,6 +74,10 @@ async def test_sigkill_mid_run_loses_nothing_reorders_nothing_and_charges_once(
             assert second.returncode == 0, log_path.read_text()[-3000:]
         finally:
             collector.close()
+        # The graceful stop committed everything: nothing would be processed again.
+        assert committed_offsets(kafka_bootstrap, f"{prefix}payments", billing) == end_offsets(
+            kafka_bootstrap, billing
+        )
 
         by_policy: dict[str, list[int]] = defaultdict(list)
         first_seen: set[object] = set()
@@ -160,3 +175,50 @@ def publish_json(event: object) -> bytes:
     from tests.integration.helpers import CODEC
 
     return CODEC.encode(event, ContentType.JSON)[0]  # type: ignore[arg-type]
+
+
+async def test_a_rebalance_drains_and_commits_so_no_event_is_processed_twice(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    events = list(premium_due_stream(1_200, 120, seed=5))
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=40, seed=9)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        env["PROCESSORS_ENGINE__MAX_CONCURRENCY"] = "8"
+        publish(kafka_bootstrap, billing, events)
+        collector = Collector(kafka_bootstrap, [results])
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+        first = start_processor(env, "run", "payments", log_path=first_log)
+        second = None
+        try:
+            await collector.wait_for(lambda r: len(r) >= 200, timeout_s=120)
+            second = start_processor(env, "run", "payments", log_path=second_log)
+            await collector.wait_for(lambda r: len(r) >= len(events), timeout_s=240)
+        finally:
+            for proc in (first, second):
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in (first, second):
+                if proc is not None:
+                    proc.wait(60)
+            collector.poll(1.0)
+            collector.close()
+        assert first.returncode == 0, first_log.read_text()[-3000:]
+        assert second is not None
+        assert second.returncode == 0, second_log.read_text()[-3000:]
+        charges = sandbox.gateway.charges_by_key
+
+    # The second instance really took partitions over from the first.
+    assert "app payments: assigned" in second_log.read_text()
+    sources = [decode(m).data.source_event_id for m in collector.records]  # type: ignore[union-attr]
+    assert len(sources) == len(events), "an event was processed twice (or lost) across the rebalance"
+    assert set(sources) == {e.event_id for e in events}
+    by_policy: dict[str, list[int]] = defaultdict(list)
+    for msg in collector.records:
+        event = decode(msg)
+        by_policy[event.subject].append(_instalment_number(event.data.reference_id))  # type: ignore[union-attr]
+    assert all(seq == list(range(1, 11)) for seq in by_policy.values())
+    assert len(charges) == len(events)
+    assert set(charges.values()) == {1}

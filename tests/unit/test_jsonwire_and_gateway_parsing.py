@@ -63,3 +63,8 @@ def test_client_errors_are_permanent(status: int) -> None:
 def test_unreadable_success_body_is_retriable() -> None:
     with pytest.raises(Retriable, match="unreadable"):
         parse_response(_resp(200, b"<html>"))
+
+
+def test_a_success_without_payment_id_is_retriable_and_says_so() -> None:
+    with pytest.raises(Retriable, match="has no payment_id"):
+        parse_response(_resp(200, b'{"status":"COMPLETED","gateway_reference":"ch_1"}'))
