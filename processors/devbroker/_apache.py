@@ -102,6 +102,11 @@ class ApacheKafkaBroker(DevBroker):
         return self._run_dir / _LOG_FILE if self._run_dir is not None else None
 
     @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.exit_description() is None
 
@@ -110,6 +115,10 @@ class ApacheKafkaBroker(DevBroker):
     def start(self) -> BrokerInfo:
         if self.running:
             return self.info
+        if self._process is not None:
+            # The process died on its own: reap it, then start again on the same address.
+            self._process.stop(self._stop_grace_s)
+            self._process = None
         java = find_java(self._java)
         libs = self._libs_dir if self._libs_dir is not None else ensure_kafka_jars(self._version)
         if self._run_dir is not None:

