@@ -22,8 +22,9 @@ __all__ = ["DEFAULT_KAFKA_IMAGE", "DockerKafkaBroker", "docker_engine_problem"]
 
 logger = logging.getLogger("processors.devbroker")
 
-#: A Kafka image the testcontainers Kafka module knows how to run in KRaft mode.
-#: ``$PROCESSORS_KAFKA_IMAGE`` overrides it.
+#: The image testcontainers' Kafka module runs in KRaft mode.  The module drives the Confluent
+#: image's start scripts, so an override (``$PROCESSORS_KAFKA_IMAGE``) must be
+#: ``confluentinc/cp-kafka`` 7.0 or newer.
 DEFAULT_KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 _DEFAULT_SOCKET = Path("/var/run/docker.sock")
 _CONTAINER_PORT = 9093
