@@ -10,7 +10,9 @@
     │   └── ValidationFailed        decoded but invalid fields
     ├── IntegrationError            a call to an external service failed
     │   ├── Retriable               worth trying again (timeouts, connection errors, 5xx, 429, 409 in flight)
-    │   │                           ``retry_after_s`` carries a delay the service asked for
+    │   │   │                       ``retry_after_s`` carries a delay the service asked for
+    │   │   └── Backpressure        the endpoint refuses calls for now (circuit open): wait, do not
+    │   │                           burn attempts; ``wait_ready()`` returns when it admits calls again
     │   └── Permanent               never worth retrying (4xx validation, 422, schema errors)
     └── BrokerError                 the Kafka cluster failed an operation
 
@@ -22,6 +24,7 @@ the exception's type.
 from __future__ import annotations
 
 __all__ = [
+    "Backpressure",
     "BrokerError",
     "ConfigError",
     "ContractError",
@@ -73,6 +76,20 @@ class Retriable(IntegrationError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Backpressure(Retriable):
+    """The endpoint refuses calls for now (its circuit breaker is open).
+
+    The runtime pauses the partitions whose work needs ``endpoint`` and retries the record
+    once ``wait_ready()`` returns, without counting an attempt.
+    """
+
+    endpoint: str = ""
+
+    async def wait_ready(self) -> None:
+        """Return when the endpoint admits calls again."""
+        raise NotImplementedError
 
 
 class Permanent(IntegrationError):

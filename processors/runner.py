@@ -13,11 +13,15 @@ from processors.adapters.payment_gateway import PaymentGateway
 from processors.apps.payments import PaymentsApp
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
+from processors.resilience.breaker import BreakerRegistry
+from processors.resilience.config import ResilienceConfig, load_resilience
+from processors.resilience.guard import EndpointGuard
 from processors.runtime.app import EventApp
-from processors.runtime.engine import Engine, consumer_config
+from processors.runtime.engine import Engine, Ordering, consumer_config
+from processors.runtime.pending import PendingRecordsReader
 from processors.runtime.producer import AsyncProducer, producer_config
 from processors.settings import Settings
-from processors.topics.catalogue import Catalogue, load_catalogue
+from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
 
 __all__ = ["APP_NAMES", "Runner", "build_app", "make_codec"]
 
@@ -32,21 +36,53 @@ def make_codec(settings: Settings) -> Codec:
     return Codec(LocalSchemaIds())
 
 
-def build_app(name: str, settings: Settings, catalogue: Catalogue, codec: Codec) -> EventApp:
+def keeps_key_order(settings: Settings, topics: AppTopics) -> bool:
+    return settings.engine.ordering == Ordering.KEY and bool(topics.retry_tiers)
+
+
+def build_app(
+    name: str,
+    settings: Settings,
+    catalogue: Catalogue,
+    codec: Codec,
+    *,
+    resilience: ResilienceConfig | None = None,
+    breakers: BreakerRegistry | None = None,
+) -> EventApp:
     topics = catalogue.app(name)
     content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
+    resilience = resilience or load_resilience(settings.resilience_file)
+    breakers = breakers or resilience.breakers()
+    group = settings.group_prefix + name
+    reader = PendingRecordsReader(
+        settings.bootstrap_servers, group, overrides=_client_overrides(settings, "consumer")
+    )
     if name == "payments":
+        endpoint = "payment-gateway"
+        policy = resilience.for_endpoint(endpoint)
+        gateway_settings = settings.payments.gateway.model_copy(update={"timeouts": policy.timeout.http()})
         transport = AiohttpTransport(max_connections=settings.engine.max_concurrency)
-        gateway = PaymentGateway(settings.payments.gateway, transport)
+        gateway = PaymentGateway(gateway_settings, transport)
         return PaymentsApp(
             codec=codec,
             gateway=gateway,
+            guard=EndpointGuard(endpoint, policy, breakers.get(endpoint)),
             settings=settings.payments,
-            sources=topics.sources,
-            dlq_topic=topics.dlq,
+            topics=topics,
             output_content_type=content_type,
+            keep_key_order=keeps_key_order(settings, topics),
+            pending_reader=reader,
         )
     raise ConfigError(f"unknown app {name!r}; known: {', '.join(APP_NAMES)}")
+
+
+def _client_overrides(settings: Settings, role: str) -> dict[str, str]:
+    out = {}
+    for key, value in settings.client_overrides.items():
+        prefix, _, rest = key.partition(".")
+        if prefix in (role, "client"):
+            out[rest] = value
+    return out
 
 
 class Runner:
@@ -64,15 +100,16 @@ class Runner:
         self.app_names = list(dict.fromkeys(app_names))
         self.catalogue = catalogue or load_catalogue(settings.topics_file)
         self.engines: list[Engine] = []
+        self.breakers: BreakerRegistry | None = None
         self._producers: list[AsyncProducer] = []
 
     async def check_topics(self) -> None:
-        """Refuse to start when a topic the apps read or write is missing."""
+        """Refuse to start when a topic the apps use is missing, or key order cannot hold."""
         needed: set[str] = set()
         for name in self.app_names:
             topics = self.catalogue.app(name)
             needed.update(topics.sources)
-            needed.add(topics.dlq)
+            needed.update(topics.failure_topics)
         needed.add(self.settings.payments.results_topic)
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
         loop = asyncio.get_running_loop()
@@ -87,6 +124,8 @@ class Runner:
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         await self.check_topics()
         codec = make_codec(self.settings)
+        resilience = load_resilience(self.settings.resilience_file)
+        self.breakers = resilience.breakers()
         loop = asyncio.get_running_loop()
         # Register / look up every schema id now, not on the first record.
         await loop.run_in_executor(None, codec.prepare)

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     output_format: Literal["avro", "json"] = "avro"
     topics_file: Path | None = None
+    resilience_file: Path | None = None
+    """Per-endpoint breaker, retry and timeout settings (default: ./resilience.yaml)."""
     client_overrides: dict[str, str] = Field(default_factory=dict)
     """librdkafka settings: ``consumer.<key>``, ``producer.<key>`` or ``client.<key>`` (both)."""
     engine: EngineSettings = Field(default_factory=EngineSettings)

@@ -1,6 +1,8 @@
 """In-place retry with exponential backoff and full jitter.
 
-``max_attempts`` counts the first attempt.  The delay before attempt *n+1* is drawn uniformly
+``max_attempts`` counts the first attempt.  When the service asks (``Retry-After``) for a
+longer delay than ``max_delay_ms``, no in-place attempt is made: the error propagates so the
+record moves to a retry topic.  The delay before attempt *n+1* is drawn uniformly
 from ``[0, min(max_delay_ms, initial_delay_ms * multiplier**(n-1))]`` ("full jitter"); when the
 service said ``Retry-After`` the delay is that value, capped at ``max_delay_ms``.  Only
 ``Retriable`` errors are retried; ``Permanent`` ones and anything else propagate at once.
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.errors import Retriable
+from processors.errors import Backpressure, Retriable
 
 __all__ = ["RetriesExhausted", "RetryPolicy"]
 
@@ -61,8 +63,13 @@ class RetryPolicy(BaseModel):
         while True:
             try:
                 return await operation(attempt)
+            except Backpressure:
+                raise  # the caller waits for the endpoint; no attempt is spent
             except Retriable as exc:
-                if attempt >= self.max_attempts:
+                wanted_ms = None if exc.retry_after_s is None else exc.retry_after_s * 1000
+                if attempt >= self.max_attempts or (wanted_ms is not None and wanted_ms > self.max_delay_ms):
+                    # Out of attempts, or the service wants a longer pause than the in-place
+                    # budget: the record moves to a retry topic instead of sleeping here.
                     raise RetriesExhausted(
                         f"{attempt} attempts failed; last: {exc}",
                         attempts=attempt,

@@ -1,9 +1,10 @@
 """Base class for integration apps that consume contract events.
 
 An ``EventApp`` decodes each record with the contract codec, checks that the Kafka key is the
-event's subject, hands events of the types it handles to ``handle()`` and encodes what it
-returns.  Everything that goes wrong ends in ``failure()``: today the app's dead-letter topic
-with the reason in the headers.
+event's subject, keeps one key's events in order across retries (see ``routing``), hands
+events of the types it handles to ``handle()`` and encodes what it returns.  Everything that
+goes wrong ends in ``failure()``: the next retry tier, the dead-letter topic or the parking
+topic, with the reason in the headers.
 
 Subclasses implement ``handle`` only; the mapping they call (event → request, response →
 result) lives in modules that import neither Kafka nor an HTTP library.
@@ -11,20 +12,27 @@ result) lives in modules that import neither Kafka nor an HTTP library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from processors.contract import Codec, ContentType, Event
 from processors.errors import ValidationFailed
-from processors.runtime.failures import dead_letter
+from processors.resilience.guard import ATTEMPTS
+from processors.runtime.failures import H
 from processors.runtime.message import KafkaMessage, OutRecord, header_value
+from processors.runtime.routing import RetryRouter, pending_from_tiers
+from processors.topics.catalogue import AppTopics
 
-__all__ = ["Emit", "EventApp"]
+__all__ = ["ATTEMPTS", "Emit", "EventApp", "PendingReader"]
 
 Emit = tuple[str, Event]
 """(topic, event) an app wants published, keyed by the event's subject."""
 
 TP = tuple[str, int]
+
+PendingReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
+"""Reads the records still pending (past the group's committed offsets) in the given partitions."""
 
 
 class EventApp:
@@ -35,18 +43,25 @@ class EventApp:
         self,
         *,
         codec: Codec,
-        sources: Sequence[str],
-        dlq_topic: str,
+        topics: AppTopics,
         output_content_type: ContentType = ContentType.AVRO,
+        replay_limit: int = 3,
+        keep_key_order: bool = True,
+        pending_reader: PendingReader | None = None,
     ) -> None:
         self.codec = codec
-        self._sources = tuple(sources)
-        self.dlq_topic = dlq_topic
+        self.topics = topics
+        self.router = RetryRouter(
+            topics, app=self.name, replay_limit=replay_limit, keep_key_order=keep_key_order
+        )
         self.output_content_type = output_content_type
         self.source = f"processors/{self.name}"
+        self._sources = (*topics.sources, *(tier.topic for tier in topics.retry_tiers))
+        self._pending_reader = pending_reader
 
     @property
     def sources(self) -> Sequence[str]:
+        """The app's input topics and its retry tiers: one consumer group reads them all."""
         return self._sources
 
     async def start(self) -> None:
@@ -56,10 +71,21 @@ class EventApp:
         """Close what ``start`` opened."""
 
     async def on_assigned(self, partitions: Sequence[TP]) -> None:
-        """Partitions were assigned; stateful apps restore their store here."""
+        """Rebuild the key-order gate from the retry tiers before any record runs."""
+        if not self.router.keep_key_order or self._pending_reader is None:
+            return
+        tiers = [tp for tp in partitions if tp[0] in self.router.tier_topics]
+        if not tiers:
+            return
+        reader = self._pending_reader
+        records = await asyncio.get_running_loop().run_in_executor(None, reader, tiers)
+        self.router.gate.rebuild(pending_from_tiers(records, self.topics.retry_tiers))
 
     async def on_revoked(self, partitions: Sequence[TP]) -> None:
-        """Partitions were revoked or lost (their work is drained already)."""
+        self.router.gate.drop_partitions({p for _, p in partitions})
+
+    def due_at(self, msg: KafkaMessage) -> float | None:
+        return self.router.due_at(msg)
 
     async def handle(self, event: Event) -> Sequence[Emit]:
         raise NotImplementedError
@@ -74,16 +100,24 @@ class EventApp:
             raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
         if event.event_type not in self.handles:
             return ()
+        forward = self.router.follow(msg)
+        if forward is not None:
+            return [forward]
+        ATTEMPTS.set(1)
         emitted = await self.handle(event)
+        self.router.succeeded(msg)
+        previous = header_value(headers, H.ATTEMPTS)
+        attempts = (int(previous) if previous and previous.isdigit() else 0) + ATTEMPTS.get()
         traceparent = header_value(headers, "traceparent")
-        return [self.record(topic, out, traceparent=traceparent) for topic, out in emitted]
+        return [self.record(topic, out, traceparent=traceparent, attempts=attempts) for topic, out in emitted]
 
-    def record(self, topic: str, event: Event, *, traceparent: str | None = None) -> OutRecord:
+    def record(
+        self, topic: str, event: Event, *, traceparent: str | None = None, attempts: int = 1
+    ) -> OutRecord:
         value, headers = self.codec.encode(event, self.output_content_type, traceparent=traceparent)
+        headers.append((H.ATTEMPTS, str(attempts).encode()))
         return OutRecord(topic=topic, key=event.subject.encode(), value=value, headers=headers)
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
-        attempts = getattr(exc, "attempts", 1)
-        return [
-            dead_letter(msg, exc, topic=self.dlq_topic, app=self.name, group=group, attempts=int(attempts))
-        ]
+        attempts = getattr(exc, "attempts", ATTEMPTS.get())
+        return [self.router.failed(msg, exc, group=group, attempts=int(attempts))]

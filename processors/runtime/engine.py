@@ -32,7 +32,7 @@ from typing import Any, Protocol, cast
 import confluent_kafka
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from processors.errors import BrokerError, ConfigError
+from processors.errors import Backpressure, BrokerError, ConfigError
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.tracker import PartitionState
 
@@ -103,6 +103,10 @@ class Processor(Protocol):
     async def stop(self) -> None: ...
     async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]: ...
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]: ...
+    def due_at(self, msg: KafkaMessage) -> float | None:
+        """Epoch seconds before which ``msg`` must not be processed (retry tiers), or None."""
+        ...
+
     async def on_assigned(self, partitions: Sequence[TP]) -> None: ...
     async def on_revoked(self, partitions: Sequence[TP]) -> None: ...
 
@@ -114,6 +118,7 @@ class EngineStats:
     outputs: int = 0
     rebalances: int = 0
     commits: int = 0
+    backpressure_pauses: int = 0
     last_success_at: float | None = None
     partitions: list[TP] = field(default_factory=list)
 
@@ -166,6 +171,8 @@ class Engine:
         self._buffered = 0
         self._to_pause: set[TP] = set()
         self._to_resume: set[TP] = set()
+        self._to_seek: dict[TP, int] = {}
+        self._endpoint_waiters: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._draining = False
         self._last_commit = 0.0
@@ -220,12 +227,13 @@ class Engine:
         interval_s = self.settings.commit_interval_ms / 1000
         while not self._stopping.is_set():
             pause, resume = self._take_pause_changes()
+            seeks = self._take_seeks()
             commits: list[confluent_kafka.TopicPartition] = []
             now = time.monotonic()
             if now - self._last_commit >= interval_s:
                 commits = self._due_commits()
                 self._last_commit = now
-            msgs = await loop.run_in_executor(self._executor, self._poll_step, pause, resume, commits)
+            msgs = await loop.run_in_executor(self._executor, self._poll_step, pause, resume, seeks, commits)
             for msg in msgs:
                 self._dispatch(msg)
 
@@ -233,6 +241,7 @@ class Engine:
         self,
         pause: list[TP],
         resume: list[TP],
+        seeks: list[confluent_kafka.TopicPartition],
         commits: list[confluent_kafka.TopicPartition],
     ) -> Sequence[KafkaMessage]:
         """Runs on the poll thread: the only place consumer methods are called (with callbacks)."""
@@ -240,6 +249,12 @@ class Engine:
         assert consumer is not None
         if pause:
             _pause_resume(consumer.pause, pause)
+        for position in seeks:
+            # Back to a record that is not due yet: it is fetched again when the partition resumes.
+            try:
+                consumer.seek(position)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("app %s: seek %s failed: %s", self.processor.name, position, exc)
         if resume:
             _pause_resume(consumer.resume, resume)
         if commits:
@@ -293,6 +308,12 @@ class Engine:
         state = self._parts.get((topic, partition))
         if state is None or state.revoked:
             return  # fetched just before the partition went elsewhere: its new owner reads it
+        if state.deferred_until is not None:
+            return  # behind a record that is not due yet: fetched again after the seek
+        due = self.processor.due_at(msg)
+        if due is not None and due > time.time():
+            self._defer(state, offset, due)
+            return
         if not state.track(offset):
             return  # fetched twice (a re-fetch after a consumer error): already in hand
         self._buffered += 1
@@ -321,17 +342,26 @@ class Engine:
                     self._sem.release()
                     break
                 state.started()
+                waiting: Backpressure | None = None
                 try:
                     # The slot bounds concurrent handler work (external calls); waiting for the
                     # broker to acknowledge the outputs does not hold one.
                     try:
                         outputs = await self._process_one(msg)
+                    except Backpressure as exc:
+                        waiting = exc
                     finally:
                         self._sem.release()
-                    if outputs:
+                    if waiting is None and outputs:
                         await self._send(outputs)
                 finally:
                     state.stopped()
+                if waiting is not None:
+                    # The endpoint refuses calls: hold this record (no attempt spent, nothing
+                    # dead-lettered), stop fetching, and try it again once the endpoint admits calls.
+                    if not await self._wait_for_endpoint(waiting, state):
+                        break
+                    continue
                 lane.popleft()
                 offset = msg.offset()
                 assert offset is not None
@@ -341,6 +371,30 @@ class Engine:
         finally:
             if self._lanes.get(lane_key) is lane:
                 del self._lanes[lane_key]
+
+    def _defer(self, state: PartitionState, offset: int, due: float) -> None:
+        """Pause a retry partition until its head record is due; the poll loop never sleeps."""
+        loop = self._loop
+        assert loop is not None
+        state.deferred_until = due
+        self._pause(state, "not-due")
+        self._to_seek[state.tp] = offset
+        state.deferred_timer = loop.call_later(max(0.0, due - time.time()), self._undefer, state)
+
+    def _undefer(self, state: PartitionState) -> None:
+        state.deferred_until = None
+        state.deferred_timer = None
+        if self._parts.get(state.tp) is state:
+            self._unpause(state, "not-due")
+
+    def _take_seeks(self) -> list[confluent_kafka.TopicPartition]:
+        seeks = [
+            confluent_kafka.TopicPartition(t, p, off)
+            for (t, p), off in self._to_seek.items()
+            if (t, p) in self._parts
+        ]
+        self._to_seek.clear()
+        return seeks
 
     def _halted(self, state: PartitionState) -> bool:
         return state.revoked or self._draining
@@ -352,7 +406,7 @@ class Engine:
             outputs = await processor.process(msg)
             self.stats.processed += 1
             self.stats.last_success_at = time.time()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Backpressure):
             raise
         except Exception as exc:
             self.stats.failed += 1
@@ -366,6 +420,30 @@ class Engine:
             )
             outputs = processor.failure(msg, exc, group=self.group)
         return outputs
+
+    async def _wait_for_endpoint(self, exc: Backpressure, state: PartitionState) -> bool:
+        """Pause every partition while ``exc.endpoint`` refuses calls; False if halted meanwhile."""
+        endpoint = exc.endpoint or "endpoint"
+        reason = f"endpoint:{endpoint}"
+        count = self._endpoint_waiters.get(endpoint, 0)
+        self._endpoint_waiters[endpoint] = count + 1
+        if count == 0:
+            log.warning("app %s: %s refuses calls; pausing all partitions", self.processor.name, endpoint)
+            self.stats.backpressure_pauses += 1
+            for other in self._parts.values():
+                self._pause(other, reason)
+        ready = asyncio.ensure_future(exc.wait_ready())
+        halted = asyncio.ensure_future(state.halted.wait())
+        try:
+            await asyncio.wait({ready, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            halted.cancel()
+            self._endpoint_waiters[endpoint] -= 1
+            if self._endpoint_waiters[endpoint] == 0:
+                for other in self._parts.values():
+                    self._unpause(other, reason)
+        return not self._halted(state)
 
     async def _send(self, outputs: Sequence[OutRecord]) -> None:
         """Produce and await acknowledgement; a broker failure is retried, never skipped."""
@@ -463,6 +541,9 @@ class Engine:
         states = [self._parts[tp] for tp in tps if tp in self._parts]
         for state in states:
             state.revoked = True
+            state.halted.set()
+            if state.deferred_timer is not None:
+                state.deferred_timer.cancel()
         await self._wait_idle(states, self._revoke_grace_s)
         offsets = []
         for state in states:
@@ -495,6 +576,10 @@ class Engine:
         loop = self._loop
         assert loop is not None
         self._draining = True
+        for state in self._parts.values():
+            state.halted.set()
+            if state.deferred_timer is not None:
+                state.deferred_timer.cancel()
         finished = await self._wait_idle(list(self._parts.values()), self.settings.shutdown_grace_s)
         if not finished:
             for task in list(self._tasks):

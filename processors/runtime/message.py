@@ -33,6 +33,9 @@ class OutRecord:
     key: bytes | None
     value: bytes | None
     headers: HeaderList = field(default_factory=list)
+    partition: int | None = None
+    """Explicit partition (retry, DLQ and parking topics keep the source's partition number so
+    a key stays co-partitioned whatever partitioner its producer used); None: by key."""
 
 
 @dataclass(frozen=True, slots=True)

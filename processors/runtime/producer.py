@@ -101,6 +101,7 @@ class AsyncProducer:
             self._reports.append((future, err))
 
         headers: Any = record.headers or None
+        extra: dict[str, Any] = {} if record.partition is None else {"partition": record.partition}
         while True:
             try:
                 self.raw.produce(
@@ -109,6 +110,7 @@ class AsyncProducer:
                     key=record.key,
                     headers=headers,
                     on_delivery=on_delivery,
+                    **extra,
                 )
                 break
             except BufferError:

@@ -20,6 +20,9 @@ class PartitionState:
         "_done",
         "_offsets",
         "committed",
+        "deferred_timer",
+        "deferred_until",
+        "halted",
         "idle",
         "next_commit",
         "partition",
@@ -41,6 +44,11 @@ class PartitionState:
         self.running = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.halted = asyncio.Event()
+        """Set when the partition is revoked or the engine drains: waiting work gives up."""
+        self.deferred_until: float | None = None
+        """Epoch seconds when the head record of this (retry) partition is due, while paused for it."""
+        self.deferred_timer: asyncio.TimerHandle | None = None
 
     @property
     def tp(self) -> tuple[str, int]:

@@ -113,6 +113,9 @@ class ScriptedProcessor:
         self.ended.append(ident)
         return [OutRecord("out", msg.key(), msg.value())]
 
+    def due_at(self, msg: KafkaMessage) -> float | None:
+        return None
+
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
         return [OutRecord("dlq", msg.key(), msg.value(), [("x-error-class", type(exc).__name__.encode())])]
 

@@ -1,4 +1,4 @@
-"""Payments app wiring: the gateway adapter behind retry, the mapping, the results topic."""
+"""Payments app wiring: the gateway adapter behind its endpoint guard, the mapping, the results."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.adapters.payment_gateway import GatewaySettings, PaymentGateway, PaymentOutcome
 from processors.apps.payments import mapping
 from processors.contract import Codec, ContentType, Event
-from processors.resilience.retry import RetryPolicy
-from processors.runtime.app import Emit, EventApp
+from processors.resilience.guard import EndpointGuard
+from processors.runtime.app import Emit, EventApp, PendingReader
+from processors.topics.catalogue import AppTopics
 
 __all__ = ["PaymentsApp", "PaymentsSettings"]
 
@@ -19,8 +20,8 @@ class PaymentsSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     results_topic: str = "integrations.payment.results"
+    replay_limit: int = Field(default=3, ge=0)
 
 
 class PaymentsApp(EventApp):
@@ -32,15 +33,23 @@ class PaymentsApp(EventApp):
         *,
         codec: Codec,
         gateway: PaymentGateway,
+        guard: EndpointGuard,
         settings: PaymentsSettings,
-        sources: Sequence[str],
-        dlq_topic: str,
+        topics: AppTopics,
         output_content_type: ContentType = ContentType.AVRO,
+        keep_key_order: bool = True,
+        pending_reader: PendingReader | None = None,
     ) -> None:
         super().__init__(
-            codec=codec, sources=sources, dlq_topic=dlq_topic, output_content_type=output_content_type
+            codec=codec,
+            topics=topics,
+            output_content_type=output_content_type,
+            replay_limit=settings.replay_limit,
+            keep_key_order=keep_key_order,
+            pending_reader=pending_reader,
         )
         self.gateway = gateway
+        self.guard = guard
         self.settings = settings
 
     async def start(self) -> None:
@@ -52,9 +61,9 @@ class PaymentsApp(EventApp):
     async def handle(self, event: Event) -> Sequence[Emit]:
         request = mapping.payment_request(event, app=self.name)
 
-        async def attempt(_n: int) -> PaymentOutcome:
+        async def submit() -> PaymentOutcome:
             return await self.gateway.submit(request)
 
-        outcome = await self.settings.retry.call(attempt)
+        outcome = await self.guard.call(submit)
         result = mapping.result_event(event, request, outcome, source=self.source)
         return [(self.settings.results_topic, result)]

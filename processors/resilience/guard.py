@@ -1,0 +1,74 @@
+"""One external endpoint behind its circuit breaker, retry policy and deadline.
+
+``EndpointGuard.call(operation)`` runs ``operation`` (one attempt = one call) under:
+
+* the per-message **deadline** (``timeout.deadline_s``): running out is ``Retriable``;
+* the **retry policy**: in-place attempts with jittered backoff, ``Retry-After`` honoured up
+  to the cap; longer waits and exhausted attempts propagate so the record moves to a retry
+  topic instead of sleeping;
+* the **circuit breaker**: when it refuses a call, ``EndpointUnavailable`` (a
+  ``Backpressure``) propagates at once — no attempt is spent, and the runtime pauses the
+  partitions until the breaker admits calls again.
+
+Connect and read timeouts per attempt belong to the transport (``TimeoutPolicy.http()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TypeVar
+
+from processors.errors import Backpressure, Retriable
+from processors.resilience.breaker import CircuitBreaker, CircuitOpen
+from processors.resilience.config import EndpointPolicy
+
+__all__ = ["ATTEMPTS", "DeadlineExceeded", "EndpointGuard", "EndpointUnavailable"]
+
+T = TypeVar("T")
+
+ATTEMPTS: ContextVar[int] = ContextVar("processors_attempts", default=1)
+"""In-place attempts the current message's last guarded call made (read for result headers)."""
+
+
+class EndpointUnavailable(Backpressure):
+    """The endpoint's circuit is open: wait for it instead of failing the record."""
+
+    def __init__(self, breaker: CircuitBreaker, cause: CircuitOpen) -> None:
+        super().__init__(str(cause), retry_after_s=cause.retry_after_s)
+        self.endpoint = breaker.endpoint
+        self._breaker = breaker
+
+    async def wait_ready(self) -> None:
+        await self._breaker.wait_admitting()
+
+
+class DeadlineExceeded(Retriable):
+    """The message's overall deadline passed before the endpoint answered."""
+
+
+class EndpointGuard:
+    def __init__(self, endpoint: str, policy: EndpointPolicy, breaker: CircuitBreaker | None = None) -> None:
+        self.endpoint = endpoint
+        self.policy = policy
+        self.breaker = breaker or CircuitBreaker(endpoint, policy.breaker)
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        breaker = self.breaker
+
+        async def attempt(n: int) -> T:
+            ATTEMPTS.set(n)
+            try:
+                return await breaker.call(operation)
+            except CircuitOpen as exc:
+                raise EndpointUnavailable(breaker, exc) from exc
+
+        deadline_s = self.policy.timeout.deadline_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self.policy.retry.call(attempt)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"{self.endpoint}: no answer within the {deadline_s:g} s deadline"
+            ) from exc

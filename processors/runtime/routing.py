@@ -1,0 +1,309 @@
+"""Where a failed record goes next, and how one key's order survives retries.
+
+**Routing.** A ``Retriable`` failure moves the record to the app's next retry tier
+(``x-due-at`` = now + the tier's delay, or the service's ``Retry-After`` when longer: tiers
+shorter than that are skipped). When the tiers are exhausted, or the failure is ``Permanent``
+or a contract error, it goes to the DLQ — or to the parking topic when it already came back
+``replay_limit`` times from a replay. Every such record keeps the source's partition number.
+
+**Order across retries** (``ordering=key``). While an event of a key waits in a retry tier
+(the *head*), later events of that key must not overtake it. They are forwarded into the
+head's tier right behind it (same partition, due with the head), in the order they arrive —
+parked durably in Kafka, not in memory. When a follower comes due and the head is still
+waiting (it failed again and moved on), the follower moves behind it again. Once the head
+succeeds or is dead-lettered, the next follower becomes the head and runs; the key is free
+when no event of it is left in retry.
+
+The per-key queues are *derived* state: on assignment they are rebuilt from the records
+still pending in the retry tiers (from the group's committed offsets to the end), so there is
+no second store to keep consistent with the tiers. This needs each source partition and the
+retry partitions of the same number on the same instance: key-ordered apps with retry tiers
+use the ``range`` assignor and equal partition counts (checked at start-up).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from processors.errors import Backpressure, Retriable
+from processors.runtime.failures import H, describe_error, strip_provenance
+from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
+from processors.topics.catalogue import AppTopics, RetryTier
+
+__all__ = ["KeyQueue", "OrderingGate", "RecordId", "RetryRouter", "due_at_of", "format_time", "original_id"]
+
+RecordId = tuple[str, int, int]
+"""Where a record first entered: (topic, partition, offset) — stable across tiers and replays."""
+
+GateKey = tuple[str, int]
+"""(source topic, source partition)."""
+
+
+def format_time(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def due_at_of(msg: KafkaMessage) -> float | None:
+    """Epoch seconds from ``x-due-at``; None when absent or unreadable (due now)."""
+    return _parse_time(header_value(msg.headers(), H.DUE_AT))
+
+
+def original_id(msg: KafkaMessage) -> RecordId:
+    headers = msg.headers()
+    topic = header_value(headers, H.ORIGINAL_TOPIC)
+    if topic is not None:
+        try:
+            return (
+                topic,
+                int(header_value(headers, H.ORIGINAL_PARTITION) or -1),
+                int(header_value(headers, H.ORIGINAL_OFFSET) or -1),
+            )
+        except ValueError:
+            pass
+    return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+@dataclass
+class KeyQueue:
+    ids: deque[RecordId]
+    head_topic: str
+    head_due_s: float
+
+
+class OrderingGate:
+    """Keys with events in retry, per source partition, each with its events in order."""
+
+    def __init__(self) -> None:
+        self._queues: dict[GateKey, dict[bytes, KeyQueue]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def queue(self, rid: RecordId, key: bytes) -> KeyQueue | None:
+        return self._queues.get((rid[0], rid[1]), {}).get(key)
+
+    def follow(self, rid: RecordId, key: bytes) -> KeyQueue | None:
+        """None: process the record now.  A queue: forward the record behind its head."""
+        queue = self.queue(rid, key)
+        if queue is None or queue.ids[0] == rid:
+            return None
+        if rid not in queue.ids:
+            queue.ids.append(rid)
+        return queue
+
+    def retrying(self, rid: RecordId, key: bytes, topic: str, due_s: float) -> None:
+        """The record (the key's head, or a key not blocked yet) went to retry ``topic``."""
+        by_key = self._queues.setdefault((rid[0], rid[1]), {})
+        queue = by_key.get(key)
+        if queue is None:
+            by_key[key] = KeyQueue(deque([rid]), topic, due_s)
+        elif queue.ids[0] == rid:
+            queue.head_topic, queue.head_due_s = topic, due_s
+
+    def done(self, rid: RecordId, key: bytes) -> None:
+        """The record succeeded, was dead-lettered or parked: the next one may run."""
+        by_key = self._queues.get((rid[0], rid[1]))
+        if not by_key:
+            return
+        queue = by_key.get(key)
+        if queue is None:
+            return
+        try:
+            queue.ids.remove(rid)
+        except ValueError:
+            return
+        if not queue.ids:
+            del by_key[key]
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for gate_key in [k for k in self._queues if k[1] in gone]:
+            del self._queues[gate_key]
+
+    def rebuild(self, pending: Iterable[tuple[RecordId, bytes, int, str, float]]) -> None:
+        """Rebuild from records pending in the tiers: (id, key, tier index, tier topic, due)."""
+        latest: dict[tuple[GateKey, bytes], dict[RecordId, tuple[int, str, float]]] = {}
+        for rid, key, index, topic, due in pending:
+            entries = latest.setdefault(((rid[0], rid[1]), key), {})
+            seen = entries.get(rid)
+            if seen is None or index >= seen[0]:
+                entries[rid] = (index, topic, due)
+        for (gate_key, key), entries in latest.items():
+            ordered = sorted(entries)  # by original offset: the order the events were published
+            head = entries[ordered[0]]
+            self._queues.setdefault(gate_key, {})[key] = KeyQueue(deque(ordered), head[1], head[2])
+
+
+class RetryRouter:
+    """Turns a failed record into its retry / DLQ / parking record and keeps the gate current."""
+
+    def __init__(
+        self,
+        topics: AppTopics,
+        *,
+        app: str,
+        replay_limit: int = 3,
+        keep_key_order: bool = True,
+    ) -> None:
+        self.topics = topics
+        self.app = app
+        self.replay_limit = replay_limit
+        self.keep_key_order = keep_key_order and bool(topics.retry_tiers)
+        self.gate = OrderingGate()
+        self._tier_topics = {tier.topic: tier for tier in topics.retry_tiers}
+        self._now = time.time
+
+    @property
+    def tier_topics(self) -> frozenset[str]:
+        return frozenset(self._tier_topics)
+
+    def due_at(self, msg: KafkaMessage) -> float | None:
+        if msg.topic() in self._tier_topics:
+            return due_at_of(msg)
+        return None
+
+    # -------------------------------------------------------------- before / after processing
+
+    def follow(self, msg: KafkaMessage) -> OutRecord | None:
+        """The forward record when ``msg`` must wait behind an earlier event of its key."""
+        key = msg.key()
+        if not self.keep_key_order or key is None:
+            return None
+        rid = original_id(msg)
+        queue = self.gate.follow(rid, key)
+        if queue is None:
+            return None
+        message = f"waiting behind an earlier event of this key in retry (offset {queue.ids[0][2]})"
+        return self._record(
+            msg,
+            topic=queue.head_topic,
+            error_class="WaitingBehind",
+            message=message,
+            attempts=_int(header_value(msg.headers(), H.ATTEMPTS)),
+            due_s=queue.head_due_s,
+        )
+
+    def succeeded(self, msg: KafkaMessage) -> None:
+        key = msg.key()
+        if self.keep_key_order and key is not None:
+            self.gate.done(original_id(msg), key)
+
+    def failed(self, msg: KafkaMessage, exc: Exception, *, group: str, attempts: int) -> OutRecord:
+        """The record that takes ``msg`` to its next tier, the DLQ or the parking topic."""
+        if isinstance(exc, Backpressure):  # never routed: the runtime waits instead
+            raise exc
+        total_attempts = _int(header_value(msg.headers(), H.ATTEMPTS)) + attempts
+        key = msg.key()
+        rid = original_id(msg)
+        tier = self._next_tier(msg, exc) if isinstance(exc, Retriable) else None
+        error_class, message = describe_error(exc)
+        if tier is not None:
+            retry_after_s = exc.retry_after_s if isinstance(exc, Retriable) else None
+            wait_s = max(tier.delay_ms / 1000, retry_after_s or 0.0)
+            due_s = self._now() + wait_s
+            if self.keep_key_order and key is not None:
+                self.gate.retrying(rid, key, tier.topic, due_s)
+            return self._record(
+                msg,
+                topic=tier.topic,
+                error_class=error_class,
+                message=message,
+                attempts=total_attempts,
+                due_s=due_s,
+                group=group,
+            )
+        replays = _int(header_value(msg.headers(), H.REPLAY_COUNT))
+        topic = self.topics.parked if replays >= self.replay_limit > 0 else self.topics.dlq
+        if self.keep_key_order and key is not None:
+            self.gate.done(rid, key)
+        return self._record(
+            msg, topic=topic, error_class=error_class, message=message, attempts=total_attempts, group=group
+        )
+
+    def _next_tier(self, msg: KafkaMessage, exc: Retriable) -> RetryTier | None:
+        current = self._tier_topics.get(msg.topic() or "")
+        tier = self.topics.next_tier(current)
+        wanted_ms = (exc.retry_after_s or 0.0) * 1000
+        while tier is not None and tier.delay_ms < wanted_ms:
+            following = self.topics.next_tier(tier)
+            if following is None:
+                break  # the longest tier left, waiting at least what the service asked
+            tier = following
+        return tier
+
+    def _record(
+        self,
+        msg: KafkaMessage,
+        *,
+        topic: str,
+        error_class: str,
+        message: str,
+        attempts: int,
+        due_s: float | None = None,
+        group: str | None = None,
+    ) -> OutRecord:
+        headers = msg.headers()
+        rid = original_id(msg)
+        ts_type, ts = msg.timestamp()
+        original_ts = header_value(headers, H.ORIGINAL_TIMESTAMP)
+        if original_ts is None:
+            original_ts = str(ts) if ts_type else ""
+        out: HeaderList = strip_provenance(headers)
+        out.extend(
+            [
+                (H.ORIGINAL_TOPIC, rid[0].encode()),
+                (H.ORIGINAL_PARTITION, str(rid[1]).encode()),
+                (H.ORIGINAL_OFFSET, str(rid[2]).encode()),
+                (H.ORIGINAL_TIMESTAMP, original_ts.encode()),
+                (H.GROUP, (group or header_value(headers, H.GROUP) or "").encode()),
+                (H.APP, self.app.encode()),
+                (H.ATTEMPTS, str(attempts).encode()),
+                (H.FAILED_AT, format_time(self._now()).encode()),
+                (H.ERROR_CLASS, error_class.encode()),
+                (H.ERROR_MESSAGE, message.encode()),
+                (H.REPLAY_COUNT, (header_value(headers, H.REPLAY_COUNT) or "0").encode()),
+            ]
+        )
+        if due_s is not None:
+            out.append((H.DUE_AT, format_time(due_s).encode()))
+        return OutRecord(
+            topic=topic, key=msg.key(), value=msg.value(), headers=out, partition=msg.partition()
+        )
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        return 0
+
+
+def pending_from_tiers(
+    records: Sequence[KafkaMessage], tiers: Sequence[RetryTier]
+) -> list[tuple[RecordId, bytes, int, str, float]]:
+    """The rebuild input for :meth:`OrderingGate.rebuild` from records read off the tiers."""
+    index = {tier.topic: tier.index for tier in tiers}
+    pending = []
+    for msg in records:
+        key = msg.key()
+        topic = msg.topic() or ""
+        if key is None or topic not in index:
+            continue
+        pending.append((original_id(msg), key, index[topic], topic, due_at_of(msg) or 0.0))
+    return pending
