@@ -23,6 +23,7 @@ from processors.resilience.breaker import (
     CircuitBreaker,
     CircuitOpen,
     EndpointListener,
+    OperationTimedOut,
 )
 from processors.resilience.classify import (
     BreakerOutcome,
@@ -56,6 +57,7 @@ __all__ = [
     "CircuitOpen",
     "EndpointListener",
     "EndpointPolicy",
+    "OperationTimedOut",
     "PermanentHttpStatus",
     "ResilienceConfig",
     "ResilienceConfigError",

@@ -66,6 +66,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "EndpointListener",
+    "OperationTimedOut",
 ]
 
 T = TypeVar("T")
@@ -135,6 +136,14 @@ class CircuitOpen(Retriable):
         self.endpoint = endpoint
         self.state = state
         self.retry_after_s: float = retry_after_s
+
+
+class OperationTimedOut(Retriable):
+    """The operation ran past the ``timeout_s`` given to :meth:`CircuitBreaker.call`."""
+
+    def __init__(self, message: str, *, timeout_s: float) -> None:
+        super().__init__(message)
+        self.timeout_s = timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,18 +259,17 @@ class CircuitBreaker:
     async def call(self, operation: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
         """Run ``operation()`` if the breaker admits it; raise :class:`CircuitOpen` otherwise.
 
-        ``timeout_s`` bounds the operation inside the breaker, so that running out of time
-        counts as a failure.  (A timeout placed *around* ``call`` cancels it instead, and a
-        cancelled call counts as neither success nor failure.)  The operation's exceptions
-        propagate unchanged.
+        ``timeout_s`` bounds the operation inside the breaker: running out of time raises
+        :class:`OperationTimedOut` (a ``Retriable``) and counts as a failure.  (A timeout placed
+        *around* ``call`` cancels it instead, and a cancelled call counts as neither success nor
+        failure.)  The operation's own exceptions propagate unchanged.
         """
         ticket = self._admit()
         try:
             if timeout_s is None:
                 result = await operation()
             else:
-                async with asyncio.timeout(timeout_s):
-                    result = await operation()
+                result = await self._bounded(operation, timeout_s)
         except BaseException as exc:
             outcome = breaker_outcome(exc)
             if outcome is BreakerOutcome.FAILURE:
@@ -273,6 +281,18 @@ class CircuitBreaker:
             raise
         self._record_success(ticket)
         return result
+
+    async def _bounded(self, operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        timer = asyncio.timeout(timeout_s)
+        try:
+            async with timer:
+                return await operation()
+        except TimeoutError as exc:
+            if timer.expired():
+                raise OperationTimedOut(
+                    f"call to '{self.endpoint}' took longer than {timeout_s:g} s", timeout_s=timeout_s
+                ) from exc
+            raise
 
     async def wait_admitting(self) -> None:
         """Return once a call would be admitted (then a call may still lose the race).

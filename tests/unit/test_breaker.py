@@ -17,6 +17,7 @@ from processors.resilience.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
+    OperationTimedOut,
 )
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -304,9 +305,22 @@ async def test_timeout_s_bounds_the_operation_inside_the_breaker(
     breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
     await half_open(breaker, clock)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(OperationTimedOut) as info:
         await breaker.call(never, timeout_s=0.01)
+    assert isinstance(info.value, Retriable)
+    assert info.value.timeout_s == 0.01
+    assert isinstance(info.value.__cause__, TimeoutError)
     assert breaker.state is OPEN
+
+
+async def test_timeout_s_leaves_the_operations_own_timeouts_alone(breaker: CircuitBreaker) -> None:
+    async def times_out_itself() -> str:
+        raise TimeoutError
+
+    with pytest.raises(TimeoutError) as info:
+        await breaker.call(times_out_itself, timeout_s=5)
+    assert not isinstance(info.value, OperationTimedOut)
+    assert breaker.snapshot().total_failures == 1
 
 
 async def test_a_timeout_around_call_cancels_the_probe_and_counts_neither(

@@ -8,7 +8,7 @@ import pytest
 
 from processors.adapters.http import ConnectFailed, HttpTimeout
 from processors.errors import DecodeError, Permanent, Retriable, ValidationFailed
-from processors.resilience.breaker import CircuitOpen
+from processors.resilience.breaker import CircuitOpen, OperationTimedOut
 from processors.resilience.classify import (
     BreakerOutcome,
     PermanentHttpStatus,
@@ -82,6 +82,7 @@ def test_unusable_retry_after_is_ignored(retry_after_s: float) -> None:
         (ConnectFailed("refused"), BreakerOutcome.FAILURE),
         (RetriesExhausted("3 attempts", attempts=3), BreakerOutcome.FAILURE),
         (CircuitOpen("downstream", retry_after_s=1.0), BreakerOutcome.FAILURE),
+        (OperationTimedOut("slow", timeout_s=1.0), BreakerOutcome.FAILURE),
         (TimeoutError(), BreakerOutcome.FAILURE),
         (ValueError("unexpected"), BreakerOutcome.FAILURE),
         (Permanent("422"), BreakerOutcome.HEALTHY),
