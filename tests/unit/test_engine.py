@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
 
+from processors.errors import Backpressure
 from processors.runtime.engine import Engine, EngineSettings, Ordering
 from processors.runtime.message import KafkaMessage, OutRecord, StaticMessage
 
@@ -18,13 +19,17 @@ TOPIC = "in"
 
 
 class FakeConsumer:
-    """Hands out preloaded records of unpaused partitions; records pauses and commits."""
+    """Hands out preloaded records of unpaused partitions; records pauses, seeks and commits."""
 
     def __init__(self, messages: Sequence[StaticMessage], partitions: Sequence[int]) -> None:
-        self.pending: deque[StaticMessage] = deque(messages)
+        self.log: dict[int, list[StaticMessage]] = {p: [] for p in partitions}
+        for msg in messages:
+            self.log[msg.partition()].append(msg)
+        self.position = dict.fromkeys(partitions, 0)
         self.partitions = [TopicPartition(TOPIC, p) for p in partitions]
         self.paused: set[int] = set()
         self.pause_log: list[tuple[str, int]] = []
+        self.seeks: list[tuple[int, int]] = []
         self.commits: list[tuple[int, int]] = []
         self.closed = False
         self.consume_calls = 0
@@ -45,11 +50,12 @@ class FakeConsumer:
             self.callbacks["on_assign"](self, self.partitions)
             return []
         out: list[StaticMessage] = []
-        skipped: deque[StaticMessage] = deque()
-        while self.pending and len(out) < num_messages:
-            msg = self.pending.popleft()
-            (skipped if msg.partition() in self.paused else out).append(msg)
-        self.pending = skipped + self.pending
+        for partition, records in self.log.items():
+            while partition not in self.paused and self.position[partition] < len(records):
+                if len(out) >= num_messages:
+                    break
+                out.append(records[self.position[partition]])
+                self.position[partition] += 1
         if not out:
             threading.Event().wait(timeout / 10)  # a real consume blocks up to its timeout
         return out
@@ -63,6 +69,11 @@ class FakeConsumer:
         for tp in tps:
             self.paused.discard(tp.partition)
             self.pause_log.append(("resume", tp.partition))
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+        records = self.log[tp.partition]
+        self.position[tp.partition] = next(i for i, m in enumerate(records) if m.offset() >= tp.offset)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         with self._lock:
@@ -96,6 +107,7 @@ class ScriptedProcessor:
         self.ended: list[tuple[bytes | None, int]] = []
         self.behaviour = behaviour
         self.assigned: list[tuple[str, int]] = []
+        self.due: dict[tuple[int, int], float] = {}
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -114,7 +126,7 @@ class ScriptedProcessor:
         return [OutRecord("out", msg.key(), msg.value())]
 
     def due_at(self, msg: KafkaMessage) -> float | None:
-        return None
+        return self.due.get((msg.partition() or 0, msg.offset() or 0))
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
         return [OutRecord("dlq", msg.key(), msg.value(), [("x-error-class", type(exc).__name__.encode())])]
@@ -276,3 +288,62 @@ async def test_partitions_are_announced_to_the_app_before_their_records_run() ->
 def test_settings_refuse_an_app_bound_below_the_partition_bound() -> None:
     with pytest.raises(ValueError, match="max_buffered"):
         EngineSettings(max_buffered=10, max_buffered_per_partition=20)
+
+
+async def test_a_record_not_yet_due_pauses_its_partition_and_runs_when_due() -> None:
+    started_at: dict[int, float] = {}
+
+    async def behaviour(msg: KafkaMessage) -> None:
+        started_at[msg.offset() or 0] = time.time()
+
+    msgs = [_msg(0, 0, "A"), _msg(0, 1, "B"), _msg(1, 0, "C")]
+    consumer, producer, proc = FakeConsumer(msgs, [0, 1]), FakeProducer(), ScriptedProcessor(behaviour)
+    due = time.time() + 0.3
+    proc.due = {(0, 0): due}  # partition 0's head record (offset 0) is due later; partition 1's is not
+    engine = _engine(proc, consumer, producer)
+    await _run_until(engine, lambda: len(producer.sent) == 3)
+    assert ("pause", 0) in consumer.pause_log
+    assert ("resume", 0) in consumer.pause_log
+    assert (0, 0) in consumer.seeks  # back to the record that was not due
+    assert ("pause", 1) not in consumer.pause_log
+    assert started_at[0] >= due  # never before it is due
+    assert [off for key, off in proc.started if key in (b"A", b"B")] == [0, 1]
+    assert consumer.last_commit(0) == 2
+
+
+class _Refusing(Backpressure):
+    def __init__(self, ready: asyncio.Event) -> None:
+        super().__init__("circuit open")
+        self.endpoint = "gateway"
+        self._ready = ready
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+
+async def test_backpressure_pauses_every_partition_holds_the_record_and_retries_it() -> None:
+    ready = asyncio.Event()
+    refused: list[int] = []
+
+    async def behaviour(msg: KafkaMessage) -> None:
+        if not ready.is_set():
+            refused.append(msg.offset() or 0)
+            raise _Refusing(ready)
+
+    msgs = [_msg(0, 0, "A"), _msg(0, 1, "A"), _msg(1, 0, "B")]
+    consumer, producer, proc = FakeConsumer(msgs, [0, 1]), FakeProducer(), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer)
+    task = asyncio.create_task(engine.run())
+    await eventually(lambda: ("pause", 0) in consumer.pause_log and ("pause", 1) in consumer.pause_log)
+    await eventually(lambda: len(refused) >= 2)
+    assert producer.sent == []  # nothing dead-lettered, nothing routed
+    assert engine.stats.failed == 0
+    ready.set()
+    await eventually(lambda: len(producer.sent) == 3)
+    await eventually(lambda: ("resume", 0) in consumer.pause_log and ("resume", 1) in consumer.pause_log)
+    engine.stop()
+    await task
+    assert [r.topic for r in producer.sent] == ["out", "out", "out"]
+    assert [off for key, off in proc.ended if key == b"A"] == [0, 1]
+    assert consumer.last_commit(0) == 2
+    assert consumer.last_commit(1) == 1
