@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,35 @@ def test_every_classified_status_agrees_with_the_breaker() -> None:
             assert is_counted_failure(error), status
         else:
             assert breaker_outcome(error) is BreakerOutcome.HEALTHY, status
+
+
+def _doc_http_rows() -> list[tuple[str, list[int], str]]:
+    """(row label, statuses named or implied by the row, class) from the doc's table."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "failure-classification.md"
+    rows = []
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("| HTTP "):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        label, klass = cells[0], cells[2]
+        statuses = [int(n) for n in re.findall(r"\b([1-5]\d\d)\b", label)]
+        for hundred in re.findall(r"\b([1-5])xx\b", label):
+            statuses += [int(hundred) * 100 + n for n in (0, 1, 50, 99)]
+        rows.append((label, statuses, klass))
+    return rows
+
+
+def test_the_documented_table_matches_classify_status() -> None:
+    rows = _doc_http_rows()
+    assert len(rows) >= 8
+    expected = {"result": type(None), "Retriable": Retriable, "Permanent": Permanent}
+    for label, statuses, klass in rows:
+        assert statuses, label
+        if "2xx" in label and "unreadable" in label:
+            continue  # decided by the adapter from the body, not by the status
+        if label.startswith("HTTP status outside"):
+            continue  # covered by test_statuses_outside_the_standard_ranges_are_retriable
+        for status in statuses:
+            if any(status in other for lab, other, _ in rows if lab != label and "any other" not in lab):
+                continue  # a named status belongs to its own row
+            assert isinstance(classify_status(status, context=CONTEXT), expected[klass]), (label, status)
