@@ -19,7 +19,9 @@ key known, same parameters             the stored status and body, header ``Idem
 A new key is claimed, then the injected latency (``latency_ms`` plus up to
 ``latency_jitter_ms``) passes, then ``error_rate`` may answer 503 without charging.  Otherwise
 the card token decides: ``tok_decline_<code>`` → 402 ``DECLINED``, ``tok_pending_<any>`` → 202
-``PENDING``, anything else (or no card) → 200 ``COMPLETED``.  That answer is stored and counts as
+``PENDING``, ``tok_unavailable_<n>`` → 503 for the first *n* requests of a key and then as usual
+(a deterministic transient failure), ``tok_invalid…`` → 400 every time (a permanent one),
+anything else (or no card) → 200 ``COMPLETED``.  That answer is stored and counts as
 one charge in ``charges_by_key``; ``error_after_charge_rate`` may then answer 500 instead (the
 ambiguous failure a retry with the same key resolves).  Early refusals take no injected latency.
 
@@ -79,6 +81,8 @@ _SMALLEST_UNIT: Final = Decimal(1).scaleb(-_MAX_DECIMAL_PLACES)
 _CARD_TYPES: Final = frozenset({"CARD", "CREDIT_CARD", "DEBIT_CARD"})
 _DECLINE_PREFIX: Final = "tok_decline_"
 _PENDING_PREFIX: Final = "tok_pending_"
+_UNAVAILABLE_PREFIX: Final = "tok_unavailable_"
+_INVALID_PREFIX: Final = "tok_invalid"
 _RECEIPT_BASE_URL: Final = "https://receipts.sandbox.invalid/"
 _DECLINE_REASONS: Final = {
     "insufficient_funds": "The card has insufficient funds to complete the payment.",
@@ -353,6 +357,7 @@ class PaymentGatewaySim:
         self.requests_by_status: dict[int, int] = {}
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._unavailable_seen: dict[str, int] = {}
         self._sleepers: set[asyncio.Future[None]] = set()
         self._claim_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._config = config or GatewayConfig()
@@ -385,6 +390,7 @@ class PaymentGatewaySim:
     def reset(self) -> None:
         """Forget every key, charge and counter; restart the random sequence and the rate limiter."""
         self._entries.clear()
+        self._unavailable_seen.clear()
         self.charges_by_key.clear()
         self.requests_by_status.clear()
         self._rng = random.Random(self._config.seed)
@@ -495,6 +501,17 @@ class PaymentGatewaySim:
             await self._inject_latency(config)
             if config.error_rate and self._rng.random() < config.error_rate:
                 return _error(503, _UNAVAILABLE_BODY)
+            token = charge.card_token or ""
+            if token.startswith(_UNAVAILABLE_PREFIX):
+                # Deterministic transient failure: the first <n> requests of this key get 503.
+                suffix = token[len(_UNAVAILABLE_PREFIX) :]
+                failures = int(suffix) if suffix.isdigit() else 1
+                seen = self._unavailable_seen.get(key, 0)
+                if seen < failures:
+                    self._unavailable_seen[key] = seen + 1
+                    return _error(503, _UNAVAILABLE_BODY)
+            if token.startswith(_INVALID_PREFIX):
+                return _validation_error("payment_method.card_token was rejected by the card network")
             claim.status, payload = self._charge(charge)
             claim.body = jsonwire.dumps(payload)
             self.charges_by_key[key] = self.charges_by_key.get(key, 0) + 1
