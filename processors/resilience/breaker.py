@@ -38,7 +38,8 @@ it and read :attr:`~CircuitBreaker.state`: the transition happens and wakes the 
 **Composition.**  Put the breaker around each attempt, inside the retry policy, so every
 attempt that reaches the endpoint is counted.  ``CircuitOpen`` is a ``Retriable``; an app that
 sees it should pause the partitions that need the endpoint and resume them when
-:meth:`~CircuitBreaker.wait_admitting` returns, rather than burn retries while the breaker is open.
+:meth:`~CircuitBreaker.wait_admitting` returns, rather than burn retries while the breaker is open
+(:class:`processors.resilience.guard.EndpointGuard` does both).
 """
 
 from __future__ import annotations
