@@ -117,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=_cmd_samples)
 
     from processors.devbroker.cli import register_cli as register_broker
+    from processors.dlq.cli import register_cli as register_dlq
     from processors.sandbox.cli import register_cli as register_sandbox
     from processors.topics.cli import register_cli as register_topics
 
     register_topics(sub)
     register_sandbox(sub)
     register_broker(sub)
+    register_dlq(sub)
     return parser
 
 
