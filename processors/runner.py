@@ -51,8 +51,10 @@ def build_app(
 ) -> EventApp:
     topics = catalogue.app(name)
     content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
-    resilience = resilience or load_resilience(settings.resilience_file)
-    breakers = breakers or resilience.breakers()
+    if resilience is None:
+        resilience = load_resilience(settings.resilience_file)
+    if breakers is None:  # (an empty registry is falsy: compare with None)
+        breakers = resilience.breakers()
     group = settings.group_prefix + name
     reader = PendingRecordsReader(
         settings.bootstrap_servers, group, overrides=_client_overrides(settings, "consumer")
@@ -130,7 +132,9 @@ class Runner:
         # Register / look up every schema id now, not on the first record.
         await loop.run_in_executor(None, codec.prepare)
         for name in self.app_names:
-            app = build_app(name, self.settings, self.catalogue, codec)
+            app = build_app(
+                name, self.settings, self.catalogue, codec, resilience=resilience, breakers=self.breakers
+            )
             producer = AsyncProducer(
                 producer_config(self.settings.bootstrap_servers, self.settings.client_overrides)
             )
@@ -141,6 +145,9 @@ class Runner:
                 self.settings.group_prefix + name,
                 self.settings.client_overrides,
             )
+            if app.router.keep_key_order:
+                # The ordering gate needs source partition n and retry partition n together.
+                conf["partition.assignment.strategy"] = "range"
             self.engines.append(
                 Engine(app, consumer_conf=conf, producer=producer, settings=self.settings.engine)
             )

@@ -46,18 +46,23 @@ def kafka_bootstrap(kafka_broker: object) -> str:
 
 
 @pytest.fixture
-def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[[], tuple[Path, str]]:
+def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., tuple[Path, str]]:
     """A copy of topics.yaml whose every topic name carries a unique prefix, applied to the broker.
 
     Returns (topics file, prefix); the prefix is also a good consumer-group prefix.
     """
 
-    def make() -> tuple[Path, str]:
+    def make(payments_retry_tiers: str | None = None) -> tuple[Path, str]:
         from processors.topics.admin import apply
         from processors.topics.catalogue import load_catalogue
 
         prefix = f"t{uuid.uuid4().hex[:10]}."
         text = (ROOT / "topics.yaml").read_text()
+        if payments_retry_tiers is not None:  # shorter tiers keep failure-path tests quick
+            marker = "  payments:\n"
+            head, _, tail = text.partition(marker)
+            tail = re.sub(r"retry_tiers: \[[^\]]*\]", f"retry_tiers: {payments_retry_tiers}", tail, count=1)
+            text = head + marker + tail
         text = re.sub(r"(?<![\w.])(insurance|integrations|reinsurance|regulatory)\.", prefix + r"\1.", text)
         path = tmp_path / f"{prefix}topics.yaml"
         path.write_text(text)
