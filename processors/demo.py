@@ -83,11 +83,11 @@ def publish_events(
     count = 0
     for event in events:
         value, headers = codec.encode(event, content_type)
-        producer.produce(BILLING, key=event.subject.encode(), value=value, headers=list(headers))
+        producer.produce(topic, key=event.subject.encode(), value=value, headers=list(headers))
         producer.poll(0)
         count += 1
     for key, value, headers in extra:
-        producer.produce(BILLING, key=key, value=value, headers=headers or None)
+        producer.produce(topic, key=key, value=value, headers=headers or None)
         count += 1
     left = producer.flush(30)
     if left:

@@ -15,7 +15,7 @@ from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegist
 from processors.errors import ConfigError
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig, load_resilience
-from processors.resilience.guard import EndpointGuard
+from processors.resilience.guard import EndpointGuard, Unguarded
 from processors.runtime.app import EventApp
 from processors.runtime.engine import Engine, Ordering, consumer_config
 from processors.runtime.pending import PendingRecordsReader
@@ -59,6 +59,7 @@ def build_app(
     reader = PendingRecordsReader(
         settings.bootstrap_servers, group, overrides=_client_overrides(settings, "consumer")
     )
+    guard_class = EndpointGuard
     if name == "payments":
         endpoint = "payment-gateway"
         policy = resilience.for_endpoint(endpoint)
@@ -68,7 +69,9 @@ def build_app(
         return PaymentsApp(
             codec=codec,
             gateway=gateway,
-            guard=EndpointGuard(endpoint, policy, breakers.get(endpoint)),
+            guard=(guard_class if settings.resilience_enabled else Unguarded)(
+                endpoint, policy, breakers.get(endpoint)
+            ),
             settings=settings.payments,
             topics=topics,
             output_content_type=content_type,

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     topics_file: Path | None = None
     resilience_file: Path | None = None
     """Per-endpoint breaker, retry and timeout settings (default: ./resilience.yaml)."""
+    resilience_enabled: bool = True
+    """False calls endpoints with no breaker, retry or deadline: for benchmarks only."""
     client_overrides: dict[str, str] = Field(default_factory=dict)
     """librdkafka settings: ``consumer.<key>``, ``producer.<key>`` or ``client.<key>`` (both)."""
     engine: EngineSettings = Field(default_factory=EngineSettings)

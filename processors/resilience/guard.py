@@ -24,7 +24,7 @@ from processors.errors import Backpressure, Retriable
 from processors.resilience.breaker import CircuitBreaker, CircuitOpen
 from processors.resilience.config import EndpointPolicy
 
-__all__ = ["ATTEMPTS", "DeadlineExceeded", "EndpointGuard", "EndpointUnavailable"]
+__all__ = ["ATTEMPTS", "DeadlineExceeded", "EndpointGuard", "EndpointUnavailable", "Unguarded"]
 
 T = TypeVar("T")
 
@@ -72,3 +72,14 @@ class EndpointGuard:
             raise DeadlineExceeded(
                 f"{self.endpoint}: no answer within the {deadline_s:g} s deadline"
             ) from exc
+
+
+class Unguarded(EndpointGuard):
+    """Calls the operation once, with no breaker, retry or deadline.
+
+    Only for measuring what the resilience layer costs (``bench/``); never for production.
+    """
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        ATTEMPTS.set(1)
+        return await operation()
