@@ -74,6 +74,7 @@ def publish_events(
     *,
     fmt: str = "avro",
     extra: Iterable[tuple[bytes, bytes, Any]] = (),
+    topic: str = BILLING,
 ) -> int:
     codec = Codec(LocalSchemaIds())
     producer = confluent_kafka.Producer(

@@ -28,8 +28,9 @@ __all__ = ["ATTEMPTS", "DeadlineExceeded", "EndpointGuard", "EndpointUnavailable
 
 T = TypeVar("T")
 
-ATTEMPTS: ContextVar[int] = ContextVar("processors_attempts", default=1)
-"""In-place attempts the current message's last guarded call made (read for result headers)."""
+ATTEMPTS: ContextVar[int] = ContextVar("processors_attempts", default=0)
+"""Calls made for the message being processed (incremented per attempt, across backpressure
+waits; the runtime resets it when it starts a new message; read for the ``x-attempts`` header)."""
 
 
 class EndpointUnavailable(Backpressure):
@@ -57,10 +58,13 @@ class EndpointGuard:
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         breaker = self.breaker
 
-        async def attempt(n: int) -> T:
-            ATTEMPTS.set(n)
+        async def counted() -> T:  # runs only when the breaker admitted the call
+            _count_attempt()
+            return await operation()
+
+        async def attempt(_n: int) -> T:
             try:
-                return await breaker.call(operation)
+                return await breaker.call(counted)
             except CircuitOpen as exc:
                 raise EndpointUnavailable(breaker, exc) from exc
 
@@ -81,5 +85,9 @@ class Unguarded(EndpointGuard):
     """
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        ATTEMPTS.set(1)
+        _count_attempt()
         return await operation()
+
+
+def _count_attempt() -> None:
+    ATTEMPTS.set(ATTEMPTS.get() + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import ClassVar
 
 from processors.contract import Codec, ContentType, Event
@@ -30,6 +31,11 @@ Emit = tuple[str, Event]
 """(topic, event) an app wants published, keyed by the event's subject."""
 
 TP = tuple[str, int]
+
+_CURRENT: ContextVar[tuple[str | None, int | None, int | None] | None] = ContextVar(
+    "processors_record", default=None
+)
+"""The record the current lane is processing (so attempts add up across backpressure waits)."""
 
 PendingReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
 """Reads the records still pending (past the group's committed offsets) in the given partitions."""
@@ -103,11 +109,14 @@ class EventApp:
         forward = self.router.follow(msg)
         if forward is not None:
             return [forward]
-        ATTEMPTS.set(1)
+        identity = (msg.topic(), msg.partition(), msg.offset())
+        if _CURRENT.get() != identity:  # a new record, not the same one again after a backpressure wait
+            _CURRENT.set(identity)
+            ATTEMPTS.set(0)
         emitted = await self.handle(event)
         self.router.succeeded(msg)
         previous = header_value(headers, H.ATTEMPTS)
-        attempts = (int(previous) if previous and previous.isdigit() else 0) + ATTEMPTS.get()
+        attempts = (int(previous) if previous and previous.isdigit() else 0) + max(ATTEMPTS.get(), 1)
         traceparent = header_value(headers, "traceparent")
         return [self.record(topic, out, traceparent=traceparent, attempts=attempts) for topic, out in emitted]
 
@@ -119,5 +128,6 @@ class EventApp:
         return OutRecord(topic=topic, key=event.subject.encode(), value=value, headers=headers)
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
-        attempts = getattr(exc, "attempts", ATTEMPTS.get())
-        return [self.router.failed(msg, exc, group=group, attempts=int(attempts))]
+        identity = (msg.topic(), msg.partition(), msg.offset())
+        attempts = ATTEMPTS.get() if _CURRENT.get() == identity else 0
+        return [self.router.failed(msg, exc, group=group, attempts=max(attempts, 1))]

@@ -16,6 +16,19 @@ __all__ = ["PendingRecordsReader"]
 
 TP = tuple[str, int]
 
+_TRANSIENT = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._TIMED_OUT,
+        confluent_kafka.KafkaError._TRANSPORT,
+        confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.NOT_COORDINATOR,
+    }
+)
+
 
 class PendingRecordsReader:
     """``reader(partitions)`` → the records from the group's committed offset to the end.
@@ -45,15 +58,26 @@ class PendingRecordsReader:
         self._timeout_s = timeout_s
 
     def __call__(self, partitions: Sequence[TP]) -> Sequence[KafkaMessage]:
+        """Runs on a worker thread; transient broker errors (leader moves) are retried."""
         if not partitions:
             return []
-        consumer = confluent_kafka.Consumer(self._conf)
-        try:
-            return self._read(consumer, partitions)
-        except confluent_kafka.KafkaException as exc:
-            raise BrokerError(f"reading pending records failed: {exc}") from exc
-        finally:
-            consumer.close()
+        deadline = time.monotonic() + self._timeout_s
+        backoff_s = 0.1
+        while True:
+            consumer = confluent_kafka.Consumer(self._conf)
+            try:
+                return self._read(consumer, partitions)
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                transient = isinstance(error, confluent_kafka.KafkaError) and (
+                    error.retriable() or error.code() in _TRANSIENT
+                )
+                if not transient or time.monotonic() + backoff_s > deadline:
+                    raise BrokerError(f"reading pending records failed: {exc}") from exc
+            finally:
+                consumer.close()
+            time.sleep(backoff_s)  # a worker thread, waiting for the cluster to settle
+            backoff_s = min(backoff_s * 2, 2.0)
 
     def _read(self, consumer: confluent_kafka.Consumer, partitions: Sequence[TP]) -> list[KafkaMessage]:
         tps = [confluent_kafka.TopicPartition(t, p) for t, p in partitions]

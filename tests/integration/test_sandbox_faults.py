@@ -18,7 +18,11 @@ async def _pay(session: aiohttp.ClientSession, url: str, key: str, token: str) -
             "idempotency_key": key,
         }
     ).replace(b'"10.00"', b"10.00")
-    headers = {"Authorization": "Bearer sandbox-token", "Idempotency-Key": key, "Content-Type": "application/json"}
+    headers = {
+        "Authorization": "Bearer sandbox-token",
+        "Idempotency-Key": key,
+        "Content-Type": "application/json",
+    }
     async with session.post(url + "/api/v1/payments", data=body, headers=headers) as resp:
         await resp.read()
         return resp.status
