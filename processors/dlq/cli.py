@@ -524,5 +524,5 @@ def _print_report(report: ReplayReport, out: TextIO) -> None:
         remaining = report.to_replay + report.to_park - report.replayed - report.parked
         out.write(
             f"stopped before the end: {remaining} selected dead letters left. Progress is saved: "
-            "run the same command again to continue\n"
+            f"run the same command{' without --restart' if report.restart else ''} again to continue\n"
         )

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 LOCK_GROUP_PREFIX = "processors-dlq-replay-lock."
 _KEEPER_POLL_S = 0.2
-_CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]+")
 
 
 def lock_group(dlq_topic: str) -> str:
@@ -131,7 +131,7 @@ class ReplayLock:
         self._running.set()
         self._thread = threading.Thread(target=self._keep, name=f"dlq-lock-{self.dlq_topic}", daemon=True)
         self._thread.start()
-        log.info("replay lock of %s acquired (group %s)", self.dlq_topic, self.group)
+        log.debug("replay lock of %s acquired (group %s)", self.dlq_topic, self.group)
 
     def release(self) -> None:
         """Leave the group (idempotent)."""

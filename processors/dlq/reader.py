@@ -179,7 +179,9 @@ class DlqReader:
             return
         consumer = self.consumer
         try:
-            consumer.assign([TopicPartition(self.topic, p, start) for p, (start, _) in pending.items()])
+            assignment = [TopicPartition(self.topic, p, start) for p, (start, _) in pending.items()]
+            consumer.assign(assignment)
+            consumer.resume(assignment)  # a pause from an earlier read survives unassign/assign
         except confluent_kafka.KafkaException as exc:
             raise BrokerError(f"cannot read {self.topic}: {exc}") from exc
         idle_since = time.monotonic()

@@ -171,6 +171,7 @@ class ReplayReport:
     parked: int
     completed: bool
     resumed: bool
+    restart: bool
     breakdown: DlqStats
     destinations: dict[str, int]
     problems: tuple[str, ...] = ()
@@ -196,6 +197,7 @@ class ReplayReport:
             "parked": self.parked,
             "completed": self.completed,
             "resumed": self.resumed,
+            "restart": self.restart,
             "breakdown": self.breakdown.as_dict(),
             "destinations": self.destinations,
             "problems": list(self.problems),
@@ -654,6 +656,7 @@ class _Replay:
             parked=self.parked,
             completed=self.completed,
             resumed=self.resumed,
+            restart=self.restart,
             breakdown=plan.breakdown,
             destinations=dict(plan.destinations.most_common()),
             problems=tuple(plan.problems),
@@ -682,7 +685,7 @@ class _Replay:
             "to_park": report.to_park,
             "completed": report.completed,
             "resumed": report.resumed,
-            "restart": self.restart,
+            "restart": report.restart,
             "rate_per_s": self.bucket.rate_per_s,
             "replay_limit": self.replay_limit,
             "started_at": format_time(report.started_at),
