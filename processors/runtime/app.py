@@ -106,6 +106,8 @@ class EventApp:
             raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
         if event.event_type not in self.handles:
             return ()
+        if self.router.already_in_retry(msg):
+            return ()
         forward = self.router.follow(msg)
         if forward is not None:
             return [forward]

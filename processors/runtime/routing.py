@@ -199,6 +199,20 @@ class RetryRouter:
             due_s=queue.head_due_s,
         )
 
+    def already_in_retry(self, msg: KafkaMessage) -> bool:
+        """True for a source record redelivered after a crash while a copy of it is in a tier.
+
+        The offset was not committed before the crash, but the record had already moved to a
+        retry tier (and its followers behind it): processing it again would run it twice and
+        ahead of its own retry.  The tier copy is the one that runs.
+        """
+        key = msg.key()
+        if not self.keep_key_order or key is None or msg.topic() in self._tier_topics:
+            return False
+        rid = original_id(msg)
+        queue = self.gate.queue(rid, key)
+        return queue is not None and rid in queue.ids
+
     def succeeded(self, msg: KafkaMessage) -> None:
         key = msg.key()
         if self.keep_key_order and key is not None:

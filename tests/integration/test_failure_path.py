@@ -282,14 +282,20 @@ async def test_key_order_holds_across_a_crash_while_an_event_waits_in_a_retry_ti
                 publish(
                     kafka_bootstrap,
                     billing,
-                    [premium_due(1, 1, token="tok_unavailable_3"), premium_due(1, 2), premium_due(1, 3)],
+                    # Event 1 fails its in-place attempts twice: it waits in retry for about 40 s.
+                    [premium_due(1, 1, token="tok_unavailable_6"), premium_due(1, 2), premium_due(1, 3)],
                 )
                 await collector.wait_for(lambda r: len(collector.on(tier0)) >= 3, timeout_s=120)
             finally:
                 first.send_signal(signal.SIGKILL)
                 first.wait(30)
+            killed_log = log_path.read_text()
             second = start_processor(env, "run", "payments", log_path=log_path)
             try:
+                await collector.wait_for(
+                    lambda r: log_path.read_text()[len(killed_log) :].count("app payments: assigned") >= 1,
+                    timeout_s=60,
+                )
                 publish(kafka_bootstrap, billing, [premium_due(1, 4)])  # arrives while event 1 still waits
                 await collector.wait_for(lambda r: len(collector.on(results)) >= 4, timeout_s=180)
             finally:

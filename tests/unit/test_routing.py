@@ -178,3 +178,14 @@ def test_gate_ignores_unknown_records() -> None:
     gate = OrderingGate()
     gate.done(("src", 0, 1), b"K")
     assert gate.follow(("src", 0, 1), b"K") is None
+
+
+def test_a_source_record_redelivered_while_its_copy_is_in_retry_is_skipped() -> None:
+    router = RetryRouter(TOPICS, app="app")
+    head = router.failed(_src(10), Retriable("503"), group="g", attempts=3)
+    assert router.follow(_src(11)) is not None
+    # After a crash the source offsets 10 and 11 come again; both already have copies in retry.
+    assert router.already_in_retry(_src(10))
+    assert router.already_in_retry(_src(11))
+    assert not router.already_in_retry(_src(12))
+    assert not router.already_in_retry(_moved(head.headers, "app.retry.0-5s", 0))  # the copy itself runs
