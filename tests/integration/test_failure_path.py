@@ -310,3 +310,71 @@ async def test_key_order_holds_across_a_crash_while_an_event_waits_in_a_retry_ti
         if header(m, H.ERROR_CLASS) == "WaitingBehind"
     ]
     assert "POL-2024-000001-I004" in behind  # the new event was held behind, not raced ahead
+
+
+async def test_replayed_dead_letters_run_once_after_the_fix_and_repeat_failures_get_parked(
+    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
+) -> None:
+    from pydantic import SecretStr
+
+    from processors.dlq import DlqFilter, replay
+
+    topics_file, prefix = isolated_topics(FAST_TIERS)
+    catalogue = load_catalogue(topics_file)
+    app = catalogue.app("payments")
+    billing, results = f"{prefix}insurance.billing.events", f"{prefix}integrations.payment.results"
+    good = [premium_due(p, i) for p in range(1, 6) for i in range(1, 5)]
+    hopeless = [premium_due(9, 1, token="tok_invalid_card"), premium_due(9, 2, token="tok_invalid_card")]
+    publish(kafka_bootstrap, billing, [*good, *hopeless])
+    collector = Collector(kafka_bootstrap, [results, app.dlq, app.parked])
+    # The cause: the gateway expects another token than the app sends (401, Permanent).
+    config = GatewayConfig(seed=3, token=SecretStr("rotated-token"))
+    async with SandboxServer(gateway=config) as sandbox:
+        try:
+            async with running_payments(
+                kafka_bootstrap, topics_file, prefix, sandbox.url, _resilience(tmp_path)
+            ):
+                await collector.wait_for(lambda r: len(collector.on(app.dlq)) >= 22, timeout_s=120)
+                assert collector.on(results) == []
+                sandbox.gateway.update_config(token=SecretStr("sandbox-token"))  # the fix
+
+                def replay_all() -> Any:
+                    return replay(
+                        kafka_bootstrap,
+                        catalogue,
+                        "payments",
+                        DlqFilter.build(),
+                        operator="test",
+                        rate_per_s=1_000,
+                    )
+
+                loop = asyncio.get_running_loop()
+                first = await loop.run_in_executor(None, replay_all)
+                assert (first.replayed, first.parked) == (22, 0)
+                await collector.wait_for(
+                    lambda r: len(collector.on(results)) >= 20 and len(collector.on(app.dlq)) >= 24,
+                    timeout_s=120,
+                )
+                # The two hopeless ones keep failing: replayed until the limit, then parked.
+                for expected_dlq in (26, 28):
+                    report = await loop.run_in_executor(None, replay_all)
+                    assert (report.replayed, report.parked) == (2, 0)
+                    await collector.wait_for(
+                        lambda r, n=expected_dlq: (
+                            len(collector.on(app.dlq)) + len(collector.on(app.parked)) >= n
+                        ),
+                        timeout_s=120,
+                    )
+                collector.poll(1.0)
+        finally:
+            collector.close()
+        charges = sandbox.gateway.charges_by_key
+
+    sources = [decode(m).data.source_event_id for m in collector.on(results)]  # type: ignore[union-attr]
+    assert sorted(map(str, sources)) == sorted(str(e.event_id) for e in good)  # each exactly once
+    assert len(charges) == len(good)
+    assert set(charges.values()) == {1}
+    parked = collector.on(app.parked)
+    assert len(parked) == 2
+    assert {header(m, H.REPLAY_COUNT) for m in parked} == {"3"}
+    assert len(collector.on(app.dlq)) == 26  # 22 first failures + 2 × 2 repeats, then parking: no loop
