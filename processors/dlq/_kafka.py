@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import confluent_kafka
 
@@ -17,7 +18,24 @@ __all__ = [
     "consumer_config",
     "partition_counts",
     "producer_config",
+    "retrying",
 ]
+
+T = TypeVar("T")
+
+_TRANSIENT = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.REQUEST_TIMED_OUT,
+        confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.NOT_COORDINATOR,
+        confluent_kafka.KafkaError._TRANSPORT,
+        confluent_kafka.KafkaError._TIMED_OUT,
+        confluent_kafka.KafkaError._WAIT_COORD,
+    }
+)
 
 KafkaConfig = str | Mapping[str, Any]
 """Bootstrap servers, or a full librdkafka configuration (security settings and the like)."""
@@ -90,3 +108,22 @@ def partition_counts(client: Any, topics: set[str], *, timeout_s: float) -> dict
             raise ConfigError(f"topic {topic} has no partitions on the cluster")
         counts[topic] = len(described.partitions)
     return counts
+
+
+def retrying(call: Callable[[], T], *, timeout_s: float) -> T:
+    """``call()``, tried again while it fails with a transient Kafka error (a leader moving,
+    a coordinator loading) for up to ``timeout_s``; other errors are raised at once."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.05
+    while True:
+        try:
+            return call()
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, confluent_kafka.KafkaError) and (
+                error.code() in _TRANSIENT or error.retriable()
+            )
+            if not transient or time.monotonic() + delay_s > deadline:
+                raise
+        time.sleep(delay_s)
+        delay_s = min(1.0, delay_s * 2)

@@ -40,7 +40,7 @@ from typing import Any, Self
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
 
-from processors.dlq._kafka import KafkaConfig, admin_config, base_config
+from processors.dlq._kafka import KafkaConfig, admin_config, base_config, retrying
 from processors.errors import BrokerError, ConfigError, ProcessorsError
 
 __all__ = ["LOCK_GROUP_PREFIX", "ReplayLock", "ReplayLockHeld", "ReplayLockLost", "lock_group"]
@@ -169,10 +169,12 @@ class ReplayLock:
 
     def _members(self) -> list[Any]:
         try:
-            future = self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[
-                self.group
-            ]
-            description = future.result()
+            description = retrying(
+                lambda: self._admin.describe_consumer_groups([self.group], request_timeout=self.timeout_s)[
+                    self.group
+                ].result(),
+                timeout_s=self.timeout_s,
+            )
         except confluent_kafka.KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if (

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
 import confluent_kafka
 from confluent_kafka import KafkaError, TopicPartition
 
-from processors.dlq._kafka import KafkaConfig, consumer_config, partition_counts
+from processors.dlq._kafka import KafkaConfig, consumer_config, partition_counts, retrying
 from processors.dlq.filters import DlqFilter
 from processors.dlq.records import DeadLetter
 from processors.dlq.summary import DlqStats
@@ -118,9 +119,13 @@ class DlqReader:
         marks: dict[int, tuple[int, int]] = {}
         for partition in partitions if partitions is not None else self.partitions():
             try:
-                low, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=self.timeout_s, cached=False
+                ask = partial(
+                    self.consumer.get_watermark_offsets,
+                    TopicPartition(self.topic, partition),
+                    timeout=self.timeout_s,
+                    cached=False,
                 )
+                low, high = retrying(ask, timeout_s=self.timeout_s)
             except confluent_kafka.KafkaException as exc:
                 raise BrokerError(f"cannot read the offsets of {self.topic} [{partition}]: {exc}") from exc
             marks[partition] = (int(low), int(high))
@@ -138,8 +143,11 @@ class DlqReader:
         if self.group_id is None:
             return {}
         try:
-            found = self.consumer.committed(
-                [TopicPartition(self.topic, p) for p in partitions], timeout=self.timeout_s
+            found = retrying(
+                lambda: self.consumer.committed(
+                    [TopicPartition(self.topic, p) for p in partitions], timeout=self.timeout_s
+                ),
+                timeout_s=self.timeout_s,
             )
         except confluent_kafka.KafkaException as exc:
             raise BrokerError(f"cannot read the committed offsets of {self.group_id}: {exc}") from exc
@@ -161,7 +169,9 @@ class DlqReader:
             return
         offsets = [TopicPartition(self.topic, p, o, metadata=metadata) for p, o in sorted(positions.items())]
         try:
-            answer = self.consumer.commit(offsets=offsets, asynchronous=False)
+            answer = retrying(
+                lambda: self.consumer.commit(offsets=offsets, asynchronous=False), timeout_s=self.timeout_s
+            )
         except confluent_kafka.KafkaException as exc:
             raise BrokerError(f"cannot commit replay progress to {self.group_id}: {exc}") from exc
         for tp in answer or ():
