@@ -32,6 +32,7 @@ from processors.dlq.replay import (
     ReplayReport,
     ReplayTarget,
     audit_topic_for,
+    default_operator,
     progress_group,
     replay,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "TokenBucket",
     "ValueView",
     "audit_topic_for",
+    "default_operator",
     "describe_value",
     "lock_group",
     "mask_pii",

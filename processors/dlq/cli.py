@@ -11,7 +11,6 @@ the same command again to continue).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import signal
@@ -35,6 +34,7 @@ from processors.dlq.replay import (
     ReplayProgress,
     ReplayReport,
     ReplayTarget,
+    default_operator,
     replay,
 )
 from processors.dlq.rewrite import DEFAULT_REPLAY_LIMIT
@@ -397,15 +397,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> str:
-    if args.operator:
-        return str(args.operator)
-    name = os.environ.get("USER", "").strip()
-    if name:
-        return name
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError) as exc:
-        raise ConfigError("cannot tell who is running the replay: pass --operator NAME") from exc
+    return str(args.operator) if args.operator else default_operator()
 
 
 @contextmanager
@@ -461,6 +453,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         _json_line(report.as_dict(), sys.stdout)
     else:
         _print_report(report, sys.stdout)
+    if report.problems:
+        return EXIT_CONFIG  # a dry run that found records the real run would refuse
     return EXIT_OK if report.completed else EXIT_INTERRUPTED
 
 

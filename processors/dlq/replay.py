@@ -32,8 +32,10 @@ beginning of the range instead.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -69,6 +71,7 @@ __all__ = [
     "ReplayReport",
     "ReplayTarget",
     "audit_topic_for",
+    "default_operator",
     "progress_group",
     "replay",
 ]
@@ -204,6 +207,17 @@ class ReplayReport:
         }
 
 
+def default_operator() -> str:
+    """Who runs a replay when nobody says: ``$USER``, else the login name."""
+    name = os.environ.get("USER", "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError) as exc:
+        raise ConfigError("cannot tell who is running the replay: name the operator (--operator)") from exc
+
+
 def audit_topic_for(catalogue: Catalogue, app: AppTopics) -> str:
     """The catalogue's ``integrations.audit`` topic, under the same name prefix as the app's DLQ."""
     marker = app.dlq.find("integrations.")
@@ -236,7 +250,7 @@ def replay(
     dry_run: bool = False,
     rate_per_s: float = DEFAULT_RATE_PER_S,
     replay_limit: int = DEFAULT_REPLAY_LIMIT,
-    operator: str,
+    operator: str | None = None,
     restart: bool = False,
     audit_topic: str | None = None,
     max_records: int | None = None,
@@ -251,10 +265,13 @@ def replay(
 ) -> ReplayReport:
     """Replay the dead letters of ``app`` selected by ``flt``; see the module doc.
 
+    ``operator`` (for the audit trail) defaults to :func:`default_operator`.
+
     ``max_records`` stops after that many records were moved (replayed or parked), like an
     interruption; ``stop`` (an event, e.g. set by a signal handler) stops at the next record.
     Either way the work done is flushed, committed and audited, and the report says
-    ``completed=False``; running the same replay again continues.
+    ``completed=False``; running the same replay again continues.  ``on_progress`` is
+    called every ``progress_interval_s`` while records move, and once at the end.
 
     Raises :class:`ConfigError` (bad arguments, unknown app or topic, unroutable records,
     :class:`ProgressMismatch`), :class:`~processors.dlq.lock.ReplayLockHeld`,
@@ -270,7 +287,7 @@ def replay(
         dry_run=dry_run,
         rate_per_s=rate_per_s,
         replay_limit=replay_limit,
-        operator=operator,
+        operator=operator if operator is not None else default_operator(),
         restart=restart,
         audit_topic=audit_topic,
         max_records=max_records,

@@ -100,6 +100,7 @@ class Spec:
     source_partition: int | None = None
     value: bytes | None = None
     event_headers: list[tuple[str, bytes]] | None = None
+    source_topic: str | None = None
 
 
 def premium_due_value() -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -119,7 +120,7 @@ def put(env: Env, specs: list[Spec]) -> list[tuple[int, int]]:
         if spec.replays is not None:
             headers.append((H.REPLAY_COUNT, str(spec.replays).encode()))
         source = StaticMessage(
-            env.source,
+            spec.source_topic or env.source,
             spec.partition if spec.source_partition is None else spec.source_partition,
             1000 + index,
             spec.key.encode(),
@@ -411,6 +412,24 @@ def test_replay_to_the_original_topic_goes_to_the_original_partition(env: Env) -
     assert [(m.key(), m.partition()) for m in moved] == [(b"POL-1", 1), (b"POL-2", 2)]
     assert all(headers_of(m)[H.REPLAY_COUNT] == "1" for m in moved)
     assert sum(end_offsets(env.bootstrap, env.retry).values()) == 0
+
+
+def test_records_that_cannot_go_back_stop_a_replay_before_anything_moves(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(env, [Spec(0, "POL-1", Permanent("declined")),
+              Spec(1, "POL-2", Permanent("declined"), source_topic="somebody.elses.events")])  # fmt: skip
+    with pytest.raises(ConfigError, match="is not a source of app 'payments'"):
+        do_replay(env, target="original")
+    assert sum(end_offsets(env.bootstrap, env.source).values()) == 0
+    dry = do_replay(env, target="original", dry_run=True)
+    assert len(dry.problems) == 1
+    assert "somebody.elses.events" in dry.problems[0]
+    capsys.readouterr()
+    assert main(env.cli("replay", "--dry-run", "--to", "original")) == 2
+    assert "could not be replayed" in capsys.readouterr().out
+    report = do_replay(env, target="retry")  # the retry tier takes both
+    assert report.replayed == 2
 
 
 def test_records_at_the_replay_limit_are_parked_unchanged(env: Env) -> None:

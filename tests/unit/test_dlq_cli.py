@@ -10,7 +10,7 @@ import pytest
 
 import processors.dlq
 from processors.cli import main
-from processors.dlq import audit_topic_for, lock_group, progress_group
+from processors.dlq import audit_topic_for, default_operator, lock_group, progress_group
 from processors.dlq.cli import EXIT_CONFIG, read_client_config
 from processors.errors import ConfigError
 from processors.topics.catalogue import load_catalogue, parse_catalogue
@@ -132,3 +132,18 @@ def test_the_package_exports_exist() -> None:
     for name in processors.dlq.__all__:
         assert hasattr(processors.dlq, name), name
     assert sorted(processors.dlq.__all__) == processors.dlq.__all__
+
+
+def test_the_operator_defaults_to_user_then_the_login_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USER", "alice")
+    assert default_operator() == "alice"
+    monkeypatch.delenv("USER")
+    monkeypatch.setattr("getpass.getuser", lambda: "login-bob")
+    assert default_operator() == "login-bob"
+
+    def nobody() -> str:
+        raise OSError("no login name")
+
+    monkeypatch.setattr("getpass.getuser", nobody)
+    with pytest.raises(ConfigError, match="--operator"):
+        default_operator()
