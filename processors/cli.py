@@ -3,6 +3,7 @@
 ::
 
     processors run payments              run apps (each its own consumer group) until SIGTERM
+                  [--api [--api-port N]]  ... with the HTTP API (webhooks, health, metrics)
     processors demo                      broker + sandbox + payments + sample events, live
     processors topics apply|check|list   make a cluster match topics.yaml
     processors sandbox                   simulated external services
@@ -49,6 +50,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["bootstrap_servers"] = args.bootstrap_servers
     if args.topics_file:
         overrides["topics_file"] = args.topics_file
+    api: dict[str, object] = {}
+    if args.api:
+        api["enabled"] = True
+    if args.api_host is not None:
+        api["host"] = args.api_host
+    if args.api_port is not None:
+        api["port"] = args.api_port
+    if api:
+        # Flags on top of PROCESSORS_API__* from the environment.
+        overrides["api"] = {**load_settings(**overrides).api.model_dump(), **api}
     settings = load_settings(**overrides)
 
     async def main() -> None:
@@ -57,7 +68,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         runner = Runner(settings, args.apps)
-        await runner.run(stop, on_ready=lambda: log.info("running %s", ", ".join(runner.app_names)))
+
+        def ready() -> None:
+            log.info("running %s", ", ".join(runner.app_names))
+            if runner.api is not None:
+                log.info("API on %s", runner.api.url)
+
+        await runner.run(stop, on_ready=ready)
 
     asyncio.run(main())
     return 0
@@ -94,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("apps", nargs="+", help="apps to run (payments)")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--topics-file", help="default: ./topics.yaml")
+    run.add_argument(
+        "--api",
+        action="store_true",
+        help="serve the HTTP API: inbound webhooks, /healthz, /readyz, /api/v1/status, /metrics "
+        "(default: $PROCESSORS_API__ENABLED)",
+    )
+    run.add_argument("--api-host", help="interface of the API (default: $PROCESSORS_API__HOST or 127.0.0.1)")
+    run.add_argument(
+        "--api-port", type=int, help="port of the API, 0 for any (default: $PROCESSORS_API__PORT or 8080)"
+    )
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="end-to-end demo on embedded defaults")

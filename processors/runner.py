@@ -1,15 +1,20 @@
-"""Build the apps named on the command line and run them, each in its own consumer group."""
+"""Build the apps named on the command line and run them, each in its own consumer group.
+
+With ``api.enabled`` the HTTP API (:mod:`processors.api`: inbound webhooks, health, status,
+metrics) runs alongside the engines and reads their stats and the shared breaker registry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from confluent_kafka.admin import AdminClient
 
 from processors.adapters.http import AiohttpTransport
 from processors.adapters.payment_gateway import PaymentGateway
+from processors.api.server import ApiServer, RejectHook
 from processors.apps.payments import PaymentsApp
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
@@ -23,11 +28,14 @@ from processors.runtime.producer import AsyncProducer, producer_config
 from processors.settings import Settings
 from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
 
-__all__ = ["APP_NAMES", "Runner", "build_app", "make_codec"]
+__all__ = ["APP_ENDPOINTS", "APP_NAMES", "Runner", "build_app", "make_codec"]
 
 log = logging.getLogger(__name__)
 
 APP_NAMES = ("payments",)
+
+APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {"payments": ("payment-gateway",)}
+"""The external endpoints (breaker names) each app calls, for health and status."""
 
 
 def make_codec(settings: Settings) -> Codec:
@@ -94,7 +102,12 @@ class Runner:
     """Runs several apps in one process; each app is its own consumer group and producer."""
 
     def __init__(
-        self, settings: Settings, app_names: Sequence[str], *, catalogue: Catalogue | None = None
+        self,
+        settings: Settings,
+        app_names: Sequence[str],
+        *,
+        catalogue: Catalogue | None = None,
+        on_inbound_rejected: RejectHook | None = None,
     ) -> None:
         if not app_names:
             raise ConfigError("no app to run; known apps: " + ", ".join(APP_NAMES))
@@ -106,6 +119,9 @@ class Runner:
         self.catalogue = catalogue or load_catalogue(settings.topics_file)
         self.engines: list[Engine] = []
         self.breakers: BreakerRegistry | None = None
+        self.api: ApiServer | None = None
+        """The HTTP API (``settings.api.enabled``), set once it listens."""
+        self.on_inbound_rejected = on_inbound_rejected
         self._producers: list[AsyncProducer] = []
 
     async def check_topics(self) -> None:
@@ -158,15 +174,29 @@ class Runner:
             asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}")
             for engine in self.engines
         ]
-        if on_ready is not None:
-            on_ready()
         stopper = asyncio.create_task(stop.wait())
         try:
+            if self.settings.api.enabled:
+                api = ApiServer(
+                    self.settings,
+                    engines=self.engines,
+                    breakers=self.breakers,
+                    app_endpoints={name: APP_ENDPOINTS.get(name, ()) for name in self.app_names},
+                    codec=codec,
+                    on_rejected=self.on_inbound_rejected,
+                )
+                await api.start()
+                self.api = api
+            if on_ready is not None:
+                on_ready()
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopper and task.exception() is not None:
                     log.error("engine %s failed", task.get_name(), exc_info=task.exception())
         finally:
+            if self.api is not None:
+                # No new inbound requests; the accepted ones are flushed by the API's producer.
+                await self.api.stop()
             for engine in self.engines:
                 engine.stop()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,7 +3,8 @@
 Examples: ``KAFKA_BOOTSTRAP_SERVERS=broker:9092``,
 ``PROCESSORS_PAYMENTS__GATEWAY__BASE_URL=https://gateway.example``,
 ``PROCESSORS_PAYMENTS__GATEWAY__TOKEN=…`` (a secret: never printed),
-``PROCESSORS_ENGINE__MAX_CONCURRENCY=128``.
+``PROCESSORS_ENGINE__MAX_CONCURRENCY=128``,
+``PROCESSORS_API__AUTH_TOKEN=…`` and ``PROCESSORS_API__PAYMENT_GATEWAY__SECRET=…`` (secrets).
 """
 
 from __future__ import annotations
@@ -11,14 +12,78 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processors.apps.payments import PaymentsSettings
 from processors.errors import ConfigError
 from processors.runtime.engine import EngineSettings
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["ApiSettings", "Settings", "WebhookSecrets", "load_settings"]
+
+
+class WebhookSecrets(BaseModel):
+    """The HMAC secrets of one provider's webhooks: the current one and, while rotating, the previous."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secret: SecretStr | None = None
+    previous_secret: SecretStr | None = None
+
+    @field_validator("secret", "previous_secret")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def accepted(self) -> list[SecretStr]:
+        """The secrets a signature may be made with, current first; empty when none is set."""
+        return [s for s in (self.secret, self.previous_secret) if s is not None]
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API (inbound webhooks, health, status, metrics); see ``docs/api.md``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    auth_token: SecretStr | None = None
+    """Bearer token for ``/api/v1/status`` and ``/metrics``; without one they answer 401."""
+    metrics_require_auth: bool = True
+    """False serves ``/metrics`` without the token (a scrape network that is trusted)."""
+    payment_gateway: WebhookSecrets = Field(default_factory=WebhookSecrets)
+    kyc_provider: WebhookSecrets = Field(default_factory=WebhookSecrets)
+    signature_tolerance_s: int = Field(default=300, ge=1, le=3600)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    dedupe_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    dedupe_max_entries: int = Field(default=500_000, ge=1)
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    """How long an inbound request waits for the broker's acknowledgement before answering 503."""
+    kyc_results_topic: str = "integrations.kyc.results"
+    status_window_s: float = Field(default=300.0, gt=0)
+    """The window of the per-endpoint error rate."""
+    broker_check_timeout_s: float = Field(default=2.0, gt=0)
+    broker_check_cache_s: float = Field(default=2.0, ge=0)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            token = value.get_secret_value()
+            if not token or not token.isascii() or not token.isprintable() or token != token.strip():
+                raise ValueError("must be non-empty printable ASCII without surrounding spaces")
+        return value
+
+    def webhook_secrets(self, provider: str) -> WebhookSecrets | None:
+        """The secrets of ``payment-gateway`` or ``kyc-provider``; None for another name."""
+        value = getattr(self, provider.replace("-", "_"), None) if provider in _PROVIDERS else None
+        return value if isinstance(value, WebhookSecrets) else None
+
+
+_PROVIDERS = frozenset({"payment-gateway", "kyc-provider"})
 
 
 class Settings(BaseSettings):
@@ -46,6 +111,7 @@ class Settings(BaseSettings):
     """librdkafka settings: ``consumer.<key>``, ``producer.<key>`` or ``client.<key>`` (both)."""
     engine: EngineSettings = Field(default_factory=EngineSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -28,6 +28,19 @@ ambiguous failure a retry with the same key resolves).  Early refusals take no i
 The parameters that must match for a replay (the fingerprint) are ``policy_id``, the amount's
 value (``1185.5`` equals ``1185.50``), ``currency``, ``transaction_type`` and ``payment_method``.
 
+**Asynchronous confirmations.**  With ``confirm_url`` set, every new ``tok_pending_…`` charge is
+confirmed ``confirm_delay_ms`` later by a signed ``POST`` to ``confirm_url`` (twice with
+``confirm_twice``, as providers that retry do).  The body is JSON::
+
+    {"event_id": "evt_…", "event_type": "payment.confirmed", "created_at": "…Z",
+     "data": {"payment_id", "status": "COMPLETED", "gateway_reference", "amount", "currency",
+              "transaction_type", "policy_id", "reference_id", "idempotency_key", "processed_at",
+              "receipt_url"}}
+
+with the headers ``X-Provider-Event-Id`` (the ``event_id``), ``X-Signature-Timestamp`` (unix
+seconds) and ``X-Signature: sha256=<hex HMAC-SHA256 of f"{timestamp}.{body}" with
+webhook_secret>``.  ``confirmations_by_status`` counts the answers (0: no answer).
+
 The control API under ``/_sandbox/gateway/`` (no auth; sandbox only): ``GET charges``
 (``?key=`` for one key), ``GET config``, ``PUT config`` (partial), ``POST reset``,
 ``GET requests`` (answers of the payment endpoint by status code).
@@ -36,6 +49,7 @@ The control API under ``/_sandbox/gateway/`` (no auth; sandbox only): ``GET char
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -49,8 +63,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
@@ -58,6 +73,7 @@ from processors.errors import ConfigError, ContractError, DecodeError, Validatio
 __all__ = [
     "CONTROL_PREFIX",
     "DEFAULT_TOKEN",
+    "DEFAULT_WEBHOOK_SECRET",
     "GATEWAY_APP_KEY",
     "PAYMENTS_PATH",
     "TOKEN_ENV",
@@ -73,6 +89,7 @@ PAYMENTS_PATH: Final = "/api/v1/payments"
 CONTROL_PREFIX: Final = "/_sandbox/gateway"
 DEFAULT_TOKEN: Final = "sandbox-token"  # noqa: S105 - the sandbox's documented default
 TOKEN_ENV: Final = "SANDBOX_GATEWAY_TOKEN"  # noqa: S105 - the name of the variable holding the token
+DEFAULT_WEBHOOK_SECRET: Final = "sandbox-webhook-secret"  # noqa: S105 - the sandbox's documented default
 
 _MAX_TEXT_LEN: Final = 255
 _MAX_DECIMAL_PLACES: Final = 6
@@ -130,13 +147,22 @@ class GatewayConfig(BaseModel):
     rate_limit_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     token: SecretStr = SecretStr(DEFAULT_TOKEN)
     seed: int | None = None
+    confirm_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    """Where pending charges are confirmed (a signed POST); None: never confirmed."""
+    webhook_secret: SecretStr = SecretStr(DEFAULT_WEBHOOK_SECRET)
+    """The HMAC secret that signs confirmations."""
+    confirm_delay_ms: float = Field(default=100.0, ge=0, le=600_000, allow_inf_nan=False)
+    confirm_twice: bool = False
+    """Send every confirmation twice (the receiver must publish it once)."""
 
-    @field_validator("token")
+    @field_validator("token", "webhook_secret")
     @classmethod
-    def _token_is_usable(cls, token: SecretStr) -> SecretStr:
+    def _token_is_usable(cls, token: SecretStr, info: ValidationInfo) -> SecretStr:
         value = token.get_secret_value()
         if not value or not value.isascii() or not value.isprintable() or value != value.strip():
-            raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
+            raise ValueError(
+                f"{info.field_name} must be non-empty printable ASCII without surrounding spaces"
+            )
         return token
 
     @classmethod
@@ -347,7 +373,8 @@ class PaymentGatewaySim:
     All state lives on one event loop; the idempotency claim is taken before the handler's first
     ``await`` after validation, so concurrent requests with one key cannot both charge.
     ``charges_by_key`` counts charges per idempotency key (a correct gateway shows 1 everywhere)
-    and ``requests_by_status`` counts the payment endpoint's answers by HTTP status.
+    and ``requests_by_status`` counts the payment endpoint's answers by HTTP status;
+    ``confirmations_by_status`` counts the answers to confirmations (0: no answer).
     """
 
     def __init__(
@@ -355,6 +382,8 @@ class PaymentGatewaySim:
     ) -> None:
         self.charges_by_key: dict[str, int] = {}
         self.requests_by_status: dict[int, int] = {}
+        self.confirmations_by_status: dict[int, int] = {}
+        self._confirmations: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._unavailable_seen: dict[str, int] = {}
@@ -448,6 +477,10 @@ class PaymentGatewaySim:
     async def _on_shutdown(self, _app: web.Application) -> None:
         # Waiting requests answer now instead of holding the shutdown for their latency.
         self.release_waiting()
+        confirmations = list(self._confirmations)
+        for task in confirmations:
+            task.cancel()
+        await asyncio.gather(*confirmations, return_exceptions=True)
 
     async def _handle_payment(self, request: web.Request) -> web.Response:
         response = await self._answer_payment(request)
@@ -514,6 +547,8 @@ class PaymentGatewaySim:
                 return _validation_error("payment_method.card_token was rejected by the card network")
             claim.status, payload = self._charge(charge)
             claim.body = jsonwire.dumps(payload)
+            if claim.status == 202 and config.confirm_url is not None:
+                self._confirm_later(config, charge, payload)
             self.charges_by_key[key] = self.charges_by_key.get(key, 0) + 1
         finally:
             if claim.status == 0 and self._entries.get(key) is claim:
@@ -571,6 +606,64 @@ class PaymentGatewaySim:
         if charge.reference_id is not None:
             payload["reference_id"] = charge.reference_id
         return status, payload
+
+    # -- asynchronous confirmations ----------------------------------------------------------
+
+    def _confirm_later(
+        self, config: GatewayConfig, charge: ChargeRequest, payload: Mapping[str, Any]
+    ) -> None:
+        data: dict[str, Any] = {
+            "payment_id": payload["payment_id"],
+            "status": "COMPLETED",
+            "gateway_reference": payload["gateway_reference"],
+            "amount": charge.amount,
+            "currency": charge.currency,
+            "transaction_type": charge.transaction_type,
+            "policy_id": charge.policy_id,
+            "idempotency_key": charge.idempotency_key,
+        }
+        if charge.reference_id is not None:
+            data["reference_id"] = charge.reference_id
+        task = asyncio.create_task(self._send_confirmation(config, data))
+        self._confirmations.add(task)
+        task.add_done_callback(self._confirmations.discard)
+
+    async def _send_confirmation(self, config: GatewayConfig, data: dict[str, Any]) -> None:
+        assert config.confirm_url is not None
+        await asyncio.sleep(config.confirm_delay_ms / 1000.0)  # the provider confirms later
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event_id = "evt_" + hashlib.sha256(str(data["payment_id"]).encode()).hexdigest()[:24]
+        body = jsonwire.dumps(
+            {
+                "event_id": event_id,
+                "event_type": "payment.confirmed",
+                "created_at": now,
+                "data": {
+                    **data,
+                    "processed_at": now,
+                    "receipt_url": _RECEIPT_BASE_URL + str(data["gateway_reference"]),
+                },
+            }
+        )
+        secret = config.webhook_secret.get_secret_value().encode()
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for _ in range(2 if config.confirm_twice else 1):
+                timestamp = str(int(time.time()))
+                digest = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                headers = {
+                    "Content-Type": _JSON,
+                    "X-Provider-Event-Id": event_id,
+                    "X-Signature-Timestamp": timestamp,
+                    "X-Signature": f"sha256={digest}",
+                }
+                status = 0
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.post(config.confirm_url, data=body, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                self.confirmations_by_status[status] = self.confirmations_by_status.get(status, 0) + 1
+                log.info("payment gateway: confirmation %s answered %s", event_id, status or "nothing")
 
     # -- control API -------------------------------------------------------------------------
 

@@ -1,0 +1,228 @@
+"""Prometheus metrics of the API server, in a registry of its own (never the global one).
+
+The app, endpoint and broker figures are read from :class:`~processors.api.health.HealthMonitor`
+at scrape time, so ``/metrics`` and ``/api/v1/status`` always agree.  Inbound webhook counters
+are kept here.
+
+========================================================  =======  ======================================
+metric                                                    type     labels
+========================================================  =======  ======================================
+``processors_ready``                                      gauge    (1 ready, 0 not)
+``processors_broker_reachable``                           gauge
+``processors_app_assigned_partitions``                    gauge    app
+``processors_app_records_processed_total``                counter  app
+``processors_app_records_failed_total``                   counter  app
+``processors_app_outputs_total``                          counter  app
+``processors_app_rebalances_total``                       counter  app
+``processors_app_backpressure_pauses_total``              counter  app
+``processors_app_last_success_timestamp_seconds``         gauge    app
+``processors_endpoint_breaker_state``                     gauge    endpoint, state (1 for the current)
+``processors_endpoint_calls_total``                       counter  endpoint, outcome (success|failure)
+``processors_endpoint_rejections_total``                  counter  endpoint (refused by an open breaker)
+``processors_endpoint_breaker_opened_total``              counter  endpoint
+``processors_endpoint_error_rate``                        gauge    endpoint (over the status window)
+``processors_endpoint_last_success_timestamp_seconds``    gauge    endpoint
+``processors_endpoint_last_failure_timestamp_seconds``    gauge    endpoint
+``processors_inbound_requests_total``                     counter  provider, outcome
+``processors_inbound_publish_seconds``                    histo.   provider
+``processors_inbound_dedupe_entries``                     gauge
+========================================================  =======  ======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from processors.api.health import HealthMonitor
+from processors.resilience.breaker import BreakerState
+
+__all__ = ["CONTENT_TYPE", "ApiMetrics", "InboundOutcome"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class InboundOutcome:
+    """Values of the ``outcome`` label of ``processors_inbound_requests_total``."""
+
+    ACCEPTED: Final = "accepted"
+    DUPLICATE: Final = "duplicate"
+    IGNORED: Final = "ignored"
+    BAD_SIGNATURE: Final = "bad_signature"
+    MALFORMED: Final = "malformed"
+    TOO_LARGE: Final = "too_large"
+    NOT_CONFIGURED: Final = "not_configured"
+    NOT_IMPLEMENTED: Final = "not_implemented"
+    UNAVAILABLE: Final = "unavailable"
+
+
+class ApiMetrics:
+    """The registry, the inbound instruments and (with ``health``) the status collector."""
+
+    def __init__(
+        self, health: HealthMonitor | None = None, *, dedupe_size: Callable[[], int] | None = None
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._inbound = Counter(
+            "processors_inbound_requests",
+            "Inbound webhook requests by provider and outcome.",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self._publish_s = Histogram(
+            "processors_inbound_publish_seconds",
+            "Time from a verified inbound request to the broker's acknowledgement of its record.",
+            ["provider"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self._counts: dict[str, dict[str, int]] = {}
+        if dedupe_size is not None:
+            gauge = Gauge(
+                "processors_inbound_dedupe_entries",
+                "Provider event ids remembered for de-duplication.",
+                registry=self.registry,
+            )
+            gauge.set_function(lambda: float(dedupe_size()))
+        if health is not None:
+            self.registry.register(_StatusCollector(health))
+
+    def inbound(self, provider: str, outcome: str) -> None:
+        self._inbound.labels(provider=provider, outcome=outcome).inc()
+        by_outcome = self._counts.setdefault(provider, {})
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+
+    def publish_seconds(self, provider: str, seconds: float) -> None:
+        self._publish_s.labels(provider=provider).observe(seconds)
+
+    def inbound_counts(self) -> dict[str, dict[str, int]]:
+        """Inbound requests by provider and outcome (for the status document)."""
+        return {provider: dict(sorted(counts.items())) for provider, counts in sorted(self._counts.items())}
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _StatusCollector(Collector):
+    def __init__(self, health: HealthMonitor) -> None:
+        self._health = health
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected fresh on every scrape
+
+    def collect(self) -> Iterable[Metric]:
+        health = self._health
+        readiness = health.last_readiness
+        if readiness is not None:
+            ready = GaugeMetricFamily("processors_ready", "1 when the process is ready (see /readyz).")
+            ready.add_metric([], 1.0 if readiness.ready else 0.0)
+            yield ready
+        broker = health.broker.last if health.broker is not None else None
+        if broker is not None:
+            reachable = GaugeMetricFamily(
+                "processors_broker_reachable", "1 when the latest broker metadata request succeeded."
+            )
+            reachable.add_metric([], 1.0 if broker.reachable else 0.0)
+            yield reachable
+        yield from self._apps()
+        yield from self._endpoints()
+
+    def _apps(self) -> Iterable[Metric]:
+        apps = self._health.apps()
+        assigned = GaugeMetricFamily(
+            "processors_app_assigned_partitions", "Partitions assigned to the app's consumer.", labels=["app"]
+        )
+        processed = CounterMetricFamily(
+            "processors_app_records_processed", "Records the app processed successfully.", labels=["app"]
+        )
+        failed = CounterMetricFamily(
+            "processors_app_records_failed",
+            "Records whose handling failed (sent to a retry tier or the DLQ).",
+            labels=["app"],
+        )
+        outputs = CounterMetricFamily("processors_app_outputs", "Records the app produced.", labels=["app"])
+        rebalances = CounterMetricFamily(
+            "processors_app_rebalances", "Assignments and revocations seen by the app.", labels=["app"]
+        )
+        pauses = CounterMetricFamily(
+            "processors_app_backpressure_pauses",
+            "Times the app paused its partitions because an endpoint refused calls.",
+            labels=["app"],
+        )
+        last_success = GaugeMetricFamily(
+            "processors_app_last_success_timestamp_seconds",
+            "Unix time of the app's last successfully processed record.",
+            labels=["app"],
+        )
+        for app in apps:
+            labels = [app.name]
+            assigned.add_metric(labels, float(len(app.partitions)))
+            processed.add_metric(labels, float(app.processed))
+            failed.add_metric(labels, float(app.failed))
+            outputs.add_metric(labels, float(app.outputs))
+            rebalances.add_metric(labels, float(app.rebalances))
+            pauses.add_metric(labels, float(app.backpressure_pauses))
+            if app.last_success_at is not None:
+                last_success.add_metric(labels, app.last_success_at)
+        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success)
+
+    def _endpoints(self) -> Iterable[Metric]:
+        endpoints = self._health.endpoints()
+        state = GaugeMetricFamily(
+            "processors_endpoint_breaker_state",
+            "Circuit breaker state of the endpoint: 1 for the current state, 0 for the others.",
+            labels=["endpoint", "state"],
+        )
+        calls = CounterMetricFamily(
+            "processors_endpoint_calls",
+            "Calls that reached the endpoint, by outcome as the breaker counts it.",
+            labels=["endpoint", "outcome"],
+        )
+        rejections = CounterMetricFamily(
+            "processors_endpoint_rejections", "Calls refused by the open breaker.", labels=["endpoint"]
+        )
+        opened = CounterMetricFamily(
+            "processors_endpoint_breaker_opened", "Times the endpoint's breaker opened.", labels=["endpoint"]
+        )
+        error_rate = GaugeMetricFamily(
+            "processors_endpoint_error_rate",
+            "Failures / calls over the status window (absent when no call reached the endpoint).",
+            labels=["endpoint"],
+        )
+        last_success = GaugeMetricFamily(
+            "processors_endpoint_last_success_timestamp_seconds",
+            "Unix time of the endpoint's last successful call.",
+            labels=["endpoint"],
+        )
+        last_failure = GaugeMetricFamily(
+            "processors_endpoint_last_failure_timestamp_seconds",
+            "Unix time of the endpoint's last failed call.",
+            labels=["endpoint"],
+        )
+        for status in endpoints:
+            name = status.endpoint
+            for candidate in BreakerState:
+                state.add_metric([name, candidate.value], 1.0 if status.state is candidate else 0.0)
+            calls.add_metric([name, "success"], float(status.total_successes))
+            calls.add_metric([name, "failure"], float(status.total_failures))
+            rejections.add_metric([name], float(status.rejections))
+            opened.add_metric([name], float(status.opened_count))
+            if status.error_rate is not None:
+                error_rate.add_metric([name], status.error_rate)
+            if status.last_success_at is not None:
+                last_success.add_metric([name], status.last_success_at)
+            if status.last_failure_at is not None:
+                last_failure.add_metric([name], status.last_failure_at)
+        yield from (state, calls, rejections, opened, error_rate, last_success, last_failure)

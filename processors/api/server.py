@@ -1,0 +1,489 @@
+"""The HTTP API: inbound provider webhooks, liveness, readiness, status and metrics.
+
+=====================================  =====================  ==========================================
+route                                  auth                   answers
+=====================================  =====================  ==========================================
+``POST /api/v1/inbound/{provider}``    HMAC signature         200 accepted / duplicate / ignored,
+                                                              400, 401, 404, 413, 501, 503
+``GET /healthz``                       none                   200 while the process serves requests
+``GET /readyz``                        none                   200 ready, 503 with general reasons
+``GET /api/v1/status``                 Bearer token           per-app and per-endpoint status (JSON)
+``GET /metrics``                       Bearer token [#]_      Prometheus text
+=====================================  =====================  ==========================================
+
+.. [#] unless ``api.metrics_require_auth`` is false.
+
+In the caller's event loop (tests, the runner)::
+
+    async with ApiServer(settings, engines=runner.engines, breakers=runner.breakers) as api:
+        api.url          # http://127.0.0.1:<bound port>
+
+An inbound request is answered 200 only once the broker acknowledged its record, so a crash
+never loses a confirmation the provider was told we have; nothing else (no external call)
+happens while the provider waits.  See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+from aiohttp import web
+
+from processors.adapters import jsonwire
+from processors.api.dedupe import Deduplicator, Outcome
+from processors.api.health import BrokerProbe, EngineView, HealthMonitor
+from processors.api.inbound import (
+    EVENT_ID_HEADER,
+    KYC_PROVIDER,
+    PAYMENT_GATEWAY,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    HandlerRegistry,
+    InboundMessage,
+    SignatureError,
+    default_handlers,
+    provider_event_id,
+    verify_signature,
+)
+from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
+from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
+from processors.resilience.breaker import BreakerRegistry
+from processors.runtime.message import OutRecord
+from processors.runtime.producer import AsyncProducer, producer_config
+from processors.settings import ApiSettings, Settings
+
+__all__ = [
+    "INBOUND_PATH",
+    "PROVIDERS",
+    "ApiServer",
+    "RejectHook",
+    "RejectedRequest",
+    "build_api_app",
+]
+
+log = logging.getLogger(__name__)
+
+INBOUND_PATH: Final = "/api/v1/inbound/{provider}"
+STATUS_PATH: Final = "/api/v1/status"
+PROVIDERS: Final = (PAYMENT_GATEWAY, KYC_PROVIDER)
+_RETRY_AFTER_S: Final = "5"
+_CHUNK: Final = 64 * 1024
+_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRequest:
+    """An inbound request that was refused, for the audit trail.
+
+    Holds no body and no secret: ``body_sha256`` identifies the body, ``provider_event_id`` is
+    the *unverified* header, ``reason`` a short code (``signature_mismatch``,
+    ``stale_timestamp``, ``malformed``, ``too_large``...).
+    """
+
+    provider: str
+    status: int
+    reason: str
+    message: str
+    provider_event_id: str | None
+    remote: str | None
+    received_at: datetime
+    body_sha256: str | None
+
+
+RejectHook = Callable[[RejectedRequest], Awaitable[None] | None]
+"""Called for every refused inbound request (401, 400, 413).  May be sync or async; an error in
+it is logged and does not change the answer."""
+
+
+class _Refused(Exception):
+    def __init__(
+        self, status: int, error: str, message: str, outcome: str, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.outcome = outcome
+        self.reason = reason or error
+
+
+def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=jsonwire.dumps(dict(body)), content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, error: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json(status, {"error": error, "message": message}, headers)
+
+
+class ApiServer:
+    """The API on ``host:port`` (``port=0``: any free port; see :attr:`url`).
+
+    One-shot: ``start()`` once, ``stop()`` once (or ``async with``); no I/O before ``start()``.
+    ``engines`` (read live) and ``breakers`` feed readiness and status; ``app_endpoints`` names
+    the endpoints each app calls.  Without ``producer`` the server starts (and stops) its own.
+    ``handlers`` replaces the provider handlers (default: payment confirmations, and KYC
+    results once the KYC app provides its mapping).  ``on_rejected`` is the audit hook.
+    ``clock`` (unix seconds) is what signature timestamps are compared with.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        engines: Sequence[EngineView] = (),
+        breakers: BreakerRegistry | None = None,
+        app_endpoints: Mapping[str, Sequence[str]] | None = None,
+        codec: Codec | None = None,
+        producer: AsyncProducer | None = None,
+        handlers: HandlerRegistry | None = None,
+        on_rejected: RejectHook | None = None,
+        clock: Callable[[], float] = time.time,
+        access_log: bool = False,
+        shutdown_timeout_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.api: ApiSettings = settings.api
+        self.host = host if host is not None else self.api.host
+        self.port = port if port is not None else self.api.port
+        self.codec = codec if codec is not None else Codec(LocalSchemaIds())
+        self.content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
+        self.handlers: HandlerRegistry = (
+            handlers
+            if handlers is not None
+            else default_handlers(
+                payment_results_topic=settings.payments.results_topic,
+                kyc_results_topic=self.api.kyc_results_topic,
+            )
+        )
+        self.on_rejected = on_rejected
+        self.dedupe = Deduplicator(self.api.dedupe_ttl_s, self.api.dedupe_max_entries)
+        client_config = {
+            key.split(".", 1)[1]: value
+            for key, value in settings.client_overrides.items()
+            if key.startswith("client.")
+        }
+        self.health = HealthMonitor(
+            engines=engines,
+            breakers=breakers,
+            broker=BrokerProbe(
+                settings.bootstrap_servers,
+                client_config=client_config,
+                timeout_s=self.api.broker_check_timeout_s,
+                cache_s=self.api.broker_check_cache_s,
+            ),
+            app_endpoints=app_endpoints,
+            window_s=self.api.status_window_s,
+        )
+        self.metrics = ApiMetrics(self.health, dedupe_size=lambda: len(self.dedupe))
+        self._clock = clock
+        self._producer = producer
+        self._owns_producer = producer is None
+        self._access_log = access_log
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self._used = False
+        self.app = build_api_app(self)
+
+    @property
+    def url(self) -> str:
+        """Base URL with the bound port, e.g. ``http://127.0.0.1:40123``."""
+        if self._url is None:
+            raise RuntimeError("the API server is not running")
+        return self._url
+
+    @property
+    def producer(self) -> AsyncProducer:
+        if self._producer is None:
+            raise RuntimeError("the API server is not started")
+        return self._producer
+
+    async def start(self) -> None:
+        if self._used:
+            raise RuntimeError("an ApiServer starts once; create a new one")
+        self._used = True
+        loop = asyncio.get_running_loop()
+        # Look up (or register) the schema ids now, not on the first confirmation.
+        await loop.run_in_executor(None, self.codec.prepare, ["payment.confirmed"])
+        if self._producer is None:
+            self._producer = AsyncProducer(
+                producer_config(self.settings.bootstrap_servers, self.settings.client_overrides)
+            )
+            await self._producer.start()
+        await self.health.start()
+        runner = web.AppRunner(
+            self.app,
+            access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
+            shutdown_timeout=self._shutdown_timeout_s,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            await self._release()
+            raise ConfigError(
+                f"the API cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._url = _base_url(str(bound_host), int(bound_port))
+        log.info("API listening on %s", self._url)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._url = None
+        await runner.cleanup()
+        await self._release()
+        log.info("API stopped")
+
+    async def _release(self) -> None:
+        if self._owns_producer and self._producer is not None:
+            await self._producer.stop(timeout_s=self.api.publish_timeout_s)
+        await self.dedupe.aclose()
+        await self.health.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        readiness = await self.health.readiness()
+        if readiness.ready:
+            return _json(200, {"ready": True})
+        return _json(503, {"ready": False, "reasons": list(readiness.reasons)})
+
+    async def status(self, request: web.Request) -> web.Response:
+        refused = self._check_token(request)
+        if refused is not None:
+            return refused
+        document = await self.health.status()
+        document["inbound"] = {
+            "requests": self.metrics.inbound_counts(),
+            "dedupe_entries": len(self.dedupe),
+            "dedupe_ttl_s": self.dedupe.ttl_s,
+            "publications_in_flight": self.dedupe.in_flight,
+        }
+        return web.json_response(document)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        if self.api.metrics_require_auth:
+            refused = self._check_token(request)
+            if refused is not None:
+                return refused
+        await self.health.readiness()  # refreshes processors_ready and the broker check (cached)
+        response = web.Response(body=self.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
+        token = self.api.auth_token
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if token is None:
+            return _error(401, "unauthorized", "no API token is configured on this server", challenge)
+        offered = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        expected = b"Bearer " + token.get_secret_value().encode("ascii")
+        if not hmac.compare_digest(offered, expected):
+            return _error(401, "unauthorized", "a valid Bearer token is required", challenge)
+        return None
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        provider = request.match_info["provider"]
+        received_at = datetime.now(UTC)
+        body: bytes | None = None
+        try:
+            if provider not in self.handlers:
+                return _error(404, "unknown_provider", "no such provider")
+            handler = self.handlers[provider]()
+            if handler is None:
+                self.metrics.inbound(provider, InboundOutcome.NOT_IMPLEMENTED)
+                return _error(501, "not_implemented", f"{provider} callbacks are not handled by this build")
+            secrets = self.api.webhook_secrets(provider)
+            accepted = secrets.accepted() if secrets is not None else []
+            if not accepted:
+                self.metrics.inbound(provider, InboundOutcome.NOT_CONFIGURED)
+                log.error("inbound %s: no webhook secret is configured; refusing the callback", provider)
+                return _error(
+                    503, "not_configured", "this provider is not configured", {"Retry-After": _RETRY_AFTER_S}
+                )
+            body = await _read_capped(request, self.api.max_body_bytes)
+            if body is None:
+                raise _Refused(
+                    413,
+                    "too_large",
+                    f"the body exceeds {self.api.max_body_bytes} bytes",
+                    InboundOutcome.TOO_LARGE,
+                )
+            try:
+                verify_signature(
+                    accepted,
+                    request.headers.get(TIMESTAMP_HEADER),
+                    body,
+                    request.headers.get(SIGNATURE_HEADER),
+                    now=self._clock(),
+                    tolerance_s=self.api.signature_tolerance_s,
+                )
+            except SignatureError as exc:
+                raise _Refused(
+                    401, "invalid_signature", str(exc), InboundOutcome.BAD_SIGNATURE, exc.problem.value
+                ) from exc
+            try:
+                message, event_id = self._convert(
+                    provider, handler, request.headers.get(EVENT_ID_HEADER), body
+                )
+            except ContractError as exc:
+                raise _Refused(400, "malformed", exc.reason, InboundOutcome.MALFORMED) from exc
+        except _Refused as refused:
+            self.metrics.inbound(provider, refused.outcome)
+            await self._audit(request, provider, refused, body, received_at)
+            return _error(refused.status, refused.error, refused.message)
+        if message is None:
+            self.metrics.inbound(provider, InboundOutcome.IGNORED)
+            return _json(200, {"accepted": True, "ignored": True})
+        return await self._publish(provider, event_id, message)
+
+    def _convert(
+        self, provider: str, handler: Any, header_id: str | None, body: bytes
+    ) -> tuple[OutRecord | None, str]:
+        try:
+            payload = jsonwire.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError("the body is not valid JSON") from exc
+        if not isinstance(payload, dict):
+            raise DecodeError("the body must be a JSON object")
+        event_id = provider_event_id(header_id, payload)
+        message: InboundMessage | None = handler(payload, provider_event_id=event_id)
+        if message is None:
+            return None, event_id
+        if isinstance(message.value, Event):
+            value, headers = self.codec.encode(message.value, self.content_type)
+        else:
+            value, headers = message.value, []
+        headers.extend(message.headers)
+        headers.append(("x-provider-event-id", event_id.encode()))
+        return OutRecord(topic=message.topic, key=message.key, value=value, headers=headers), event_id
+
+    async def _publish(self, provider: str, event_id: str, record: OutRecord) -> web.Response:
+        started = time.monotonic()
+        producer = self.producer
+
+        async def send() -> None:
+            await producer.send(record)
+
+        try:
+            outcome = await self.dedupe.once((provider, event_id), send, wait_s=self.api.publish_timeout_s)
+        except (TimeoutError, BrokerError) as exc:
+            self.metrics.inbound(provider, InboundOutcome.UNAVAILABLE)
+            log.warning(
+                "inbound %s %s: not acknowledged by the broker (%s); the provider will retry",
+                provider,
+                event_id,
+                type(exc).__name__,
+            )
+            return _error(
+                503,
+                "unavailable",
+                "the event could not be stored yet; retry later",
+                {"Retry-After": _RETRY_AFTER_S},
+            )
+        if outcome is Outcome.DUPLICATE:
+            self.metrics.inbound(provider, InboundOutcome.DUPLICATE)
+            log.info("inbound %s %s: duplicate, not published again", provider, event_id)
+            return _json(200, {"accepted": True, "duplicate": True})
+        self.metrics.inbound(provider, InboundOutcome.ACCEPTED)
+        self.metrics.publish_seconds(provider, time.monotonic() - started)
+        log.info("inbound %s %s: published to %s", provider, event_id, record.topic)
+        return _json(200, {"accepted": True, "duplicate": False})
+
+    async def _audit(
+        self,
+        request: web.Request,
+        provider: str,
+        refused: _Refused,
+        body: bytes | None,
+        received_at: datetime,
+    ) -> None:
+        log.warning("inbound %s refused with %d: %s", provider, refused.status, refused.reason)
+        hook = self.on_rejected
+        if hook is None:
+            return
+        header_id = request.headers.get(EVENT_ID_HEADER)
+        rejected = RejectedRequest(
+            provider=provider,
+            status=refused.status,
+            reason=refused.reason,
+            message=refused.message,
+            provider_event_id=header_id[:128] if header_id else None,
+            remote=request.remote,
+            received_at=received_at,
+            body_sha256=hashlib.sha256(body).hexdigest() if body is not None else None,
+        )
+        try:
+            result = hook(rejected)
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self.api.publish_timeout_s):
+                    await result
+        except Exception:
+            log.exception("inbound %s: the rejection hook failed", provider)
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The raw body, or None when it is longer than ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_api_app(server: ApiServer) -> web.Application:
+    """The aiohttp application of ``server`` (its routes; no I/O)."""
+    app = web.Application(client_max_size=server.api.max_body_bytes)
+    app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readyz)
+    app.router.add_get(STATUS_PATH, server.status)
+    app.router.add_get("/metrics", server.metrics_text)
+    app.router.add_post(INBOUND_PATH, server.inbound)
+    return app
+
+
+def _base_url(host: str, port: int) -> str:
+    host = _WILDCARD_HOSTS.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
