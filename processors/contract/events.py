@@ -26,6 +26,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     SerializeAsAny,
     StringConstraints,
     create_model,
@@ -52,9 +54,17 @@ __all__ = [
     "CustomerCreated",
     "Event",
     "EventData",
+    "KycApproved",
+    "KycCheck",
     "KycConsent",
+    "KycDecision",
     "KycDocument",
+    "KycMatch",
+    "KycPending",
+    "KycRefused",
+    "KycRejected",
     "KycRequested",
+    "KycReview",
     "PaymentCompleted",
     "PaymentConfirmed",
     "PaymentFailed",
@@ -69,6 +79,7 @@ __all__ = [
     "PolicyRenewed",
     "PremiumDue",
     "RefundRequested",
+    "Score",
     "UtcDatetime",
     "payload_model",
 ]
@@ -146,6 +157,42 @@ CardToken = Annotated[
     StringConstraints(min_length=4, max_length=128, pattern=NO_WHITESPACE),
     BeforeValidator(_not_a_card_number),  # before the whitespace rule: "4242 4242 ..." is a card number
 ]
+
+_SCORE_PLACES = 4
+_SCORE_STRING = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def _parse_score(value: Any) -> Decimal:
+    # Like money: a Decimal, or a decimal string in JSON; floats (and bools) are refused.
+    if isinstance(value, Decimal):
+        score = value
+    elif isinstance(value, str) and _SCORE_STRING.fullmatch(value) is not None:
+        score = Decimal(value)
+    else:
+        raise PydanticCustomError("score_type", 'a score must be a decimal string such as "0.98"')
+    if not score.is_finite() or not 0 <= score <= 1:
+        raise PydanticCustomError("score_range", "a score must lie between 0 and 1")
+    exponent = score.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if -exponent > _SCORE_PLACES:
+        raise PydanticCustomError(
+            "score_places", "a score has at most {places} decimal places", {"places": _SCORE_PLACES}
+        )
+    # Trailing zeros carry nothing (the Avro-decoded 0.9800 is 0.98); 1.0000 becomes 1.
+    return score.normalize() if score else Decimal(0)
+
+
+def _score_to_json(score: Decimal) -> str:
+    return format(score, "f")
+
+
+Score = Annotated[
+    Decimal,
+    PlainValidator(_parse_score, json_schema_input_type=str),
+    PlainSerializer(_score_to_json, return_type=str, when_used="json"),
+]
+"""A confidence or match score between 0 and 1, at most 4 decimal places (a decimal string in
+JSON, the Avro ``decimal`` logical type, ``Decimal`` in Python; never a float)."""
 
 
 # --- payload base -------------------------------------------------------------------------
@@ -518,6 +565,103 @@ class PaymentConfirmed(PaymentResultData):
     receipt_url: Url | None = None
 
 
+# --- KYC results (produced by the kyc app) -------------------------------------------------
+
+KycStatus = Literal["APPROVED", "REVIEW", "REJECTED"]
+KycRiskLevel = Literal["LOW", "MEDIUM", "HIGH"]
+KycCheckType = Literal["DOCUMENT_AUTHENTICITY", "FACE_MATCH", "SANCTIONS_SCREENING", "PEP_CHECK"]
+KycCheckStatus = Literal["PASSED", "FAILED", "REVIEW"]
+KycRefusalCode = Literal["consent_missing", "document_expired"]
+
+
+class KycMatch(BaseModel):
+    """A hit on a sanctions or PEP list.  ``name`` is the listed person's name (personal data)."""
+
+    model_config = _CONFIG
+
+    name: Text | None = Field(default=None, repr=False)
+    list_name: Code
+    """The list that matched, e.g. ``OFAC-SDN`` or ``PEP-GLOBAL``."""
+    score: Score
+
+
+class KycCheck(BaseModel):
+    """One check of a verification, as the provider reported it."""
+
+    model_config = _CONFIG
+
+    type: KycCheckType
+    status: KycCheckStatus
+    confidence: Score | None = None
+    matches: Annotated[list[KycMatch], Field(max_length=100)] = Field(default_factory=list)
+
+
+class KycDecision(EventData):
+    """Fields of every KYC decision (``kyc.approved``, ``kyc.review``, ``kyc.rejected``).
+
+    ``status`` repeats the event type; each subclass admits only its own status.
+    """
+
+    aggregate_field = "customer_id"
+
+    customer_id: Identifier
+    verification_id: Identifier
+    status: KycStatus
+    risk_score: Annotated[int, Field(ge=0, le=100)]
+    risk_level: KycRiskLevel
+    checks: Annotated[list[KycCheck], Field(max_length=20)]
+    verified_at: UtcDatetime
+    idempotency_key: Identifier
+    """The key sent to the provider; identical across retries and replays."""
+    source_event_id: UUID
+    """``event_id`` of the ``customer.kyc_requested``."""
+
+
+class KycApproved(KycDecision):
+    """``kyc.approved``: the provider verified the customer."""
+
+    status: Literal["APPROVED"]
+
+
+class KycReview(KycDecision):
+    """``kyc.review``: the provider wants a person to look (a PEP hit, a weak face match)."""
+
+    status: Literal["REVIEW"]
+
+
+class KycRejected(KycDecision):
+    """``kyc.rejected``: the provider refused the customer (sanctions hit, forged document...)."""
+
+    status: Literal["REJECTED"]
+
+
+class KycPending(EventData):
+    """``kyc.pending``: the provider will answer later; a decision event follows."""
+
+    aggregate_field = "customer_id"
+
+    customer_id: Identifier
+    verification_id: Identifier
+    idempotency_key: Identifier
+    source_event_id: UUID
+
+
+class KycRefused(EventData):
+    """``kyc.refused``: the request was refused before any call to the provider.
+
+    ``reason_code`` is ``consent_missing`` or ``document_expired``; ``message`` says which
+    consent or document, without personal data.
+    """
+
+    aggregate_field = "customer_id"
+
+    customer_id: Identifier
+    reason_code: KycRefusalCode
+    message: Text
+    refused_at: UtcDatetime
+    source_event_id: UUID
+
+
 # --- registry -----------------------------------------------------------------------------
 
 EVENT_TYPES: Mapping[str, type[EventData]] = MappingProxyType(
@@ -539,6 +683,11 @@ EVENT_TYPES: Mapping[str, type[EventData]] = MappingProxyType(
         "payment.pending": PaymentPending,
         "payment.failed": PaymentFailed,
         "payment.confirmed": PaymentConfirmed,
+        "kyc.approved": KycApproved,
+        "kyc.review": KycReview,
+        "kyc.rejected": KycRejected,
+        "kyc.pending": KycPending,
+        "kyc.refused": KycRefused,
     }
 )
 """Every event type this project knows, with its payload model."""

@@ -25,9 +25,17 @@ from processors.contract.events import (
     CustomerCreated,
     Event,
     EventData,
+    KycApproved,
+    KycCheck,
+    KycCheckStatus,
     KycConsent,
     KycDocument,
+    KycMatch,
+    KycPending,
+    KycRefused,
+    KycRejected,
     KycRequested,
+    KycReview,
     PaymentCompleted,
     PaymentConfirmed,
     PaymentFailed,
@@ -46,6 +54,7 @@ __all__ = ["EXAMPLE_PAYLOADS", "EXAMPLE_SOURCES", "example_event"]
 _NAMESPACE = UUID("6f1c1f7e-8a39-4c55-9d0e-3f1b2f0f6a10")
 _OCCURRED_AT = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 _PREMIUM_DUE_ID = uuid5(_NAMESPACE, "premium.due")
+_KYC_REQUESTED_ID = uuid5(_NAMESPACE, "customer.kyc_requested")
 
 _POLICY: dict[str, Any] = {
     "policy_id": "POL-2024-001234",
@@ -83,6 +92,32 @@ _RESULT: dict[str, Any] = {
     "idempotency_key": "idem_6a1f0c2b9d7e4f3a8b5c",
     "source_event_id": _PREMIUM_DUE_ID,
 }
+
+_KYC: dict[str, Any] = {
+    "customer_id": "CUST-000123",
+    "verification_id": "VRF-2024-001234",
+    "verified_at": datetime(2024, 1, 15, 10, 35, tzinfo=UTC),
+    "idempotency_key": "idem_0d7c4b1e9a2f6c3b8e5d",
+    "source_event_id": _KYC_REQUESTED_ID,
+}
+
+
+def _kyc_checks(
+    *,
+    document: KycCheckStatus = "PASSED",
+    face: KycCheckStatus = "PASSED",
+    sanctions: list[KycMatch] | None = None,
+    pep: list[KycMatch] | None = None,
+) -> list[KycCheck]:
+    return [
+        KycCheck(type="DOCUMENT_AUTHENTICITY", status=document, confidence=Decimal("0.98")),
+        KycCheck(type="FACE_MATCH", status=face, confidence=Decimal("0.95")),
+        KycCheck(
+            type="SANCTIONS_SCREENING", status="FAILED" if sanctions else "PASSED", matches=sanctions or []
+        ),
+        KycCheck(type="PEP_CHECK", status="REVIEW" if pep else "PASSED", matches=pep or []),
+    ]
+
 
 EXAMPLE_PAYLOADS: Mapping[str, EventData] = MappingProxyType(
     {
@@ -209,6 +244,40 @@ EXAMPLE_PAYLOADS: Mapping[str, EventData] = MappingProxyType(
             processed_at=datetime(2024, 1, 15, 10, 31, 12, 250000, tzinfo=UTC),
             receipt_url=None,
         ),
+        "kyc.approved": KycApproved(
+            **_KYC, status="APPROVED", risk_score=15, risk_level="LOW", checks=_kyc_checks()
+        ),
+        "kyc.review": KycReview(
+            **_KYC,
+            status="REVIEW",
+            risk_score=55,
+            risk_level="MEDIUM",
+            checks=_kyc_checks(
+                pep=[KycMatch(name="Alex Example", list_name="PEP-GLOBAL", score=Decimal("0.91"))]
+            ),
+        ),
+        "kyc.rejected": KycRejected(
+            **_KYC,
+            status="REJECTED",
+            risk_score=96,
+            risk_level="HIGH",
+            checks=_kyc_checks(
+                sanctions=[KycMatch(name="Sam Example", list_name="OFAC-SDN", score=Decimal("0.97"))]
+            ),
+        ),
+        "kyc.pending": KycPending(
+            customer_id="CUST-000123",
+            verification_id="VRF-2024-001235",
+            idempotency_key="idem_0d7c4b1e9a2f6c3b8e5d",
+            source_event_id=_KYC_REQUESTED_ID,
+        ),
+        "kyc.refused": KycRefused(
+            customer_id="CUST-000123",
+            reason_code="document_expired",
+            message="document 1 of 1 (PASSPORT) expired before the request date 2024-01-15",
+            refused_at=_OCCURRED_AT,
+            source_event_id=_KYC_REQUESTED_ID,
+        ),
     }
 )
 """A valid payload of every event type."""
@@ -221,6 +290,7 @@ EXAMPLE_SOURCES: Mapping[str, str] = MappingProxyType(
         "customer": "crm",
         "claim": "claims-system",
         "payment": "processors/payments",
+        "kyc": "processors/kyc",
     }
 )
 """The ``source`` the examples use, by the event type's first word."""

@@ -28,6 +28,11 @@ EVENT_TOPICS: Mapping[str, str] = MappingProxyType(
         "payment.pending": "integrations.payment.results",
         "payment.failed": "integrations.payment.results",
         "payment.confirmed": "integrations.payment.results",
+        "kyc.approved": "integrations.kyc.results",
+        "kyc.review": "integrations.kyc.results",
+        "kyc.rejected": "integrations.kyc.results",
+        "kyc.pending": "integrations.kyc.results",
+        "kyc.refused": "integrations.kyc.results",
     }
 )
 """The topic each event type is published to.  The key is always the event's ``subject``."""

@@ -50,6 +50,7 @@ def test_every_event_type_of_the_contract_is_registered() -> None:
         "customer.created", "customer.kyc_requested",
         "claim.reported", "claim.reserved", "claim.paid", "claim.settled", "claim.closed",
         "payment.completed", "payment.pending", "payment.failed", "payment.confirmed",
+        "kyc.approved", "kyc.review", "kyc.rejected", "kyc.pending", "kyc.refused",
     }  # fmt: skip
     assert len(set(EVENT_TYPES.values())) == len(EVENT_TYPES)  # one model per type
 
@@ -90,6 +91,7 @@ def test_examples_are_valid_and_keyed_by_their_aggregate(event_type: str) -> Non
         "premium": "policy_id",
         "refund": "policy_id",
         "payment": "policy_id",
+        "kyc": "customer_id",
     }.get(event_type.partition(".")[0], "customer_id" if event_type.startswith("customer") else "claim_id")
     assert event.data.aggregate_field == field
     assert event.subject == getattr(event.data, field)

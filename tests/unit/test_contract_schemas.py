@@ -78,7 +78,15 @@ def test_every_payload_and_shared_record_has_its_file() -> None:
     expected = {f"{NAMESPACE}.{model.__name__}" for model in EVENT_TYPES.values()}
     expected |= {
         f"{NAMESPACE}.{name}"
-        for name in ("Envelope", "Address", "PaymentMethod", "KycDocument", "KycConsent")
+        for name in (
+            "Envelope",
+            "Address",
+            "PaymentMethod",
+            "KycDocument",
+            "KycConsent",
+            "KycCheck",
+            "KycMatch",
+        )
     }
     assert set(records) == expected
     for name, record in records.items():
