@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -160,14 +160,14 @@ def test_the_reason_never_quotes_the_values() -> None:
 
 
 @pytest.fixture
-def kyc_mapping(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+def kyc_mapping(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """A stand-in for ``processors.apps.kyc.mapping`` (the real one belongs to the KYC app)."""
     package = types.ModuleType("processors.apps.kyc")
     package.__path__ = []
     module = types.ModuleType("processors.apps.kyc.mapping")
     monkeypatch.setitem(sys.modules, "processors.apps.kyc", package)
     monkeypatch.setitem(sys.modules, "processors.apps.kyc.mapping", module)
-    yield module
+    return module
 
 
 def test_without_the_kyc_mapping_there_is_no_kyc_handler(monkeypatch: pytest.MonkeyPatch) -> None:
