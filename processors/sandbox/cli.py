@@ -1,8 +1,11 @@
 """``processors sandbox``: serve the simulated external services until SIGINT/SIGTERM.
 
 The gateway token comes from ``--token``, else ``$SANDBOX_GATEWAY_TOKEN``, else ``sandbox-token``
-(prefer the environment: command lines are visible to other users of the machine).  Every knob
-can be changed later through ``PUT /_sandbox/gateway/config``.
+(prefer the environment: command lines are visible to other users of the machine).  The KYC
+provider's token comes from ``$SANDBOX_KYC_TOKEN``, else ``sandbox-token``; the secret that signs
+its callbacks from ``--kyc-webhook-secret``, else ``$SANDBOX_KYC_WEBHOOK_SECRET``, else
+``sandbox-kyc-webhook-secret``.  Every knob can be changed later through
+``PUT /_sandbox/gateway/config`` and ``PUT /_sandbox/kyc/config``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from typing import Any
 
 from processors.errors import ConfigError
 from processors.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
+from processors.sandbox.kyc import DEFAULT_TOKEN as KYC_DEFAULT_TOKEN
+from processors.sandbox.kyc import DEFAULT_WEBHOOK_SECRET as KYC_DEFAULT_WEBHOOK_SECRET
+from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
+from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
+from processors.sandbox.kyc import KycConfig
 from processors.sandbox.server import run_sandbox_forever
 
 __all__ = [
@@ -22,6 +30,8 @@ __all__ = [
     "TOKEN_ENV",
     "config_to_argv",
     "gateway_config_from_args",
+    "kyc_config_from_args",
+    "kyc_config_to_argv",
     "register_cli",
     "run_sandbox_command",
 ]
@@ -33,7 +43,7 @@ READY_PREFIX = "sandbox listening on "
 def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "sandbox",
-        help="run the simulated external services (payment gateway) with fault injection",
+        help="run the simulated external services (payment gateway, KYC provider) with fault injection",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,6 +69,30 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible random choices")
     parser.add_argument("--access-log", action="store_true", help="log one line per request (never bodies)")
+    kyc = parser.add_argument_group("KYC provider")
+    kyc.add_argument(
+        "--kyc-mode",
+        choices=("sync", "async"),
+        default="sync",
+        help="sync: the decision in the answer; async: 202 pending, the decision by signed callback",
+    )
+    kyc.add_argument("--kyc-callback-url", default=None, help="where async decisions are POSTed")
+    kyc.add_argument(
+        "--kyc-webhook-secret",
+        default=None,
+        help=(
+            f"secret that signs callbacks (default: ${KYC_WEBHOOK_SECRET_ENV} "
+            f"or {KYC_DEFAULT_WEBHOOK_SECRET})"
+        ),
+    )
+    kyc.add_argument("--kyc-callback-delay-ms", type=float, default=100.0, help="delay before a callback")
+    kyc.add_argument("--kyc-callback-attempts", type=int, default=3, help="deliveries tried per callback")
+    kyc.add_argument("--kyc-duplicate-callbacks", action="store_true", help="deliver every callback twice")
+    kyc.add_argument(
+        "--kyc-latency-ms", type=float, default=0.0, help="latency added to each new verification"
+    )
+    kyc.add_argument("--kyc-error-rate", type=float, default=0.0, help="probability of 503 before verifying")
+    kyc.add_argument("--kyc-outage", action="store_true", help="answer every verification with 503")
     parser.set_defaults(func=run_sandbox_command)
 
 
@@ -75,6 +109,50 @@ def gateway_config_from_args(args: argparse.Namespace) -> GatewayConfig:
         "seed": args.seed,
     }
     return GatewayConfig.from_mapping(values)
+
+
+def kyc_config_from_args(args: argparse.Namespace) -> KycConfig:
+    """The KYC provider knobs from parsed arguments; :class:`ConfigError` when a value is invalid."""
+    values: dict[str, Any] = {
+        "mode": args.kyc_mode,
+        "callback_url": args.kyc_callback_url,
+        "webhook_secret": args.kyc_webhook_secret
+        or os.environ.get(KYC_WEBHOOK_SECRET_ENV)
+        or KYC_DEFAULT_WEBHOOK_SECRET,
+        "callback_delay_ms": args.kyc_callback_delay_ms,
+        "callback_attempts": args.kyc_callback_attempts,
+        "duplicate_callbacks": args.kyc_duplicate_callbacks,
+        "latency_ms": args.kyc_latency_ms,
+        "error_rate": args.kyc_error_rate,
+        "outage": args.kyc_outage,
+        "token": os.environ.get(KYC_TOKEN_ENV) or KYC_DEFAULT_TOKEN,
+        "seed": args.seed,
+    }
+    return KycConfig.from_mapping(values)
+
+
+def kyc_config_to_argv(config: KycConfig) -> list[str]:
+    """The flags that reproduce ``config``, except the token and the webhook secret (pass them as
+    ``$SANDBOX_KYC_TOKEN`` and ``$SANDBOX_KYC_WEBHOOK_SECRET``) and the seed (``--seed`` is shared)."""
+    argv = [
+        "--kyc-mode",
+        config.mode,
+        "--kyc-callback-delay-ms",
+        repr(config.callback_delay_ms),
+        "--kyc-callback-attempts",
+        str(config.callback_attempts),
+        "--kyc-latency-ms",
+        repr(config.latency_ms),
+        "--kyc-error-rate",
+        repr(config.error_rate),
+    ]
+    if config.callback_url is not None:
+        argv += ["--kyc-callback-url", config.callback_url]
+    if config.duplicate_callbacks:
+        argv.append("--kyc-duplicate-callbacks")
+    if config.outage:
+        argv.append("--kyc-outage")
+    return argv
 
 
 def config_to_argv(config: GatewayConfig) -> list[str]:
@@ -100,6 +178,7 @@ def config_to_argv(config: GatewayConfig) -> list[str]:
 
 def run_sandbox_command(args: argparse.Namespace) -> int:
     config = gateway_config_from_args(args)
+    kyc = kyc_config_from_args(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {args.port}")
 
@@ -107,9 +186,14 @@ def run_sandbox_command(args: argparse.Namespace) -> int:
         print(f"{READY_PREFIX}{url}", flush=True)
         print(f"  payment gateway  POST {url}/api/v1/payments", flush=True)
         print(f"  control          {url}/_sandbox/gateway/{{charges,config,reset,requests}}", flush=True)
+        print(f"  KYC provider     POST {url}/api/v1/customers/{{id}}/kyc ({kyc.mode})", flush=True)
+        print(
+            f"  control          {url}/_sandbox/kyc/{{verifications,config,reset,requests,callbacks}}",
+            flush=True,
+        )
         print("press Ctrl-C to stop", flush=True)
 
-    run_sandbox_forever(args.host, args.port, config, on_started=started, access_log=args.access_log)
+    run_sandbox_forever(args.host, args.port, config, kyc=kyc, on_started=started, access_log=args.access_log)
     print("sandbox stopped", flush=True)
     return 0
 

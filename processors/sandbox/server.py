@@ -2,9 +2,10 @@
 
 In the caller's event loop (tests, demo)::
 
-    async with SandboxServer(gateway=GatewayConfig(latency_ms=10)) as sandbox:
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=10), kyc=KycConfig(mode="sync")) as sandbox:
         sandbox.url                       # http://127.0.0.1:<bound port>
-        sandbox.gateway.charges_by_key    # the simulator's live state
+        sandbox.gateway.charges_by_key    # the simulators' live state
+        sandbox.kyc.verifications_by_key
 
 In a process of its own (benchmarks: the server must not share the client's loop or CPU)::
 
@@ -31,6 +32,9 @@ from aiohttp import web
 
 from processors.errors import ConfigError, ProcessorsError
 from processors.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig, PaymentGatewaySim
+from processors.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
+from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
+from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
 
 __all__ = [
     "HEALTH_PATH",
@@ -46,11 +50,12 @@ HEALTH_PATH: Final = "/_sandbox/health"
 _WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def build_sandbox_app(gateway: GatewayConfig | None = None) -> web.Application:
+def build_sandbox_app(gateway: GatewayConfig | None = None, kyc: KycConfig | None = None) -> web.Application:
     """The sandbox application: ``GET /_sandbox/health`` and every simulated service's routes."""
     app = web.Application()
     app.router.add_get(HEALTH_PATH, _health)
     PaymentGatewaySim(gateway).add_to(app)
+    KycProviderSim(kyc).add_to(app)
     return app
 
 
@@ -72,12 +77,13 @@ class SandboxServer:
         port: int = 0,
         gateway: GatewayConfig | None = None,
         *,
+        kyc: KycConfig | None = None,
         access_log: bool = False,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = build_sandbox_app(gateway)
+        self.app = build_sandbox_app(gateway, kyc)
         self._access_log = access_log
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
@@ -88,6 +94,11 @@ class SandboxServer:
     def gateway(self) -> PaymentGatewaySim:
         """The payment gateway simulator (state readable and configurable in-process)."""
         return self.app[GATEWAY_APP_KEY]
+
+    @property
+    def kyc(self) -> KycProviderSim:
+        """The KYC provider simulator (state readable and configurable in-process)."""
+        return self.app[KYC_APP_KEY]
 
     @property
     def url(self) -> str:
@@ -151,6 +162,7 @@ def run_sandbox_forever(
     port: int = 8600,
     config: GatewayConfig | None = None,
     *,
+    kyc: KycConfig | None = None,
     on_started: Callable[[str], None] | None = None,
     access_log: bool = False,
 ) -> None:
@@ -159,7 +171,9 @@ def run_sandbox_forever(
     ``on_started`` receives the base URL once the socket is listening.  Must run in the main
     thread (it installs signal handlers).
     """
-    asyncio.run(_serve_until_signalled(host, port, config, on_started=on_started, access_log=access_log))
+    asyncio.run(
+        _serve_until_signalled(host, port, config, kyc=kyc, on_started=on_started, access_log=access_log)
+    )
 
 
 async def _serve_until_signalled(
@@ -167,6 +181,7 @@ async def _serve_until_signalled(
     port: int,
     config: GatewayConfig | None,
     *,
+    kyc: KycConfig | None = None,
     on_started: Callable[[str], None] | None,
     access_log: bool,
 ) -> None:
@@ -176,7 +191,7 @@ async def _serve_until_signalled(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with SandboxServer(host, port, config, access_log=access_log) as server:
+        async with SandboxServer(host, port, config, kyc=kyc, access_log=access_log) as server:
             if on_started is not None:
                 on_started(server.url)
             await stop.wait()
@@ -191,8 +206,9 @@ class SandboxProcess:
     The child has its own interpreter and event loop, so it never shares a loop (or the GIL) with
     the caller.  ``start()`` returns the base URL once the child listens; ``stop()`` sends SIGTERM
     (graceful) and kills the child only if it has not exited within ``stop_timeout_s``.  Drive the
-    simulator through its HTTP control API (``/_sandbox/gateway/...``).  The token reaches the
-    child through its environment, not its command line.
+    simulators through their HTTP control APIs (``/_sandbox/gateway/...``, ``/_sandbox/kyc/...``).
+    Tokens and the KYC webhook secret reach the child through its environment, not its command
+    line.
     """
 
     def __init__(
@@ -201,12 +217,14 @@ class SandboxProcess:
         port: int = 0,
         gateway: GatewayConfig | None = None,
         *,
+        kyc: KycConfig | None = None,
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port
         self.gateway_config = gateway or GatewayConfig()
+        self.kyc_config = kyc or KycConfig()
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._process: subprocess.Popen[str] | None = None
@@ -223,7 +241,7 @@ class SandboxProcess:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> str:
-        from processors.sandbox.cli import READY_PREFIX, config_to_argv
+        from processors.sandbox.cli import READY_PREFIX, config_to_argv, kyc_config_to_argv
 
         if self._process is not None:
             raise RuntimeError("the sandbox process is already started")
@@ -236,8 +254,14 @@ class SandboxProcess:
             "--port",
             str(self.port),
             *config_to_argv(self.gateway_config),
+            *kyc_config_to_argv(self.kyc_config),
         ]
-        env = {**os.environ, TOKEN_ENV: self.gateway_config.token.get_secret_value()}
+        env = {
+            **os.environ,
+            TOKEN_ENV: self.gateway_config.token.get_secret_value(),
+            KYC_TOKEN_ENV: self.kyc_config.token.get_secret_value(),
+            KYC_WEBHOOK_SECRET_ENV: self.kyc_config.webhook_secret.get_secret_value(),
+        }
         process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)  # noqa: S603
         self._process = process
         assert process.stdout is not None
