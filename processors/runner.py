@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from confluent_kafka.admin import AdminClient
 
 from processors.adapters.http import AiohttpTransport
+from processors.adapters.kyc_provider import KycProvider
 from processors.adapters.payment_gateway import PaymentGateway
 from processors.api.server import ApiServer, RejectHook
+from processors.apps.kyc import KycApp
 from processors.apps.payments import PaymentsApp
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
@@ -32,9 +34,9 @@ __all__ = ["APP_ENDPOINTS", "APP_NAMES", "Runner", "build_app", "make_codec"]
 
 log = logging.getLogger(__name__)
 
-APP_NAMES = ("payments",)
+APP_NAMES = ("payments", "kyc")
 
-APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {"payments": ("payment-gateway",)}
+APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {"payments": ("payment-gateway",), "kyc": ("kyc-provider",)}
 """The external endpoints (breaker names) each app calls, for health and status."""
 
 
@@ -86,6 +88,23 @@ def build_app(
             keep_key_order=keeps_key_order(settings, topics),
             pending_reader=reader,
         )
+    if name == "kyc":
+        endpoint = "kyc-provider"
+        policy = resilience.for_endpoint(endpoint)
+        provider_settings = settings.kyc.provider.model_copy(update={"timeouts": policy.timeout.http()})
+        transport = AiohttpTransport(max_connections=settings.engine.max_concurrency)
+        return KycApp(
+            codec=codec,
+            provider=KycProvider(provider_settings, transport),
+            guard=(guard_class if settings.resilience_enabled else Unguarded)(
+                endpoint, policy, breakers.get(endpoint)
+            ),
+            settings=settings.kyc,
+            topics=topics,
+            output_content_type=content_type,
+            keep_key_order=keeps_key_order(settings, topics),
+            pending_reader=reader,
+        )
     raise ConfigError(f"unknown app {name!r}; known: {', '.join(APP_NAMES)}")
 
 
@@ -132,6 +151,8 @@ class Runner:
             needed.update(topics.sources)
             needed.update(topics.failure_topics)
         needed.add(self.settings.payments.results_topic)
+        if "kyc" in self.app_names:
+            needed.add(self.settings.kyc.results_topic)
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
         loop = asyncio.get_running_loop()
         try:

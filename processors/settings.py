@@ -3,6 +3,7 @@
 Examples: ``KAFKA_BOOTSTRAP_SERVERS=broker:9092``,
 ``PROCESSORS_PAYMENTS__GATEWAY__BASE_URL=https://gateway.example``,
 ``PROCESSORS_PAYMENTS__GATEWAY__TOKEN=…`` (a secret: never printed),
+``PROCESSORS_KYC__PROVIDER__BASE_URL=https://kyc.example``, ``PROCESSORS_KYC__PROVIDER__TOKEN=…``,
 ``PROCESSORS_ENGINE__MAX_CONCURRENCY=128``,
 ``PROCESSORS_API__AUTH_TOKEN=…`` and ``PROCESSORS_API__PAYMENT_GATEWAY__SECRET=…`` (secrets).
 """
@@ -15,6 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.apps.kyc import KycSettings
 from processors.apps.payments import PaymentsSettings
 from processors.errors import ConfigError
 from processors.runtime.engine import EngineSettings
@@ -111,6 +113,7 @@ class Settings(BaseSettings):
     """librdkafka settings: ``consumer.<key>``, ``producer.<key>`` or ``client.<key>`` (both)."""
     engine: EngineSettings = Field(default_factory=EngineSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
+    kyc: KycSettings = Field(default_factory=KycSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
 
