@@ -1,0 +1,406 @@
+"""The audit trail: one event per external interaction, outbound and inbound.
+
+Each call to an external service (the payment gateway, the KYC provider, a partner) and
+each request a provider makes to our webhook endpoints becomes an :class:`AuditEvent`.
+:class:`AuditLogger` writes it twice: to an :class:`AuditSink` (in production
+:class:`KafkaAuditSink`, the ``integrations.audit`` topic) and as one structured log line
+on the ``processors.audit`` logger.
+
+An ``AuditEvent`` cannot carry personal data: its summaries go through
+:func:`~processors.observability.redact.redact` and its free-text fields through the
+pattern scrubber in validators, and every way of building one (the constructor,
+``model_validate``, ``model_construct``, ``model_copy``) runs them.
+
+::
+
+    audit = audit_logger("payments")
+    audit.record_interaction(
+        direction="outbound", endpoint="payment-gateway", operation="charge",
+        status="200", outcome="success", latency_ms=41.7, attempt=1,
+        idempotency_key=key, breaker_state="closed", correlation_id=event.correlation_id,
+        traceparent=headers.get("traceparent"),
+        request_summary={"amount": "1185.50", "currency": "USD", "card_token": token},
+    )
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal, Protocol, Self
+from uuid import UUID, uuid4
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from processors.contract import UtcDatetime
+from processors.errors import Backpressure, Permanent, Retriable
+from processors.observability.logs import EXTRAS_REDACTED
+from processors.observability.redact import _scrub, redact, redact_text
+
+__all__ = [
+    "AUDIT_EVENT_TYPE",
+    "AUDIT_LOGGER_NAME",
+    "AuditEvent",
+    "AuditLogger",
+    "AuditSink",
+    "Direction",
+    "KafkaAuditSink",
+    "MemoryAuditSink",
+    "Outcome",
+    "audit_logger",
+    "configure_audit_sink",
+    "status_for_error",
+    "trace_id_from_traceparent",
+]
+
+AUDIT_EVENT_TYPE: Final = "integration.interaction"
+"""``event_type`` of interaction records on ``integrations.audit`` (the topic also carries
+other audit records, such as ``dlq.replayed``)."""
+
+AUDIT_LOGGER_NAME: Final = "processors.audit"
+
+ERROR_MAX_CHARS: Final = 1000
+
+Direction = Literal["outbound", "inbound"]
+Outcome = Literal["success", "failure", "rejected"]
+"""``success``: the interaction did what it was for.  ``failure``: it was attempted and failed
+(timeout, 5xx, a decline counts as ``success`` of the call: the answer is in ``status``).
+``rejected``: refused before it happened (circuit open, invalid signature, bad request)."""
+
+log = logging.getLogger(__name__)
+_audit_log = logging.getLogger(AUDIT_LOGGER_NAME)
+
+
+# -- trace context --------------------------------------------------------------------------
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_PARENT: Final = "0" * 16
+
+
+def trace_id_from_traceparent(traceparent: str | bytes | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``), or ``None``
+    when the value is missing or invalid (version ``ff``, all-zero ids, upper-case hex, extra
+    fields on version ``00``)."""
+    if traceparent is None:
+        return None
+    if isinstance(traceparent, bytes):
+        try:
+            traceparent = traceparent.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == _ZERO_TRACE or parent_id == _ZERO_PARENT:
+        return None
+    return trace_id
+
+
+# -- the event ------------------------------------------------------------------------------
+
+
+def _scrubbed(value: str) -> str:
+    return _scrub(value, digit_runs=False)
+
+
+def _error_text(value: str) -> str:
+    text = redact_text(value)
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
+
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_scrubbed)]
+"""A short text field (an id, a name of an endpoint or status), scrubbed by pattern."""
+
+ErrorText = Annotated[str, AfterValidator(_error_text)]
+
+
+def _trace_id(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value)):
+        return value
+    raise ValueError("trace_id must be 32 lower-case hex digits (use trace_id_from_traceparent)")
+
+
+class AuditEvent(BaseModel):
+    """One external interaction, redacted.
+
+    ``latency_ms`` is the wall time of the interaction; ``attempt`` the call number for the
+    message (``ATTEMPTS`` of the resilience layer; 1 for inbound requests, 0 when no call
+    was made because the circuit was open).  ``request_summary`` and ``response_summary``
+    are small mappings the caller chooses (amounts, statuses, ids); they are redacted on
+    the way in.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    event_type: Literal["integration.interaction"] = AUDIT_EVENT_TYPE
+    audit_id: UUID = Field(default_factory=uuid4)
+    occurred_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    app: Label
+    direction: Direction
+    endpoint: Label
+    operation: Label
+    idempotency_key: Label | None = None
+    status: Label
+    outcome: Outcome
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    attempt: int = Field(default=1, ge=0)
+    breaker_state: Label | None = None
+    correlation_id: Label | None = None
+    trace_id: Annotated[str | None, BeforeValidator(_trace_id)] = None
+    request_summary: dict[str, Any] = Field(default_factory=dict)
+    response_summary: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorText | None = None
+
+    @field_validator("request_summary", "response_summary", mode="before")
+    @classmethod
+    def _redacted(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        cleaned = redact(value)
+        if not isinstance(cleaned, dict):
+            raise ValueError("a summary must be a mapping, a dataclass or a pydantic model")
+        return {str(key): item for key, item in cleaned.items()}
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
+        """Validates (and so redacts) like the constructor: there is no unchecked way in."""
+        return cls.model_validate(values)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; ``update`` is validated and redacted like the constructor's input."""
+        if not update:
+            return self
+        return type(self).model_validate({**self.__dict__, **update})
+
+    def to_json(self) -> bytes:
+        """The value written to ``integrations.audit`` (decimals as strings, times ISO 8601)."""
+        return self.__pydantic_serializer__.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> AuditEvent:
+        return cls.model_validate_json(data)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (what the audit log line carries)."""
+        fields: dict[str, Any] = self.model_dump(mode="json")
+        return fields
+
+
+# -- failure vocabulary ---------------------------------------------------------------------
+
+
+def status_for_error(exc: BaseException) -> tuple[str, Outcome]:
+    """The ``status`` and ``outcome`` of an outbound interaction that raised ``exc``.
+
+    ``circuit_open`` (rejected: no call made), ``timeout``, ``connect_failed``,
+    ``retriable_error``, ``permanent_error`` or ``error`` (failures).
+    """
+    if isinstance(exc, Backpressure):
+        return "circuit_open", "rejected"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or names & {"HttpTimeout", "DeadlineExceeded"}:
+        return "timeout", "failure"
+    if "ConnectFailed" in names or isinstance(exc, ConnectionError):
+        return "connect_failed", "failure"
+    if isinstance(exc, Retriable):
+        return "retriable_error", "failure"
+    if isinstance(exc, Permanent):
+        return "permanent_error", "failure"
+    return "error", "failure"
+
+
+# -- sinks ----------------------------------------------------------------------------------
+
+
+class AuditSink(Protocol):
+    """Where audit events go.  ``emit`` is synchronous, never blocks and never raises."""
+
+    def emit(self, event: AuditEvent) -> None: ...
+
+
+ProducerSend = Callable[[str, bytes | None, bytes], None]
+"""``(topic, key, value)``: hands a record to a producer without waiting for delivery."""
+
+_FAILURE_LOG_INTERVAL_S: Final = 10.0
+
+
+class KafkaAuditSink:
+    """Hands each event to ``producer_send(topic, key=app, value=json)``.
+
+    ``producer_send`` must not block (the runtime passes a fire-and-forget produce on its
+    producer).  An exception from it is counted in ``failed`` and logged (at most once per
+    10 s, with the count), never raised into the interaction that is being audited.
+    """
+
+    def __init__(self, producer_send: ProducerSend, topic: str) -> None:
+        self._send = producer_send
+        self.topic = topic
+        self.emitted = 0
+        self.failed = 0
+        self._last_failure_log = float("-inf")
+        self._lock = threading.Lock()
+
+    def emit(self, event: AuditEvent) -> None:
+        try:
+            self._send(self.topic, event.app.encode(), event.to_json())
+        except Exception as exc:
+            self._failed(event, exc)
+        else:
+            self.emitted += 1
+
+    def _failed(self, event: AuditEvent, exc: Exception) -> None:
+        with self._lock:
+            self.failed += 1
+            now = time.monotonic()
+            if now - self._last_failure_log < _FAILURE_LOG_INTERVAL_S:
+                return
+            self._last_failure_log = now
+            failed = self.failed
+        log.warning(
+            "audit event %s could not be handed to the producer for %s (%s: %s); %d lost so far",
+            event.audit_id,
+            self.topic,
+            type(exc).__name__,
+            redact_text(str(exc)),
+            failed,
+        )
+
+
+class MemoryAuditSink:
+    """Keeps events in memory (tests, local runs)."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def emit(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+    def payloads(self) -> list[bytes]:
+        """The values a :class:`KafkaAuditSink` would have written."""
+        return [event.to_json() for event in self.events]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+_default_sink: AuditSink | None = None
+
+
+def configure_audit_sink(sink: AuditSink | None) -> None:
+    """Set the sink of every :class:`AuditLogger` built without one (``None``: log only)."""
+    global _default_sink
+    _default_sink = sink
+
+
+# -- the logger -----------------------------------------------------------------------------
+
+
+class AuditLogger:
+    """Records an app's interactions: to the sink and as a ``processors.audit`` log line.
+
+    Without an explicit ``sink`` it uses the one set by :func:`configure_audit_sink` at the
+    time of each record, so apps can be built before the runtime wires the producer.
+    """
+
+    def __init__(self, app: str, sink: AuditSink | None = None) -> None:
+        self.app = app
+        self._sink = sink
+
+    @property
+    def sink(self) -> AuditSink | None:
+        return self._sink if self._sink is not None else _default_sink
+
+    def record(self, event: AuditEvent) -> None:
+        """Emit ``event`` and log it.  Never raises."""
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink.emit(event)
+            except Exception:  # a sink breaking its contract must not break the caller
+                log.exception("audit sink %s raised", type(sink).__name__)
+        try:
+            level = logging.INFO if event.outcome == "success" else logging.WARNING
+            if _audit_log.isEnabledFor(level):
+                _audit_log.log(
+                    level,
+                    "%s %s %s: %s (%s) in %.1f ms",
+                    event.direction,
+                    event.endpoint,
+                    event.operation,
+                    event.status,
+                    event.outcome,
+                    event.latency_ms,
+                    extra={**event.log_fields(), EXTRAS_REDACTED: True},
+                )
+        except Exception:
+            log.exception("audit event %s could not be logged", event.audit_id)
+
+    def record_interaction(
+        self,
+        *,
+        direction: Direction,
+        endpoint: str,
+        operation: str,
+        status: str,
+        outcome: Outcome,
+        latency_ms: float,
+        attempt: int = 1,
+        idempotency_key: str | None = None,
+        breaker_state: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | bytes | None = None,
+        request_summary: Any = None,
+        response_summary: Any = None,
+        error: str | BaseException | None = None,
+    ) -> AuditEvent | None:
+        """Build an event for this app and :meth:`record` it.
+
+        Returns the event, or ``None`` if the fields were invalid (logged; auditing never
+        breaks the interaction it describes).  An exception given as ``error`` is recorded
+        as ``"Type: message"``, redacted.
+        """
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        try:
+            event = AuditEvent(
+                app=self.app,
+                direction=direction,
+                endpoint=endpoint,
+                operation=operation,
+                status=status,
+                outcome=outcome,
+                latency_ms=latency_ms,
+                attempt=attempt,
+                idempotency_key=idempotency_key,
+                breaker_state=breaker_state,
+                correlation_id=correlation_id,
+                trace_id=trace_id_from_traceparent(traceparent),
+                request_summary=request_summary,
+                response_summary=response_summary,
+                error=error,
+            )
+        except ValueError as exc:  # pydantic's ValidationError; inputs are hidden in it
+            log.error("audit event of %s %s not recorded: %s", endpoint, operation, exc)
+            return None
+        self.record(event)
+        return event
+
+
+def audit_logger(app: str, sink: AuditSink | None = None) -> AuditLogger:
+    """The audit logger of ``app`` (``sink``: see :class:`AuditLogger`)."""
+    return AuditLogger(app, sink)

@@ -1,0 +1,356 @@
+"""Redaction: the one place where personal data and secrets are taken out.
+
+Every audit event and every log record passes through this module before it is written:
+:class:`~processors.observability.audit.AuditEvent` runs its summaries through
+:func:`redact` in a validator, and the logging filter
+(:class:`~processors.observability.logs.RedactingFilter`) runs messages, ``extra`` fields
+and tracebacks through :func:`redact_text` and :func:`redact`.
+
+Two mechanisms, used together:
+
+* **by key** (structured data): the value of a sensitive key is replaced by ``"***"``,
+  whatever it is (a string, a number, a whole address object); ``None`` stays ``None``.
+  Keys are compared case-insensitively with ``-`` and ``_`` ignored, so ``card_token``,
+  ``Card-Token`` and ``cardToken`` are one key.  A key is sensitive if it is one of
+  :data:`SENSITIVE_KEYS` (which includes :data:`processors.contract.PII_FIELDS`) or ends
+  with one of :data:`SENSITIVE_SUFFIXES` (``x_api_key``, ``client_secret``,
+  ``X-Signature``...).  ``name`` is sensitive wherever it appears: a name cannot be told
+  from a non-personal one by its key, so fields meant to stay visible carry a specific
+  key (``list_name``, ``app``).
+* **by pattern** (free text): card tokens (``tok_...``), bearer credentials, webhook
+  secrets (``whsec_...``), e-mail addresses, credentials in URLs, ``key=value`` /
+  ``"key": "value"`` pairs whose key is sensitive, card numbers, long digit runs
+  (passport and card numbers) and every secret registered with :func:`register_secret`.
+
+String values inside structures get the pattern pass too, except the long-digit rule
+(which would eat epoch timestamps and gateway references that audits need); card
+numbers there are caught by their Luhn check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from processors.contract import PII_FIELDS
+
+__all__ = [
+    "MASK",
+    "MIN_SECRET_LENGTH",
+    "SENSITIVE_KEYS",
+    "SENSITIVE_SUFFIXES",
+    "clear_secrets",
+    "is_sensitive_key",
+    "redact",
+    "redact_headers",
+    "redact_text",
+    "register_secret",
+]
+
+MASK: Final = "***"
+"""What a redacted value becomes."""
+
+MIN_SECRET_LENGTH: Final = 4
+"""Shorter registered secrets are refused: masking them would mangle every log line."""
+
+_MAX_DEPTH: Final = 32
+_KEY_CACHE_MAX: Final = 8192
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("-", "").replace("_", "")
+
+
+_NAMED_KEYS: Final = frozenset(
+    {
+        # payment data
+        "card_token", "card_number", "pan", "cvv", "cvc", "cvv2", "expiry", "card_expiry",
+        # identity documents
+        "document_number", "passport_number", "id_number", "national_id", "tax_id", "ssn",
+        # names
+        "name", "full_name", "first_name", "last_name", "middle_name", "given_name",
+        "family_name", "surname", "maiden_name",
+        # dates of birth
+        "date_of_birth", "dob", "birth_date", "birthdate",
+        # addresses and contact details
+        "address", "billing_address", "line1", "line2", "street", "postal_code", "zip",
+        "zip_code", "email", "phone", "phone_number", "mobile",
+        # images
+        "front_image_url", "back_image_url", "image_url", "selfie_url",
+        # credentials and secrets
+        "authorization", "proxy_authorization", "secret", "webhook_secret", "token",
+        "api_key", "password", "passwd", "signature", "cookie", "set_cookie",
+        "private_key", "credentials",
+        # raw input quoted by validation errors (pydantic's "input_value=...")
+        "input_value",
+    }
+)  # fmt: skip
+
+SENSITIVE_KEYS: Final[frozenset[str]] = frozenset(_norm(k) for k in _NAMED_KEYS | PII_FIELDS)
+"""Normalised (lower case, no ``-``/``_``) keys whose values are always masked."""
+
+SENSITIVE_SUFFIXES: Final[tuple[str, ...]] = (
+    "token",
+    "secret",
+    "password",
+    "signature",
+    "apikey",
+    "authorization",
+    "cookie",
+    "imageurl",
+    "address",
+    "email",
+    "phone",
+    "fullname",
+    "firstname",
+    "lastname",
+    "surname",
+    "dateofbirth",
+    "documentnumber",
+    "passportnumber",
+    "cardnumber",
+)
+"""Normalised key endings that make a key sensitive (``client_secret``, ``X-Api-Key``)."""
+
+_key_cache: dict[str, bool] = {}
+
+
+def is_sensitive_key(key: str) -> bool:
+    """Whether the value under ``key`` is masked (cached per distinct key)."""
+    hit = _key_cache.get(key)
+    if hit is None:
+        normalised = _norm(key)
+        hit = normalised in SENSITIVE_KEYS or normalised.endswith(SENSITIVE_SUFFIXES)
+        if len(_key_cache) < _KEY_CACHE_MAX:
+            _key_cache[key] = hit
+    return hit
+
+
+# -- registered secrets ---------------------------------------------------------------------
+
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | SecretStr) -> None:
+    """Mask ``value`` wherever it appears in logs and audit events from now on.
+
+    Call it at start-up for every credential the process holds (gateway tokens, webhook
+    secrets).  Raises ``ValueError`` for values shorter than :data:`MIN_SECRET_LENGTH`.
+    """
+    global _secrets
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if len(text) < MIN_SECRET_LENGTH:
+        raise ValueError(f"a secret to mask must have at least {MIN_SECRET_LENGTH} characters")
+    with _secrets_lock:
+        if text not in _secrets:
+            # Longest first, so a secret that contains another is masked whole.
+            _secrets = tuple(sorted((*_secrets, text), key=len, reverse=True))
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (for tests)."""
+    global _secrets
+    with _secrets_lock:
+        _secrets = ()
+
+
+# -- free text ------------------------------------------------------------------------------
+
+_EMAIL_OR_USERINFO = re.compile(
+    r"(?P<userinfo>://)[^/\s:@]+(?::[^/\s@]*)?@"
+    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
+_CARD_TOKEN = re.compile(r"tok_[A-Za-z0-9_]+")
+_WEBHOOK_SECRET = re.compile(r"whsec_[^\s\"',;]+")
+_AUTH_SCHEME = re.compile(r"(?i:(\bbearer\s+)[^\s\"',;]+)|(\bBasic\s+)[A-Za-z0-9+/]{8,}={0,2}")
+_DIGITS_HINT = re.compile(r"\d{4}[\d -]\d{3}")
+_DIGITS_TEXT = re.compile(
+    r"\d{4}(?:(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?\b"  # card numbers written in groups
+    r"|[ -]\d{6}[ -]\d{5}\b"  # 4-6-5 (American Express)
+    r"|\d{4,})"  # 8 digits or more: passport, card and account numbers
+)
+_ID_TOKEN = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-f]{32}"
+)
+_HEXISH: Final = frozenset("0123456789abcdefABCDEF-")
+_PAN_CANDIDATE = re.compile(r"(?<![\d])\d[\d -]{11,34}\d(?!\d)")
+_DIGIT_RUN = re.compile(r"\d{13,19}")
+_KEY_VALUE = re.compile(
+    r"(?<![A-Za-z0-9_-])(?P<q>[\"']?)(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P=q)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[^\s\"',;&?=(){}\[\]]+)"
+)
+_NULLS: Final = frozenset({"null", "None"})
+
+
+def _masked_email(match: re.Match[str]) -> str:
+    return "://***@" if match.group("userinfo") else MASK
+
+
+def _masked_auth(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2)) + MASK
+
+
+def _masked_digits(match: re.Match[str]) -> str:
+    # Digits inside a uuid or a 32-hex trace id are part of an id, not a number: keep them.
+    text = match.string
+    start, end = match.span()
+    while start > 0 and text[start - 1] in _HEXISH:
+        start -= 1
+    while end < len(text) and text[end] in _HEXISH:
+        end += 1
+    word = text[start:end].strip("-")
+    if (len(word) == 36 or len(word) == 32) and _ID_TOKEN.fullmatch(word):
+        return match.group(0)
+    return MASK
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        n = ord(char) - 48
+        if i % 2:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _masked_pan(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = text.replace(" ", "").replace("-", "")
+    if 13 <= len(digits) <= 19 and _luhn(digits):
+        return MASK
+    # Several numbers in a row: judge each unbroken run on its own.
+    return _DIGIT_RUN.sub(lambda run: MASK if _luhn(run.group(0)) else run.group(0), text)
+
+
+def _masked_pair(match: re.Match[str]) -> str:
+    if not is_sensitive_key(match.group("key")) or match.group("value") in _NULLS:
+        return match.group(0)
+    value = match.group("value")
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group('q')}{match.group('key')}{match.group('q')}{match.group('sep')}{quote}{MASK}{quote}"
+
+
+def _scrub(text: str, *, digit_runs: bool, extra_secrets: Iterable[str] = ()) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for secret in extra_secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+    if "@" in text:
+        text = _EMAIL_OR_USERINFO.sub(_masked_email, text)
+    if "tok_" in text:
+        text = _CARD_TOKEN.sub(MASK, text)
+    if "whsec_" in text:
+        text = _WEBHOOK_SECRET.sub(MASK, text)
+    if "earer" in text or "EARER" in text or "Basic" in text:
+        text = _AUTH_SCHEME.sub(_masked_auth, text)
+    if digit_runs:
+        if _DIGITS_HINT.search(text):
+            text = _DIGITS_TEXT.sub(_masked_digits, text)
+    elif len(text) >= 13:
+        text = _PAN_CANDIDATE.sub(_masked_pan, text)
+    if digit_runs:
+        if "=" in text or ":" in text:
+            text = _KEY_VALUE.sub(_masked_pair, text)
+    elif "=" in text or ": " in text or '":' in text or "':" in text:
+        # A value inside a structure: "token=...", "key: value" or quoted pairs (a raw body);
+        # a bare "10:30" (a time) does not need the pass.
+        text = _KEY_VALUE.sub(_masked_pair, text)
+    return text
+
+
+def redact_text(text: str, known_secrets: Iterable[str] = ()) -> str:
+    """``text`` with personal data and secrets masked (for messages, errors, tracebacks).
+
+    Masks card tokens, bearer and basic credentials, ``whsec_`` secrets, e-mail addresses,
+    credentials in URLs, values of sensitive ``key=value`` / ``"key": "value"`` pairs, card
+    numbers, digit runs of 8 or more (uuids and 32-hex trace ids are kept whole), every
+    registered secret and every string in ``known_secrets``.
+    """
+    return _scrub(text, digit_runs=True, extra_secrets=known_secrets)
+
+
+# -- structures -----------------------------------------------------------------------------
+
+_PASS_THROUGH: Final = frozenset(
+    {int, float, bool, type(None), Decimal, UUID, datetime, date, time, timedelta}
+)
+
+
+def redact(value: Any) -> Any:
+    """A redacted copy of ``value``, made of plain JSON-like values.
+
+    Dicts, mappings, lists, tuples, sets, pydantic models (dumped in JSON mode) and
+    dataclasses are walked; the value of every sensitive key is replaced by ``"***"``
+    (``None`` stays ``None``); strings are scrubbed by pattern.  Numbers, decimals, uuids
+    and dates are kept; ``bytes`` become ``"<n bytes>"``; ``SecretStr`` becomes ``"***"``;
+    exceptions become ``"Type: redacted message"``; any other object becomes ``"<Type>"``
+    (its ``str()`` might hold anything).  The input is not modified.
+    """
+    return _walk(value, 0)
+
+
+def _walk(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind is str:
+        return _scrub(value, digit_runs=False)
+    if kind is dict:
+        return _walk_mapping(value, depth)
+    if kind in _PASS_THROUGH:
+        return value
+    if depth >= _MAX_DEPTH:
+        return "<…>"
+    if kind is list or kind is tuple:
+        return [_walk(item, depth + 1) for item in value]
+    if isinstance(value, BaseModel):
+        return _walk_mapping(value.model_dump(mode="json"), depth)
+    if isinstance(value, Enum):
+        return _walk(value.value, depth + 1)
+    if isinstance(value, str):
+        return _scrub(str(value), digit_runs=False)
+    if isinstance(value, Mapping):
+        return _walk_mapping(value, depth)
+    if isinstance(value, SecretStr | SecretBytes):
+        return MASK
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _walk_mapping({f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, depth)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_walk(item, depth + 1) for item in value]
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {redact_text(str(value))}"
+    if isinstance(value, int | float | Decimal | datetime | date):
+        return value
+    return f"<{kind.__name__}>"
+
+
+def _walk_mapping(mapping: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, item in mapping.items():
+        if type(key) is str and is_sensitive_key(key):
+            out[key] = None if item is None else MASK
+        else:
+            out[key] = _walk(item, depth + 1)
+    return out
+
+
+def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+    """HTTP headers with the values of sensitive ones (``Authorization``, ``Cookie``,
+    ``X-Signature``, ``X-Api-Key``...) masked and the others scrubbed by pattern."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return {
+        key: MASK if is_sensitive_key(key) else _scrub(str(value), digit_runs=False) for key, value in pairs
+    }
