@@ -1,0 +1,238 @@
+"""Readiness, status and metrics of a running payments app, against real brokers and the sandbox.
+
+The payments app runs in-process through the ``Runner`` with the API enabled, so what the API
+reports is what the runner's engines and breakers hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from processors.devbroker import BrokerKind, provide_broker
+from processors.runner import Runner
+from processors.samples import premium_due_stream
+from processors.sandbox.gateway import GatewayConfig
+from processors.sandbox.server import SandboxServer
+from processors.settings import load_settings
+from processors.topics.admin import apply
+from processors.topics.catalogue import load_catalogue
+from tests.conftest import ROOT
+from tests.integration.helpers import publish
+
+pytestmark = pytest.mark.timeout(300)
+
+TOKEN = "status-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BREAKER_OPEN = 'processors_endpoint_breaker_state{endpoint="payment-gateway",state="open"} 1.0'
+BREAKER_CLOSED = 'processors_endpoint_breaker_state{endpoint="payment-gateway",state="closed"} 1.0'
+
+
+def resilience_file(tmp_path: Path, *, open_s: float) -> Path:
+    path = tmp_path / "resilience.yaml"
+    path.write_text(
+        "defaults:\n"
+        "  circuit_breaker: {failure_threshold: 5, success_threshold: 3,"
+        f" timeout_duration_seconds: {open_s}, half_open_requests: 3}}\n"
+        "  retry: {max_attempts: 3, initial_delay_ms: 50, max_delay_ms: 500, multiplier: 2}\n"
+        "  timeout: {connection_timeout_ms: 1000, read_timeout_ms: 5000, deadline_ms: 20000}\n"
+    )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running_payments_with_api(
+    bootstrap: str,
+    topics_file: Path,
+    prefix: str,
+    gateway_url: str,
+    resilience: Path,
+    *,
+    topic_prefix: str | None = None,
+    **api: Any,
+) -> AsyncIterator[Runner]:
+    """The payments app with the API; ``prefix`` names the group (and the topics, by default)."""
+    settings = load_settings(
+        bootstrap_servers=bootstrap,
+        topics_file=topics_file,
+        resilience_file=resilience,
+        group_prefix=prefix,
+        payments={
+            "gateway": {"base_url": gateway_url},
+            "results_topic": f"{topic_prefix if topic_prefix is not None else prefix}"
+            "integrations.payment.results",
+        },
+        api={"enabled": True, "port": 0, "auth_token": TOKEN, **api},
+    )
+    runner = Runner(settings, ["payments"], catalogue=load_catalogue(topics_file))
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while runner.api is None:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield runner
+    finally:
+        stop.set()
+        await task
+
+
+async def until(condition: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+async def test_readyz_follows_the_broker_down_and_back_up(
+    client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A broker of this test's own: the session broker is shared and must keep running.
+    broker = provide_broker(prefer=BrokerKind.APACHE)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, broker.start)
+    try:
+        bootstrap = broker.info.bootstrap_servers
+        topics_file = ROOT / "topics.yaml"
+        await loop.run_in_executor(
+            None,
+            lambda: apply(
+                {"bootstrap.servers": bootstrap}, load_catalogue(topics_file), replication_factor=1
+            ),
+        )
+        answers: list[tuple[int, Any]] = []
+
+        async def readyz() -> tuple[int, Any]:
+            assert runner.api is not None
+            try:
+                async with client.get(f"{runner.api.url}/readyz") as response:
+                    answer = (response.status, await response.json())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = (0, type(exc).__name__)
+            answers.append(answer)
+            return answer
+
+        async def ready() -> bool:
+            return (await readyz())[0] == 200
+
+        async def unready() -> bool:
+            return (await readyz())[0] == 503
+
+        async with (
+            SandboxServer() as sandbox,
+            running_payments_with_api(
+                bootstrap,
+                topics_file,
+                "readyz.",
+                sandbox.url,
+                resilience_file(tmp_path, open_s=30),
+                topic_prefix="",
+                broker_check_timeout_s=1.0,
+                broker_check_cache_s=0.5,
+            ) as runner,
+        ):
+            await until(ready, timeout_s=90, what="ready once the payments app has its partitions")
+
+            await loop.run_in_executor(None, broker.pause_broker)
+            await until(unready, timeout_s=60, what="unready while the broker is stopped")
+            assert answers[-1] == (503, {"ready": False, "reasons": ["the Kafka broker is unreachable"]})
+
+            await loop.run_in_executor(None, broker.resume_broker)
+            await until(ready, timeout_s=120, what="ready again once the broker is back")
+            assert answers[-1] == (200, {"ready": True})
+    finally:
+        await loop.run_in_executor(None, broker.stop)
+
+
+async def test_the_breaker_shows_open_during_a_sandbox_outage_and_closed_after(
+    kafka_bootstrap: str,
+    isolated_topics: Callable[..., tuple[Path, str]],
+    tmp_path: Path,
+    client: aiohttp.ClientSession,
+) -> None:
+    topics_file, prefix = isolated_topics("[1s, 2s, 3s, 5s]")
+    events = list(premium_due_stream(30, 10, seed=5))
+    publish(kafka_bootstrap, f"{prefix}insurance.billing.events", events)
+    async with (
+        SandboxServer(gateway=GatewayConfig(outage=True)) as sandbox,
+        running_payments_with_api(
+            kafka_bootstrap, topics_file, prefix, sandbox.url, resilience_file(tmp_path, open_s=3)
+        ) as runner,
+    ):
+        assert runner.api is not None
+        base = runner.api.url
+        seen: dict[str, Any] = {}
+
+        async def status() -> dict[str, Any]:
+            async with client.get(f"{base}/api/v1/status", headers=AUTH) as response:
+                assert response.status == 200
+                document: dict[str, Any] = await response.json()
+                return document
+
+        async def metrics() -> str:
+            async with client.get(f"{base}/metrics", headers=AUTH) as response:
+                assert response.status == 200
+                return await response.text()
+
+        async def breaker_is(state: str) -> bool:
+            document = await status()
+            endpoint = document["endpoints"].get("payment-gateway")
+            if endpoint is not None and endpoint["state"] == state:
+                seen[state] = document
+                return True
+            return False
+
+        async def metrics_show(sample: str) -> bool:
+            text = await metrics()
+            if sample in text:
+                seen[sample] = text
+                return True
+            return False
+
+        await until(lambda: breaker_is("open"), timeout_s=90, what="breaker open in /api/v1/status")
+        await until(lambda: metrics_show(BREAKER_OPEN), timeout_s=60, what="breaker open in /metrics")
+
+        sandbox.gateway.update_config(outage=False)
+        await until(lambda: breaker_is("closed"), timeout_s=90, what="breaker closed after the outage")
+
+        async def all_processed() -> bool:
+            return bool((await status())["apps"]["payments"]["processed"] >= len(events))
+
+        await until(all_processed, timeout_s=120, what="every event processed after the outage")
+        await until(lambda: metrics_show(BREAKER_CLOSED), timeout_s=30, what="breaker closed in /metrics")
+
+    during = seen["open"]
+    endpoint = during["endpoints"]["payment-gateway"]
+    assert endpoint["opened_count"] >= 1
+    assert endpoint["total_failures"] >= 5
+    assert endpoint["last_failure_at"] is not None
+    assert endpoint["error_rate"] is not None
+    assert endpoint["error_rate"] > 0
+    app = during["apps"]["payments"]
+    assert app["endpoints"] == ["payment-gateway"]
+    assert app["assigned_partitions"], "the payments app had no partitions"
+    assert app["group"] == f"{prefix}payments"
+    assert during["ready"] is True
+    text = seen[BREAKER_OPEN]
+    assert 'processors_endpoint_breaker_state{endpoint="payment-gateway",state="closed"} 0.0' in text
+    assert 'processors_endpoint_calls_total{endpoint="payment-gateway",outcome="failure"}' in text
+    assert 'processors_app_assigned_partitions{app="payments"}' in text
+    closed = seen["closed"]["endpoints"]["payment-gateway"]
+    assert closed["last_success_at"] is not None
