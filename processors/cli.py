@@ -20,10 +20,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from processors.errors import ConfigError, ProcessorsError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from processors.settings import Settings
+
+__all__ = ["main", "run_settings"]
 
 log = logging.getLogger("processors")
 
@@ -41,8 +45,8 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from processors.runner import Runner
+def run_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``processors run``: the environment, with the flags on top."""
     from processors.settings import load_settings
 
     overrides: dict[str, object] = {}
@@ -58,9 +62,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.api_port is not None:
         api["port"] = args.api_port
     if api:
-        # Flags on top of PROCESSORS_API__* from the environment.
+        # The flags replace single API settings; the rest come from PROCESSORS_API__*.
         overrides["api"] = {**load_settings(**overrides).api.model_dump(), **api}
-    settings = load_settings(**overrides)
+    return load_settings(**overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from processors.runner import Runner
+
+    settings = run_settings(args)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -426,6 +426,11 @@ class PaymentGatewaySim:
         self._bucket = self._new_bucket(self._config)
 
     @property
+    def confirmations_pending(self) -> int:
+        """Confirmations scheduled (for pending charges) and not yet answered."""
+        return len(self._confirmations)
+
+    @property
     def total_charges(self) -> int:
         return sum(self.charges_by_key.values())
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from processors.adapters import jsonwire
 from processors.api.server import ApiServer, RejectedRequest
@@ -195,7 +196,7 @@ async def test_a_pending_sandbox_payment_is_confirmed_through_the_api_end_to_end
     """Sandbox gateway → 202 PENDING → signed callback (sent twice) → one payment.confirmed."""
     gateway = GatewayConfig(
         confirm_url=f"{api.url}/api/v1/inbound/payment-gateway",
-        webhook_secret=SECRET,  # type: ignore[arg-type]
+        webhook_secret=SecretStr(SECRET),
         confirm_delay_ms=50,
         confirm_twice=True,
     )
