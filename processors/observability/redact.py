@@ -337,7 +337,9 @@ def _walk(value: Any, depth: int) -> Any:
     return f"<{kind.__name__}>"
 
 
-def _walk_mapping(mapping: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+def _walk_mapping(mapping: Mapping[Any, Any], depth: int) -> dict[Any, Any] | str:
+    if depth >= _MAX_DEPTH:
+        return "<…>"
     out: dict[Any, Any] = {}
     for key, item in mapping.items():
         if type(key) is str and is_sensitive_key(key):
