@@ -72,7 +72,11 @@ _exception_formatter = logging.Formatter()
 
 def log_extras(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra={...}`` fields of ``record`` (attributes a plain LogRecord does not have)."""
-    return {key: record.__dict__[key] for key in record.__dict__.keys() - _STANDARD_ATTRS if key[0] != "_"}
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _STANDARD_ATTRS and not key.startswith("_")
+    }
 
 
 class RedactingFilter(logging.Filter):
