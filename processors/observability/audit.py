@@ -25,7 +25,6 @@ pattern scrubber in validators, and every way of building one (the constructor,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import threading
@@ -213,7 +212,7 @@ def status_for_error(exc: BaseException) -> tuple[str, Outcome]:
     if isinstance(exc, Backpressure):
         return "circuit_open", "rejected"
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError) or names & {"HttpTimeout", "DeadlineExceeded"}:
+    if isinstance(exc, TimeoutError) or names & {"HttpTimeout", "DeadlineExceeded"}:
         return "timeout", "failure"
     if "ConnectFailed" in names or isinstance(exc, ConnectionError):
         return "connect_failed", "failure"
