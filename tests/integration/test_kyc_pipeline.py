@@ -228,7 +228,7 @@ class CallbackReceiver:
 
 @contextlib.asynccontextmanager
 async def running_kyc(
-    bootstrap: str, topics_file: Path, prefix: str, provider_url: str
+    bootstrap: str, topics_file: Path, prefix: str, provider_url: str, *, api: dict[str, Any] | None = None
 ) -> AsyncIterator[Runner]:
     settings = load_settings(
         bootstrap_servers=bootstrap,
@@ -236,13 +236,14 @@ async def running_kyc(
         group_prefix=prefix,
         kyc={"provider": {"base_url": provider_url}, "results_topic": f"{prefix}integrations.kyc.results"},
         payments={"results_topic": f"{prefix}integrations.payment.results"},
+        **({"api": api} if api is not None else {}),
     )
     runner = Runner(settings, ["kyc"], catalogue=load_catalogue(topics_file))
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
         async with asyncio.timeout(60):
-            while not runner.engines:
+            while not runner.engines or (api is not None and runner.api is None):
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
@@ -353,3 +354,53 @@ async def test_500_requests_get_the_decisions_their_documents_chose(
         waiting = pending[item.event.event_id].data_as(KycPending)
         assert decision.data_as(KycDecision).verification_id == waiting.verification_id
         assert waiting.idempotency_key == mapping.idempotency_key(item.event.event_id)
+
+
+async def test_async_decisions_reach_kafka_through_the_inbound_webhook_endpoint(
+    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]]
+) -> None:
+    """The whole asynchronous path: pending → signed duplicated callbacks → the API → one decision each."""
+    topics_file, prefix = isolated_topics()
+    source = f"{prefix}insurance.customer.events"
+    results = f"{prefix}integrations.kyc.results"
+    dlq = f"{prefix}integrations.kyc.dlq"
+    expected = build_requests(len(CASES) * 10)
+    sent = [e for e in expected if e.refusal is None]
+    collector = Collector(kafka_bootstrap, [results, dlq])
+    api = {"enabled": True, "port": 0, "kyc_provider": {"secret": SECRET}, "kyc_results_topic": results}
+    try:
+        async with SandboxServer(kyc=KycConfig(webhook_secret=SecretStr(SECRET))) as sandbox:
+            async with running_kyc(kafka_bootstrap, topics_file, prefix, sandbox.url, api=api) as runner:
+                assert runner.api is not None
+                sandbox.kyc.update_config(
+                    mode="async",
+                    callback_url=f"{runner.api.url}/api/v1/inbound/kyc-provider",
+                    callback_delay_ms=20,
+                    duplicate_callbacks=True,
+                )
+                publish(kafka_bootstrap, source, [e.event for e in expected])
+                want = len(expected) + len(sent)  # a pending and a decision per request sent
+                await collector.wait_for(lambda r: len(collector.on(results)) >= want, timeout_s=120)
+                await sandbox.kyc.wait_callbacks()
+                collector.poll(1.0)
+            delivered = dict(sandbox.kyc.callbacks_by_status)
+    finally:
+        collector.close()
+
+    assert collector.on(dlq) == []
+    assert delivered == {200: 2 * len(sent)}  # every callback accepted, duplicates included
+    by_source: dict[Any, list[Event]] = defaultdict(list)
+    for msg in collector.on(results):
+        event = decode(msg)
+        assert msg.key() == event.subject.encode()
+        by_source[event.data.source_event_id].append(event)  # type: ignore[attr-defined]
+    for item in expected:
+        events = by_source[item.event.event_id]
+        if item.refusal is not None:
+            assert [e.event_type for e in events] == ["kyc.refused"]
+            continue
+        types = sorted(e.event_type for e in events)
+        assert len(types) == 2, types  # the duplicate callback was published once
+        assert "kyc.pending" in types
+        (decision,) = [e for e in events if e.event_type != "kyc.pending"]
+        check_decision(item, decision)
