@@ -316,7 +316,10 @@ def _time(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise TypeError("verified_at must be a string")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("verified_at must be an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)

@@ -359,6 +359,7 @@ def test_callbacks_without_a_decision_publish_nothing(payload: dict[str, Any]) -
         ({"status": "MAYBE"}, "status must be one of"),
         ({"risk_score": 101}, "risk_score must lie between 0 and 100"),
         ({"verified_at": None}, "verified_at is required"),
+        ({"verified_at": "yesterday-ish"}, "verified_at must be an ISO 8601 timestamp"),
         ({"checks": [{"type": "RETINA_SCAN", "status": "PASSED"}]}, "checks[0].type must be one of"),
     ],
 )
@@ -370,6 +371,7 @@ def test_malformed_callbacks_are_refused_naming_the_field(change: dict[str, Any]
     assert reason in info.value.reason
     assert "MAYBE" not in info.value.reason
     assert "RETINA" not in info.value.reason
+    assert "yesterday" not in info.value.reason
 
 
 def test_data_must_be_an_object() -> None:
