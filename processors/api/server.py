@@ -49,6 +49,7 @@ from processors.api.inbound import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     HandlerRegistry,
+    InboundHandler,
     InboundMessage,
     SignatureError,
     default_handlers,
@@ -358,23 +359,22 @@ class ApiServer:
                     401, "invalid_signature", str(exc), InboundOutcome.BAD_SIGNATURE, exc.problem.value
                 ) from exc
             try:
-                message, event_id = self._convert(
-                    provider, handler, request.headers.get(EVENT_ID_HEADER), body
-                )
+                record, event_id = self._convert(handler, request.headers.get(EVENT_ID_HEADER), body)
             except ContractError as exc:
                 raise _Refused(400, "malformed", exc.reason, InboundOutcome.MALFORMED) from exc
         except _Refused as refused:
             self.metrics.inbound(provider, refused.outcome)
             await self._audit(request, provider, refused, body, received_at)
             return _error(refused.status, refused.error, refused.message)
-        if message is None:
+        if record is None:
             self.metrics.inbound(provider, InboundOutcome.IGNORED)
             return _json(200, {"accepted": True, "ignored": True})
-        return await self._publish(provider, event_id, message)
+        return await self._publish(provider, event_id, record)
 
     def _convert(
-        self, provider: str, handler: Any, header_id: str | None, body: bytes
+        self, handler: InboundHandler, header_id: str | None, body: bytes
     ) -> tuple[OutRecord | None, str]:
+        """The record to publish (None: ignore) and the provider event id; ContractError if malformed."""
         try:
             payload = jsonwire.loads(body)
         except (ValueError, RecursionError) as exc:
