@@ -64,7 +64,8 @@ class ApiSettings(BaseModel):
     dedupe_max_entries: int = Field(default=500_000, ge=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     """How long an inbound request waits for the broker's acknowledgement before answering 503."""
-    kyc_results_topic: str = "integrations.kyc.results"
+    kyc_results_topic: str | None = None
+    """Where inbound KYC decisions go; None: the KYC app's ``kyc.results_topic``."""
     status_window_s: float = Field(default=300.0, gt=0)
     """The window of the per-endpoint error rate."""
     broker_check_timeout_s: float = Field(default=2.0, gt=0)

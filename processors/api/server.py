@@ -168,7 +168,7 @@ class ApiServer:
             if handlers is not None
             else default_handlers(
                 payment_results_topic=settings.payments.results_topic,
-                kyc_results_topic=self.api.kyc_results_topic,
+                kyc_results_topic=self.api.kyc_results_topic or settings.kyc.results_topic,
             )
         )
         self.on_rejected = on_rejected

@@ -482,3 +482,21 @@ async def test_each_server_has_its_own_registry(make_server: Callable[..., ApiSe
 
     assert b'outcome="accepted"' in first.metrics.render()
     assert b'outcome="accepted"' not in second.metrics.render()
+
+
+def test_kyc_decisions_go_to_the_kyc_apps_results_topic_unless_the_api_names_one() -> None:
+    from processors.api.inbound import KycCallbackHandler
+
+    def handler(**settings: object) -> KycCallbackHandler | None:
+        server = ApiServer(load_settings(kyc={"results_topic": "t.kyc.results"}, **settings))  # type: ignore[arg-type]
+        found = server.handlers["kyc-provider"]()
+        if found is None:  # the KYC mapping is not part of this build
+            return None
+        assert isinstance(found, KycCallbackHandler)
+        return found
+
+    default, named = handler(), handler(api={"kyc_results_topic": "t.api.kyc"})
+    if default is None or named is None:
+        pytest.skip("processors.apps.kyc.mapping.decision_from_callback is not available")
+    assert default.results_topic == "t.kyc.results"
+    assert named.results_topic == "t.api.kyc"
