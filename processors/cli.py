@@ -32,17 +32,34 @@ __all__ = ["main", "run_settings"]
 log = logging.getLogger("processors")
 
 
-def _setup_logging(verbose: bool) -> None:
-    level = (
-        logging.DEBUG
-        if verbose
-        else getattr(logging, os.environ.get("PROCESSORS_LOG_LEVEL", "INFO"), logging.INFO)
-    )
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )
+def _setup_logging(verbose: bool, *, json_format: bool) -> None:
+    """Redacted logs: JSON lines for the long-running processors, text for the other commands.
+
+    ``PROCESSORS_LOG_FORMAT=json|text`` and ``PROCESSORS_LOG_LEVEL`` override the defaults.
+    """
+    from processors.observability import configure_logging
+
+    level = "DEBUG" if verbose else os.environ.get("PROCESSORS_LOG_LEVEL", "INFO").upper()
+    chosen = os.environ.get("PROCESSORS_LOG_FORMAT")
+    configure_logging(level, json_format=json_format if chosen is None else chosen == "json")
+
+
+def _register_secrets(value: object) -> None:
+    """Every SecretStr in the settings is masked wherever it would appear in a log line."""
+    from pydantic import BaseModel, SecretStr
+
+    from processors.observability import register_secret
+
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        if len(secret) >= 4:
+            register_secret(secret)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _register_secrets(getattr(value, name))
+    elif isinstance(value, dict | list | tuple):
+        for item in value.values() if isinstance(value, dict) else value:
+            _register_secrets(item)
 
 
 def run_settings(args: argparse.Namespace) -> Settings:
@@ -71,6 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from processors.runner import Runner
 
     settings = run_settings(args)
+    _register_secrets(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -168,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, json_format=args.command == "run")
     try:
         return int(args.func(args))
     except ConfigError as exc:
