@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run integration apps until SIGTERM/SIGINT")
-    run.add_argument("apps", nargs="+", help="apps to run (payments)")
+    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc)")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--topics-file", help="default: ./topics.yaml")
     run.add_argument(
