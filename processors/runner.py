@@ -20,6 +20,7 @@ from processors.apps.kyc import KycApp
 from processors.apps.payments import PaymentsApp
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
+from processors.observability.audit import KafkaAuditSink, configure_audit_sink
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig, load_resilience
 from processors.resilience.guard import EndpointGuard, Unguarded
@@ -151,6 +152,9 @@ class Runner:
             needed.update(topics.sources)
             needed.update(topics.failure_topics)
         needed.add(self.settings.payments.results_topic)
+        audit = self.audit_topic()
+        if audit is not None:
+            needed.add(audit)
         if "kyc" in self.app_names:
             needed.add(self.settings.kyc.results_topic)
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
@@ -162,6 +166,26 @@ class Runner:
         missing = sorted(needed - set(metadata.topics))
         if missing:
             raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first")
+
+    def audit_topic(self) -> str | None:
+        """The catalogue's audit topic (``integrations.audit``, whatever prefix the catalogue uses)."""
+        for topic in self.catalogue.topics:
+            if topic.name.endswith("integrations.audit"):
+                return topic.name
+        return None
+
+    def _start_audit(self, producer: AsyncProducer) -> None:
+        """Every external interaction is published, redacted, on the audit topic (fire and forget)."""
+        topic = self.audit_topic()
+        if topic is None:
+            log.warning("no integrations.audit topic in the catalogue: audit events are only logged")
+            return
+        raw = producer.raw
+
+        def send(target: str, key: bytes | None, value: bytes) -> None:
+            raw.produce(target, key=key, value=value)
+
+        configure_audit_sink(KafkaAuditSink(send, topic))
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         await self.check_topics()
@@ -180,6 +204,8 @@ class Runner:
             )
             await producer.start()
             self._producers.append(producer)
+            if len(self._producers) == 1:
+                self._start_audit(producer)
             conf = consumer_config(
                 self.settings.bootstrap_servers,
                 self.settings.group_prefix + name,
@@ -222,6 +248,7 @@ class Runner:
                 engine.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             stopper.cancel()
+            configure_audit_sink(None)
             for producer in self._producers:
                 await producer.stop()
         for task in tasks:

@@ -16,17 +16,48 @@ Connect and read timeouts per attempt belong to the transport (``TimeoutPolicy.h
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from processors.errors import Backpressure, Retriable
+from processors.observability.audit import AuditLogger, audit_logger, status_for_error
 from processors.resilience.breaker import CircuitBreaker, CircuitOpen
 from processors.resilience.config import EndpointPolicy
 
-__all__ = ["ATTEMPTS", "DeadlineExceeded", "EndpointGuard", "EndpointUnavailable", "Unguarded"]
+__all__ = [
+    "ATTEMPTS",
+    "TRACEPARENT",
+    "CallContext",
+    "DeadlineExceeded",
+    "EndpointGuard",
+    "EndpointUnavailable",
+    "Unguarded",
+]
 
 T = TypeVar("T")
+
+TRACEPARENT: ContextVar[str | None] = ContextVar("processors_traceparent", default=None)
+"""The W3C trace context of the record being processed (set by the runtime, read for audit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who calls and why: what the audit record of each attempt says besides the outcome.
+
+    ``request_summary`` may hold personal data: the audit event redacts it before anything
+    is logged or published.  ``describe`` turns a result into (status, response summary).
+    """
+
+    app: str
+    operation: str
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    request_summary: Any = None
+    describe: Callable[[Any], tuple[str, Any]] | None = None
+
 
 ATTEMPTS: ContextVar[int] = ContextVar("processors_attempts", default=0)
 """Calls made for the message being processed (incremented per attempt, across backpressure
@@ -54,13 +85,26 @@ class EndpointGuard:
         self.endpoint = endpoint
         self.policy = policy
         self.breaker = breaker or CircuitBreaker(endpoint, policy.breaker)
+        self._auditors: dict[str, AuditLogger] = {}
 
-    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
         breaker = self.breaker
 
         async def counted() -> T:  # runs only when the breaker admitted the call
             _count_attempt()
-            return await operation()
+            if context is None:
+                return await operation()
+            started = time.perf_counter()
+            try:
+                result = await operation()
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    status, outcome = status_for_error(exc)
+                    self._audit(context, status, outcome, started, error=exc)
+                raise
+            status, response = context.describe(result) if context.describe else ("ok", None)
+            self._audit(context, status, "success", started, response=response)
+            return result
 
         async def attempt(_n: int) -> T:
             try:
@@ -77,6 +121,36 @@ class EndpointGuard:
                 f"{self.endpoint}: no answer within the {deadline_s:g} s deadline"
             ) from exc
 
+    def _audit(
+        self,
+        context: CallContext,
+        status: str,
+        outcome: Any,
+        started: float,
+        *,
+        response: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        logger = self._auditors.get(context.app)
+        if logger is None:
+            logger = self._auditors[context.app] = audit_logger(context.app)
+        logger.record_interaction(
+            direction="outbound",
+            endpoint=self.endpoint,
+            operation=context.operation,
+            status=status,
+            outcome=outcome,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempt=ATTEMPTS.get(),
+            idempotency_key=context.idempotency_key,
+            breaker_state=self.breaker.state.value,
+            correlation_id=context.correlation_id,
+            traceparent=TRACEPARENT.get(),
+            request_summary=context.request_summary,
+            response_summary=response,
+            error=error,
+        )
+
 
 class Unguarded(EndpointGuard):
     """Calls the operation once, with no breaker, retry or deadline.
@@ -84,7 +158,7 @@ class Unguarded(EndpointGuard):
     Only for measuring what the resilience layer costs (``bench/``); never for production.
     """
 
-    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
         _count_attempt()
         return await operation()
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from processors.contract import Codec, ContentType, Event
 from processors.errors import ValidationFailed
-from processors.resilience.guard import ATTEMPTS
+from processors.resilience.guard import ATTEMPTS, TRACEPARENT
 from processors.runtime.failures import H
 from processors.runtime.message import KafkaMessage, OutRecord, header_value
 from processors.runtime.routing import RetryRouter, pending_from_tiers
@@ -115,6 +115,7 @@ class EventApp:
         if _CURRENT.get() != identity:  # a new record, not the same one again after a backpressure wait
             _CURRENT.set(identity)
             ATTEMPTS.set(0)
+        TRACEPARENT.set(header_value(headers, "traceparent"))
         emitted = await self.handle(event)
         self.router.succeeded(msg)
         previous = header_value(headers, H.ATTEMPTS)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.adapters.kyc_provider import KycOutcome, KycProvider, KycProviderSettings
 from processors.apps.kyc import mapping
 from processors.contract import Codec, ContentType, Event
-from processors.resilience.guard import EndpointGuard
+from processors.resilience.guard import CallContext, EndpointGuard
 from processors.runtime.app import Emit, EventApp, PendingReader
 from processors.topics.catalogue import AppTopics
 
@@ -76,5 +76,13 @@ class KycApp(EventApp):
         async def verify() -> KycOutcome:
             return await self.provider.verify(request_data.customer_id, request, key)
 
-        outcome = await self.guard.call(verify)
+        context = CallContext(
+            app=self.name,
+            operation="verify",
+            idempotency_key=key,
+            correlation_id=event.correlation_id or str(event.event_id),
+            request_summary={"customer_id": request_data.customer_id, "request": request},
+            describe=lambda outcome: (type(outcome).__name__, outcome),
+        )
+        outcome = await self.guard.call(verify, context=context)
         return [(topic, mapping.result_event(event, key, outcome, source=self.source))]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.adapters.payment_gateway import GatewaySettings, PaymentGateway, PaymentOutcome
 from processors.apps.payments import mapping
 from processors.contract import Codec, ContentType, Event
-from processors.resilience.guard import EndpointGuard
+from processors.resilience.guard import CallContext, EndpointGuard
 from processors.runtime.app import Emit, EventApp, PendingReader
 from processors.topics.catalogue import AppTopics
 
@@ -64,6 +64,28 @@ class PaymentsApp(EventApp):
         async def submit() -> PaymentOutcome:
             return await self.gateway.submit(request)
 
-        outcome = await self.guard.call(submit)
+        context = CallContext(
+            app=self.name,
+            operation=request.transaction_type.lower(),
+            idempotency_key=request.idempotency_key,
+            correlation_id=event.correlation_id or str(event.event_id),
+            request_summary={
+                "policy_id": request.policy_id,
+                "reference_id": request.reference_id,
+                "amount": str(request.amount),
+                "currency": request.currency,
+                "payment_method": request.payment_method,
+            },
+            describe=_describe,
+        )
+        outcome = await self.guard.call(submit, context=context)
         result = mapping.result_event(event, request, outcome, source=self.source)
         return [(self.settings.results_topic, result)]
+
+
+def _describe(outcome: PaymentOutcome) -> tuple[str, dict[str, str | None]]:
+    return outcome.status, {
+        "payment_id": outcome.payment_id,
+        "status": outcome.status,
+        "decline_code": outcome.decline_code,
+    }
