@@ -59,6 +59,7 @@ from processors.api.inbound import (
 from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
+from processors.observability.audit import audit_logger
 from processors.resilience.breaker import BreakerRegistry
 from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer, producer_config
@@ -416,7 +417,18 @@ class ApiServer:
                 "the event could not be stored yet; retry later",
                 {"Retry-After": _RETRY_AFTER_S},
             )
-        if outcome is Outcome.DUPLICATE:
+        duplicate = outcome is Outcome.DUPLICATE
+        _INBOUND_AUDIT.record_interaction(
+            direction="inbound",
+            endpoint=provider,
+            operation="webhook",
+            status="duplicate" if duplicate else "accepted",
+            outcome="success",
+            latency_ms=(time.monotonic() - started) * 1000,
+            idempotency_key=event_id,
+            request_summary={"provider_event_id": event_id, "published_to": record.topic},
+        )
+        if duplicate:
             self.metrics.inbound(provider, InboundOutcome.DUPLICATE)
             log.info("inbound %s %s: duplicate, not published again", provider, event_id)
             return _json(200, {"accepted": True, "duplicate": True})
@@ -434,10 +446,23 @@ class ApiServer:
         received_at: datetime,
     ) -> None:
         log.warning("inbound %s refused with %d: %s", provider, refused.status, refused.reason)
+        header_id = request.headers.get(EVENT_ID_HEADER)
+        _INBOUND_AUDIT.record_interaction(
+            direction="inbound",
+            endpoint=provider,
+            operation="webhook",
+            status=refused.reason,
+            outcome="rejected",
+            latency_ms=0.0,
+            request_summary={
+                "http_status": refused.status,
+                "provider_event_id": header_id[:128] if header_id else None,
+                "body_sha256": hashlib.sha256(body).hexdigest() if body is not None else None,
+            },
+        )
         hook = self.on_rejected
         if hook is None:
             return
-        header_id = request.headers.get(EVENT_ID_HEADER)
         rejected = RejectedRequest(
             provider=provider,
             status=refused.status,
@@ -455,6 +480,10 @@ class ApiServer:
                     await result
         except Exception:
             log.exception("inbound %s: the rejection hook failed", provider)
+
+
+_INBOUND_AUDIT = audit_logger("api")
+"""Every inbound request (accepted, duplicate or refused) is audited like an outbound call."""
 
 
 async def _read_capped(request: web.Request, cap: int) -> bytes | None:

@@ -500,3 +500,26 @@ def test_kyc_decisions_go_to_the_kyc_apps_results_topic_unless_the_api_names_one
         pytest.skip("processors.apps.kyc.mapping.decision_from_callback is not available")
     assert default.results_topic == "t.kyc.results"
     assert named.results_topic == "t.api.kyc"
+
+
+async def test_inbound_requests_are_audited_accepted_duplicate_and_refused(
+    server: ApiServer, client: aiohttp.ClientSession
+) -> None:
+    from processors.observability.audit import MemoryAuditSink, configure_audit_sink
+
+    sink = MemoryAuditSink()
+    configure_audit_sink(sink)
+    try:
+        body = callback_body()
+        await post(client, server, body, signed_headers(body))
+        await post(client, server, body, signed_headers(body))
+        await post(client, server, body, signed_headers(body, secret="whsec_wrong"))
+    finally:
+        configure_audit_sink(None)
+    assert [(e.direction, e.endpoint, e.status, e.outcome) for e in sink.events] == [
+        ("inbound", "payment-gateway", "accepted", "success"),
+        ("inbound", "payment-gateway", "duplicate", "success"),
+        ("inbound", "payment-gateway", "signature_mismatch", "rejected"),
+    ]
+    assert all(SECRET not in e.to_json().decode() for e in sink.events)
+    assert all("1185" not in e.to_json().decode() for e in sink.events)
