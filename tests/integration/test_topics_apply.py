@@ -258,7 +258,7 @@ def test_the_real_catalogue_applies_cleanly(tmp_path: Path, prefix: str, conf: d
     _, subscriptions = describe(conf, f"{prefix}.integrations.webhook.subscriptions")
     assert subscriptions["cleanup.policy"] == "compact"
     _, audit = describe(conf, f"{prefix}.integrations.audit")
-    assert audit["compression.type"] == "zstd"
+    assert audit["compression.type"] == "lz4"
 
 
 def test_the_cli_applies_then_reports_in_sync(
