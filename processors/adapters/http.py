@@ -10,6 +10,7 @@ subclasses, so the retry decision stays with the exception type.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -59,6 +60,28 @@ class HttpResponse:
             if key.lower() == lowered:
                 return value
         return None
+
+    def retry_after_s(self) -> float | None:
+        """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
+        value = self.header("Retry-After")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        return seconds if seconds >= 0 else None
+
+    def error_reason(self, max_chars: int = 200) -> str:
+        """``error: message`` from a JSON error body, for error messages (never the whole body)."""
+        try:
+            payload = json.loads(self.body)
+        except ValueError:
+            return "no readable body"
+        if isinstance(payload, dict):
+            text = ": ".join(str(x) for x in (payload.get("error"), payload.get("message")) if x)
+            return text[:max_chars] or "no reason given"
+        return "no reason given"
 
 
 class HttpTransport(Protocol):

@@ -23,7 +23,7 @@ synchronous answer and the asynchronous callback (:mod:`processors.apps.kyc.mapp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,7 +52,6 @@ __all__ = [
     "ProviderMatch",
     "parse_decision",
     "parse_response",
-    "retry_after_s",
     "risk_level_for",
 ]
 
@@ -63,7 +62,6 @@ DECISION_STATUSES: Final = frozenset({"APPROVED", "REVIEW", "REJECTED"})
 CHECK_TYPES: Final = frozenset({"DOCUMENT_AUTHENTICITY", "FACE_MATCH", "SANCTIONS_SCREENING", "PEP_CHECK"})
 CHECK_STATUSES: Final = frozenset({"PASSED", "FAILED", "REVIEW"})
 _RISK_LEVELS: Final = frozenset({"LOW", "MEDIUM", "HIGH"})
-_MAX_REASON_LEN: Final = 200
 
 DecisionStatus = Literal["APPROVED", "REVIEW", "REJECTED"]
 
@@ -205,8 +203,8 @@ def parse_response(response: HttpResponse) -> KycOutcome:
             raise Retriable(f"{ENDPOINT} answered {status} with an unreadable body: {exc}") from exc
     error = classify_status(
         status,
-        retry_after_s(response),
-        context=f"{ENDPOINT} POST {KYC_PATH} ({_error_reason(response)})",
+        response.retry_after_s(),
+        context=f"{ENDPOINT} POST {KYC_PATH} ({response.error_reason()})",
     )
     assert error is not None  # not 2xx
     raise error
@@ -323,27 +321,3 @@ def _time(value: Any) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def _error_reason(response: HttpResponse) -> str:
-    try:
-        payload = jsonwire.loads(response.body)
-    except ValueError:
-        return "no readable body"
-    if isinstance(payload, dict):
-        parts: Sequence[object] = (payload.get("error"), payload.get("message"))
-        text = ": ".join(str(x) for x in parts if x)
-        return text[:_MAX_REASON_LEN] or "no reason given"
-    return "no reason given"
-
-
-def retry_after_s(response: HttpResponse) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
-    value = response.header("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

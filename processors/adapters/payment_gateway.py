@@ -32,7 +32,6 @@ __all__ = [
     "PaymentGateway",
     "PaymentOutcome",
     "PaymentRequest",
-    "retry_after_s",
 ]
 
 
@@ -132,14 +131,14 @@ def parse_response(response: HttpResponse) -> PaymentOutcome:
             raise Retriable(f"gateway answered {status} but {exc}") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Retriable(f"gateway answered {status} with an unreadable body") from exc
-    reason = _error_reason(response)
+    reason = response.error_reason()
     if status == 409:
         raise Retriable(
             f"gateway: request with this idempotency key still in progress ({reason})",
-            retry_after_s=retry_after_s(response),
+            retry_after_s=response.retry_after_s(),
         )
     if status == 429 or status >= 500:
-        raise Retriable(f"gateway answered {status} ({reason})", retry_after_s=retry_after_s(response))
+        raise Retriable(f"gateway answered {status} ({reason})", retry_after_s=response.retry_after_s())
     raise GatewayRejected(f"gateway refused the request: {status} ({reason})", status=status)
 
 
@@ -182,27 +181,3 @@ def _parse_time(value: Any) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def _error_reason(response: HttpResponse) -> str:
-    try:
-        payload = jsonwire.loads(response.body)
-    except ValueError:
-        return "no readable body"
-    if isinstance(payload, dict):
-        code = payload.get("error")
-        message = payload.get("message")
-        return ": ".join(str(x) for x in (code, message) if x) or "no reason given"
-    return "no reason given"
-
-
-def retry_after_s(response: HttpResponse) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
-    value = response.header("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
