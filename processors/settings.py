@@ -20,6 +20,7 @@ from processors.apps.kyc import KycSettings
 from processors.apps.payments import PaymentsSettings
 from processors.errors import ConfigError
 from processors.runtime.engine import EngineSettings
+from processors.webhooks.config import WebhooksSettings
 
 __all__ = ["ApiSettings", "Settings", "WebhookSecrets", "load_settings"]
 
@@ -116,6 +117,7 @@ class Settings(BaseSettings):
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     kyc: KycSettings = Field(default_factory=KycSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
 
 
 def load_settings(**overrides: object) -> Settings:

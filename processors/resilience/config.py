@@ -130,8 +130,17 @@ class ResilienceConfig:
         object.__setattr__(self, "endpoints", MappingProxyType(dict(self.endpoints)))
 
     def for_endpoint(self, name: str) -> EndpointPolicy:
-        """The policy of ``name``; the defaults for an endpoint the file does not name."""
-        return self.endpoints.get(name, self.defaults)
+        """The policy of ``name``; the defaults for an endpoint the file does not name.
+
+        Partner webhook endpoints (``webhook:<subscription id>``) share the ``partner-webhooks``
+        entry when the file has one.
+        """
+        policy = self.endpoints.get(name)
+        if policy is not None:
+            return policy
+        if name.startswith("webhook:"):
+            return self.endpoints.get("partner-webhooks", self.defaults)
+        return self.defaults
 
     def breakers(self, *, clock: Callable[[], float] = time.monotonic) -> BreakerRegistry:
         """A registry whose breakers take their settings from this configuration."""

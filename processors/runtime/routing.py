@@ -23,9 +23,10 @@ use the ``range`` assignor and equal partition counts (checked at start-up).
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -160,7 +161,15 @@ class RetryRouter:
         app: str,
         replay_limit: int = 3,
         keep_key_order: bool = True,
+        ordered: Callable[[KafkaMessage], bool] | None = None,
+        jitter_ratio: float = 0.0,
     ) -> None:
+        """``ordered`` picks the records whose key order is kept (default: all of them, when
+        ``keep_key_order``); ``jitter_ratio`` spreads each tier's delay by up to that fraction
+        upwards, so a partner that failed for many records at once is not hit by all of them
+        again at the same instant."""
+        if not 0.0 <= jitter_ratio <= 1.0:
+            raise ValueError("jitter_ratio must be between 0 and 1")
         self.topics = topics
         self.app = app
         self.replay_limit = replay_limit
@@ -168,6 +177,18 @@ class RetryRouter:
         self.gate = OrderingGate()
         self._tier_topics = {tier.topic: tier for tier in topics.retry_tiers}
         self._now = time.time
+        self._ordered = ordered
+        self._jitter_ratio = jitter_ratio
+        self._random = random.Random()
+
+    def _gated(self, msg: KafkaMessage) -> bytes | None:
+        """The record's key when its key order is kept, else None."""
+        if not self.keep_key_order:
+            return None
+        key = msg.key()
+        if key is None or (self._ordered is not None and not self._ordered(msg)):
+            return None
+        return key
 
     @property
     def tier_topics(self) -> frozenset[str]:
@@ -182,8 +203,8 @@ class RetryRouter:
 
     def follow(self, msg: KafkaMessage) -> OutRecord | None:
         """The forward record when ``msg`` must wait behind an earlier event of its key."""
-        key = msg.key()
-        if not self.keep_key_order or key is None:
+        key = self._gated(msg)
+        if key is None:
             return None
         rid = original_id(msg)
         queue = self.gate.follow(rid, key)
@@ -206,16 +227,16 @@ class RetryRouter:
         retry tier (and its followers behind it): processing it again would run it twice and
         ahead of its own retry.  The tier copy is the one that runs.
         """
-        key = msg.key()
-        if not self.keep_key_order or key is None or msg.topic() in self._tier_topics:
+        key = self._gated(msg)
+        if key is None or msg.topic() in self._tier_topics:
             return False
         rid = original_id(msg)
         queue = self.gate.queue(rid, key)
         return queue is not None and rid in queue.ids
 
     def succeeded(self, msg: KafkaMessage) -> None:
-        key = msg.key()
-        if self.keep_key_order and key is not None:
+        key = self._gated(msg)
+        if key is not None:
             self.gate.done(original_id(msg), key)
 
     def failed(self, msg: KafkaMessage, exc: Exception, *, group: str, attempts: int) -> OutRecord:
@@ -223,15 +244,17 @@ class RetryRouter:
         if isinstance(exc, Backpressure):  # never routed: the runtime waits instead
             raise exc
         total_attempts = _int(header_value(msg.headers(), H.ATTEMPTS)) + attempts
-        key = msg.key()
+        key = self._gated(msg)
         rid = original_id(msg)
         tier = self._next_tier(msg, exc) if isinstance(exc, Retriable) else None
         error_class, message = describe_error(exc)
         if tier is not None:
             retry_after_s = exc.retry_after_s if isinstance(exc, Retriable) else None
             wait_s = max(tier.delay_ms / 1000, retry_after_s or 0.0)
+            if self._jitter_ratio:
+                wait_s *= 1.0 + self._random.uniform(0.0, self._jitter_ratio)
             due_s = self._now() + wait_s
-            if self.keep_key_order and key is not None:
+            if key is not None:
                 self.gate.retrying(rid, key, tier.topic, due_s)
             return self._record(
                 msg,
@@ -244,7 +267,7 @@ class RetryRouter:
             )
         replays = _int(header_value(msg.headers(), H.REPLAY_COUNT))
         topic = self.topics.parked if replays >= self.replay_limit > 0 else self.topics.dlq
-        if self.keep_key_order and key is not None:
+        if key is not None:
             self.gate.done(rid, key)
         return self._record(
             msg, topic=topic, error_class=error_class, message=message, attempts=total_attempts, group=group

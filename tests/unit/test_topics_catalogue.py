@@ -277,7 +277,8 @@ def test_the_real_topics_yaml_loads_with_every_design_topic() -> None:
         "regulatory.reports",
         "integrations.audit",
         "integrations.webhook.subscriptions",
-        "integrations.webhooks.changelog",
+        "integrations.webhooks.dispatch",
+        "integrations.webhook.endpoint-events",
         "integrations.bordereaux.changelog",
     ):
         assert name in catalogue, name
