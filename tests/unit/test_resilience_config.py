@@ -53,12 +53,18 @@ def test_the_shipped_file_loads_with_the_seed_values() -> None:
     assert config.path == ROOT / "resilience.yaml"
     assert config.warnings == ()
     assert config.defaults == EndpointPolicy()
-    assert set(config.endpoints) == {"payment-gateway", "kyc-provider"}
+    assert set(config.endpoints) == {"payment-gateway", "kyc-provider", "partner-webhooks"}
     assert config.for_endpoint("payment-gateway") == EndpointPolicy()
     kyc = config.for_endpoint("kyc-provider")
     assert kyc.timeout.read_timeout_s == 20.0
     assert kyc.timeout.connect_timeout_s == 5.0
     assert kyc.breaker == BreakerSettings()
+    # Every partner endpoint shares the template: one attempt (the retry tiers are the schedule).
+    partner = config.for_endpoint("webhook:ep_0123")
+    assert partner == config.for_endpoint("partner-webhooks")
+    assert partner.retry.max_attempts == 1
+    assert partner.breaker == BreakerSettings()
+    assert config.for_endpoint("some-other-endpoint") == config.defaults
 
 
 def test_an_endpoint_overrides_single_keys_and_inherits_the_rest() -> None:
