@@ -52,17 +52,21 @@ def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., tuple
     Returns (topics file, prefix); the prefix is also a good consumer-group prefix.
     """
 
-    def make(payments_retry_tiers: str | None = None) -> tuple[Path, str]:
+    def make(
+        payments_retry_tiers: str | None = None, *, webhooks_retry_tiers: str | None = None
+    ) -> tuple[Path, str]:
         from processors.topics.admin import apply
         from processors.topics.catalogue import load_catalogue
 
         prefix = f"t{uuid.uuid4().hex[:10]}."
         text = (ROOT / "topics.yaml").read_text()
-        if payments_retry_tiers is not None:  # shorter tiers keep failure-path tests quick
-            marker = "  payments:\n"
-            head, _, tail = text.partition(marker)
-            tail = re.sub(r"retry_tiers: \[[^\]]*\]", f"retry_tiers: {payments_retry_tiers}", tail, count=1)
-            text = head + marker + tail
+        # Shorter tiers keep failure-path tests quick.
+        for app, tiers in (("payments", payments_retry_tiers), ("webhooks", webhooks_retry_tiers)):
+            if tiers is not None:
+                marker = f"  {app}:\n"
+                head, _, tail = text.partition(marker)
+                tail = re.sub(r"retry_tiers: \[[^\]]*\]", f"retry_tiers: {tiers}", tail, count=1)
+                text = head + marker + tail
         text = re.sub(r"(?<![\w.])(insurance|integrations|reinsurance|regulatory)\.", prefix + r"\1.", text)
         path = tmp_path / f"{prefix}topics.yaml"
         path.write_text(text)
