@@ -9,7 +9,14 @@ from decimal import Decimal
 
 from processors.contract import Address, Event, PaymentMethod, PremiumDue, RefundRequested
 
-__all__ = ["CARD_TOKENS", "policy_id", "premium_due", "premium_due_stream", "refund_requested"]
+__all__ = [
+    "CARD_TOKENS",
+    "mixed_events",
+    "policy_id",
+    "premium_due",
+    "premium_due_stream",
+    "refund_requested",
+]
 
 CARD_TOKENS = {
     "ok": "tok_visa_4242",
@@ -94,3 +101,43 @@ def premium_due_stream(
         next_instalment[policy] += 1
         token = CARD_TOKENS[rng.choices(kinds, weights)[0]]
         yield premium_due(policy + 1, next_instalment[policy], token=token, rng=rng)
+
+
+_MIXED_TYPES = (
+    "policy.issued",
+    "policy.endorsed",
+    "policy.renewed",
+    "policy.cancelled",
+    "premium.due",
+    "claim.reported",
+    "claim.reserved",
+    "claim.paid",
+    "claim.settled",
+)
+
+
+def mixed_events(count: int, entities: int, *, seed: int = 11) -> Iterator[Event]:
+    """``count`` policy, billing and claim events over ``entities`` policies and as many claims.
+
+    Payloads are the contract's examples with the ids changed, so every event is valid; each
+    event has its own ``event_id``.  Used for partner webhook fan-out.
+    """
+    from processors.contract.examples import EXAMPLE_PAYLOADS, EXAMPLE_SOURCES
+
+    rng = random.Random(seed)
+    for _ in range(count):
+        event_type = rng.choice(_MIXED_TYPES)
+        n = rng.randrange(entities) + 1
+        base = EXAMPLE_PAYLOADS[event_type]
+        changes: dict[str, object] = {"policy_id": policy_id(n), "policy_number": f"INS-2024-{n:06d}"}
+        if event_type.startswith("claim."):
+            changes["claim_id"] = f"CLM-2024-{n:06d}"
+        elif event_type == "premium.due":
+            changes["instalment_id"] = f"{policy_id(n)}-I{rng.randrange(1, 13):03d}"
+        data = base.model_copy(update=changes)
+        yield Event.create(
+            event_type,
+            subject=data.aggregate_id,
+            data=data,
+            source=EXAMPLE_SOURCES[event_type.partition(".")[0]],
+        )
