@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 from aiohttp import web
 
@@ -71,6 +71,7 @@ __all__ = [
     "ApiServer",
     "RejectHook",
     "RejectedRequest",
+    "RouteProvider",
     "build_api_app",
 ]
 
@@ -108,6 +109,17 @@ RejectHook = Callable[[RejectedRequest], Awaitable[None] | None]
 it is logged and does not change the answer."""
 
 
+class RouteProvider(Protocol):
+    """Extra routes mounted on the API behind the same Bearer token as ``/api/v1/status``.
+
+    ``routes()`` is called once, when the server is built (no I/O).  A provider may also
+    define ``async start()`` and ``async stop()``: the server calls them (in order, and in
+    reverse order) around serving requests.
+    """
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+
 class _Refused(Exception):
     def __init__(
         self, status: int, error: str, message: str, outcome: str, reason: str | None = None
@@ -139,6 +151,7 @@ class ApiServer:
     ``handlers`` replaces the provider handlers (default: payment confirmations, and KYC
     results once the KYC app provides its mapping).  ``on_rejected`` is the audit hook.
     ``clock`` (unix seconds) is what signature timestamps are compared with.
+    ``extra_routes`` are mounted behind the Bearer token (see :class:`RouteProvider`).
     """
 
     def __init__(
@@ -157,6 +170,7 @@ class ApiServer:
         clock: Callable[[], float] = time.time,
         access_log: bool = False,
         shutdown_timeout_s: float = 5.0,
+        extra_routes: Sequence[RouteProvider] = (),
     ) -> None:
         self.settings = settings
         self.api: ApiSettings = settings.api
@@ -200,6 +214,8 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._used = False
+        self.extra_routes = tuple(extra_routes)
+        self._started_providers: list[RouteProvider] = []
         self.app = build_api_app(self)
 
     @property
@@ -228,6 +244,15 @@ class ApiServer:
             )
             await self._producer.start()
         await self.health.start()
+        try:
+            for provider in self.extra_routes:
+                start = getattr(provider, "start", None)
+                if start is not None:
+                    await start()
+                self._started_providers.append(provider)
+        except BaseException:
+            await self._release()
+            raise
         runner = web.AppRunner(
             self.app,
             access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
@@ -257,6 +282,13 @@ class ApiServer:
         log.info("API stopped")
 
     async def _release(self) -> None:
+        while self._started_providers:
+            stop = getattr(self._started_providers.pop(), "stop", None)
+            if stop is not None:
+                try:
+                    await stop()
+                except Exception:
+                    log.exception("API: an extra route provider failed to stop")
         if self._owns_producer and self._producer is not None:
             await self._producer.stop(timeout_s=self.api.publish_timeout_s)
         await self.dedupe.aclose()
@@ -318,6 +350,18 @@ class ApiServer:
         if not hmac.compare_digest(offered, expected):
             return _error(401, "unauthorized", "a valid Bearer token is required", challenge)
         return None
+
+    def _authenticated(self, route: web.RouteDef) -> web.RouteDef:
+        """``route`` answering 401 (like :meth:`status`) unless the Bearer token is offered."""
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = route.handler
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            refused = self._check_token(request)
+            if refused is not None:
+                return refused
+            return await handler(request)
+
+        return web.RouteDef(route.method, route.path, guarded, route.kwargs)
 
     async def inbound(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
@@ -508,6 +552,9 @@ def build_api_app(server: ApiServer) -> web.Application:
     app.router.add_get(STATUS_PATH, server.status)
     app.router.add_get("/metrics", server.metrics_text)
     app.router.add_post(INBOUND_PATH, server.inbound)
+    for provider in server.extra_routes:
+        for route in provider.routes():
+            server._authenticated(route).register(app.router)
     return app
 
 
