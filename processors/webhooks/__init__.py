@@ -1,0 +1,1 @@
+"""Partner webhook fan-out: subscriptions, signed delivery, per-partner isolation."""
