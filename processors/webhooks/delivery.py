@@ -1,0 +1,226 @@
+"""Pure mapping of the webhooks app: event → dispatch records, response → outcome, log records.
+
+Imports neither Kafka nor an HTTP library.  The record formats are the contract of
+``docs/webhooks.md``: a dispatch record's value is the exact body a partner receives, so
+its signature and ``webhook-id`` are the same on every attempt, after a crash and on replay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from processors.adapters import jsonwire
+from processors.contract import Event
+from processors.errors import ValidationFailed
+from processors.observability.redact import redact_text
+from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
+from processors.webhooks.signing import webhook_id_for
+
+__all__ = [
+    "DispatchJob",
+    "Outcome",
+    "classify_status",
+    "delivery_body",
+    "dispatch_records",
+    "event_data_json",
+    "log_record",
+]
+
+HX_SUBSCRIPTION = "x-subscription-id"
+HX_WEBHOOK = "x-webhook-id"
+HX_EVENT_ID = "x-event-id"
+HX_EVENT_TYPE = "x-event-type"
+HX_SUBJECT = "x-subject"
+HX_ORDERING = "x-ordering"
+"""``entity`` when the subscription delivers one entity's events in order, else ``none``."""
+
+Status = Literal["delivered", "failed", "refused", "skipped", "disabled"]
+
+
+def event_data_json(event: Event) -> bytes:
+    """The event's payload as partners see it: money and dates as strings."""
+    return jsonwire.dumps(event.data.model_dump(mode="json"))
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def delivery_body(webhook_id: str, event: Event, data_json: bytes) -> bytes:
+    """The seed's payload: ``webhook_id``, ``event_type``, ``timestamp`` (event time) and ``data``."""
+    head = jsonwire.dumps(
+        {"webhook_id": webhook_id, "event_type": event.event_type, "timestamp": _utc_iso(event.occurred_at)}
+    )
+    return head[:-1] + b',"data":' + data_json + b"}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What fan-out needs of a subscription."""
+
+    id: str
+    ordered: bool
+
+
+def dispatch_records(
+    event: Event, targets: Sequence[Target], *, topic: str, traceparent: str | None = None
+) -> list[OutRecord]:
+    """One dispatch record per matching subscription."""
+    if not targets:
+        return []
+    data_json = event_data_json(event)
+    records = []
+    for target in targets:
+        webhook_id = webhook_id_for(target.id, str(event.event_id))
+        key = f"{target.id}|{event.subject if target.ordered else webhook_id}".encode()
+        headers: HeaderList = [
+            ("content-type", b"application/json"),
+            (HX_SUBSCRIPTION, target.id.encode()),
+            (HX_WEBHOOK, webhook_id.encode()),
+            (HX_EVENT_ID, str(event.event_id).encode()),
+            (HX_EVENT_TYPE, event.event_type.encode()),
+            (HX_SUBJECT, event.subject.encode()),
+            (HX_ORDERING, b"entity" if target.ordered else b"none"),
+        ]
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+        body = delivery_body(webhook_id, event, data_json)
+        records.append(OutRecord(topic=topic, key=key, value=body, headers=headers))
+    return records
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchJob:
+    """A dispatch record (or its retry-tier copy) read back."""
+
+    subscription_id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    subject: str
+    ordered: bool
+    body: bytes
+
+    @classmethod
+    def from_message(cls, msg: KafkaMessage) -> DispatchJob:
+        headers = msg.headers()
+        values = {
+            name: header_value(headers, name)
+            for name in (HX_SUBSCRIPTION, HX_WEBHOOK, HX_EVENT_ID, HX_EVENT_TYPE, HX_SUBJECT)
+        }
+        missing = sorted(name for name, value in values.items() if not value)
+        if missing:
+            raise ValidationFailed(f"dispatch record lacks header(s) {', '.join(missing)}")
+        body = msg.value()
+        if not body:
+            raise ValidationFailed("dispatch record has no body")
+        return cls(
+            subscription_id=values[HX_SUBSCRIPTION] or "",
+            webhook_id=values[HX_WEBHOOK] or "",
+            event_id=values[HX_EVENT_ID] or "",
+            event_type=values[HX_EVENT_TYPE] or "",
+            subject=values[HX_SUBJECT] or "",
+            ordered=is_ordered(msg),
+            body=body,
+        )
+
+
+def is_ordered(msg: KafkaMessage) -> bool:
+    return header_value(msg.headers(), HX_ORDERING) == "entity"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one answer means: delivered, gone (disable the endpoint) or retry later."""
+
+    kind: Literal["delivered", "gone", "retry"]
+    reason: str
+    retry_after_s: float | None = None
+
+
+def classify_status(status: int, retry_after_s: float | None, *, retry_after_cap_s: float) -> Outcome:
+    """Only 2xx is success; 410 disables the endpoint; everything else is tried again later.
+
+    Redirects are failures (never followed: the target could be an internal address).
+    ``Retry-After`` is honoured up to the cap.
+    """
+    if 200 <= status < 300:
+        return Outcome("delivered", f"HTTP {status}")
+    if status == 410:
+        return Outcome("gone", "HTTP 410 Gone: the partner removed this endpoint")
+    delay = min(retry_after_s, retry_after_cap_s) if retry_after_s is not None else None
+    if 300 <= status < 400:
+        return Outcome("retry", f"HTTP {status}: redirects are not followed", delay)
+    return Outcome("retry", f"HTTP {status}", delay)
+
+
+def excerpt(body: bytes, max_chars: int) -> str | None:
+    """The start of a partner's answer for the operator view, personal data and secrets masked."""
+    if not body or max_chars <= 0:
+        return None
+    text = body[: max_chars * 4].decode("utf-8", errors="replace")[:max_chars]
+    return redact_text(text)
+
+
+def log_record(
+    topic: str,
+    job: DispatchJob,
+    *,
+    status: Status,
+    attempt: int,
+    url_host: str,
+    job_coordinates: tuple[str, int, int],
+    http_status: int | None = None,
+    latency_ms: float | None = None,
+    error: str | None = None,
+    response_excerpt: str | None = None,
+    next_step: Literal["retry", "dlq"] | None = None,
+    attempted_at: datetime | None = None,
+) -> OutRecord:
+    """One line of ``integrations.webhook.deliveries`` (key: the subscription id)."""
+    value: dict[str, Any] = {
+        "subscription_id": job.subscription_id,
+        "webhook_id": job.webhook_id,
+        "event_id": job.event_id,
+        "event_type": job.event_type,
+        "subject": job.subject,
+        "attempt": attempt,
+        "status": status,
+        "http_status": http_status,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        "error": error,
+        "response_excerpt": response_excerpt,
+        "attempted_at": _utc_iso(attempted_at or datetime.now(UTC)),
+        "url_host": url_host,
+        "next": next_step,
+        "job": {"topic": job_coordinates[0], "partition": job_coordinates[1], "offset": job_coordinates[2]},
+    }
+    return OutRecord(
+        topic=topic,
+        key=job.subscription_id.encode(),
+        value=json.dumps(value, separators=(",", ":")).encode(),
+        headers=[("content-type", b"application/json")],
+    )
+
+
+def endpoint_event(
+    topic: str, *, subscription_id: str, kind: Literal["disabled", "enabled"], reason: str, url_host: str
+) -> OutRecord:
+    """A ``webhook.endpoint_disabled`` / ``_enabled`` notice partners can be told about."""
+    value = {
+        "type": f"webhook.endpoint_{kind}",
+        "subscription_id": subscription_id,
+        "reason": reason,
+        "url_host": url_host,
+        "at": _utc_iso(datetime.now(UTC)),
+    }
+    return OutRecord(
+        topic=topic,
+        key=subscription_id.encode(),
+        value=json.dumps(value, separators=(",", ":")).encode(),
+        headers=[("content-type", b"application/json")],
+    )
