@@ -6,6 +6,11 @@ provider's token comes from ``$SANDBOX_KYC_TOKEN``, else ``sandbox-token``; the 
 its callbacks from ``--kyc-webhook-secret``, else ``$SANDBOX_KYC_WEBHOOK_SECRET``, else
 ``sandbox-kyc-webhook-secret``.  Every knob can be changed later through
 ``PUT /_sandbox/gateway/config`` and ``PUT /_sandbox/kyc/config``.
+
+Simulated partner webhook receivers answer at ``/partners/{name}``; none exist by default.
+``--partner NAME[:MODE]`` (repeatable) creates demo partners that verify signatures with the
+secret from ``--partner-secret``, else ``$SANDBOX_PARTNER_SECRET``, else the documented default;
+more are created, changed and inspected through ``/_control/partners``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from processors.errors import ConfigError
 from processors.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
 from processors.sandbox.kyc import DEFAULT_TOKEN as KYC_DEFAULT_TOKEN
@@ -23,21 +30,34 @@ from processors.sandbox.kyc import DEFAULT_WEBHOOK_SECRET as KYC_DEFAULT_WEBHOOK
 from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
 from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
 from processors.sandbox.kyc import KycConfig
+from processors.sandbox.partners import (
+    DEFAULT_PARTNER_SECRET,
+    PARTNER_SECRET_ENV,
+    PartnerBehaviour,
+    PartnersConfig,
+    PartnerSpec,
+)
 from processors.sandbox.server import run_sandbox_forever
 
 __all__ = [
+    "DEMO_PARTNER_MODES",
     "READY_PREFIX",
     "TOKEN_ENV",
     "config_to_argv",
     "gateway_config_from_args",
     "kyc_config_from_args",
     "kyc_config_to_argv",
+    "partners_config_from_args",
     "register_cli",
     "run_sandbox_command",
 ]
 
 READY_PREFIX = "sandbox listening on "
 """The first line printed, followed by the base URL, once the socket listens."""
+
+DEMO_PARTNER_MODES = ("healthy", "slow", "flaky", "gone", "timeout", "error")
+"""Modes ``--partner`` accepts (a redirecting partner needs a target: use the control API)."""
+_DEMO_SLOW_DELAY_MS = 2000
 
 
 def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,6 +113,30 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     kyc.add_argument("--kyc-error-rate", type=float, default=0.0, help="probability of 503 before verifying")
     kyc.add_argument("--kyc-outage", action="store_true", help="answer every verification with 503")
+    partners = parser.add_argument_group("partner webhook receivers")
+    partners.add_argument(
+        "--partner",
+        action="append",
+        default=[],
+        metavar="NAME[:MODE]",
+        help=f"create a demo partner; MODE one of {', '.join(DEMO_PARTNER_MODES)} (default healthy)",
+    )
+    partners.add_argument(
+        "--partner-delay-ms",
+        type=int,
+        default=None,
+        help=f"delay before the demo partners answer (slow ones: default {_DEMO_SLOW_DELAY_MS})",
+    )
+    partners.add_argument(
+        "--partner-secret",
+        default=None,
+        help=f"secret the demo partners verify with (default: ${PARTNER_SECRET_ENV} or the documented one)",
+    )
+    partners.add_argument(
+        "--partner-no-bodies",
+        action="store_true",
+        help="do not keep request bodies and headers (counts only)",
+    )
     parser.set_defaults(func=run_sandbox_command)
 
 
@@ -129,6 +173,35 @@ def kyc_config_from_args(args: argparse.Namespace) -> KycConfig:
         "seed": args.seed,
     }
     return KycConfig.from_mapping(values)
+
+
+def partners_config_from_args(args: argparse.Namespace) -> PartnersConfig:
+    """The demo partners from parsed arguments; :class:`ConfigError` when a value is invalid."""
+    secret = args.partner_secret or os.environ.get(PARTNER_SECRET_ENV) or DEFAULT_PARTNER_SECRET
+    specs: list[PartnerSpec] = []
+    for flag in args.partner:
+        name, _, mode = flag.partition(":")
+        mode = mode or "healthy"
+        if mode not in DEMO_PARTNER_MODES:
+            raise ConfigError(f"--partner {flag!r}: mode must be one of {', '.join(DEMO_PARTNER_MODES)}")
+        values: dict[str, Any] = {"mode": mode}
+        if args.partner_delay_ms is not None:
+            values["delay_ms"] = args.partner_delay_ms
+        elif mode == "slow":
+            values["delay_ms"] = _DEMO_SLOW_DELAY_MS
+        if mode == "flaky":
+            values["failure_rate"] = 0.5
+        try:
+            specs.append(
+                PartnerSpec.model_validate(
+                    {"name": name, "behaviour": PartnerBehaviour.from_mapping(values), "secrets": [secret]}
+                )
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"--partner {flag!r}: invalid name or secret") from exc
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ConfigError("--partner names must be unique")
+    return PartnersConfig(partners=tuple(specs), record_bodies=not args.partner_no_bodies)
 
 
 def kyc_config_to_argv(config: KycConfig) -> list[str]:
@@ -179,6 +252,7 @@ def config_to_argv(config: GatewayConfig) -> list[str]:
 def run_sandbox_command(args: argparse.Namespace) -> int:
     config = gateway_config_from_args(args)
     kyc = kyc_config_from_args(args)
+    partners = partners_config_from_args(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {args.port}")
 
@@ -191,9 +265,19 @@ def run_sandbox_command(args: argparse.Namespace) -> int:
             f"  control          {url}/_sandbox/kyc/{{verifications,config,reset,requests,callbacks}}",
             flush=True,
         )
+        print(f"  partners         POST {url}/partners/{{name}} ({len(partners.partners)} demo)", flush=True)
+        print(f"  control          {url}/_control/partners[/{{name}}[/deliveries]]", flush=True)
         print("press Ctrl-C to stop", flush=True)
 
-    run_sandbox_forever(args.host, args.port, config, kyc=kyc, on_started=started, access_log=args.access_log)
+    run_sandbox_forever(
+        args.host,
+        args.port,
+        config,
+        kyc=kyc,
+        partners=partners,
+        on_started=started,
+        access_log=args.access_log,
+    )
     print("sandbox stopped", flush=True)
     return 0
 

@@ -6,6 +6,8 @@ In the caller's event loop (tests, demo)::
         sandbox.url                       # http://127.0.0.1:<bound port>
         sandbox.gateway.charges_by_key    # the simulators' live state
         sandbox.kyc.verifications_by_key
+        sandbox.partners.add("acme", PartnerBehaviour(), ["whsec_..."])   # simulated partner receivers
+        sandbox.partners.url("acme")      # http://127.0.0.1:<bound port>/partners/acme
 
 In a process of its own (benchmarks: the server must not share the client's loop or CPU)::
 
@@ -35,6 +37,7 @@ from processors.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig
 from processors.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
 from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
 from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
+from processors.sandbox.partners import PARTNERS_APP_KEY, PartnerReceivers, PartnersConfig
 
 __all__ = [
     "HEALTH_PATH",
@@ -50,12 +53,17 @@ HEALTH_PATH: Final = "/_sandbox/health"
 _WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def build_sandbox_app(gateway: GatewayConfig | None = None, kyc: KycConfig | None = None) -> web.Application:
+def build_sandbox_app(
+    gateway: GatewayConfig | None = None,
+    kyc: KycConfig | None = None,
+    partners: PartnersConfig | None = None,
+) -> web.Application:
     """The sandbox application: ``GET /_sandbox/health`` and every simulated service's routes."""
     app = web.Application()
     app.router.add_get(HEALTH_PATH, _health)
     PaymentGatewaySim(gateway).add_to(app)
     KycProviderSim(kyc).add_to(app)
+    PartnerReceivers(partners).add_to(app)
     return app
 
 
@@ -78,12 +86,13 @@ class SandboxServer:
         gateway: GatewayConfig | None = None,
         *,
         kyc: KycConfig | None = None,
+        partners: PartnersConfig | None = None,
         access_log: bool = False,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = build_sandbox_app(gateway, kyc)
+        self.app = build_sandbox_app(gateway, kyc, partners)
         self._access_log = access_log
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
@@ -99,6 +108,11 @@ class SandboxServer:
     def kyc(self) -> KycProviderSim:
         """The KYC provider simulator (state readable and configurable in-process)."""
         return self.app[KYC_APP_KEY]
+
+    @property
+    def partners(self) -> PartnerReceivers:
+        """The simulated partner receivers (``add``, ``update``, ``remove``, ``url``, ``partner``)."""
+        return self.app[PARTNERS_APP_KEY]
 
     @property
     def url(self) -> str:
@@ -127,6 +141,7 @@ class SandboxServer:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         self._url = _base_url(str(bound_host), int(bound_port))
+        self.partners.base_url = self._url
         log.info("sandbox listening on %s", self._url)
 
     async def stop(self) -> None:
@@ -135,6 +150,7 @@ class SandboxServer:
             return
         self._url = None
         await runner.cleanup()
+        self.partners.base_url = None
         log.info("sandbox stopped")
 
     async def __aenter__(self) -> Self:
@@ -163,6 +179,7 @@ def run_sandbox_forever(
     config: GatewayConfig | None = None,
     *,
     kyc: KycConfig | None = None,
+    partners: PartnersConfig | None = None,
     on_started: Callable[[str], None] | None = None,
     access_log: bool = False,
 ) -> None:
@@ -172,7 +189,9 @@ def run_sandbox_forever(
     thread (it installs signal handlers).
     """
     asyncio.run(
-        _serve_until_signalled(host, port, config, kyc=kyc, on_started=on_started, access_log=access_log)
+        _serve_until_signalled(
+            host, port, config, kyc=kyc, partners=partners, on_started=on_started, access_log=access_log
+        )
     )
 
 
@@ -182,6 +201,7 @@ async def _serve_until_signalled(
     config: GatewayConfig | None,
     *,
     kyc: KycConfig | None = None,
+    partners: PartnersConfig | None = None,
     on_started: Callable[[str], None] | None,
     access_log: bool,
 ) -> None:
@@ -191,7 +211,9 @@ async def _serve_until_signalled(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with SandboxServer(host, port, config, kyc=kyc, access_log=access_log) as server:
+        async with SandboxServer(
+            host, port, config, kyc=kyc, partners=partners, access_log=access_log
+        ) as server:
             if on_started is not None:
                 on_started(server.url)
             await stop.wait()
@@ -206,7 +228,8 @@ class SandboxProcess:
     The child has its own interpreter and event loop, so it never shares a loop (or the GIL) with
     the caller.  ``start()`` returns the base URL once the child listens; ``stop()`` sends SIGTERM
     (graceful) and kills the child only if it has not exited within ``stop_timeout_s``.  Drive the
-    simulators through their HTTP control APIs (``/_sandbox/gateway/...``, ``/_sandbox/kyc/...``).
+    simulators through their HTTP control APIs (``/_sandbox/gateway/...``, ``/_sandbox/kyc/...``,
+    ``/_control/partners``).
     Tokens and the KYC webhook secret reach the child through its environment, not its command
     line.
     """
