@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -353,3 +355,34 @@ def test_verifier_imports_no_kafka_and_no_project_config() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- the partner guide's example
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "partner-guide.md"
+
+
+def guide_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_partner_guide_worked_example_verifies() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    body = guide_blocks("json")[0].rstrip("\n").encode()
+    headers = dict(line.split(": ", 1) for line in guide_blocks("http")[0].splitlines())
+    secret = re.findall(r"`(whsec_[A-Za-z0-9+/=]+)`", text)[0]
+    ts = int(headers["webhook-timestamp"])
+    assert headers["X-Webhook-Signature"] == ref_seed(body, secret)
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    assert headers["webhook-signature"] == ref_standard(headers["webhook-id"], ts, body, key)
+    assert headers["webhook-id"] == headers["X-Webhook-Id"] == json.loads(body)["webhook_id"]
+    verify_webhook(body, headers, secret, now=ts)
+    verify_webhook(body, seed_only(headers), secret, now=ts)
+
+
+def test_partner_guide_seed_function_works() -> None:
+    namespace: dict[str, Any] = {}
+    exec(next(b for b in guide_blocks("python") if "def verify_webhook_signature" in b), namespace)
+    check = namespace["verify_webhook_signature"]
+    assert check(BODY, ref_seed(BODY, NEW), NEW) is True
+    assert check(BODY, ref_seed(BODY, OLD), NEW) is False
