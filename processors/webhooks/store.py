@@ -1,0 +1,386 @@
+"""The webhook subscriptions, kept in the compacted ``integrations.webhook.subscriptions`` topic.
+
+Every instance reads the whole topic (all partitions assigned, no consumer group, nothing
+committed) into a :class:`~processors.webhooks.subscriptions.SubscriptionTable`, then keeps
+tailing it on a background thread::
+
+    store = SubscriptionStore(bootstrap, "integrations.webhook.subscriptions")
+    await store.start()                 # returns once the records written before it are applied
+    store.table.matching("policy.issued")
+    await store.put(sub)                # returns once the record is in store.table (read-your-writes)
+    await store.delete(sub.id)          # a tombstone
+    await store.stop()
+
+All consumer calls happen on the store's thread (librdkafka consumers are not thread-safe);
+the asyncio side talks to it through a small request list and futures resolved with
+``call_soon_threadsafe``.  Listeners (:meth:`SubscriptionStore.add_listener`) run on that
+thread too, after each applied change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import confluent_kafka
+
+from processors.errors import BrokerError, ConfigError
+from processors.runtime.message import OutRecord
+from processors.runtime.producer import AsyncProducer, producer_config
+from processors.webhooks.subscriptions import Subscription, SubscriptionTable
+
+__all__ = ["Listener", "SubscriptionStore"]
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, Subscription | None], None]
+"""Called with (subscription id, the subscription or None when deleted) on the store's thread."""
+
+_BATCH: Final = 500
+_WATERMARK_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A ``wait_caught_up`` call: done once every partition's position reaches ``targets``."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    targets: dict[int, tuple[int, int]] | None = None
+    """Partition → (low, high) watermarks taken after the call; None until the thread read them."""
+    created: float = field(default_factory=time.monotonic)
+
+
+class SubscriptionStore:
+    """The subscriptions table and how to change it.  See the module docstring.
+
+    ``client_overrides`` are librdkafka settings as in ``Settings.client_overrides``
+    (``consumer.<key>``, ``producer.<key>``, ``client.<key>`` for both).  ``write_timeout_s``
+    bounds :meth:`put` and :meth:`delete` (broker acknowledgement and read-back).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        client_overrides: Mapping[str, str] | None = None,
+        write_timeout_s: float = 30.0,
+        start_timeout_s: float = 60.0,
+        poll_timeout_s: float = 0.1,
+    ) -> None:
+        self.topic = topic
+        self.write_timeout_s = write_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._poll_timeout_s = poll_timeout_s
+        overrides = dict(client_overrides or {})
+        self._consumer_conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            # Never used to join or commit: partitions are assigned and nothing is committed.
+            "group.id": f"webhook-subscriptions-{uuid.uuid4().hex[:12]}",
+            "client.id": "webhook-subscriptions-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            # A put() returns once its record is read back: do not let an idle fetch sit on the
+            # broker for the default 500 ms (the topic is small; the extra fetches are cheap).
+            "fetch.wait.max.ms": 100,
+        }
+        for key, value in overrides.items():
+            if key.startswith(("consumer.", "client.")):
+                self._consumer_conf[key.split(".", 1)[1]] = value
+        self._producer_conf = producer_config(bootstrap_servers, overrides)
+        # A partner waits on put(): a broker outage fails it instead of queueing for ever.
+        timeout_ms = str(max(1, int(write_timeout_s * 1000)))
+        self._producer_conf["delivery.timeout.ms"] = timeout_ms
+        self._producer_conf["message.timeout.ms"] = timeout_ms
+        self._producer_conf["linger.ms"] = 0
+        self._table = SubscriptionTable()
+        self._listeners: list[Listener] = []
+        self._producer: AsyncProducer | None = None
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._requests_lock = threading.Lock()
+        self._new_waiters: list[_Waiter] = []
+        self._waiters: list[_Waiter] = []
+        """Waits the thread took in hand (only the thread touches this list)."""
+        self._failure: BrokerError | ConfigError | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self.applied = 0
+        """Records applied since start (tombstones included, skipped ones not)."""
+
+    @property
+    def table(self) -> SubscriptionTable:
+        return self._table
+
+    def add_listener(self, callback: Listener) -> None:
+        """``callback(sub_id, sub_or_None)`` after each applied change (on the store's thread)."""
+        self._listeners.append(callback)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Assign the topic, read it up to the end offsets of now, then keep tailing it."""
+        if self._started:
+            raise RuntimeError("a SubscriptionStore starts once; create a new one")
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        producer = AsyncProducer(self._producer_conf)
+        await producer.start()
+        self._producer = producer
+        self._running.set()
+        self._thread = threading.Thread(target=self._serve, name="webhook-subscriptions", daemon=True)
+        self._thread.start()
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await asyncio.shield(self._ready)
+            await self.wait_caught_up(self.start_timeout_s)
+        except TimeoutError as exc:
+            await self.stop()
+            raise BrokerError(
+                f"subscriptions topic {self.topic} not read within {self.start_timeout_s:g} s"
+            ) from exc
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("webhook subscriptions: %d loaded from %s", len(self._table), self.topic)
+
+    async def stop(self) -> None:
+        """Stop tailing and close the clients; pending waits fail with BrokerError."""
+        self._running.clear()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop(timeout_s=self.write_timeout_s)
+
+    async def __aenter__(self) -> SubscriptionStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ reads and writes
+
+    async def wait_caught_up(self, timeout_s: float = 30) -> None:
+        """Return once every record written before this call is in :attr:`table`.
+
+        Raises BrokerError when that takes longer than ``timeout_s`` or the store stopped.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if not self._running.is_set():
+            raise BrokerError("the subscription store is not running")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop, loop.create_future())
+        with self._requests_lock:
+            self._new_waiters.append(waiter)
+        if not self._running.is_set():
+            # The thread ended (it clears the flag before failing the waits it was given).
+            raise self._failure or BrokerError("the subscription store stopped")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter.future
+        except TimeoutError as exc:
+            raise BrokerError(f"subscriptions not caught up within {timeout_s:g} s") from exc
+
+    async def put(self, sub: Subscription) -> None:
+        """Write ``sub``; return once the broker acknowledged it and :attr:`table` shows it."""
+        await self._write(sub.id, sub.to_record())
+        log.info("webhook subscription %s stored (version %d)", sub.id, sub.version)
+
+    async def delete(self, sub_id: str) -> None:
+        """Write a tombstone for ``sub_id``; return once :attr:`table` no longer has it."""
+        await self._write(sub_id, None)
+        log.info("webhook subscription %s deleted", sub_id)
+
+    async def _write(self, sub_id: str, value: bytes | None) -> None:
+        producer = self._producer
+        if producer is None or not self._running.is_set():
+            raise BrokerError("the subscription store is not running")
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                await producer.send(OutRecord(topic=self.topic, key=sub_id.encode("ascii"), value=value))
+        except TimeoutError as exc:
+            raise BrokerError(
+                f"subscription {sub_id} not acknowledged within {self.write_timeout_s:g} s"
+            ) from exc
+        remaining_s = max(0.1, self.write_timeout_s - (time.monotonic() - started))
+        await self.wait_caught_up(remaining_s)
+
+    # ------------------------------------------------------------------ the store's thread
+
+    def _serve(self) -> None:
+        consumer: confluent_kafka.Consumer | None = None
+        try:
+            consumer, partitions = self._open()
+            self._resolve_ready(None)
+            while self._running.is_set():
+                with self._requests_lock:
+                    fresh, self._new_waiters = self._new_waiters, []
+                self._waiters.extend(fresh)
+                self._read_targets(consumer, partitions)
+                for msg in consumer.consume(_BATCH, self._poll_timeout_s):
+                    self._handle(msg)
+                self._release_caught_up(consumer, partitions)
+        except (BrokerError, ConfigError) as exc:
+            self._fail(exc)
+        except confluent_kafka.KafkaException as exc:
+            self._fail(BrokerError(f"reading {self.topic} failed: {exc}"))
+        except Exception as exc:
+            log.exception("webhook subscriptions: the reader thread failed")
+            self._fail(BrokerError(f"reading {self.topic} failed: {type(exc).__name__}"))
+        finally:
+            self._running.clear()
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except (confluent_kafka.KafkaException, RuntimeError) as exc:
+                    log.warning("webhook subscriptions: closing the reader failed: %s", exc)
+            self._fail_waiters(BrokerError("the subscription store stopped"))
+
+    def _open(self) -> tuple[confluent_kafka.Consumer, list[int]]:
+        try:
+            consumer = confluent_kafka.Consumer(self._consumer_conf)
+        except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot create the subscriptions reader: {exc}") from exc
+        try:
+            deadline = time.monotonic() + self.start_timeout_s
+            while True:
+                metadata = consumer.list_topics(self.topic, timeout=_WATERMARK_TIMEOUT_S)
+                described = metadata.topics.get(self.topic)
+                error = described.error if described is not None else None
+                if described is not None and error is None and described.partitions:
+                    break
+                if (error is not None and not error.retriable()) or time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"the subscriptions topic {self.topic} is not available"
+                        + (f": {error.str()}" if error is not None else "")
+                    )
+                if not self._running.is_set():
+                    raise BrokerError("the subscription store stopped while starting")
+                time.sleep(0.2)  # the store's thread, waiting for topic metadata
+            partitions = sorted(described.partitions)
+            consumer.assign(
+                [
+                    confluent_kafka.TopicPartition(self.topic, p, confluent_kafka.OFFSET_BEGINNING)
+                    for p in partitions
+                ]
+            )
+        except BaseException:
+            consumer.close()
+            raise
+        return consumer, partitions
+
+    def _handle(self, msg: confluent_kafka.Message) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.fatal():
+                raise BrokerError(f"fatal error reading {self.topic}: {error.str()}")
+            log.warning("webhook subscriptions: consumer error: %s", error.str())
+            return
+        key: bytes | None = msg.key()
+        value: bytes | None = msg.value()
+        if not self._table.apply(key, value):
+            return
+        self.applied += 1
+        sub_id = key.decode("ascii") if key is not None else ""
+        sub = self._table.get(sub_id)
+        for listener in list(self._listeners):
+            try:
+                listener(sub_id, sub)
+            except Exception:
+                log.exception("webhook subscriptions: a listener failed on %s", sub_id)
+
+    def _read_targets(self, consumer: confluent_kafka.Consumer, partitions: list[int]) -> None:
+        """Give the waits that have none the watermarks of now (one read for all of them)."""
+        pending = [w for w in self._waiters if w.targets is None and not w.future.done()]
+        if not pending:
+            return
+        targets: dict[int, tuple[int, int]] = {}
+        for partition in partitions:
+            tp = confluent_kafka.TopicPartition(self.topic, partition)
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=_WATERMARK_TIMEOUT_S, cached=False)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("webhook subscriptions: reading end offsets failed (%s); trying again", exc)
+                return
+            targets[partition] = (low, high)
+        for waiter in pending:
+            waiter.targets = targets
+
+    def _release_caught_up(self, consumer: confluent_kafka.Consumer, partitions: list[int]) -> None:
+        waiters = [w for w in self._waiters if not w.future.done()]
+        if any(w.targets is not None for w in waiters):
+            assigned = [confluent_kafka.TopicPartition(self.topic, p) for p in partitions]
+            positions = {tp.partition: tp.offset for tp in consumer.position(assigned)}
+            left: list[_Waiter] = []
+            for waiter in waiters:
+                if waiter.targets is not None and _reached(positions, waiter.targets):
+                    _settle(waiter, None)
+                else:
+                    left.append(waiter)
+            waiters = left
+        self._waiters = waiters
+
+    def _resolve_ready(self, error: BaseException | None) -> None:
+        ready, loop = self._ready, self._loop
+        if ready is None or loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(_set_future, ready, error)
+        except RuntimeError:
+            log.debug("event loop closed before the subscriptions reader started")
+
+    def _fail(self, error: BrokerError | ConfigError) -> None:
+        self._failure = error
+        log.error("webhook subscriptions: %s", error)
+        self._resolve_ready(error)
+
+    def _fail_waiters(self, error: BrokerError) -> None:
+        with self._requests_lock:
+            waiters, self._new_waiters = self._waiters + self._new_waiters, []
+        self._waiters = []
+        for waiter in waiters:
+            _settle(waiter, self._failure or error)
+        self._resolve_ready(self._failure or error)
+
+
+def _reached(positions: Mapping[int, int], targets: Mapping[int, tuple[int, int]]) -> bool:
+    """Every partition's next offset is at (or past) its high watermark; an empty one is reached."""
+    for partition, (low, high) in targets.items():
+        if high <= low:
+            continue
+        if positions.get(partition, -1) < high:
+            return False
+    return True
+
+
+def _settle(waiter: _Waiter, error: BaseException | None) -> None:
+    try:
+        waiter.loop.call_soon_threadsafe(_set_future, waiter.future, error)
+    except RuntimeError:
+        log.debug("event loop closed; a subscriptions wait was dropped")
+
+
+def _set_future(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
