@@ -339,7 +339,11 @@ class Subscription(BaseModel):
 
     @classmethod
     def from_record(cls, value: bytes) -> Subscription:
-        """Read a record back; :class:`DecodeError` (no content in its reason) if it cannot be."""
+        """Read a record back; :class:`DecodeError` (no content in its reason) if it cannot be.
+
+        Unknown fields are ignored and event filters are checked against the grammar only, so
+        records written by a newer build still load.
+        """
         try:
             document = json.loads(value)
         except (ValueError, RecursionError) as exc:
@@ -350,6 +354,8 @@ class Subscription(BaseModel):
             document["secrets"] = tuple(_stored_secret(s) for s in document["secrets"])
         except (DecodeError, ValueError, TypeError) as exc:
             raise DecodeError("subscription record has invalid fields: secrets") from exc
+        # Fields a newer build added are left out rather than losing the whole subscription.
+        document = {name: value for name, value in document.items() if name in cls.model_fields}
         try:
             return cls.model_validate(document, context={_STORED: True})
         except ValidationError as exc:

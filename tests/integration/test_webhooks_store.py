@@ -13,7 +13,7 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
-from processors.errors import ConfigError
+from processors.errors import BrokerError, ConfigError
 from processors.webhooks.secrets import SecretBox, StoredSecret, active_secrets
 from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.subscriptions import Subscription, new_subscription_id
@@ -182,6 +182,34 @@ async def test_a_bad_record_on_the_topic_is_skipped(
 
     assert store.table.skipped == 2
     assert [s.id for s in store.table.all()] == [good.id]
+
+
+async def test_a_failing_listener_does_not_stop_the_store(store: SubscriptionStore) -> None:
+    seen: list[str] = []
+
+    def broken(_sub_id: str, _sub: Subscription | None) -> None:
+        raise RuntimeError("listener bug")
+
+    store.add_listener(broken)
+    store.add_listener(lambda sub_id, _sub: seen.append(sub_id))
+    first, second = new_subscription(clear_secret()), new_subscription(clear_secret())
+
+    await store.put(first)
+    await store.put(second)
+
+    assert seen == [first.id, second.id]
+    assert len(store.table) == 2
+
+
+async def test_a_stopped_store_refuses_writes_and_waits(kafka_bootstrap: str, topic: str) -> None:
+    store = SubscriptionStore(kafka_bootstrap, topic)
+    await store.start()
+    await store.stop()
+
+    with pytest.raises(BrokerError, match="not running"):
+        await store.put(new_subscription(clear_secret()))
+    with pytest.raises(BrokerError, match="not running"):
+        await store.wait_caught_up(1)
 
 
 async def test_a_missing_topic_fails_start(kafka_bootstrap: str) -> None:

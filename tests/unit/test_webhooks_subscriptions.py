@@ -322,6 +322,14 @@ def test_a_stored_record_may_name_a_type_this_build_does_not_know() -> None:
         back.updated(events=["policy.transferred"])
 
 
+def test_a_stored_record_with_fields_from_a_newer_build_still_loads() -> None:
+    sub = make()
+    document = json.loads(sub.to_record())
+    document["retry_policy"] = {"max_attempts": 3}
+
+    assert Subscription.from_record(json.dumps(document).encode()) == sub
+
+
 @pytest.mark.parametrize(
     "value",
     [
