@@ -9,36 +9,49 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from confluent_kafka.admin import AdminClient
 
 from processors.adapters.http import AiohttpTransport
 from processors.adapters.kyc_provider import KycProvider
 from processors.adapters.payment_gateway import PaymentGateway
-from processors.api.server import ApiServer, RejectHook
+from processors.api.server import ApiServer, RejectHook, RouteProvider
+from processors.api.webhook_ops import WebhookOpsRoutes
+from processors.api.webhooks import WebhookRoutes
 from processors.apps.kyc import KycApp
 from processors.apps.payments import PaymentsApp
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
 from processors.observability.audit import KafkaAuditSink, configure_audit_sink
 from processors.resilience.breaker import BreakerRegistry
-from processors.resilience.config import ResilienceConfig, load_resilience
+from processors.resilience.config import EndpointPolicy, ResilienceConfig, load_resilience
 from processors.resilience.guard import EndpointGuard, Unguarded
-from processors.runtime.app import EventApp
-from processors.runtime.engine import Engine, Ordering, consumer_config
+from processors.runtime.engine import Engine, EngineSettings, Ordering, Processor, consumer_config
 from processors.runtime.pending import PendingRecordsReader
 from processors.runtime.producer import AsyncProducer, producer_config
 from processors.settings import Settings
 from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
+from processors.webhooks.app import WebhooksApp
+from processors.webhooks.attempts import AttemptsFeed, AttemptsView, Redeliverer
+from processors.webhooks.secrets import SecretBox
+from processors.webhooks.ssrf import SsrfPolicy, check_registration_url
+from processors.webhooks.store import SubscriptionStore
+from processors.webhooks.transport import PinnedTransport
 
 __all__ = ["APP_ENDPOINTS", "APP_NAMES", "Runner", "build_app", "make_codec"]
 
 log = logging.getLogger(__name__)
 
-APP_NAMES = ("payments", "kyc")
+APP_NAMES = ("payments", "kyc", "webhooks")
 
-APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {"payments": ("payment-gateway",), "kyc": ("kyc-provider",)}
-"""The external endpoints (breaker names) each app calls, for health and status."""
+APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {
+    "payments": ("payment-gateway",),
+    "kyc": ("kyc-provider",),
+    "webhooks": (),
+}
+"""The external endpoints (breaker names) each app calls, for health and status (partner
+webhook endpoints come and go with subscriptions: ``webhook:<subscription id>``)."""
 
 
 def make_codec(settings: Settings) -> Codec:
@@ -59,7 +72,7 @@ def build_app(
     *,
     resilience: ResilienceConfig | None = None,
     breakers: BreakerRegistry | None = None,
-) -> EventApp:
+) -> Processor:
     topics = catalogue.app(name)
     content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
     if resilience is None:
@@ -106,7 +119,105 @@ def build_app(
             keep_key_order=keeps_key_order(settings, topics),
             pending_reader=reader,
         )
+    if name == "webhooks":
+        return build_webhooks_app(
+            settings, catalogue, codec, resilience=resilience, breakers=breakers, pending_reader=reader
+        )
     raise ConfigError(f"unknown app {name!r}; known: {', '.join(APP_NAMES)}")
+
+
+def catalogue_topic(catalogue: Catalogue, suffix: str) -> str:
+    """The catalogue's topic named ``suffix`` (whatever prefix the catalogue uses)."""
+    for topic in catalogue.topics:
+        if topic.name == suffix or topic.name.endswith("." + suffix):
+            return topic.name
+    raise ConfigError(f"the topic catalogue has no {suffix} topic")
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """The key that encrypts partner webhook secrets at rest."""
+    key = settings.webhooks.encryption_key
+    if key is not None:
+        return SecretBox.from_env({"PROCESSORS_WEBHOOK_ENCRYPTION_KEY": key.get_secret_value()})
+    if settings.webhooks.ephemeral_key:
+        return SecretBox.ephemeral()
+    return SecretBox.from_env()
+
+
+def ssrf_policy(settings: Settings) -> SsrfPolicy:
+    return SsrfPolicy(allow=settings.webhooks.allow, require_https=settings.webhooks.require_https)
+
+
+def build_webhooks_app(
+    settings: Settings,
+    catalogue: Catalogue,
+    codec: Codec,
+    *,
+    resilience: ResilienceConfig,
+    breakers: BreakerRegistry,
+    pending_reader: PendingRecordsReader | None = None,
+    store: SubscriptionStore | None = None,
+    box: SecretBox | None = None,
+) -> WebhooksApp:
+    topics = catalogue.app("webhooks")
+    policy = resilience.for_endpoint("partner-webhooks")
+    hooks = settings.webhooks
+    if store is None:
+        store = SubscriptionStore(
+            settings.bootstrap_servers,
+            catalogue_topic(catalogue, "integrations.webhook.subscriptions"),
+            client_overrides=settings.client_overrides,
+        )
+    transport = PinnedTransport(
+        policy=ssrf_policy(settings),
+        timeouts=policy.timeout.http(),
+        total_timeout_s=policy.timeout.deadline_s,
+        max_response_bytes=hooks.max_response_bytes,
+        max_connections=hooks.engine.max_concurrency,
+        max_connections_per_host=hooks.max_connections_per_host,
+    )
+    return WebhooksApp(
+        codec=codec,
+        topics=topics,
+        store=store,
+        box=box or secret_box(settings),
+        transport=transport,
+        policy=policy,
+        breakers=breakers,
+        settings=hooks,
+        dispatch_topic=catalogue_topic(catalogue, "integrations.webhooks.dispatch"),
+        deliveries_topic=catalogue_topic(catalogue, "integrations.webhook.deliveries"),
+        endpoint_events_topic=catalogue_topic(catalogue, "integrations.webhook.endpoint-events"),
+        group=settings.group_prefix + "webhooks",
+        pending_reader=pending_reader,
+        guard_factory=None if settings.resilience_enabled else _unguarded,
+    )
+
+
+def webhook_routes(settings: Settings, catalogue: Catalogue, app: WebhooksApp) -> list[RouteProvider]:
+    """The partner subscription API and the operator view, on the webhooks app's table."""
+    policy = ssrf_policy(settings)
+
+    async def url_check(url: str) -> None:
+        await check_registration_url(url, policy)
+
+    overrides = settings.client_overrides
+    view = AttemptsView()
+    feed = AttemptsFeed(
+        settings.bootstrap_servers,
+        catalogue_topic(catalogue, "integrations.webhook.deliveries"),
+        view,
+        client_overrides=overrides,
+    )
+    redeliverer = Redeliverer(settings.bootstrap_servers, app.dispatch_topic, client_overrides=overrides)
+    return [
+        WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check),
+        WebhookOpsRoutes(view, feed, redeliverer),
+    ]
+
+
+def _unguarded(endpoint: str, policy: EndpointPolicy, breakers: BreakerRegistry) -> EndpointGuard:
+    return Unguarded(endpoint, policy, breakers.get(endpoint))
 
 
 def _client_overrides(settings: Settings, role: str) -> dict[str, str]:
@@ -151,7 +262,11 @@ class Runner:
             topics = self.catalogue.app(name)
             needed.update(topics.sources)
             needed.update(topics.failure_topics)
-        needed.add(self.settings.payments.results_topic)
+            if name == "webhooks":
+                needed.update(topics.outputs)
+                needed.update(topics.state)
+        if "payments" in self.app_names:
+            needed.add(self.settings.payments.results_topic)
         audit = self.audit_topic()
         if audit is not None:
             needed.add(audit)
@@ -166,6 +281,9 @@ class Runner:
         missing = sorted(needed - set(metadata.topics))
         if missing:
             raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first")
+
+    def _engine_settings(self, name: str) -> EngineSettings:
+        return self.settings.webhooks.engine if name == "webhooks" else self.settings.engine
 
     def audit_topic(self) -> str | None:
         """The catalogue's audit topic (``integrations.audit``, whatever prefix the catalogue uses)."""
@@ -211,11 +329,12 @@ class Runner:
                 self.settings.group_prefix + name,
                 self.settings.client_overrides,
             )
-            if app.router.keep_key_order:
+            router = getattr(app, "router", None)
+            if router is not None and router.keep_key_order:
                 # The ordering gate needs source partition n and retry partition n together.
                 conf["partition.assignment.strategy"] = "range"
             self.engines.append(
-                Engine(app, consumer_conf=conf, producer=producer, settings=self.settings.engine)
+                Engine(app, consumer_conf=conf, producer=producer, settings=self._engine_settings(name))
             )
         tasks = [
             asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}")
@@ -224,6 +343,11 @@ class Runner:
         stopper = asyncio.create_task(stop.wait())
         try:
             if self.settings.api.enabled:
+                extra_routes: list[RouteProvider] = []
+                for engine in self.engines:
+                    if isinstance(engine.processor, WebhooksApp):
+                        await engine.processor.start_store()
+                        extra_routes.extend(webhook_routes(self.settings, self.catalogue, engine.processor))
                 api = ApiServer(
                     self.settings,
                     engines=self.engines,
@@ -231,6 +355,7 @@ class Runner:
                     app_endpoints={name: APP_ENDPOINTS.get(name, ()) for name in self.app_names},
                     codec=codec,
                     on_rejected=self.on_inbound_rejected,
+                    extra_routes=extra_routes,
                 )
                 await api.start()
                 self.api = api

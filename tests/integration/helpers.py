@@ -138,3 +138,45 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         return {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()
+
+
+def read_topics(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 60
+) -> list[confluent_kafka.Message]:
+    """Every record of ``topics`` from the beginning to the end offsets taken at the call."""
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        targets: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in topics:
+            metadata = consumer.list_topics(topic, timeout=15).topics[topic]
+            for partition in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    confluent_kafka.TopicPartition(topic, partition), timeout=15
+                )
+                if high > low:
+                    targets[(topic, partition)] = high
+                    assignment.append(confluent_kafka.TopicPartition(topic, partition, low))
+        records: list[confluent_kafka.Message] = []
+        if not assignment:
+            return records
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout_s
+        positions: dict[tuple[str, int], int] = {}
+        while any(positions.get(tp, -1) + 1 < end for tp, end in targets.items()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {sorted(targets)} to the end within {timeout_s}s")
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is None:
+                    records.append(msg)
+                    positions[(msg.topic(), msg.partition())] = msg.offset()
+        return records
+    finally:
+        consumer.close()
