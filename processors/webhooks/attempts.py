@@ -31,9 +31,14 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, Self, get_args
 
 import confluent_kafka
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    OffsetSpec,
+)
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from processors.errors import BrokerError, ConfigError
+from processors.runtime.engine import OutputProducer
 from processors.runtime.failures import PROVENANCE_HEADERS
 from processors.runtime.message import HeaderList, OutRecord, header_value
 from processors.runtime.producer import AsyncProducer, producer_config
@@ -69,6 +74,15 @@ DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT: Final = 20_000
 REDELIVERY_HEADER: Final = "x-redelivery"
 REDELIVERED_AT_HEADER: Final = "x-redelivered-at"
 _SUBSCRIPTION_HEADER: Final = "x-subscription-id"
+_TRANSIENT: Final = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._TIMED_OUT,
+        confluent_kafka.KafkaError._TRANSPORT,
+    }
+)
 _READ_ON_MAX_RECORDS: Final = 1_000
 """Redelivery reads on to a wanted offset this close instead of assigning the partition again."""
 _WEBHOOK_HEADER: Final = "x-webhook-id"
@@ -389,17 +403,17 @@ class _Step:
     attempts: list[DeliveryAttempt]
     skipped: int
     positions: dict[int, int]
-    watermarks: dict[int, tuple[int, int]] | None
 
 
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[bool]
-    targets: dict[int, tuple[int, int]] | None = None
-    """Per partition, the (low, high) watermarks at the call; None until read."""
+Offsets = dict[int, tuple[int, int]]
+"""Per partition, its (first, end) offsets: log start and last stable offset."""
 
+
+_EARLIEST: Final = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST: Final = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
+AdminFactory = Callable[[dict[str, Any]], Any]
 
 
 class AttemptsFeed:
@@ -407,7 +421,9 @@ class AttemptsFeed:
 
     Every partition of ``topic`` is assigned (new partitions are picked up every
     ``metadata_refresh_s``); nothing is committed.  All consumer calls happen on the poll
-    thread; the view is updated on the event loop.  ``client_overrides`` are librdkafka
+    thread; the view is updated on the event loop.  The end offsets ``wait_caught_up()``
+    compares with are asked of the cluster by a separate admin client, so the question never
+    queues behind the consumer's long-polling fetches.  ``client_overrides`` are librdkafka
     settings named ``consumer.<key>`` or ``client.<key>``.
     """
 
@@ -423,23 +439,32 @@ class AttemptsFeed:
         metadata_refresh_s: float = 30.0,
         broker_timeout_s: float = 5.0,
         consumer_factory: ConsumerFactory = confluent_kafka.Consumer,
+        admin_factory: AdminFactory = AdminClient,
     ) -> None:
         self.topic = topic
         self.view = view
         self._conf = _reader_conf(bootstrap_servers, "webhook-attempts", client_overrides)
+        self._admin_conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            **_client_conf(client_overrides, "admin"),
+        }
         self._poll_batch = poll_batch
         self._poll_timeout_s = poll_timeout_ms / 1000
         self._metadata_refresh_s = metadata_refresh_s
         self._broker_timeout_s = broker_timeout_s
         self._consumer_factory = consumer_factory
+        self._admin_factory = admin_factory
         self._consumer: Any = None
+        self._admin: Any = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._partitions: set[int] = set()
+        self._partitions: frozenset[int] = frozenset()
+        """Replaced, never changed in place: the event loop reads it while the poll thread runs."""
         self._metadata_at = float("-inf")
+        self._told_missing = False
         self._positions: dict[int, int] = {}
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[tuple[asyncio.Future[bool], Offsets]] = []
         self._error: BaseException | None = None
 
     @property
@@ -453,20 +478,23 @@ class AttemptsFeed:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._alive()
+
+    def _alive(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._stopping
 
     async def start(self) -> None:
-        """Create the consumer and start tailing; returns without waiting for the broker."""
+        """Create the clients and start tailing; returns without waiting for the broker."""
         if self._task is not None:
             raise RuntimeError("an AttemptsFeed starts once")
         loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook-attempts")
         try:
             self._consumer = await loop.run_in_executor(self._executor, self._consumer_factory, self._conf)
+            self._admin = self._admin_factory(self._admin_conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise ConfigError(f"webhook attempts feed: cannot create consumer: {exc}") from exc
+            await self._close_consumer()
+            raise ConfigError(f"webhook attempts feed: cannot create its Kafka clients: {exc}") from exc
         self._task = asyncio.create_task(self._run(), name=f"webhook-attempts:{self.topic}")
 
     async def stop(self) -> None:
@@ -476,32 +504,91 @@ class AttemptsFeed:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         self._answer_all(False)
+        await self._close_consumer()
+        self._admin = None
+
+    async def _close_consumer(self) -> None:
         executor, self._executor = self._executor, None
-        if executor is not None:
-            consumer, self._consumer = self._consumer, None
-            if consumer is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, consumer.close)
-            executor.shutdown(wait=True)
+        if executor is None:
+            return
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, consumer.close)
+        executor.shutdown(wait=True)
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """True once the view holds every record the topic held when this was called.
 
-        False when that did not happen within ``timeout_s`` (the view may be stale), or when
-        the feed is not running.
+        False when that did not happen within ``timeout_s`` (the view may be stale), when the
+        cluster did not say where the topic ends, or when the feed is not running.
         """
         if not self.running:
             return False
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(future)
-        self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        waiter: tuple[asyncio.Future[bool], Offsets] | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                return await future
+                targets = await self._ask_end_offsets()
+                if not targets.keys() <= self._partitions:
+                    self._metadata_at = float("-inf")  # new partitions: assign them on the next poll
+                if self._reached(targets):
+                    return True
+                if not self._alive():
+                    return False
+                waiter = (loop.create_future(), targets)
+                self._waiters.append(waiter)
+                return await waiter[0]
         except TimeoutError:
             return False
         finally:
-            if waiter in self._waiters:
+            if waiter is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    async def _ask_end_offsets(self) -> Offsets:
+        """Where each partition ends now; asked again while the cluster cannot say (a new topic)."""
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.05
+        while True:
+            try:
+                targets = await loop.run_in_executor(None, self._end_offsets)
+            except confluent_kafka.KafkaException as exc:
+                log.debug("webhook attempts feed: end offsets of %s not known yet: %s", self.topic, exc)
+            else:
+                if targets is not None:
+                    return targets
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 1.0)
+
+    def _end_offsets(self) -> Offsets | None:
+        """Runs on a worker thread: each partition's first offset and last stable offset now."""
+        admin = self._admin
+        if admin is None:
+            return None
+        metadata = admin.list_topics(self.topic, timeout=self._broker_timeout_s)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            log.debug("webhook attempts feed: topic %s is not available", self.topic)
+            return None
+        tps = [confluent_kafka.TopicPartition(self.topic, p) for p in sorted(topic.partitions)]
+        asked = {
+            name: admin.list_offsets(
+                dict.fromkeys(tps, spec),
+                isolation_level=confluent_kafka.IsolationLevel.READ_COMMITTED,
+                request_timeout=self._broker_timeout_s,
+            )
+            for name, spec in (("first", _EARLIEST), ("end", _LATEST))
+        }
+        found: dict[str, dict[int, int]] = {name: {} for name in asked}
+        for name, futures in asked.items():
+            for tp, future in futures.items():
+                found[name][tp.partition] = future.result().offset
+        return {p: (found["first"][p], found["end"][p]) for p in found["end"]}
+
+    def _reached(self, targets: Offsets) -> bool:
+        return all(
+            end <= first or self._positions.get(partition, -1) >= end
+            for partition, (first, end) in targets.items()
+        )
 
     # ------------------------------------------------------------------------ loop
 
@@ -509,9 +596,8 @@ class AttemptsFeed:
         loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while not self._stopping:
-            asking = [w for w in self._waiters if w.targets is None]
             try:
-                step = await loop.run_in_executor(self._executor, self._poll_step, bool(asking))
+                step = await loop.run_in_executor(self._executor, self._poll_step)
             except BrokerError as exc:
                 log.error("webhook attempts feed stopped: %s", exc)
                 self._error = exc
@@ -530,32 +616,25 @@ class AttemptsFeed:
             for partition, position in step.positions.items():
                 if position > self._positions.get(partition, -1):
                     self._positions[partition] = position
-            if step.watermarks is not None:
-                for waiter in asking:
-                    waiter.targets = step.watermarks
             self._answer_caught_up()
         self._answer_all(False)
 
     def _answer_caught_up(self) -> None:
         for waiter in list(self._waiters):
-            if waiter.targets is None or waiter.future.done():
-                continue
-            if all(
-                high <= low or self._positions.get(partition, -1) >= high
-                for partition, (low, high) in waiter.targets.items()
-            ):
-                waiter.future.set_result(True)
+            future, targets = waiter
+            if not future.done() and self._reached(targets):
+                future.set_result(True)
                 self._waiters.remove(waiter)
 
     def _answer_all(self, result: bool) -> None:
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.future.done():
-                waiter.future.set_result(result)
+        for future, _ in waiters:
+            if not future.done():
+                future.set_result(result)
 
     # ------------------------------------------------------------------------ poll thread
 
-    def _poll_step(self, want_watermarks: bool) -> _Step:
+    def _poll_step(self) -> _Step:
         """Runs on the poll thread: the only place the consumer is used."""
         consumer = self._consumer
         now = time.monotonic()
@@ -563,55 +642,44 @@ class AttemptsFeed:
         if now - self._metadata_at >= refresh_s:
             self._refresh_partitions(consumer)
             self._metadata_at = now
-        watermarks: dict[int, tuple[int, int]] | None = None
-        if want_watermarks and self._partitions:
-            watermarks = {}
-            for partition in sorted(self._partitions):
-                low, high = consumer.get_watermark_offsets(
-                    confluent_kafka.TopicPartition(self.topic, partition),
-                    timeout=self._broker_timeout_s,
-                    cached=False,
-                )
-                watermarks[partition] = (low, high)
+        partitions = self._partitions
+        if not partitions:
+            time.sleep(self._poll_timeout_s)  # the poll thread waits for the topic to appear
+            return _Step([], 0, {})
         attempts: list[DeliveryAttempt] = []
         skipped = 0
-        if self._partitions:
-            for msg in consumer.consume(self._poll_batch, self._poll_timeout_s):
-                error = msg.error()
-                if error is not None:
-                    if error.fatal():
-                        raise BrokerError(f"fatal consumer error on {self.topic}: {error.str()}")
-                    log.warning("webhook attempts feed: consumer error: %s", error.str())
-                    continue
-                attempt = DeliveryAttempt.parse(msg.value())
-                if attempt is None:
-                    skipped += 1
-                    log.debug(
-                        "unparsable delivery-log record at %s[%s]@%s",
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
-                    )
-                else:
-                    attempts.append(attempt)
-            positions = {
-                tp.partition: tp.offset
-                for tp in consumer.position(
-                    [confluent_kafka.TopicPartition(self.topic, p) for p in sorted(self._partitions)]
+        for msg in consumer.consume(self._poll_batch, self._poll_timeout_s):
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise BrokerError(f"fatal consumer error on {self.topic}: {error.str()}")
+                log.warning("webhook attempts feed: consumer error: %s", error.str())
+                continue
+            attempt = DeliveryAttempt.parse(msg.value())
+            if attempt is None:
+                skipped += 1
+                log.debug(
+                    "unparsable delivery-log record at %s[%s]@%s", msg.topic(), msg.partition(), msg.offset()
                 )
-                if tp.offset >= 0
-            }
-        else:
-            time.sleep(self._poll_timeout_s)  # the poll thread waits for the topic to appear
-            positions = {}
-        return _Step(attempts, skipped, positions, watermarks)
+            else:
+                attempts.append(attempt)
+        # The position is the offset after the last record handed out: caught up at the end offset.
+        positions = {
+            tp.partition: tp.offset
+            for tp in consumer.position(
+                [confluent_kafka.TopicPartition(self.topic, p) for p in sorted(partitions)]
+            )
+            if tp.offset >= 0
+        }
+        return _Step(attempts, skipped, positions)
 
     def _refresh_partitions(self, consumer: Any) -> None:
         metadata = consumer.list_topics(self.topic, timeout=self._broker_timeout_s)
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
-            if not self._partitions:
+            if not self._partitions and not self._told_missing:
                 log.warning("webhook attempts feed: topic %s is not available yet", self.topic)
+                self._told_missing = True
             return
         new = sorted(set(topic.partitions) - self._partitions)
         if not new:
@@ -619,7 +687,7 @@ class AttemptsFeed:
         consumer.incremental_assign(
             [confluent_kafka.TopicPartition(self.topic, p, confluent_kafka.OFFSET_BEGINNING) for p in new]
         )
-        self._partitions.update(new)
+        self._partitions = self._partitions | frozenset(new)
         log.info("webhook attempts feed: reading %s partitions %s from the beginning", self.topic, new)
 
 
@@ -687,9 +755,10 @@ def redelivery_headers(headers: Iterable[tuple[str, bytes | None]], at: datetime
 class Redeliverer:
     """Produce operator copies of dispatch records, found by their coordinates.
 
-    ``start()`` creates the producer, ``stop()`` flushes and closes it.  Each ``redeliver()``
-    reads with a short-lived consumer on a worker thread (assigned to the exact partitions and
-    offsets; never in a group, never committing).  ``client_overrides`` are librdkafka settings
+    ``start()`` creates the producer, ``stop()`` flushes and closes it (a ``producer`` given
+    here is used as it is and left open).  Each ``redeliver()`` reads with a short-lived
+    consumer on a worker thread (assigned to the exact partitions and offsets; never in a
+    group, never committing).  ``client_overrides`` are librdkafka settings
     named ``producer.<key>``, ``consumer.<key>`` or ``client.<key>``.
     """
 
@@ -703,6 +772,7 @@ class Redeliverer:
         produce_timeout_s: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         consumer_factory: ConsumerFactory = confluent_kafka.Consumer,
+        producer: OutputProducer | None = None,
     ) -> None:
         self.dispatch_topic = dispatch_topic
         self._bootstrap_servers = bootstrap_servers
@@ -711,9 +781,11 @@ class Redeliverer:
         self._produce_timeout_s = produce_timeout_s
         self._clock = clock
         self._consumer_factory = consumer_factory
-        self._producer: AsyncProducer | None = None
+        self._producer: OutputProducer | None = producer
+        self._owned: AsyncProducer | None = None
 
     async def start(self) -> None:
+        """Create the producer (unless one was given)."""
         if self._producer is not None:
             return
         conf = producer_config(self._bootstrap_servers, self._overrides)
@@ -722,12 +794,14 @@ class Redeliverer:
         conf["message.timeout.ms"] = max(1, int(self._produce_timeout_s * 1000))
         producer = AsyncProducer(conf)
         await producer.start()
-        self._producer = producer
+        self._producer = self._owned = producer
 
     async def stop(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop(timeout_s=self._produce_timeout_s)
+        """Flush and close the producer this created (a given one is left to its owner)."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            self._producer = None
+            await owned.stop(timeout_s=self._produce_timeout_s)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -791,39 +865,62 @@ class Redeliverer:
     # ------------------------------------------------------------------------ worker thread
 
     def _fetch(self, jobs: Sequence[JobRef]) -> tuple[list[_Fetched], list[JobRef]]:
+        """Runs on a worker thread; a transient broker error (a leader moving) is tried again."""
+        deadline = time.monotonic() + self._fetch_timeout_s
+        backoff_s = 0.1
+        while True:
+            try:
+                return self._fetch_once(jobs, deadline)
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                transient = isinstance(error, confluent_kafka.KafkaError) and (
+                    error.retriable() or error.code() in _TRANSIENT
+                )
+                if not transient or time.monotonic() + backoff_s > deadline:
+                    raise BrokerError(f"redelivery: reading dispatch records failed: {exc}") from exc
+            time.sleep(backoff_s)  # a worker thread, waiting for the cluster to settle
+            backoff_s = min(backoff_s * 2, 2.0)
+
+    def _fetch_once(self, jobs: Sequence[JobRef], deadline: float) -> tuple[list[_Fetched], list[JobRef]]:
         conf = _reader_conf(self._bootstrap_servers, "webhook-redeliver", self._overrides)
         conf["enable.partition.eof"] = True
         try:
             consumer = self._consumer_factory(conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"redelivery: cannot create consumer: {exc}") from exc
-        deadline = time.monotonic() + self._fetch_timeout_s
         fetched: list[_Fetched] = []
         missing: list[JobRef] = []
         try:
-            for (topic, partition), offsets in _by_partition(jobs):
-                found, gone = self._fetch_partition(consumer, topic, partition, offsets, deadline)
+            groups = list(_by_partition(jobs))
+            # Where each partition starts and ends, asked before any fetch keeps the connection busy.
+            bounds = {tp: self._bounds(consumer, tp, deadline) for tp, _ in groups}
+            for (topic, partition), offsets in groups:
+                found, gone = self._fetch_partition(
+                    consumer, topic, partition, offsets, bounds[(topic, partition)], deadline
+                )
                 fetched.extend(found)
                 missing.extend(gone)
-        except confluent_kafka.KafkaException as exc:
-            raise BrokerError(f"redelivery: reading dispatch records failed: {exc}") from exc
         finally:
             consumer.close()
         return fetched, missing
 
     def _fetch_partition(
-        self, consumer: Any, topic: str, partition: int, offsets: list[int], deadline: float
+        self,
+        consumer: Any,
+        topic: str,
+        partition: int,
+        offsets: list[int],
+        bounds: tuple[int, int] | None,
+        deadline: float,
     ) -> tuple[list[_Fetched], list[JobRef]]:
         """The records at ``offsets`` (ascending) of one partition, and the offsets not there.
 
         Reads from the first wanted offset; a later one that is close is reached by reading on,
         a far one by assigning the partition again at that offset.
         """
-        if not self._partition_exists(consumer, topic, partition, deadline):
+        if bounds is None:
             return [], [JobRef(topic, partition, o) for o in offsets]
-        low, high = consumer.get_watermark_offsets(
-            confluent_kafka.TopicPartition(topic, partition), timeout=_remaining(deadline), cached=False
-        )
+        low, high = bounds
         wanted = frozenset(offsets)
         found: dict[int, _Fetched] = {}
         gone: list[int] = []
@@ -867,10 +964,17 @@ class Redeliverer:
                 gone.append(target)  # passed without being seen: removed (compaction, aborted write)
         return [found[o] for o in sorted(found)], [JobRef(topic, partition, o) for o in gone]
 
-    def _partition_exists(self, consumer: Any, topic: str, partition: int, deadline: float) -> bool:
+    def _bounds(self, consumer: Any, tp: tuple[str, int], deadline: float) -> tuple[int, int] | None:
+        """The partition's (low, high) watermarks, or None when it does not exist."""
+        topic, partition = tp
         metadata = consumer.list_topics(topic, timeout=_remaining(deadline))
         found = metadata.topics.get(topic)
-        return found is not None and found.error is None and partition in found.partitions
+        if found is None or found.error is not None or partition not in found.partitions:
+            return None
+        low, high = consumer.get_watermark_offsets(
+            confluent_kafka.TopicPartition(topic, partition), timeout=_remaining(deadline), cached=False
+        )
+        return int(low), int(high)
 
 
 def _by_partition(jobs: Sequence[JobRef]) -> Iterator[tuple[tuple[str, int], list[int]]]:

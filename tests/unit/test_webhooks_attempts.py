@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
+import confluent_kafka
 import pytest
 
 from processors.errors import ConfigError
+from processors.runtime.message import OutRecord
 from processors.webhooks.attempts import (
+    AttemptsFeed,
     AttemptsView,
     DeliveryAttempt,
     FailedMessage,
     JobRef,
+    Redeliverer,
     RedeliveryReport,
     redelivery_headers,
 )
@@ -364,3 +372,356 @@ def test_report_json_counts_and_names() -> None:
         "missing_jobs": [{"topic": DISPATCH, "partition": 1, "offset": 99}],
         "mismatched_jobs": [],
     }
+
+
+# ------------------------------------------------------------------------------ fakes of the Kafka clients
+
+
+@dataclass
+class FakeMessage:
+    topic_: str
+    partition_: int
+    offset_: int
+    key_: bytes | None = None
+    value_: bytes | None = None
+    headers_: list[tuple[str, bytes | None]] = field(default_factory=list)
+    error_: Any = None
+
+    def error(self) -> Any:
+        return self.error_
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return self.headers_
+
+
+class Eof:
+    def code(self) -> int:
+        return confluent_kafka.KafkaError._PARTITION_EOF
+
+    def fatal(self) -> bool:
+        return False
+
+    def str(self) -> str:
+        return "end of partition"
+
+
+@dataclass
+class FakeLog:
+    """Partitions of records by offset (gaps allowed), with their log start and end."""
+
+    records: dict[tuple[str, int], dict[int, FakeMessage]] = field(default_factory=dict)
+    low: dict[tuple[str, int], int] = field(default_factory=dict)
+    high: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def write(self, topic: str, partition: int, offset: int, sub: str, webhook_id: str) -> FakeMessage:
+        key, value, headers = (
+            f"{sub}|{webhook_id}".encode(),
+            f'{{"w":"{webhook_id}"}}'.encode(),
+            [
+                ("content-type", b"application/json"),
+                ("x-subscription-id", sub.encode()),
+                ("x-webhook-id", webhook_id.encode()),
+                ("x-original-offset", b"1"),
+            ],
+        )
+        msg = FakeMessage(topic, partition, offset, key, value, headers)
+        self.records.setdefault((topic, partition), {})[offset] = msg
+        self.high[(topic, partition)] = max(self.high.get((topic, partition), 0), offset + 1)
+        return msg
+
+    def metadata(self, topic: str) -> Any:
+        partitions = {p: None for t, p in self.high if t == topic}
+        return SimpleNamespace(
+            topics={topic: SimpleNamespace(error=None, partitions=partitions)} if partitions else {}
+        )
+
+
+class FakeConsumer:
+    def __init__(self, log: FakeLog, conf: dict[str, Any]) -> None:
+        self.log = log
+        self.conf = conf
+        self.assigned: list[tuple[str, int, int]] = []
+        self.closed = False
+        self._at: tuple[str, int, int] | None = None
+        self._eof_sent = False
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return self.log.metadata(topic)
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        key = (tp.topic, tp.partition)
+        return self.log.low.get(key, 0), self.log.high[key]
+
+    def assign(self, tps: list[Any]) -> None:
+        (tp,) = tps
+        self._at = (tp.topic, tp.partition, tp.offset)
+        self._eof_sent = False
+        self.assigned.append(self._at)
+
+    def consume(self, num: int, timeout: float) -> list[FakeMessage]:
+        assert self._at is not None
+        topic, partition, position = self._at
+        key = (topic, partition)
+        found = sorted(
+            o for o in self.log.records.get(key, {}) if o >= max(position, self.log.low.get(key, 0))
+        )
+        batch = [self.log.records[key][o] for o in found[:num]]
+        if batch:
+            self._at = (topic, partition, batch[-1].offset_ + 1)
+            return list(batch)
+        if self._eof_sent:
+            return []
+        self._eof_sent = True
+        return [FakeMessage(topic, partition, self.log.high[key], error_=Eof())]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[OutRecord] = []
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        self.sent.extend(records)
+
+
+def redeliverer(log: FakeLog, producer: FakeProducer, consumers: list[FakeConsumer]) -> Redeliverer:
+    def factory(conf: dict[str, Any]) -> FakeConsumer:
+        consumer = FakeConsumer(log, conf)
+        consumers.append(consumer)
+        return consumer
+
+    return Redeliverer(
+        "unused:9092",
+        DISPATCH,
+        consumer_factory=factory,
+        producer=producer,
+        clock=lambda: datetime(2025, 3, 2, tzinfo=UTC),
+    )
+
+
+# ------------------------------------------------------------------------------ redeliverer
+
+
+async def test_redeliver_reads_each_wanted_record_and_copies_it_once_in_coordinate_order() -> None:
+    log, producer, consumers = FakeLog(), FakeProducer(), []
+    for offset in range(3_000):
+        log.write(DISPATCH, 1, offset, "sub_1", f"msg_{offset}")
+    log.write(DISPATCH, 4, 7, "sub_1", "msg_p4")
+    jobs = [JobRef(DISPATCH, 1, o) for o in (2_500, 10, 600, 20, 10)] + [JobRef(DISPATCH, 4, 7)]
+
+    report = await redeliverer(log, producer, consumers).redeliver(jobs, expect_subscription="sub_1")
+
+    assert report.redelivered == ("msg_10", "msg_20", "msg_600", "msg_2500", "msg_p4")
+    assert report.missing == ()
+    assert [r.value for r in producer.sent] == [
+        log.records[(DISPATCH, p)][o].value_ for p, o in ((1, 10), (1, 20), (1, 600), (1, 2_500), (4, 7))
+    ]
+    assert {r.topic for r in producer.sent} == {DISPATCH}
+    assert producer.sent[0].key == b"sub_1|msg_10"
+    assert producer.sent[0].headers == [
+        ("content-type", b"application/json"),
+        ("x-subscription-id", b"sub_1"),
+        ("x-webhook-id", b"msg_10"),
+        ("x-redelivery", b"operator"),
+        ("x-redelivered-at", b"2025-03-02T00:00:00.000Z"),
+    ]
+    # 600 was read on to from 10; 2500 is far: the partition was assigned again there.
+    (consumer,) = consumers
+    assert consumer.assigned == [(DISPATCH, 1, 10), (DISPATCH, 1, 2_500), (DISPATCH, 4, 7)]
+    assert consumer.closed
+    assert consumer.conf["enable.auto.commit"] is False
+
+
+async def test_redeliver_reports_records_that_are_gone_and_copies_the_rest() -> None:
+    log, producer, consumers = FakeLog(), FakeProducer(), []
+    for offset in range(10):
+        if offset != 5:  # compacted away
+            log.write(DISPATCH, 0, offset, "sub_1", f"msg_{offset}")
+    log.low[(DISPATCH, 0)] = 2  # 0 and 1 deleted by retention
+    log.write(DISPATCH, 2, 0, "sub_other", "msg_foreign")
+    jobs = [
+        JobRef(DISPATCH, 0, 1),
+        JobRef(DISPATCH, 0, 5),
+        JobRef(DISPATCH, 0, 6),
+        JobRef(DISPATCH, 0, 9),
+        JobRef(DISPATCH, 0, 10_000),
+        JobRef(DISPATCH, 2, 0),
+        JobRef(DISPATCH, 5, 3),  # no such partition
+        JobRef("no.such.topic", 0, 3),
+    ]
+
+    report = await redeliverer(log, producer, consumers).redeliver(jobs, expect_subscription="sub_1")
+
+    assert report.redelivered == ("msg_6", "msg_9")
+    assert sorted(report.missing) == sorted(
+        [
+            JobRef(DISPATCH, 0, 1),
+            JobRef(DISPATCH, 0, 5),
+            JobRef(DISPATCH, 0, 10_000),
+            JobRef(DISPATCH, 5, 3),
+            JobRef("no.such.topic", 0, 3),
+        ]
+    )
+    assert report.mismatched == (JobRef(DISPATCH, 2, 0),)
+    assert [r.value for r in producer.sent] == [b'{"w":"msg_6"}', b'{"w":"msg_9"}']
+
+
+async def test_redeliver_of_nothing_reads_and_copies_nothing() -> None:
+    log, producer, consumers = FakeLog(), FakeProducer(), []
+    report = await redeliverer(log, producer, consumers).redeliver([])
+    assert report == RedeliveryReport()
+    assert consumers == []
+    assert producer.sent == []
+
+
+# ------------------------------------------------------------------------------ feed
+
+
+class FeedLog:
+    """A delivery-log topic for the feed's fake clients; ``hold`` stops handing records out."""
+
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.records: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+        self.hold = False
+
+    def metadata(self, topic: str, timeout: float) -> Any:
+        found = dict.fromkeys(self.records) if topic == self.topic else {}
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions=found)})
+
+
+class FeedConsumer:
+    def __init__(self, log: FeedLog) -> None:
+        self.log = log
+        self.positions: dict[int, int] = {}
+        self.closed = False
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return self.log.metadata(topic, timeout)
+
+    def incremental_assign(self, tps: list[Any]) -> None:
+        for tp in tps:
+            assert tp.offset == confluent_kafka.OFFSET_BEGINNING
+            self.positions[tp.partition] = 0
+
+    def consume(self, num: int, timeout: float) -> list[FakeMessage]:
+        batch: list[FakeMessage] = []
+        if not self.log.hold:
+            for partition, position in self.positions.items():
+                for offset in range(position, len(self.log.records[partition])):
+                    batch.append(
+                        FakeMessage(
+                            self.log.topic, partition, offset, value_=self.log.records[partition][offset]
+                        )
+                    )
+                self.positions[partition] = len(self.log.records[partition])
+        if not batch:
+            time.sleep(timeout)  # what a real consume does when there is nothing to hand out
+        return batch
+
+    def position(self, tps: list[Any]) -> list[Any]:
+        return [
+            SimpleNamespace(partition=tp.partition, offset=self.positions.get(tp.partition, -1001))
+            for tp in tps
+        ]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FeedAdmin:
+    def __init__(self, log: FeedLog) -> None:
+        self.log = log
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return self.log.metadata(topic, timeout)
+
+    def list_offsets(
+        self, specs: dict[Any, Any], **_kwargs: Any
+    ) -> dict[Any, concurrent.futures.Future[Any]]:
+        answers: dict[Any, concurrent.futures.Future[Any]] = {}
+        for tp, spec in specs.items():
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            latest = type(spec).__name__ == "LatestSpec"
+            future.set_result(SimpleNamespace(offset=len(self.log.records[tp.partition]) if latest else 0))
+            answers[tp] = future
+        return answers
+
+
+def feed_over(log: FeedLog, view: AttemptsView) -> tuple[AttemptsFeed, list[FeedConsumer]]:
+    consumers: list[FeedConsumer] = []
+
+    def consumer_factory(conf: dict[str, Any]) -> FeedConsumer:
+        assert conf["enable.auto.commit"] is False
+        consumers.append(FeedConsumer(log))
+        return consumers[-1]
+
+    feed = AttemptsFeed(
+        "unused:9092",
+        log.topic,
+        view,
+        poll_timeout_ms=5,
+        consumer_factory=consumer_factory,
+        admin_factory=lambda _conf: FeedAdmin(log),
+    )
+    return feed, consumers
+
+
+async def test_feed_is_caught_up_once_every_record_at_the_call_is_in_the_view() -> None:
+    log = FeedLog("deliveries", 3)
+    log.records[0] += [record("msg_a", offset=0), record("msg_b", offset=1)]
+    log.records[2] += [b"garbage", record("msg_c", sub="sub_2")]
+    view = AttemptsView()
+    feed, consumers = feed_over(log, view)
+    assert not await feed.wait_caught_up(1.0)  # not started
+
+    await feed.start()
+    try:
+        assert await feed.wait_caught_up(30.0)
+        assert [a.webhook_id for a in view.for_endpoint("sub_1")] == ["msg_b", "msg_a"]
+        assert [a.webhook_id for a in view.for_endpoint("sub_2")] == ["msg_c"]
+        assert view.skipped == 1
+        assert feed.partitions == [0, 1, 2]
+
+        log.records[1].append(record("msg_d", at=T0 + timedelta(minutes=1)))
+        assert await feed.wait_caught_up(30.0)
+        assert view.for_endpoint("sub_1")[0].webhook_id == "msg_d"
+    finally:
+        await feed.stop()
+    assert consumers[0].closed
+    assert not await feed.wait_caught_up(1.0)  # stopped
+
+
+async def test_feed_that_cannot_reach_the_end_says_it_is_not_caught_up() -> None:
+    log = FeedLog("deliveries", 1)
+    view = AttemptsView()
+    feed, _ = feed_over(log, view)
+    await feed.start()
+    try:
+        assert await feed.wait_caught_up(30.0)  # an empty topic
+        log.hold = True
+        log.records[0].append(record("msg_late"))
+        assert not await feed.wait_caught_up(0.2)
+        assert view.latest("sub_1", "msg_late") is None
+        log.hold = False
+        assert await feed.wait_caught_up(30.0)
+        assert view.latest("sub_1", "msg_late") is not None
+    finally:
+        await feed.stop()
