@@ -136,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run integration apps until SIGTERM/SIGINT")
-    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc)")
+    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc, webhooks)")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--topics-file", help="default: ./topics.yaml")
     run.add_argument(
         "--api",
         action="store_true",
-        help="serve the HTTP API: inbound webhooks, /healthz, /readyz, /api/v1/status, /metrics "
+        help="serve the HTTP API: inbound webhooks, /healthz, /readyz, /api/v1/status, /metrics, "
+        "and with the webhooks app the partner subscription and operator routes "
         "(default: $PROCESSORS_API__ENABLED)",
     )
     run.add_argument("--api-host", help="interface of the API (default: $PROCESSORS_API__HOST or 127.0.0.1)")
