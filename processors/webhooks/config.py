@@ -50,5 +50,4 @@ class WebhooksSettings(BaseModel):
     @field_validator("allow")
     @classmethod
     def _entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        cleaned = tuple(v.strip() for v in value if v.strip())
-        return cleaned
+        return tuple(v.strip() for v in value if v.strip())
