@@ -36,6 +36,7 @@ from processors.errors import ContractError, Permanent, Retriable, ValidationFai
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, EndpointUnavailable
+from processors.resilience.retry import RetriesExhausted
 from processors.runtime.app import PendingReader
 from processors.runtime.failures import H, describe_error
 from processors.runtime.message import KafkaMessage, OutRecord, header_value
@@ -359,23 +360,25 @@ class WebhooksApp:
             unavailable = Retriable("deferred: the endpoint's circuit breaker is open")
             self._note_failure(sub, endpoint)
             return self._failed(msg, job, coordinates, unavailable, attempt=0, host=host, sent=False)
-        except AddressRefused as exc:
-            return self._failed(
-                msg, job, coordinates, exc, attempt=attempt, host=host, sent=False, status="refused"
-            )
-        except _Gone as exc:
-            return self._gone(msg, job, coordinates, sub, endpoint, exc, attempt, host, started)
-        except _NotDelivered as exc:
+        except (Retriable, Permanent) as raised:
+            # One attempt per delivery: the retry policy's "exhausted" wraps what happened.
+            cause = raised.__cause__ if isinstance(raised, RetriesExhausted) else None
+            exc = cause if isinstance(cause, (Retriable, Permanent)) else raised
+            if isinstance(exc, AddressRefused):
+                return self._failed(
+                    msg, job, coordinates, exc, attempt=attempt, host=host, sent=False, status="refused"
+                )
+            if isinstance(exc, _Gone):
+                return self._gone(msg, job, coordinates, sub, endpoint, exc, attempt, host, started)
+            answer = exc.response if isinstance(exc, _NotDelivered) else None
             records = self._failed(
                 msg, job, coordinates, exc, attempt=attempt, host=host, sent=True,
-                http_status=exc.response.status, latency_ms=_ms(started),
-                response_excerpt=excerpt(exc.response.body, self.settings.response_excerpt_chars),
+                http_status=answer.status if answer is not None else None,
+                latency_ms=_ms(started),
+                response_excerpt=(
+                    excerpt(answer.body, self.settings.response_excerpt_chars) if answer is not None else None
+                ),
             )  # fmt: skip
-            return [*records, *self._note_failure(sub, endpoint, host=host, job=job, coordinates=coordinates)]
-        except (Retriable, Permanent) as exc:
-            records = self._failed(
-                msg, job, coordinates, exc, attempt=attempt, host=host, sent=True, latency_ms=_ms(started)
-            )
             return [*records, *self._note_failure(sub, endpoint, host=host, job=job, coordinates=coordinates)]
         finally:
             endpoint.in_flight -= 1
