@@ -61,13 +61,15 @@ def replay_headers(headers: Headers | None, *, now: datetime | None = None) -> H
         H.ATTEMPTS: b"0",
     }
     last: dict[str, bytes] = {}
-    for name, value in headers or ():
+    # A replayed record starts its retry schedule again from where it is placed.
+    headers = [(name, value) for name, value in headers or () if name != H.RETRY_HOPS]
+    for name, value in headers:
         if name in PROVENANCE_HEADERS:
             last[name] = value if value is not None else b""
     last.update(overrides)
     out: HeaderList = []
     placed: set[str] = set()
-    for name, value in headers or ():
+    for name, value in headers:
         if name not in PROVENANCE_HEADERS:
             out.append((name, value if value is not None else b""))
         elif name not in placed:

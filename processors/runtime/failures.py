@@ -40,6 +40,9 @@ class H:
     ERROR_CLASS = "x-error-class"
     ERROR_MESSAGE = "x-error-message"
     REPLAY_COUNT = "x-replay-count"
+    RETRY_HOPS = "x-retry-hops"
+    """How many times the record itself failed into a retry tier (a record forwarded behind an
+    earlier one of its key sits in that one's tier without having failed)."""
 
 
 PROVENANCE_HEADERS = frozenset(v for k, v in vars(H).items() if k.isupper())

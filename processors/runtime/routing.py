@@ -218,6 +218,7 @@ class RetryRouter:
             message=message,
             attempts=_int(header_value(msg.headers(), H.ATTEMPTS)),
             due_s=queue.head_due_s,
+            hops=self._own_hops(msg),
         )
 
     def already_in_retry(self, msg: KafkaMessage) -> bool:
@@ -264,18 +265,45 @@ class RetryRouter:
                 attempts=total_attempts,
                 due_s=due_s,
                 group=group,
+                hops=tier.index + 1,
             )
         replays = _int(header_value(msg.headers(), H.REPLAY_COUNT))
         topic = self.topics.parked if replays >= self.replay_limit > 0 else self.topics.dlq
         if key is not None:
             self.gate.done(rid, key)
         return self._record(
-            msg, topic=topic, error_class=error_class, message=message, attempts=total_attempts, group=group
+            msg,
+            topic=topic,
+            error_class=error_class,
+            message=message,
+            attempts=total_attempts,
+            group=group,
+            hops=self._own_hops(msg),
         )
 
+    def _own_hops(self, msg: KafkaMessage) -> int:
+        """How many tiers the record itself failed into (``x-retry-hops``).
+
+        Without the header (a source record, or a tier record written before the header
+        existed) a tier record counts as having failed into every tier up to its own.
+        """
+        value = header_value(msg.headers(), H.RETRY_HOPS)
+        if value is not None and value.isdigit():
+            return int(value)
+        tier = self._tier_topics.get(msg.topic() or "")
+        return tier.index + 1 if tier is not None else 0
+
     def _next_tier(self, msg: KafkaMessage, exc: Retriable) -> RetryTier | None:
+        """The record's own next tier, never shallower than the tier it waits in.
+
+        A record forwarded behind an earlier event of its key waits in that event's tier; when
+        it then fails itself, it stays at that tier's delay rather than jumping one deeper, so
+        a key whose events fail now and then does not drift down to the longest tier.
+        """
         current = self._tier_topics.get(msg.topic() or "")
-        tier = self.topics.next_tier(current)
+        index = max(self._own_hops(msg), current.index if current is not None else 0)
+        tiers = self.topics.retry_tiers
+        tier = tiers[index] if index < len(tiers) else None
         wanted_ms = (exc.retry_after_s or 0.0) * 1000
         while tier is not None and tier.delay_ms < wanted_ms:
             following = self.topics.next_tier(tier)
@@ -294,6 +322,7 @@ class RetryRouter:
         attempts: int,
         due_s: float | None = None,
         group: str | None = None,
+        hops: int = 0,
     ) -> OutRecord:
         headers = msg.headers()
         rid = original_id(msg)
@@ -315,6 +344,7 @@ class RetryRouter:
                 (H.ERROR_CLASS, error_class.encode()),
                 (H.ERROR_MESSAGE, message.encode()),
                 (H.REPLAY_COUNT, (header_value(headers, H.REPLAY_COUNT) or "0").encode()),
+                (H.RETRY_HOPS, str(hops).encode()),
             ]
         )
         if due_s is not None:

@@ -117,3 +117,11 @@ def test_unreadable_counts_are_none() -> None:
     assert should_park([(H.REPLAY_COUNT, None)], 3)
     assert replay_count([(H.REPLAY_COUNT, b" 4 ")]) == 4
     assert replay_count(None) == 0
+
+
+def test_a_replay_starts_the_retry_schedule_again() -> None:
+    from processors.dlq.rewrite import replay_headers
+    from processors.runtime.failures import H as headers_of
+
+    out = replay_headers([(headers_of.RETRY_HOPS, b"7"), (headers_of.REPLAY_COUNT, b"0")])
+    assert headers_of.RETRY_HOPS not in [name for name, _ in out]

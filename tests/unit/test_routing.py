@@ -189,3 +189,33 @@ def test_a_source_record_redelivered_while_its_copy_is_in_retry_is_skipped() -> 
     assert router.already_in_retry(_src(11))
     assert not router.already_in_retry(_src(12))
     assert not router.already_in_retry(_moved(head.headers, "app.retry.0-5s", 0))  # the copy itself runs
+
+
+def test_a_follower_that_fails_itself_stays_at_its_heads_tier_instead_of_drifting_deeper() -> None:
+    router = RetryRouter(TOPICS, app="app")
+    head = router.failed(_src(10), Retriable("503"), group="g", attempts=1)
+    head2 = router.failed(_moved(head.headers, "app.retry.0-5s", 0), Retriable("503"), group="g", attempts=1)
+    assert head2.topic == "app.retry.1-30s"
+    assert header_value(head2.headers, H.RETRY_HOPS) == "2"
+    follower = router.follow(_src(11))
+    assert follower is not None
+    assert follower.topic == "app.retry.1-30s"
+    assert header_value(follower.headers, H.RETRY_HOPS) == "0"  # waiting, not failed
+    router.succeeded(_moved(head2.headers, "app.retry.1-30s", 0))
+    # Its own first failure: the tier it waits in, not one deeper.
+    own = router.failed(
+        _moved(follower.headers, "app.retry.1-30s", 1), Retriable("503"), group="g", attempts=1
+    )
+    assert own.topic == "app.retry.1-30s"
+    assert header_value(own.headers, H.RETRY_HOPS) == "2"
+    # Failing again from there moves on as usual, and the tiers still run out.
+    deeper = router.failed(_moved(own.headers, "app.retry.1-30s", 2), Retriable("503"), group="g", attempts=1)
+    assert deeper.topic == "app.retry.2-5m"
+    last = router.failed(_moved(deeper.headers, "app.retry.2-5m", 3), Retriable("503"), group="g", attempts=1)
+    assert last.topic == "app.dlq"
+
+
+def test_a_tier_record_without_the_hops_header_counts_its_tier_as_its_own() -> None:
+    router = RetryRouter(TOPICS, app="app")
+    legacy = StaticMessage("app.retry.1-30s", 2, 4, b"K", b"v", ((H.ORIGINAL_TOPIC, b"src"),))
+    assert router.failed(legacy, Retriable("503"), group="g", attempts=1).topic == "app.retry.2-5m"
