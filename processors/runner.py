@@ -175,6 +175,7 @@ def build_webhooks_app(
         max_response_bytes=hooks.max_response_bytes,
         max_connections=hooks.engine.max_concurrency,
         max_connections_per_host=hooks.max_connections_per_host,
+        address_cache_s=hooks.address_cache_s,
     )
     return WebhooksApp(
         codec=codec,

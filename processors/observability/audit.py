@@ -26,13 +26,14 @@ pattern scrubber in validators, and every way of building one (the constructor,
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, Protocol, Self
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -134,6 +135,14 @@ def _trace_id(value: Any) -> Any:
     raise ValueError("trace_id must be 32 lower-case hex digits (use trace_id_from_traceparent)")
 
 
+def _new_audit_id() -> UUID:
+    """A random (version 4) UUID without a system call per event: audit ids are unique, not secret."""
+    return UUID(int=_ids.getrandbits(128), version=4)
+
+
+_ids = random.Random()
+
+
 class AuditEvent(BaseModel):
     """One external interaction, redacted.
 
@@ -147,7 +156,7 @@ class AuditEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     event_type: Literal["integration.interaction"] = AUDIT_EVENT_TYPE
-    audit_id: UUID = Field(default_factory=uuid4)
+    audit_id: UUID = Field(default_factory=_new_audit_id)
     occurred_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
     app: Label
     direction: Direction

@@ -91,6 +91,11 @@ class AsyncProducer:
 
     async def send(self, record: OutRecord) -> None:
         """Produce ``record``; return when the broker acknowledged it, raise BrokerError if it failed."""
+        future = await self._produce(record)
+        await future
+
+    async def _produce(self, record: OutRecord) -> asyncio.Future[None]:
+        """Hand ``record`` to librdkafka; the returned future resolves on the broker's answer."""
         loop = self._loop
         if loop is None:
             raise BrokerError("producer not started")
@@ -112,19 +117,20 @@ class AsyncProducer:
                     on_delivery=on_delivery,
                     **extra,
                 )
-                break
+                return future
             except BufferError:
                 # Local queue full: wait for deliveries to drain it instead of failing.
                 await asyncio.sleep(self._poll_interval_s)
             except confluent_kafka.KafkaException as exc:
                 raise BrokerError(f"produce to {record.topic} failed: {exc}") from exc
-        await future
 
     async def send_all(self, records: list[OutRecord]) -> None:
-        if len(records) == 1:
-            await self.send(records[0])
-        elif records:
-            await asyncio.gather(*(self.send(r) for r in records))
+        """Produce every record (in order), then wait for all acknowledgements."""
+        futures = [await self._produce(record) for record in records]
+        if len(futures) == 1:
+            await futures[0]
+        elif futures:
+            await asyncio.gather(*futures)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         if self._producer is None:

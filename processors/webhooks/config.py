@@ -45,6 +45,9 @@ class WebhooksSettings(BaseModel):
     response_excerpt_chars: int = Field(default=256, ge=0, le=4_096)
     max_response_bytes: int = Field(default=64 * 1024, ge=1_024)
     max_connections_per_host: int = Field(default=100, ge=1)
+    address_cache_s: float = Field(default=30.0, ge=0)
+    """A partner host's checked DNS answer is reused this long (0: resolve for every delivery).
+    Only addresses that passed the SSRF guard are ever cached or connected to."""
     engine: EngineSettings = Field(default_factory=_webhook_engine)
 
     @field_validator("allow")

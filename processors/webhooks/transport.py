@@ -17,6 +17,8 @@ import asyncio
 import contextvars
 import socket
 import ssl
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -27,6 +29,7 @@ from processors.adapters.http import ConnectFailed, HttpRequest, HttpResponse, H
 from processors.webhooks.ssrf import (
     AddressRefused,
     HostResolver,
+    ParsedTarget,
     SsrfPolicy,
     check_url,
     resolve_checked,
@@ -36,6 +39,8 @@ __all__ = ["WEBHOOK_TIMEOUTS", "PinnedTransport"]
 
 WEBHOOK_TIMEOUTS = TimeoutSettings(connect_timeout_s=5.0, read_timeout_s=15.0)
 """Partner endpoints should answer quickly; a slow one must not hold a delivery slot for long."""
+
+_MAX_CACHED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +110,11 @@ class PinnedTransport:
         max_connections_per_host: int = 100,
         resolver: HostResolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        address_cache_s: float = 0.0,
     ) -> None:
+        """``address_cache_s`` > 0 reuses a host's *checked* addresses for that long instead of
+        resolving it for every request (connections still go only to addresses that passed the
+        guard, so this does not open the door to DNS rebinding)."""
         if max_response_bytes < 0:
             raise ValueError("max_response_bytes must be >= 0")
         if max_connections < 1 or max_connections_per_host < 1:
@@ -121,6 +130,12 @@ class PinnedTransport:
         self._resolver = resolver
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        if address_cache_s < 0:
+            raise ValueError("address_cache_s must be >= 0")
+        self.address_cache_s = address_cache_s
+        self._targets: dict[str, ParsedTarget] = {}
+        """URL checks already made (the policy does not change): parsing is not repeated per request."""
+        self._addresses: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,7 +182,12 @@ class PinnedTransport:
         carry a token.
         """
         limits = timeouts if timeouts is not None else self.timeouts
-        target = check_url(request.url, self.policy)
+        target = self._targets.get(request.url)
+        if target is None:
+            target = check_url(request.url, self.policy)  # raises for a refused URL: never cached
+            if len(self._targets) >= _MAX_CACHED:
+                self._targets.clear()
+            self._targets[request.url] = target
         where = f"{request.method} {target.origin}"
         if self._session is None:
             await self.start()
@@ -179,6 +199,24 @@ class PinnedTransport:
         except TimeoutError as exc:
             raise HttpTimeout(f"{where}: timed out") from exc
 
+    async def _checked_addresses(
+        self, host: str, port: int, limits: TimeoutSettings, where: str
+    ) -> Sequence[str]:
+        now = time.monotonic()
+        cached = self._addresses.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            async with asyncio.timeout(limits.connect_timeout_s):
+                addresses = await resolve_checked(host, port, self.policy, self._resolver)
+        except TimeoutError as exc:
+            raise HttpTimeout(f"{where}: resolving the host timed out") from exc
+        if self.address_cache_s > 0:
+            if len(self._addresses) >= _MAX_CACHED:
+                self._addresses.clear()
+            self._addresses[(host, port)] = (now + self.address_cache_s, tuple(addresses))
+        return addresses
+
     async def _exchange(
         self,
         session: aiohttp.ClientSession,
@@ -188,11 +226,7 @@ class PinnedTransport:
         limits: TimeoutSettings,
         where: str,
     ) -> HttpResponse:
-        try:
-            async with asyncio.timeout(limits.connect_timeout_s):
-                addresses = await resolve_checked(host, port, self.policy, self._resolver)
-        except TimeoutError as exc:
-            raise HttpTimeout(f"{where}: resolving the host timed out") from exc
+        addresses = await self._checked_addresses(host, port, limits, where)
 
         headers = dict(request.headers)
         if not any(name.lower() == "accept-encoding" for name in headers):

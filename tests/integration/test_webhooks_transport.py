@@ -324,3 +324,19 @@ def test_loopback_allowance_is_what_lets_local_servers_through() -> None:
     # Guard for the tests above: without the allowance 127.0.0.1 is refused.
     assert not SsrfPolicy().allows_address(ipaddress.ip_address("127.0.0.1"))
     assert LOOPBACK.allows_address(ipaddress.ip_address("127.0.0.1"))
+
+
+async def test_a_checked_answer_can_be_reused_for_a_while_and_only_checked_ones_are(partner: Partner) -> None:
+    resolver = CountingResolver(["127.0.0.1"], ["169.254.169.254"])
+    url = partner.url("/hook", host="cached.example")
+    async with PinnedTransport(policy=LOOPBACK, resolver=resolver, address_cache_s=3600) as transport:
+        for _ in range(3):
+            assert (await transport.send(post(url))).status == 200
+    assert len(resolver.calls) == 1  # the checked loopback answer was reused, the metadata one never asked
+    refusing = CountingResolver(["169.254.169.254"], ["127.0.0.1"])
+    async with PinnedTransport(policy=LOOPBACK, resolver=refusing, address_cache_s=3600) as transport:
+        with pytest.raises(AddressRefused):
+            await transport.send(post(partner.url("/hook", host="refused.example")))
+        # A refused answer is not cached: the next request asks again (and gets a good one).
+        assert (await transport.send(post(partner.url("/hook", host="refused.example")))).status == 200
+    assert len(refusing.calls) == 2
