@@ -5,6 +5,10 @@ A broker (``$KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded one), the topic
 events (some declined, some pending) plus four invalid messages; then every result and dead
 letter as it arrives, a summary, and exit 0 only if every event is accounted for and the
 gateway charged each idempotency key exactly once.
+
+Alongside, the webhooks app delivers the same events to three sandbox partners (healthy,
+flaky, and one answering 410 Gone); the summary shows what each received and that the 410
+endpoint was disabled.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
     from processors.devbroker import BrokerKind, provide_broker
     from processors.runner import Runner
     from processors.sandbox.gateway import GatewayConfig
+    from processors.sandbox.partners import PartnerSandbox
     from processors.sandbox.server import SandboxServer
     from processors.settings import load_settings
     from processors.topics.admin import apply
@@ -126,17 +131,24 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             None, lambda: apply({"bootstrap.servers": bootstrap}, catalogue, replication_factor=1)
         )
         print(f"topics      {len(catalogue.topics)} in topics.yaml, {len(changes)} changes applied")
-        async with SandboxServer(gateway=GatewayConfig(latency_ms=10, seed=1)) as sandbox:
+        async with (
+            SandboxServer(gateway=GatewayConfig(latency_ms=10, seed=1)) as sandbox,
+            PartnerSandbox() as partners,
+        ):
             print(f"sandbox     payment gateway at {sandbox.url}")
             overrides = {f"consumer.{k}": v for k, v in info.client_overrides().items()}
             settings = load_settings(
                 bootstrap_servers=bootstrap,
                 client_overrides=overrides,
                 payments={"gateway": {"base_url": sandbox.url}},
+                webhooks={"allow": ["127.0.0.1/32"], "ephemeral_key": True},
             )
             stop = asyncio.Event()
-            runner = Runner(settings, ["payments"], catalogue=catalogue)
-            run_task = asyncio.create_task(runner.run(stop))
+            runner = Runner(settings, ["payments", "webhooks"], catalogue=catalogue)
+            ready = asyncio.Event()
+            run_task = asyncio.create_task(runner.run(stop, on_ready=ready.set))
+            await _until_ready(ready, run_task)
+            await _subscribe_partners(runner, partners)
             mix = {"ok": 0.85, "declined": 0.07, "expired": 0.03, "pending": 0.05}
             sample = list(premium_due_stream(events, policies, seed=2024, token_mix=mix))
             sent = await loop.run_in_executor(
@@ -146,10 +158,12 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             seen = await loop.run_in_executor(
                 None, _watch, bootstrap, events, POISON, info.client_overrides()
             )
+            partners_ok = await _await_partners(partners, events, runner)
             stop.set()
             await run_task
             charges = sandbox.gateway.charges_by_key
         ok = _summary(seen, sample, charges, time.monotonic() - t0)
+        ok = _partners_summary(partners, events) and partners_ok and ok
         return 0 if ok else 1
     finally:
         await loop.run_in_executor(None, dev.stop)
@@ -235,4 +249,81 @@ def _summary(seen: dict[str, Any], sample: list[Event], charges: dict[str, int],
     print(f"  elapsed                    {elapsed_s:.1f} s")
     ok = not missing and not over_charged and len(dead) == POISON
     print(_c(_GREEN, "\nall events accounted for") if ok else _c(_RED, "\nsomething is missing: see above"))
+    return ok
+
+
+DEMO_PARTNERS = (
+    # name, behaviour, event filters
+    ("acme-brokers", {"mode": "healthy", "delay_ms": 5}, ("premium.*",)),
+    (
+        "flaky-reinsurer",
+        {"mode": "flaky", "failure_rate": 0.3, "max_consecutive_failures": 1, "seed": 7},
+        ("*",),
+    ),
+    ("moved-partner", {"mode": "gone"}, ("premium.due",)),
+)
+
+
+async def _until_ready(ready: asyncio.Event, run_task: asyncio.Task[None]) -> None:
+    waiter = asyncio.ensure_future(ready.wait())
+    await asyncio.wait({waiter, run_task}, return_when=asyncio.FIRST_COMPLETED)
+    if run_task.done():
+        run_task.result()  # start-up failed: raise its error
+    waiter.cancel()
+
+
+async def _subscribe_partners(runner: Any, partners: Any) -> None:
+    """Three partner subscriptions, written to the subscriptions topic like the API does."""
+    from datetime import UTC, datetime
+
+    from processors.sandbox.partners import PartnerBehaviour
+    from processors.webhooks.app import WebhooksApp
+    from processors.webhooks.secrets import StoredSecret, generate_secret
+    from processors.webhooks.subscriptions import Subscription, new_subscription_id
+
+    app = next(e.processor for e in runner.engines if isinstance(e.processor, WebhooksApp))
+    await app.start_store()
+    for name, behaviour, events in DEMO_PARTNERS:
+        secret = generate_secret()
+        partners.add(name, PartnerBehaviour(**behaviour), [secret])
+        sub_id = new_subscription_id()
+        stored = StoredSecret(app.box.encrypt(secret, associated=sub_id), created_at=datetime.now(UTC))
+        sub = Subscription.create(
+            id=sub_id,
+            url=partners.url(name),
+            events=list(events),
+            secrets=[stored],
+            max_concurrency=1 if behaviour["mode"] == "gone" else 10,
+            description=name,
+        )
+        await app.store.put(sub)
+        print(f"partner     {name:<16} {behaviour['mode']:<8} subscribed to {', '.join(events)}")
+
+
+async def _await_partners(partners: Any, events: int, runner: Any) -> bool:
+    """Wait (at most 60 s) until the healthy and flaky partners have every premium.due."""
+    try:
+        async with asyncio.timeout(60):
+            for name in ("acme-brokers", "flaky-reinsurer"):
+                await partners.partner(name).wait_until(lambda p: len(p.accepted_ids()) >= events)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _partners_summary(partners: Any, events: int) -> bool:
+    print("\npartner webhooks (signed; partners de-duplicate on webhook-id)")
+    ok = True
+    for name, behaviour, _ in DEMO_PARTNERS:
+        partner = partners.partner(name)
+        accepted = len(partner.accepted_ids())
+        note = ""
+        if behaviour["mode"] == "gone":
+            note = "answered 410 Gone: endpoint disabled after its first request"
+            ok = ok and partner.received_count == 1
+        else:
+            retried = partner.received_count - accepted
+            note = f"{retried} retried after a 503" if retried else ""
+            ok = ok and accepted == events and partner.invalid_signatures == 0
+        print(f"  {name:<18} {accepted:>4} delivered  {partner.received_count:>4} requests  {note}")
     return ok

@@ -8,6 +8,7 @@ transaction aborts, and a suite that silently fell back to it would hide bugs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -23,6 +24,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Undo what a test did to the logging set-up (``processors run`` installs a JSON, redacting
+    handler on the root logger): every test starts from the same logging, whatever ran before."""
+    root = logging.getLogger()
+    handlers, filters, level = list(root.handlers), list(root.filters), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    for flt in [f for f in root.filters if f not in filters]:
+        root.removeFilter(flt)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

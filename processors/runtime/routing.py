@@ -35,7 +35,27 @@ from processors.runtime.failures import H, describe_error, strip_provenance
 from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
 from processors.topics.catalogue import AppTopics, RetryTier
 
-__all__ = ["KeyQueue", "OrderingGate", "RecordId", "RetryRouter", "due_at_of", "format_time", "original_id"]
+__all__ = [
+    "Deferred",
+    "KeyQueue",
+    "OrderingGate",
+    "RecordId",
+    "RetryRouter",
+    "due_at_of",
+    "format_time",
+    "original_id",
+]
+
+
+class Deferred(Retriable):
+    """Not a failure: the record could not be tried now (its endpoint is busy) and waits in a
+    tier.  It does not count towards the record's own retries, so deferrals alone never reach
+    the dead-letter topic, and it waits at most in tier ``max_tier_index``."""
+
+    def __init__(self, message: str, *, max_tier_index: int = 0) -> None:
+        super().__init__(message)
+        self.max_tier_index = max_tier_index
+
 
 RecordId = tuple[str, int, int]
 """Where a record first entered: (topic, partition, offset) — stable across tiers and replays."""
@@ -249,6 +269,9 @@ class RetryRouter:
         rid = original_id(msg)
         tier = self._next_tier(msg, exc) if isinstance(exc, Retriable) else None
         error_class, message = describe_error(exc)
+        hops = tier.index + 1 if tier is not None else 0
+        if isinstance(exc, Deferred):
+            tier, hops = self._deferral_tier(msg, exc), self._own_hops(msg)
         if tier is not None:
             retry_after_s = exc.retry_after_s if isinstance(exc, Retriable) else None
             wait_s = max(tier.delay_ms / 1000, retry_after_s or 0.0)
@@ -265,7 +288,7 @@ class RetryRouter:
                 attempts=total_attempts,
                 due_s=due_s,
                 group=group,
-                hops=tier.index + 1,
+                hops=hops,
             )
         replays = _int(header_value(msg.headers(), H.REPLAY_COUNT))
         topic = self.topics.parked if replays >= self.replay_limit > 0 else self.topics.dlq
@@ -292,6 +315,16 @@ class RetryRouter:
             return int(value)
         tier = self._tier_topics.get(msg.topic() or "")
         return tier.index + 1 if tier is not None else 0
+
+    def _deferral_tier(self, msg: KafkaMessage, exc: Deferred) -> RetryTier | None:
+        """Where a deferred record waits: its own next tier capped at the deferral's limit, but
+        never shallower than the tier it is in (a key's copies only ever move deeper)."""
+        tiers = self.topics.retry_tiers
+        if not tiers:
+            return None
+        current = self._tier_topics.get(msg.topic() or "")
+        index = max(current.index if current is not None else 0, min(self._own_hops(msg), exc.max_tier_index))
+        return tiers[min(index, len(tiers) - 1)]
 
     def _next_tier(self, msg: KafkaMessage, exc: Retriable) -> RetryTier | None:
         """The record's own next tier, never shallower than the tier it waits in.

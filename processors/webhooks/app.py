@@ -40,7 +40,7 @@ from processors.resilience.retry import RetriesExhausted
 from processors.runtime.app import PendingReader
 from processors.runtime.failures import H, describe_error
 from processors.runtime.message import KafkaMessage, OutRecord, header_value
-from processors.runtime.routing import RetryRouter, original_id, pending_from_tiers
+from processors.runtime.routing import Deferred, RetryRouter, original_id, pending_from_tiers
 from processors.topics.catalogue import AppTopics
 from processors.webhooks.config import WebhooksSettings
 from processors.webhooks.delivery import (
@@ -327,7 +327,10 @@ class WebhooksApp:
             endpoint.in_flight >= sub.max_concurrency
             and endpoint.waiting >= self.settings.max_waiting_per_endpoint
         ):
-            busy = Retriable("deferred: the endpoint is busy (all its connections and waiting places taken)")
+            busy = Deferred(
+                "deferred: the endpoint is busy (all its connections and waiting places taken)",
+                max_tier_index=1,
+            )
             return self._failed(msg, job, coordinates, busy, attempt=0, host=host, sent=False)
 
         TRACEPARENT.set(header_value(msg.headers(), "traceparent"))

@@ -73,9 +73,9 @@ async def test_ordered_subscription_keeps_entity_order_while_the_partner_fails(
     topics_file, prefix = isolated_topics(webhooks_retry_tiers=TIERS)
     settings = webhook_settings(kafka_bootstrap, topics_file, prefix)
     runner = Runner(settings, ["webhooks"], catalogue=load_catalogue(topics_file))
-    events = [e for e in mixed_events(1_500, 20, seed=9) if e.event_type.startswith("policy.")][:400]
+    events = [e for e in mixed_events(1_000, 20, seed=9) if e.event_type.startswith("policy.")][:200]
     secret = generate_secret().get_secret_value()
-    flaky = PartnerBehaviour(mode="flaky", failure_rate=0.4, max_consecutive_failures=2, seed=21)
+    flaky = PartnerBehaviour(mode="flaky", failure_rate=0.3, max_consecutive_failures=2, seed=21)
     async with PartnerSandbox() as sandbox:
         partner = sandbox.add("ordered", flaky, [secret])
         stop, task = await started(runner)

@@ -33,7 +33,7 @@ from processors.webhooks.signing import webhook_id_for
 from processors.webhooks.subscriptions import filter_matches
 from tests.integration.helpers import Collector, header, publish, read_topics
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(540)
 
 TOKEN = "fan-out-t0ken"
 TIERS = "[1s, 2s, 3s, 5s, 10s, 20s, 10h]"
@@ -221,7 +221,7 @@ async def test_forty_partners_five_thousand_events(
                 for r in registered
                 if r.name not in ("dead", "gone")
             }
-            await all_received(healthy, timeout_s=300)
+            await all_received(healthy, timeout_s=420)
             dead_id, gone_id = by_name["dead"].id, by_name["gone"].id
             await collector.wait_for(
                 lambda _: any(json.loads(m.value())["subscription_id"] == gone_id for m in collector.on(

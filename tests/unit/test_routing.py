@@ -219,3 +219,26 @@ def test_a_tier_record_without_the_hops_header_counts_its_tier_as_its_own() -> N
     router = RetryRouter(TOPICS, app="app")
     legacy = StaticMessage("app.retry.1-30s", 2, 4, b"K", b"v", ((H.ORIGINAL_TOPIC, b"src"),))
     assert router.failed(legacy, Retriable("503"), group="g", attempts=1).topic == "app.retry.2-5m"
+
+
+def test_a_deferred_record_waits_without_using_up_its_retries() -> None:
+    from processors.runtime.routing import Deferred
+
+    router = RetryRouter(TOPICS, app="app")
+    busy = Deferred("busy", max_tier_index=1)
+    first = router.failed(_src(1), busy, group="g", attempts=0)
+    assert first.topic == "app.retry.0-5s"
+    assert header_value(first.headers, H.RETRY_HOPS) == "0"
+    moved = first
+    for offset in range(2, 12):  # deferred again and again: never deeper than tier 1, never the DLQ
+        moved = router.failed(_moved(moved.headers, moved.topic, offset), busy, group="g", attempts=0)
+        assert moved.topic == "app.retry.0-5s"
+    # A real failure after that still starts the record's own schedule at the first tier.
+    failed = router.failed(_moved(moved.headers, moved.topic, 20), Retriable("503"), group="g", attempts=1)
+    assert failed.topic == "app.retry.0-5s"
+    assert header_value(failed.headers, H.RETRY_HOPS) == "1"
+    # Deeper in its own schedule, a deferral waits in the tier it is in (copies never move back).
+    deep = StaticMessage("app.retry.2-5m", 2, 30, b"K", b"v", ((H.RETRY_HOPS, b"3"),))
+    assert router.failed(deep, busy, group="g", attempts=0).topic == "app.retry.2-5m"
+    early = StaticMessage("app.retry.0-5s", 2, 31, b"L", b"v", ((H.RETRY_HOPS, b"3"),))
+    assert router.failed(early, busy, group="g", attempts=0).topic == "app.retry.1-30s"  # capped
