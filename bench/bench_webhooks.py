@@ -35,7 +35,7 @@ from processors.adapters.http import HttpRequest
 from processors.demo import publish_events
 from processors.devbroker import BrokerInfo
 from processors.runner import Runner
-from processors.samples import mixed_events
+from processors.samples import MIXED_TYPES, mixed_events
 from processors.settings import Settings, load_settings
 from processors.webhooks.secrets import SecretBox, StoredSecret
 from processors.webhooks.signing import signature_headers
@@ -47,17 +47,7 @@ from processors.webhooks.transport import PinnedTransport
 ENDPOINTS = 100
 SECRET = "whsec_" + base64.b64encode(b"bench-partner-secret-32-bytes!!!").decode()
 KEY = base64.b64encode(b"k" * 32).decode()
-TYPES = (
-    "policy.issued",
-    "policy.endorsed",
-    "policy.renewed",
-    "policy.cancelled",
-    "premium.due",
-    "claim.reported",
-    "claim.reserved",
-    "claim.paid",
-    "claim.settled",
-)
+TYPES = MIXED_TYPES
 
 
 def _free_port() -> int:

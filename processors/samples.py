@@ -11,6 +11,7 @@ from processors.contract import Address, Event, PaymentMethod, PremiumDue, Refun
 
 __all__ = [
     "CARD_TOKENS",
+    "MIXED_TYPES",
     "mixed_events",
     "policy_id",
     "premium_due",
@@ -103,7 +104,7 @@ def premium_due_stream(
         yield premium_due(policy + 1, next_instalment[policy], token=token, rng=rng)
 
 
-_MIXED_TYPES = (
+MIXED_TYPES = (
     "policy.issued",
     "policy.endorsed",
     "policy.renewed",
@@ -126,7 +127,7 @@ def mixed_events(count: int, entities: int, *, seed: int = 11) -> Iterator[Event
 
     rng = random.Random(seed)
     for _ in range(count):
-        event_type = rng.choice(_MIXED_TYPES)
+        event_type = rng.choice(MIXED_TYPES)
         n = rng.randrange(entities) + 1
         base = EXAMPLE_PAYLOADS[event_type]
         changes: dict[str, object] = {"policy_id": policy_id(n), "policy_number": f"INS-2024-{n:06d}"}

@@ -59,6 +59,7 @@ from processors.api.inbound import (
 from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
+from processors.httpserve import listen
 from processors.observability.audit import audit_logger
 from processors.resilience.breaker import BreakerRegistry
 from processors.runtime.message import OutRecord
@@ -82,7 +83,6 @@ STATUS_PATH: Final = "/api/v1/status"
 PROVIDERS: Final = (PAYMENT_GATEWAY, KYC_PROVIDER)
 _RETRY_AFTER_S: Final = "5"
 _CHUNK: Final = 64 * 1024
-_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,23 +253,18 @@ class ApiServer:
         except BaseException:
             await self._release()
             raise
-        runner = web.AppRunner(
-            self.app,
-            access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
-            shutdown_timeout=self._shutdown_timeout_s,
-        )
-        await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
+            self._runner, self._url = await listen(
+                self.app,
+                self.host,
+                self.port,
+                what="the API",
+                access_log=self._access_log,
+                shutdown_timeout_s=self._shutdown_timeout_s,
+            )
+        except ConfigError:
             await self._release()
-            raise ConfigError(
-                f"the API cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._url = _base_url(str(bound_host), int(bound_port))
+            raise
         log.info("API listening on %s", self._url)
 
     async def stop(self) -> None:
@@ -556,10 +551,3 @@ def build_api_app(server: ApiServer) -> web.Application:
         for route in provider.routes():
             server._authenticated(route).register(app.router)
     return app
-
-
-def _base_url(host: str, port: int) -> str:
-    host = _WILDCARD_HOSTS.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"

@@ -77,6 +77,7 @@ from pydantic import (
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError
+from processors.httpserve import base_url, listen
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -889,22 +890,14 @@ class PartnerSandbox:
         if self._used:
             raise RuntimeError("a PartnerSandbox starts once; create a new one")
         self._used = True
-        runner = web.AppRunner(
+        self._runner, self.receivers.base_url = await listen(
             self.app,
-            access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
-            shutdown_timeout=self._shutdown_timeout_s,
+            self.host,
+            self.port,
+            what="the partner sandbox",
+            access_log=self._access_log,
+            shutdown_timeout_s=self._shutdown_timeout_s,
         )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"the partner sandbox cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self.receivers.base_url = _base_url(str(bound_host), int(bound_port))
         log.info("partner sandbox listening on %s", self.receivers.base_url)
 
     async def stop(self) -> None:
@@ -928,17 +921,6 @@ class PartnerSandbox:
         await self.stop()
 
 
-_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
-
-
-def _base_url(host: str, port: int) -> str:
-    """``http://host:port`` for a bound address (wildcards become loopback, IPv6 in brackets)."""
-    host = _WILDCARD_HOSTS.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
 def closed_port_url(host: str = "127.0.0.1", path: str = "/partners/dead") -> str:
     """A URL on ``host`` whose port has nothing listening: connecting is refused.
 
@@ -949,4 +931,4 @@ def closed_port_url(host: str = "127.0.0.1", path: str = "/partners/dead") -> st
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         port = int(probe.getsockname()[1])
-    return _base_url(host, port) + path
+    return base_url(host, port) + path

@@ -32,7 +32,8 @@ from typing import Final, Self
 
 from aiohttp import web
 
-from processors.errors import ConfigError, ProcessorsError
+from processors.errors import ProcessorsError
+from processors.httpserve import listen
 from processors.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig, PaymentGatewaySim
 from processors.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
 from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
@@ -50,7 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HEALTH_PATH: Final = "/_sandbox/health"
-_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 def build_sandbox_app(
@@ -125,22 +125,14 @@ class SandboxServer:
         if self._used:
             raise RuntimeError("a SandboxServer starts once; create a new one")
         self._used = True
-        runner = web.AppRunner(
+        self._runner, self._url = await listen(
             self.app,
-            access_log=logging.getLogger("aiohttp.access") if self._access_log else None,
-            shutdown_timeout=self._shutdown_timeout_s,
+            self.host,
+            self.port,
+            what="the sandbox",
+            access_log=self._access_log,
+            shutdown_timeout_s=self._shutdown_timeout_s,
         )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port, backlog=1024).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"the sandbox cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._url = _base_url(str(bound_host), int(bound_port))
         self.partners.base_url = self._url
         log.info("sandbox listening on %s", self._url)
 
@@ -164,13 +156,6 @@ class SandboxServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-def _base_url(host: str, port: int) -> str:
-    host = _WILDCARD_HOSTS.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 def run_sandbox_forever(
