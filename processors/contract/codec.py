@@ -81,10 +81,8 @@ class _Reader:
 
 def _any_envelope() -> TypeAdapter[TypedEnvelope]:
     members = tuple(TYPED_ENVELOPES.values())
-    return TypeAdapter(
-        Annotated[Union[members], Field(discriminator="event_type")],  # noqa: UP007
-        config=ConfigDict(hide_input_in_errors=True),
-    )
+    envelope: Any = Annotated[Union[members], Field(discriminator="event_type")]  # noqa: UP007
+    return TypeAdapter(envelope, config=ConfigDict(hide_input_in_errors=True))
 
 
 _JSON = _any_envelope()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType, UnionType
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union, cast, get_args, get_origin
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -883,7 +883,7 @@ def _typed_envelope(event_type: str, model: type[EventData]) -> type[TypedEnvelo
         f"{model.__name__}Event",
         __base__=TypedEnvelope,
         __module__=__name__,
-        event_type=(Literal[event_type], ...),
+        event_type=(cast(Any, Literal[event_type]), ...),
         data=(model, ...),
     )
 
