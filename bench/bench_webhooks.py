@@ -213,6 +213,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=20)
     parser.add_argument("--ceiling-requests", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=2, help="pipeline runs of each kind (best kept)")
     parser.add_argument(
         "--pipeline-only", action="store_true", help="skip the ceiling and the dead run (profiling)"
     )
@@ -228,14 +229,23 @@ async def main() -> None:
                 print(f"webhooks pipeline     : {rate:8.0f} deliveries/s ({count} deliveries)")
                 return
             ceiling = await raw_rate(base, requests=args.ceiling_requests, concurrency=args.concurrency)
-            await reset_partners(base)
-            rate, count = await pipeline_rate(
-                info, base, events=args.events, concurrency=args.concurrency, dead=0
-            )
-            await reset_partners(base)
-            rate_dead, count_dead = await pipeline_rate(
-                info, base, events=args.events, concurrency=args.concurrency, dead=10
-            )
+            # The machine is shared and noisy: the all-healthy and the 10-dead runs alternate,
+            # and each keeps its best, so neither gains from running first or later.
+            rate = rate_dead = 0.0
+            count = count_dead = 0
+            for _ in range(args.repeat):
+                await reset_partners(base)
+                r, c = await pipeline_rate(
+                    info, base, events=args.events, concurrency=args.concurrency, dead=0
+                )
+                if r > rate:
+                    rate, count = r, c
+                await reset_partners(base)
+                r, c = await pipeline_rate(
+                    info, base, events=args.events, concurrency=args.concurrency, dead=10
+                )
+                if r > rate_dead:
+                    rate_dead, count_dead = r, c
         finally:
             proc.terminate()
             await proc.wait()

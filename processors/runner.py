@@ -171,7 +171,7 @@ def build_webhooks_app(
     transport = PinnedTransport(
         policy=ssrf_policy(settings),
         timeouts=policy.timeout.http(),
-        total_timeout_s=policy.timeout.deadline_s,
+        total_timeout_s=None,  # the endpoint guard's deadline bounds the whole exchange already
         max_response_bytes=hooks.max_response_bytes,
         max_connections=hooks.engine.max_concurrency,
         max_connections_per_host=hooks.max_connections_per_host,

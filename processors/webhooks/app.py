@@ -360,7 +360,12 @@ class WebhooksApp:
                 await endpoint.rate.acquire()
             response = await self._send(endpoint, sub, job)
         except EndpointUnavailable:
-            unavailable = Retriable("deferred: the endpoint's circuit breaker is open")
+            # Straight to a tier that waits at least until the breaker admits a probe again:
+            # no pointless round through a shorter tier while it is still open.
+            unavailable = Retriable(
+                "deferred: the endpoint's circuit breaker is open",
+                retry_after_s=endpoint.guard.breaker.next_admission_in_s(),
+            )
             self._note_failure(sub, endpoint)
             return self._failed(msg, job, coordinates, unavailable, attempt=0, host=host, sent=False)
         except (Retriable, Permanent) as raised:

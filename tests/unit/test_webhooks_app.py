@@ -222,6 +222,8 @@ async def test_an_open_breaker_defers_without_a_request() -> None:
     (line,) = logs(out)
     assert line["attempt"] == 0
     assert "circuit breaker is open" in str(line["error"])
+    # The breaker stays open 30 s: the first tier that waits that long, not the 5 s one.
+    assert [r.topic for r in out if r.topic != LOG] == ["integrations.webhooks.retry.1-5m"]
 
 
 async def test_a_busy_endpoint_defers_instead_of_holding_a_slot() -> None:
