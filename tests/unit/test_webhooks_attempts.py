@@ -14,7 +14,7 @@ import confluent_kafka
 import pytest
 
 from processors.errors import ConfigError
-from processors.runtime.message import OutRecord
+from processors.runtime.message import OutRecord, StaticMessage
 from processors.webhooks.attempts import (
     AttemptsFeed,
     AttemptsView,
@@ -377,36 +377,14 @@ def test_report_json_counts_and_names() -> None:
 # ------------------------------------------------------------------------------ fakes of the Kafka clients
 
 
-@dataclass
-class FakeMessage:
-    topic_: str
-    partition_: int
-    offset_: int
-    key_: bytes | None = None
-    value_: bytes | None = None
-    headers_: list[tuple[str, bytes | None]] = field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class FakeMessage(StaticMessage):
+    """A consumed record as the client hands it out: a ``StaticMessage`` that may carry an error."""
+
     error_: Any = None
 
     def error(self) -> Any:
         return self.error_
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def headers(self) -> list[tuple[str, bytes | None]]:
-        return self.headers_
 
 
 class Eof:
@@ -439,7 +417,7 @@ class FakeLog:
                 ("x-original-offset", b"1"),
             ],
         )
-        msg = FakeMessage(topic, partition, offset, key, value, headers)
+        msg = FakeMessage(topic, partition, offset, key, value, tuple(headers))
         self.records.setdefault((topic, partition), {})[offset] = msg
         self.high[(topic, partition)] = max(self.high.get((topic, partition), 0), offset + 1)
         return msg
@@ -487,7 +465,7 @@ class FakeConsumer:
         if self._eof_sent:
             return []
         self._eof_sent = True
-        return [FakeMessage(topic, partition, self.log.high[key], error_=Eof())]
+        return [FakeMessage(topic, partition, self.log.high[key], None, None, error_=Eof())]
 
     def close(self) -> None:
         self.closed = True
@@ -628,7 +606,7 @@ class FeedConsumer:
                 for offset in range(position, len(self.log.records[partition])):
                     batch.append(
                         FakeMessage(
-                            self.log.topic, partition, offset, value_=self.log.records[partition][offset]
+                            self.log.topic, partition, offset, None, self.log.records[partition][offset]
                         )
                     )
                 self.positions[partition] = len(self.log.records[partition])
