@@ -107,11 +107,14 @@ class DispatchJob:
 
     @classmethod
     def from_message(cls, msg: KafkaMessage) -> DispatchJob:
-        headers = msg.headers()
-        values = {
-            name: header_value(headers, name)
-            for name in (HX_SUBSCRIPTION, HX_WEBHOOK, HX_EVENT_ID, HX_EVENT_TYPE, HX_SUBJECT)
+        # One pass over the headers (this runs for every delivery attempt).
+        wanted = (HX_SUBSCRIPTION, HX_WEBHOOK, HX_EVENT_ID, HX_EVENT_TYPE, HX_SUBJECT, HX_ORDERING)
+        found = {
+            name: value.decode("utf-8", "replace")
+            for name, value in msg.headers() or ()
+            if name in wanted and value is not None
         }
+        values = {name: found.get(name) for name in wanted[:-1]}
         missing = sorted(name for name, value in values.items() if not value)
         if missing:
             raise ValidationFailed(f"dispatch record lacks header(s) {', '.join(missing)}")
@@ -124,7 +127,7 @@ class DispatchJob:
             event_id=values[HX_EVENT_ID] or "",
             event_type=values[HX_EVENT_TYPE] or "",
             subject=values[HX_SUBJECT] or "",
-            ordered=is_ordered(msg),
+            ordered=found.get(HX_ORDERING) == "entity",
             body=body,
         )
 
