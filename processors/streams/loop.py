@@ -1,0 +1,392 @@
+"""Exactly-once consume-transform-produce for stateful apps.
+
+One consumer (``read_committed``, one group per app) and one transactional producer per
+instance. Each poll step is one Kafka transaction holding everything the step caused:
+
+* the records the tasks produced (outputs, dead letters),
+* the tasks' state changes, written to their compacted changelog partitions,
+* the consumer offsets of the step (``send_offsets_to_transaction`` with the group's metadata,
+  so a zombie of an older group generation is fenced).
+
+A crash at any point leaves either the whole step committed or none of it; the records of an
+aborted step are invisible to ``read_committed`` readers and the step is read again.
+
+Work is split into **tasks**, one per assigned input partition. A task's store is restored
+from its changelog partition (partition *n* backs input partition *n*) before the task sees a
+record, and dropped when the partition is revoked. A revoked store is kept for a few minutes
+and, if the partition comes back, only the changelog entries written since are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from processors.errors import BrokerError
+from processors.runtime.failures import dead_letter
+from processors.streams.store import ChangelogStore, restore
+
+__all__ = ["Emitter", "LoopStats", "StageSpec", "Task", "TransactionalLoop"]
+
+log = logging.getLogger(__name__)
+
+KEEP_REVOKED_STORE_S = 600.0
+"""A revoked store is reused (read forward from its position) only within this time."""
+
+
+class Emitter(Protocol):
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None: ...
+
+    def dead_letter(self, msg: Any, exc: BaseException) -> None: ...
+
+
+class Task(Protocol):
+    """The work of one input partition."""
+
+    def process(self, msg: Any) -> None: ...
+
+    def end_batch(self) -> None:
+        """Called once per poll step after the step's records (before the commit)."""
+
+
+TaskFactory = Callable[[str, int, "ChangelogStore | None", Emitter], Task]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a topology: its input topics, its changelog and how to make a task."""
+
+    name: str
+    topics: tuple[str, ...]
+    make_task: TaskFactory
+    changelog: str | None = None
+    key_filter: Callable[[str, int], Callable[[str], bool]] | None = None
+    """For stages whose changelog partition is shared by several inputs (topic, partition)."""
+
+
+@dataclass
+class LoopStats:
+    transactions: int = 0
+    records: int = 0
+    aborts: int = 0
+    dead_letters: int = 0
+    restored_records: int = 0
+    restore_seconds: float = 0.0
+    assigned: list[tuple[str, int]] = field(default_factory=list)
+    last_commit_at: float | None = None
+
+
+class _TxnEmitter:
+    def __init__(self, loop: TransactionalLoop) -> None:
+        self._loop = loop
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        self._loop._produce(topic, key, value, headers=headers, partition=partition)
+
+    def dead_letter(self, msg: Any, exc: BaseException) -> None:
+        record = dead_letter(
+            msg, exc, topic=self._loop.dlq_topic, app=self._loop.app, group=self._loop.group, attempts=1
+        )
+        self._loop.stats.dead_letters += 1
+        log.warning(
+            "%s: %s[%s]@%s dead-lettered: %s",
+            self._loop.app,
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            type(exc).__name__,
+        )
+        self._produce_record(record)
+
+    def _produce_record(self, record: Any) -> None:
+        self._loop._produce(record.topic, record.key, record.value, headers=record.headers)
+
+
+class TransactionalLoop:
+    """Runs a topology of stages with exactly-once semantics. ``run()`` blocks; call it in a thread."""
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        stages: Sequence[StageSpec],
+        consumer_conf: Mapping[str, Any],
+        producer_conf: Mapping[str, Any],
+        dlq_topic: str,
+        batch_size: int = 2_000,
+        poll_timeout_s: float = 0.2,
+        transaction_timeout_s: float = 30.0,
+        consumer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Consumer,
+        producer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Producer,
+    ) -> None:
+        self.app = app
+        self.stages = list(stages)
+        self.group = str(consumer_conf["group.id"])
+        self.dlq_topic = dlq_topic
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.transaction_timeout_s = transaction_timeout_s
+        self.stats = LoopStats()
+        self._consumer_conf = {
+            **consumer_conf,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+        self._producer_conf = dict(producer_conf)
+        if "transactional.id" not in self._producer_conf:
+            raise BrokerError("a transactional loop needs producer transactional.id")
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._by_topic = {topic: stage for stage in self.stages for topic in stage.topics}
+        self._tasks: dict[tuple[str, int], Task] = {}
+        self._stores: dict[tuple[str, int], ChangelogStore] = {}
+        self._cached: dict[tuple[str, int], ChangelogStore] = {}
+        self._touched: set[tuple[str, int]] = set()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._restorer: Any = None
+        self._emitter = _TxnEmitter(self)
+        self.ready = threading.Event()
+        """Set once the first assignment was restored (or nothing was assigned yet)."""
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self._producer = self._producer_factory(self._producer_conf)
+        try:
+            # Fences an earlier incarnation with the same transactional id and aborts what it
+            # left open, before this one reads any state.
+            self._producer.init_transactions(self.transaction_timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(f"{self.app}: cannot initialise transactions: {exc}") from exc
+        self._consumer = self._consumer_factory(self._consumer_conf)
+        restorer_conf = {
+            key: value
+            for key, value in self._consumer_conf.items()
+            if key not in ("group.id", "partition.assignment.strategy", "group.instance.id")
+        }
+        restorer_conf["group.id"] = f"{self.group}.restore-unused"
+        self._restorer = self._consumer_factory(restorer_conf)
+        self._consumer.subscribe(
+            sorted(self._by_topic),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not stop.is_set():
+                msgs = self._consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
+                if msgs:
+                    self._step(msgs)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()
+        except KafkaException as exc:
+            log.warning("%s: closing the consumer: %s", self.app, exc)
+        if self._restorer is not None:
+            self._restorer.close()
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    # --- rebalance -----------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        new: list[tuple[StageSpec, str, int]] = []
+        stores: list[ChangelogStore] = []
+        for tp in partitions:
+            stage = self._by_topic[tp.topic]
+            key = (tp.topic, tp.partition)
+            new.append((stage, tp.topic, tp.partition))
+            if stage.changelog is None:
+                continue
+            store = self._cached.pop(key, None)
+            if store is None or (
+                store.released_at is not None and time.monotonic() - store.released_at > KEEP_REVOKED_STORE_S
+            ):
+                key_filter = stage.key_filter(tp.topic, tp.partition) if stage.key_filter else None
+                store = ChangelogStore(stage.changelog, tp.partition, key_filter=key_filter)
+            store.released_at = None
+            self._stores[key] = store
+            stores.append(store)
+        stats = restore(self._restorer, stores)
+        self.stats.restored_records += stats.records
+        self.stats.restore_seconds += stats.seconds
+        for stage, topic, partition in new:
+            key = (topic, partition)
+            self._tasks[key] = stage.make_task(topic, partition, self._stores.get(key), self._emitter)
+        self.stats.assigned = sorted(set(self.stats.assigned) | {(t, p) for _, t, p in new})
+        if partitions:
+            log.info(
+                "%s: assigned %d partition(s), restored %d state entries in %.2f s",
+                self.app,
+                len(partitions),
+                stats.records,
+                time.monotonic() - started,
+            )
+        self.ready.set()
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, keep=True)
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, keep=False)
+
+    def _release(self, partitions: list[TopicPartition], *, keep: bool) -> None:
+        now = time.monotonic()
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._tasks.pop(key, None)
+            store = self._stores.pop(key, None)
+            if store is not None and keep:
+                store.abort()
+                store.released_at = now
+                self._cached[key] = store
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in gone]
+
+    # --- one step, one transaction ---------------------------------------------------------
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _step(self, msgs: list[Any]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        offsets: dict[tuple[str, int], int] = {}
+        self._producer.begin_transaction()
+        try:
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                key = (msg.topic(), msg.partition())
+                task = self._tasks.get(key)
+                if task is None:
+                    continue
+                first.setdefault(key, msg.offset())
+                offsets[key] = msg.offset() + 1
+                self._touched.add(key)
+                store = self._stores.get(key)
+                if store is not None:
+                    store.savepoint()
+                try:
+                    task.process(msg)
+                except (KafkaException, BrokerError):
+                    raise
+                except Exception as exc:  # a bad record must not stop the app
+                    log.exception("%s: record %s[%s]@%s failed", self.app, key[0], key[1], msg.offset())
+                    if store is not None:
+                        store.rollback_to_savepoint()
+                    self._rebuild(key)
+                    self._emitter.dead_letter(msg, exc)
+            for key in list(self._touched):
+                task = self._tasks.get(key)
+                if task is not None:
+                    task.end_batch()
+            for key in self._touched:
+                store = self._stores.get(key)
+                if store is None:
+                    continue
+                for entry, value in store.changes():
+                    self._produce(store.changelog, entry.encode(), value, partition=store.partition)
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self._consumer.consumer_group_metadata(),
+                    self.transaction_timeout_s,
+                )
+            self._producer.commit_transaction(self.transaction_timeout_s)
+        except KafkaException as exc:
+            self._abort(exc, first)
+            return
+        for key in self._touched:
+            store = self._stores.get(key)
+            if store is not None:
+                store.commit()
+        self._touched.clear()
+        self.stats.transactions += 1
+        self.stats.records += len(msgs)
+        self.stats.last_commit_at = time.time()
+
+    def _rebuild(self, key: tuple[str, int]) -> None:
+        """A task whose record raised may hold half-applied memory: rebuild it from its store.
+
+        The store keeps the step's earlier writes (those records succeeded); the failed
+        record's own writes were rolled back to the savepoint taken before it.
+        """
+        topic, partition = key
+        stage = self._by_topic[topic]
+        self._tasks[key] = stage.make_task(topic, partition, self._stores.get(key), self._emitter)
+
+    def _abort(self, exc: KafkaException, first: Mapping[tuple[str, int], int]) -> None:
+        error = exc.args[0] if exc.args else None
+        self.stats.aborts += 1
+        log.warning("%s: transaction failed (%s); aborting the step", self.app, error)
+        if isinstance(error, KafkaError) and error.fatal():
+            # Fenced by a newer incarnation, or the producer is unusable: stop this instance
+            # (its uncommitted step is aborted by the broker or the fencing instance).
+            raise BrokerError(f"{self.app}: fatal producer error, this instance stops: {error}") from exc
+        try:
+            self._producer.abort_transaction(self.transaction_timeout_s)
+        except KafkaException as abort_exc:
+            raise BrokerError(f"{self.app}: cannot abort a transaction: {abort_exc}") from abort_exc
+        # Forget the step: stores drop its writes, tasks are rebuilt from their stores and the
+        # consumer goes back to the step's first records.
+        for key in self._touched:
+            store = self._stores.get(key)
+            if store is not None:
+                store.abort()
+            if key in self._tasks:
+                self._rebuild(key)
+        self._touched.clear()
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in self._tasks:
+                self._consumer.seek(TopicPartition(topic, partition, offset))

@@ -1,0 +1,199 @@
+"""A local key-value store backed by a compacted changelog partition.
+
+The store keeps the committed view in memory (``base``) and the current transaction's writes
+apart (``pending``). Reads see both. When the transaction commits, the runtime writes the
+pending entries to the changelog inside that same Kafka transaction and then folds them into
+``base``; when it aborts, they are dropped, so memory never holds state the changelog lacks.
+
+Restoring reads the changelog partition with ``read_committed`` from where the store last
+was (or the beginning) up to the last stable offset: entries of aborted transactions are
+never seen, and an entry of a transaction still open is not read until it is decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import TopicPartition
+
+from processors.errors import BrokerError
+
+__all__ = ["ChangelogStore", "RestoreStats", "restore"]
+
+log = logging.getLogger(__name__)
+
+_DELETED = None
+_MISSING = object()
+
+
+class RestoreStats:
+    """What one restore read."""
+
+    __slots__ = ("records", "seconds")
+
+    def __init__(self, records: int = 0, seconds: float = 0.0) -> None:
+        self.records = records
+        self.seconds = seconds
+
+
+class ChangelogStore:
+    """The state of one task, keyed by strings, values as bytes."""
+
+    def __init__(
+        self,
+        changelog: str,
+        partition: int,
+        *,
+        key_filter: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.changelog = changelog
+        self.partition = partition
+        self.key_filter = key_filter
+        self.base: dict[str, bytes] = {}
+        self.pending: dict[str, bytes | None] = {}
+        self._undo: dict[str, object] | None = None
+        self.position = 0
+        """The changelog offset after the last entry this store has applied."""
+        self.released_at: float | None = None
+        """Monotonic time the task was revoked (a cached store is reused only for a while)."""
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self.base.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self.pending.get(key, _MISSING)
+        self.pending[key] = value
+
+    def delete(self, key: str) -> None:
+        if key in self.base or self.pending.get(key) is not None:
+            if self._undo is not None and key not in self._undo:
+                self._undo[key] = self.pending.get(key, _MISSING)
+            self.pending[key] = _DELETED
+
+    def savepoint(self) -> None:
+        """Start recording what the next record changes, so it can be undone alone."""
+        self._undo = {}
+
+    def rollback_to_savepoint(self) -> None:
+        for key, before in (self._undo or {}).items():
+            if before is _MISSING:
+                self.pending.pop(key, None)
+            else:
+                self.pending[key] = before  # type: ignore[assignment]
+        self._undo = None
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """The current view: committed entries with this transaction's writes over them."""
+        for key, value in self.base.items():
+            if key in self.pending:
+                continue
+            yield key, value
+        for key, pending in self.pending.items():
+            if pending is not None:
+                yield key, pending
+
+    # --- transaction hooks ---------------------------------------------------------------
+
+    def changes(self) -> Iterable[tuple[str, bytes | None]]:
+        return self.pending.items()
+
+    def commit(self) -> None:
+        for key, value in self.pending.items():
+            if value is None:
+                self.base.pop(key, None)
+            else:
+                self.base[key] = value
+        self.pending.clear()
+
+    def abort(self) -> None:
+        self.pending.clear()
+        self._undo = None
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """One changelog entry read back while restoring."""
+        if self.key_filter is not None and not self.key_filter(key):
+            return
+        if value is None:
+            self.base.pop(key, None)
+        else:
+            self.base[key] = value
+
+
+def restore(
+    consumer: Any,
+    stores: Iterable[ChangelogStore],
+    *,
+    timeout_s: float = 300.0,
+    batch: int = 10_000,
+) -> RestoreStats:
+    """Bring every store up to the end of its changelog partition.
+
+    ``consumer`` is a group-less ``read_committed`` consumer used for nothing else. Each
+    store reads from its own position; the end is the partition's last stable offset as the
+    broker reports it for ``read_committed`` readers.
+    """
+    started = time.monotonic()
+    stats = RestoreStats()
+    todo: dict[tuple[str, int], ChangelogStore] = {}
+    ends: dict[tuple[str, int], int] = {}
+    for store in stores:
+        tp = (store.changelog, store.partition)
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=15, cached=False)
+        except confluent_kafka.KafkaException as exc:
+            raise BrokerError(f"cannot read the end of changelog {tp[0]}[{tp[1]}]: {exc}") from exc
+        if store.position < low:
+            # Entries before `low` were deleted by retention: start afresh from what is left.
+            store.base.clear()
+            store.position = low
+        if store.position >= high:
+            continue
+        todo[tp] = store
+        ends[tp] = high
+    if not todo:
+        return stats
+    consumer.assign([TopicPartition(t, p, todo[(t, p)].position) for (t, p) in todo])
+    try:
+        deadline = started + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                names = ", ".join(f"{t}[{p}]" for t, p in todo)
+                raise BrokerError(f"restoring {names} took longer than {timeout_s:.0f} s")
+            for msg in consumer.consume(batch, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        continue
+                    raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}]: {err}")
+                tp = (msg.topic(), msg.partition())
+                store = todo.get(tp)
+                if store is None:
+                    continue
+                key = msg.key()
+                store.apply(key.decode() if key is not None else "", msg.value())
+                store.position = msg.offset() + 1
+                stats.records += 1
+            for tp, store in list(todo.items()):
+                if store.position >= ends[tp]:
+                    del todo[tp]
+                    continue
+                # Transaction markers and aborted entries are skipped by the consumer: its
+                # position, not the last record's offset, tells when the end was reached.
+                position = consumer.position([TopicPartition(*tp)])[0].offset
+                if position >= ends[tp]:
+                    store.position = position
+                    del todo[tp]
+    finally:
+        consumer.unassign()
+    stats.seconds = time.monotonic() - started
+    return stats
