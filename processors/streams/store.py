@@ -176,12 +176,12 @@ def restore(
                         continue
                     raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}]: {err}")
                 tp = (msg.topic(), msg.partition())
-                store = todo.get(tp)
-                if store is None:
+                target = todo.get(tp)
+                if target is None:
                     continue
                 key = msg.key()
-                store.apply(key.decode() if key is not None else "", msg.value())
-                store.position = msg.offset() + 1
+                target.apply(key.decode() if key is not None else "", msg.value())
+                target.position = msg.offset() + 1
                 stats.records += 1
             for tp, store in list(todo.items()):
                 if store.position >= ends[tp]:
