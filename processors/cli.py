@@ -8,6 +8,8 @@
     processors topics apply|check|list   make a cluster match topics.yaml
     processors sandbox                   simulated external services
     processors broker start|fetch        a Kafka broker for development
+    processors bordereaux treaties|close reinsurance treaties, close a period on command
+    processors regulatory close|rerun    close a regulatory day, send a day's files again
     processors samples publish           publish sample events
 """
 
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run integration apps until SIGTERM/SIGINT")
-    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc, webhooks)")
+    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc, webhooks, bordereaux)")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--topics-file", help="default: ./topics.yaml")
     run.add_argument(
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--bootstrap-servers")
     publish.set_defaults(func=_cmd_samples)
 
+    from processors.bordereaux.cli import register_cli as register_bordereaux
     from processors.devbroker.cli import register_cli as register_broker
     from processors.dlq.cli import register_cli as register_dlq
     from processors.sandbox.cli import register_cli as register_sandbox
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_sandbox(sub)
     register_broker(sub)
     register_dlq(sub)
+    register_bordereaux(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
@@ -31,6 +32,7 @@ from processors.runtime.engine import Engine, EngineSettings, Ordering, Processo
 from processors.runtime.pending import PendingRecordsReader
 from processors.runtime.producer import AsyncProducer, producer_config
 from processors.settings import Settings
+from processors.streams import TransactionalLoop
 from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
 from processors.webhooks.app import WebhooksApp
 from processors.webhooks.attempts import AttemptsFeed, AttemptsView, Redeliverer
@@ -43,7 +45,9 @@ __all__ = ["APP_ENDPOINTS", "APP_NAMES", "Runner", "build_app", "make_codec"]
 
 log = logging.getLogger(__name__)
 
-APP_NAMES = ("payments", "kyc", "webhooks")
+APP_NAMES = ("payments", "kyc", "webhooks", "bordereaux")
+TRANSACTIONAL_APPS = frozenset({"bordereaux"})
+"""Apps run by :class:`~processors.streams.TransactionalLoop` (exactly-once) instead of the engine."""
 
 APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {
     "payments": ("payment-gateway",),
@@ -255,11 +259,15 @@ class Runner:
         """The HTTP API (``settings.api.enabled``), set once it listens."""
         self.on_inbound_rejected = on_inbound_rejected
         self._producers: list[AsyncProducer] = []
+        self.bordereaux: TransactionalLoop | None = None
+        """The exactly-once bordereaux app, when it runs."""
 
     async def check_topics(self) -> None:
         """Refuse to start when a topic the apps use is missing, or key order cannot hold."""
         needed: set[str] = set()
         for name in self.app_names:
+            if name in TRANSACTIONAL_APPS:
+                continue  # checked by the loop's own builder, with its internal topics
             topics = self.catalogue.app(name)
             needed.update(topics.sources)
             needed.update(topics.failure_topics)
@@ -282,6 +290,22 @@ class Runner:
         missing = sorted(needed - set(metadata.topics))
         if missing:
             raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first")
+
+    def _build_bordereaux(self, codec: Codec) -> TransactionalLoop:
+        from processors.bordereaux.topology import BordereauxTopics, build_loop
+        from processors.bordereaux.treaties import load_treaty_book
+
+        book = load_treaty_book(self.settings.bordereaux.treaties_file)
+        return build_loop(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group_prefix + "bordereaux",
+            instance_id=self.settings.bordereaux.instance_id,
+            book=book,
+            codec=codec,
+            topics=BordereauxTopics.from_catalogue(self.catalogue),
+            client_overrides=self.settings.client_overrides,
+            batch_size=self.settings.bordereaux.batch_size,
+        )
 
     def _engine_settings(self, name: str) -> EngineSettings:
         return self.settings.webhooks.engine if name == "webhooks" else self.settings.engine
@@ -315,6 +339,8 @@ class Runner:
         # Register / look up every schema id now, not on the first record.
         await loop.run_in_executor(None, codec.prepare)
         for name in self.app_names:
+            if name in TRANSACTIONAL_APPS:
+                continue
             app = build_app(
                 name, self.settings, self.catalogue, codec, resilience=resilience, breakers=self.breakers
             )
@@ -341,6 +367,12 @@ class Runner:
             asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}")
             for engine in self.engines
         ]
+        loop_stop = threading.Event()
+        if "bordereaux" in self.app_names:
+            self.bordereaux = await loop.run_in_executor(None, self._build_bordereaux, codec)
+            tasks.append(
+                asyncio.create_task(asyncio.to_thread(self.bordereaux.run, loop_stop), name="loop-bordereaux")
+            )
         stopper = asyncio.create_task(stop.wait())
         try:
             if self.settings.api.enabled:
@@ -372,6 +404,7 @@ class Runner:
                 await self.api.stop()
             for engine in self.engines:
                 engine.stop()
+            loop_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             stopper.cancel()
             configure_audit_sink(None)

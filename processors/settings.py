@@ -90,6 +90,21 @@ class ApiSettings(BaseModel):
 _PROVIDERS = frozenset({"payment-gateway", "kyc-provider"})
 
 
+class BordereauxSettings(BaseModel):
+    """The exactly-once bordereaux app (``PROCESSORS_BORDEREAUX__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    treaties_file: Path = Path("treaties.yaml")
+    """The treaty book: treaties, exchange rates, regulatory settings (docs/bordereaux.md)."""
+    instance_id: str | None = None
+    """Stable per instance (default: the host name): its transactional id is
+    ``<group>.<instance_id>``, so a restarted instance fences its crashed predecessor at once.
+    Two instances on one host need different ids."""
+    batch_size: int = Field(default=2_000, ge=1, le=100_000)
+    """Records per transaction at most."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROCESSORS_",
@@ -118,6 +133,7 @@ class Settings(BaseSettings):
     kyc: KycSettings = Field(default_factory=KycSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    bordereaux: BordereauxSettings = Field(default_factory=lambda: BordereauxSettings())
 
 
 def load_settings(**overrides: object) -> Settings:

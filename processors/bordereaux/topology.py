@@ -1,0 +1,459 @@
+"""The bordereaux app's three transactional stages, wired for :class:`TransactionalLoop`.
+
+``route``     source partitions of the policy and claim topics → ``by-policy`` (key policy id).
+              Decodes and validates each event (invalid → DLQ), stamps it with its source
+              partition's watermark and, once per step, tells every by-policy partition the
+              new watermark.
+``ledger``    one :class:`~processors.bordereaux.ledger.Ledger` per by-policy partition.
+``assemble``  one :class:`~processors.bordereaux.assembler.Assembler` per partials partition.
+
+See docs/bordereaux.md for what each number means and docs/architecture.md for the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import confluent_kafka
+from processors.bordereaux.assembler import Assembler, ReportOut
+from processors.bordereaux.ledger import Ledger, PartialOut, RejectOut
+from processors.bordereaux.treaties import TreatyBook
+
+from processors.contract.codec import Codec
+from processors.errors import ConfigError, ContractError, ProcessorsError
+from processors.streams import ChangelogStore, Emitter, StageSpec, TransactionalLoop
+from processors.topics.catalogue import Catalogue
+
+__all__ = [
+    "LEDGER_EVENT_TYPES",
+    "RECORD_HEADER",
+    "BordereauxTopics",
+    "RejectedInput",
+    "build_loop",
+    "build_stages",
+    "close_command",
+    "send_close",
+]
+
+log = logging.getLogger(__name__)
+
+RECORD_HEADER = "x-record"
+"""On by-policy records: ``event``, ``watermark`` or ``close``."""
+
+LEDGER_EVENT_TYPES = frozenset(
+    {
+        "policy.issued",
+        "policy.renewed",
+        "policy.endorsed",
+        "policy.cancelled",
+        "claim.reported",
+        "claim.reserved",
+        "claim.paid",
+        "claim.settled",
+        "claim.closed",
+    }
+)
+
+# Payload fields the ledger never needs: left out of the internal topic (free text, customer ids).
+_DROPPED_FIELDS = frozenset({"customer_id", "cancellation_reason"})
+_JSON = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+class RejectedInput(ProcessorsError):
+    """An event the ledger could not count (the reason names ids only)."""
+
+
+@dataclass(frozen=True)
+class BordereauxTopics:
+    policy_events: str = "insurance.policy.events"
+    claim_events: str = "insurance.claim.events"
+    by_policy: str = "integrations.bordereaux.by-policy"
+    partials: str = "integrations.bordereaux.partials"
+    bordereaux: str = "reinsurance.bordereaux"
+    regulatory_files: str = "integrations.regulatory.files"
+    route_changelog: str = "integrations.bordereaux.route-changelog"
+    ledger_changelog: str = "integrations.bordereaux.ledger-changelog"
+    assembler_changelog: str = "integrations.bordereaux.assembler-changelog"
+    dlq: str = "integrations.bordereaux.dlq"
+
+    @classmethod
+    def from_catalogue(cls, catalogue: Catalogue) -> BordereauxTopics:
+        """The catalogue's names for every topic (whatever prefix it uses)."""
+        names: dict[str, str] = {}
+        for name, default in cls().__dict__.items():
+            for topic in catalogue.topics:
+                if topic.name == default or topic.name.endswith("." + default):
+                    names[name] = topic.name
+                    break
+            else:
+                raise ConfigError(f"the topic catalogue has no {default} topic")
+        return cls(**names)
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> BordereauxTopics:
+        """Every name with ``prefix`` in front (tests isolate runs this way)."""
+        return cls(**{name: prefix + value for name, value in cls().__dict__.items()})
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+class RouteTask:
+    """One source partition: validate, re-key by policy id, stamp and publish watermarks."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        store: ChangelogStore | None,
+        out: Emitter,
+        *,
+        codec: Codec,
+        topics: BordereauxTopics,
+        by_policy_partitions: int,
+    ) -> None:
+        assert store is not None
+        self.source = f"{topic}:{partition}"
+        self._store = store
+        self._out = out
+        self._codec = codec
+        self._topics = topics
+        self._partitions = by_policy_partitions
+        raw = store.get(self.source)
+        self.watermark: datetime | None = datetime.fromisoformat(raw.decode()) if raw else None
+        self._moved = False
+
+    def process(self, msg: Any) -> None:
+        try:
+            event = self._codec.decode(msg.value(), msg.headers())
+        except ContractError as exc:
+            self._out.dead_letter(msg, exc)
+            return
+        if event.event_type not in LEDGER_EVENT_TYPES:
+            self._out.dead_letter(
+                msg, RejectedInput(f"event type {event.event_type} is not expected on {msg.topic()}")
+            )
+            return
+        data = event.data.model_dump(mode="json")
+        for name in _DROPPED_FIELDS:
+            data.pop(name, None)
+        payload = {
+            "id": str(event.event_id),
+            "type": event.event_type,
+            "at": _iso(event.occurred_at),
+            "src": self.source,
+            "w": None if self.watermark is None else _iso(self.watermark),
+            "d": data,
+        }
+        self._out.send(
+            self._topics.by_policy,
+            str(data["policy_id"]).encode(),
+            json.dumps(payload, **_JSON).encode(),  # type: ignore[arg-type]
+            headers=[(RECORD_HEADER, b"event"), ("event-type", event.event_type.encode())],
+        )
+        if self.watermark is None or event.occurred_at > self.watermark:
+            self.watermark = event.occurred_at
+            self._moved = True
+
+    def end_batch(self) -> None:
+        if not self._moved or self.watermark is None:
+            return
+        self._moved = False
+        self._store.put(self.source, _iso(self.watermark).encode())
+        value = json.dumps({"src": self.source, "wm": _iso(self.watermark)}, **_JSON).encode()  # type: ignore[arg-type]
+        for partition in range(self._partitions):
+            self._out.send(
+                self._topics.by_policy,
+                None,
+                value,
+                headers=[(RECORD_HEADER, b"watermark")],
+                partition=partition,
+            )
+
+
+class LedgerTask:
+    """One by-policy partition's ledger."""
+
+    def __init__(
+        self,
+        partition: int,
+        store: ChangelogStore | None,
+        out: Emitter,
+        *,
+        book: TreatyBook,
+        topics: BordereauxTopics,
+        partitions: int,
+        sources: Collection[str],
+    ) -> None:
+        assert store is not None
+        self._out = out
+        self._topics = topics
+        self.ledger = Ledger(book, store, partition=partition, partitions=partitions, sources=sources)
+
+    def process(self, msg: Any) -> None:
+        kind = b"event"
+        for name, value in msg.headers() or ():
+            if name == RECORD_HEADER and value is not None:
+                kind = value
+                break
+        raw = msg.value() or b""
+        outs: list[PartialOut | RejectOut]
+        if kind == b"watermark":
+            mark = json.loads(raw)
+            outs = self.ledger.on_watermark(mark["src"], datetime.fromisoformat(mark["wm"]))
+        elif kind == b"close":
+            command = json.loads(raw)
+            outs = self.ledger.on_close(command.get("treaty"), command["period"])
+        else:
+            outs = self.ledger.on_event(raw)
+        for item in outs:
+            if isinstance(item, PartialOut):
+                self._out.send(self._topics.partials, item.key.encode(), item.value)
+            else:
+                self._out.dead_letter(msg, RejectedInput(item.reason))
+
+    def end_batch(self) -> None:
+        return None
+
+
+class AssembleTask:
+    """One partials partition: completes periods into reports and day files."""
+
+    def __init__(
+        self, store: ChangelogStore | None, out: Emitter, *, book: TreatyBook, topics: BordereauxTopics
+    ) -> None:
+        assert store is not None
+        self._out = out
+        self._topics = topics
+        self.assembler = Assembler(book, store)
+
+    def process(self, msg: Any) -> None:
+        for report in self.assembler.on_partial(msg.value() or b""):
+            self._send(report)
+
+    def _send(self, report: ReportOut) -> None:
+        topic = self._topics.bordereaux if report.topic == "bordereaux" else self._topics.regulatory_files
+        self._out.send(topic, report.key.encode(), report.value)
+
+    def end_batch(self) -> None:
+        return None
+
+
+def _route_filter(topic: str, partition: int) -> Any:
+    source = f"{topic}:{partition}"
+    return lambda key: key == source
+
+
+def build_stages(
+    *,
+    book: TreatyBook,
+    codec: Codec,
+    topics: BordereauxTopics,
+    partition_counts: Mapping[str, int],
+) -> list[StageSpec]:
+    """The three stages; ``partition_counts`` gives the partitions of each topic involved."""
+    by_policy_partitions = partition_counts[topics.by_policy]
+    sources = [
+        f"{topic}:{p}"
+        for topic in (topics.policy_events, topics.claim_events)
+        for p in range(partition_counts[topic])
+    ]
+    return [
+        StageSpec(
+            name="route",
+            topics=(topics.policy_events, topics.claim_events),
+            changelog=topics.route_changelog,
+            key_filter=_route_filter,
+            make_task=lambda topic, partition, store, out: RouteTask(
+                topic,
+                partition,
+                store,
+                out,
+                codec=codec,
+                topics=topics,
+                by_policy_partitions=by_policy_partitions,
+            ),
+        ),
+        StageSpec(
+            name="ledger",
+            topics=(topics.by_policy,),
+            changelog=topics.ledger_changelog,
+            make_task=lambda topic, partition, store, out: LedgerTask(
+                partition,
+                store,
+                out,
+                book=book,
+                topics=topics,
+                partitions=by_policy_partitions,
+                sources=sources,
+            ),
+        ),
+        StageSpec(
+            name="assemble",
+            topics=(topics.partials,),
+            changelog=topics.assembler_changelog,
+            make_task=lambda topic, partition, store, out: AssembleTask(store, out, book=book, topics=topics),
+        ),
+    ]
+
+
+def partition_counts(
+    bootstrap_servers: str, topics: BordereauxTopics, conf: Mapping[str, Any]
+) -> dict[str, int]:
+    """Partitions of every topic the stages need; a missing one is a start-up error."""
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap_servers, **conf})
+    try:
+        metadata = admin.list_topics(timeout=15)
+    except confluent_kafka.KafkaException as exc:
+        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    needed = [
+        topics.policy_events,
+        topics.claim_events,
+        topics.by_policy,
+        topics.partials,
+        topics.bordereaux,
+        topics.regulatory_files,
+        topics.route_changelog,
+        topics.ledger_changelog,
+        topics.assembler_changelog,
+        topics.dlq,
+    ]
+    missing = [t for t in needed if t not in metadata.topics]
+    if missing:
+        raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `processors topics apply` first")
+    counts = {t: len(metadata.topics[t].partitions) for t in needed}
+    for source, changelog in (
+        (topics.policy_events, topics.route_changelog),
+        (topics.claim_events, topics.route_changelog),
+        (topics.by_policy, topics.ledger_changelog),
+        (topics.partials, topics.assembler_changelog),
+    ):
+        if counts[changelog] < counts[source]:
+            raise ConfigError(
+                f"{changelog} has {counts[changelog]} partitions but {source} has {counts[source]}: "
+                "each input partition needs its own changelog partition"
+            )
+    return counts
+
+
+def build_loop(
+    *,
+    bootstrap_servers: str,
+    group_id: str,
+    instance_id: str | None,
+    book: TreatyBook,
+    codec: Codec,
+    topics: BordereauxTopics,
+    client_overrides: Mapping[str, str] | None = None,
+    batch_size: int = 2_000,
+) -> TransactionalLoop:
+    """The bordereaux app as a :class:`TransactionalLoop` (``run(stop)`` in a thread)."""
+    overrides = dict(client_overrides or {})
+    common = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("client.")}
+    counts = partition_counts(bootstrap_servers, topics, common)
+    instance = instance_id or socket.gethostname()
+    consumer_conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 45_000,
+        "max.poll.interval.ms": 600_000,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        **common,
+    }
+    producer_conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "transactional.id": f"{group_id}.{instance}",
+        "transaction.timeout.ms": 30_000,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 16 * 1024 * 1024,
+        # Java clients' partitioner: keys land where any other Kafka client would put them.
+        "partitioner": "murmur2_random",
+        **common,
+    }
+    for key, value in overrides.items():
+        role, _, name = key.partition(".")
+        if role == "consumer":
+            consumer_conf[name] = value
+        elif role == "producer":
+            producer_conf[name] = value
+    stages = build_stages(book=book, codec=codec, topics=topics, partition_counts=counts)
+    return TransactionalLoop(
+        app="bordereaux",
+        stages=stages,
+        consumer_conf=consumer_conf,
+        producer_conf=producer_conf,
+        dlq_topic=topics.dlq,
+        batch_size=batch_size,
+    )
+
+
+def close_command(treaty: str | None, period: str) -> bytes:
+    return json.dumps({"treaty": treaty, "period": period}, **_JSON).encode()  # type: ignore[arg-type]
+
+
+def send_close(
+    bootstrap_servers: str,
+    topics: BordereauxTopics,
+    *,
+    treaty: str | None,
+    period: str,
+    client_config: Mapping[str, Any] | None = None,
+) -> int:
+    """Ask every ledger partition to close ``period`` of ``treaty`` (``None``: a regulatory day).
+
+    Returns the number of partitions told.
+    """
+    if treaty is None:
+        try:
+            date.fromisoformat(period)
+        except ValueError as exc:
+            raise ConfigError(f"a regulatory day is written YYYY-MM-DD, not {period!r}") from exc
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            **(client_config or {}),
+        }
+    )
+    metadata = producer.list_topics(topics.by_policy, timeout=15)
+    described = metadata.topics.get(topics.by_policy)
+    if described is None or described.error is not None or not described.partitions:
+        raise ConfigError(f"topic {topics.by_policy} not found; run `processors topics apply` first")
+    errors: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    value = close_command(treaty, period)
+    for partition in sorted(described.partitions):
+        producer.produce(
+            topics.by_policy,
+            value=value,
+            partition=partition,
+            headers=[(RECORD_HEADER, b"close")],
+            on_delivery=report,
+        )
+    left = producer.flush(30)
+    if left or errors:
+        raise ConfigError(f"the close command was not accepted by Kafka: {errors or 'timed out'}")
+    return len(described.partitions)
+
+
+def sources_of(counts: Mapping[str, int], topics: BordereauxTopics) -> Sequence[str]:
+    return [
+        f"{topic}:{p}" for topic in (topics.policy_events, topics.claim_events) for p in range(counts[topic])
+    ]
