@@ -21,10 +21,10 @@ from datetime import date, datetime
 from typing import Any
 
 import confluent_kafka
+
 from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import Ledger, PartialOut, RejectOut
 from processors.bordereaux.treaties import TreatyBook
-
 from processors.contract.codec import Codec
 from processors.errors import ConfigError, ContractError, ProcessorsError
 from processors.streams import ChangelogStore, Emitter, StageSpec, TransactionalLoop
@@ -362,6 +362,8 @@ def build_loop(
     consumer_conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": group_id,
+        # Static membership: a restarted instance takes its partitions back without a rebalance.
+        "group.instance.id": instance,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 45_000,
