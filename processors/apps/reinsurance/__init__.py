@@ -1,0 +1,25 @@
+"""Bordereaux delivery: closed reports on ``reinsurance.bordereaux`` → the reinsurer → delivery results."""
+
+from processors.apps.reinsurance.app import (
+    APP,
+    CONSUMER_OVERRIDES,
+    DELIVERIES_TOPIC,
+    ReinsuranceApp,
+    ReinsuranceSettings,
+    ReportRef,
+    build_reinsurance_app,
+    delivery_result,
+    read_report,
+)
+
+__all__ = [
+    "APP",
+    "CONSUMER_OVERRIDES",
+    "DELIVERIES_TOPIC",
+    "ReinsuranceApp",
+    "ReinsuranceSettings",
+    "ReportRef",
+    "build_reinsurance_app",
+    "delivery_result",
+    "read_report",
+]
