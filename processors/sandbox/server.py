@@ -6,6 +6,7 @@ In the caller's event loop (tests, demo)::
         sandbox.url                       # http://127.0.0.1:<bound port>
         sandbox.gateway.charges_by_key    # the simulators' live state
         sandbox.kyc.verifications_by_key
+        sandbox.reinsurer.reports         # bordereaux received, by report id
         sandbox.partners.add("acme", PartnerBehaviour(), ["whsec_..."])   # simulated partner receivers
         sandbox.partners.url("acme")      # http://127.0.0.1:<bound port>/partners/acme
 
@@ -39,6 +40,7 @@ from processors.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
 from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
 from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
 from processors.sandbox.partners import PARTNERS_APP_KEY, PartnerReceivers, PartnersConfig
+from processors.sandbox.reinsurer import REINSURER_APP_KEY, ReinsurerConfig, ReinsurerSim
 
 __all__ = [
     "HEALTH_PATH",
@@ -57,6 +59,7 @@ def build_sandbox_app(
     gateway: GatewayConfig | None = None,
     kyc: KycConfig | None = None,
     partners: PartnersConfig | None = None,
+    reinsurer: ReinsurerConfig | None = None,
 ) -> web.Application:
     """The sandbox application: ``GET /_sandbox/health`` and every simulated service's routes."""
     app = web.Application()
@@ -64,6 +67,7 @@ def build_sandbox_app(
     PaymentGatewaySim(gateway).add_to(app)
     KycProviderSim(kyc).add_to(app)
     PartnerReceivers(partners).add_to(app)
+    ReinsurerSim(reinsurer).add_to(app)
     return app
 
 
@@ -87,12 +91,13 @@ class SandboxServer:
         *,
         kyc: KycConfig | None = None,
         partners: PartnersConfig | None = None,
+        reinsurer: ReinsurerConfig | None = None,
         access_log: bool = False,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = build_sandbox_app(gateway, kyc, partners)
+        self.app = build_sandbox_app(gateway, kyc, partners, reinsurer)
         self._access_log = access_log
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
@@ -108,6 +113,11 @@ class SandboxServer:
     def kyc(self) -> KycProviderSim:
         """The KYC provider simulator (state readable and configurable in-process)."""
         return self.app[KYC_APP_KEY]
+
+    @property
+    def reinsurer(self) -> ReinsurerSim:
+        """The reinsurer simulator (received bordereaux readable, knobs configurable in-process)."""
+        return self.app[REINSURER_APP_KEY]
 
     @property
     def partners(self) -> PartnerReceivers:
@@ -165,6 +175,7 @@ def run_sandbox_forever(
     *,
     kyc: KycConfig | None = None,
     partners: PartnersConfig | None = None,
+    reinsurer: ReinsurerConfig | None = None,
     on_started: Callable[[str], None] | None = None,
     access_log: bool = False,
 ) -> None:
@@ -175,7 +186,14 @@ def run_sandbox_forever(
     """
     asyncio.run(
         _serve_until_signalled(
-            host, port, config, kyc=kyc, partners=partners, on_started=on_started, access_log=access_log
+            host,
+            port,
+            config,
+            kyc=kyc,
+            partners=partners,
+            reinsurer=reinsurer,
+            on_started=on_started,
+            access_log=access_log,
         )
     )
 
@@ -187,6 +205,7 @@ async def _serve_until_signalled(
     *,
     kyc: KycConfig | None = None,
     partners: PartnersConfig | None = None,
+    reinsurer: ReinsurerConfig | None = None,
     on_started: Callable[[str], None] | None,
     access_log: bool,
 ) -> None:
@@ -197,7 +216,7 @@ async def _serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     try:
         async with SandboxServer(
-            host, port, config, kyc=kyc, partners=partners, access_log=access_log
+            host, port, config, kyc=kyc, partners=partners, reinsurer=reinsurer, access_log=access_log
         ) as server:
             if on_started is not None:
                 on_started(server.url)
@@ -214,7 +233,7 @@ class SandboxProcess:
     the caller.  ``start()`` returns the base URL once the child listens; ``stop()`` sends SIGTERM
     (graceful) and kills the child only if it has not exited within ``stop_timeout_s``.  Drive the
     simulators through their HTTP control APIs (``/_sandbox/gateway/...``, ``/_sandbox/kyc/...``,
-    ``/_control/partners``).
+    ``/_sandbox/reinsurer/...``, ``/_control/partners``).
     Tokens and the KYC webhook secret reach the child through its environment, not its command
     line.
     """
