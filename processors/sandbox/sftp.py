@@ -311,10 +311,13 @@ class _RegulatorSsh(asyncssh.SSHServer):
 class _Upload:
     """A file opened for writing, and the fault that will hit it when it closes."""
 
-    __slots__ = ("fault", "path")
+    __slots__ = ("fault", "local_path", "path")
 
-    def __init__(self, path: str, fault: Literal["truncated", "corrupted", "refused"] | None) -> None:
+    def __init__(
+        self, path: str, local_path: bytes, fault: Literal["truncated", "corrupted", "refused"] | None
+    ) -> None:
         self.path = path
+        self.local_path = local_path
         self.fault = fault
 
 
@@ -330,7 +333,8 @@ class _RegulatorSftp(asyncssh.SFTPServer):
     def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
         file_obj = super().open(path, pflags, attrs)
         if pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND):
-            self._uploads[id(file_obj)] = _Upload(self._relative(path), self._take_fault())
+            local = self.map_path(path)
+            self._uploads[id(file_obj)] = _Upload(self._relative(local), local, self._take_fault())
         return file_obj
 
     def _take_fault(self) -> Literal["truncated", "corrupted", "refused"] | None:
@@ -355,22 +359,21 @@ class _RegulatorSftp(asyncssh.SFTPServer):
 
     def close(self, file_obj: object) -> None:
         upload = self._uploads.pop(id(file_obj), None)
+        super().close(file_obj)
         if upload is None:
-            super().close(file_obj)
             return
-        fileno: int = file_obj.fileno()  # type: ignore[attr-defined]
-        size = os.fstat(fileno).st_size
+        size = os.stat(upload.local_path).st_size
         if upload.fault == "truncated":
             size //= 2
-            os.ftruncate(fileno, size)
+            os.truncate(upload.local_path, size)
         elif upload.fault == "corrupted" and size:
-            middle = size // 2
-            byte = os.pread(fileno, 1, middle)
-            os.pwrite(fileno, bytes([byte[0] ^ 0xFF]), middle)
-        super().close(file_obj)
+            with open(upload.local_path, "r+b") as stored:
+                stored.seek(size // 2)
+                byte = stored.read(1)
+                stored.seek(size // 2)
+                stored.write(bytes([byte[0] ^ 0xFF]))
         self._state.uploads.append(SftpUpload(upload.path, size, upload.fault))
 
-    def _relative(self, path: bytes) -> str:
-        local = self.map_path(path)
+    def _relative(self, local: bytes) -> str:
         relative = os.path.relpath(local, self._chroot_path)
         return os.fsdecode(relative).replace(os.sep, "/")
