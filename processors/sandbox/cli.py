@@ -11,17 +11,26 @@ Simulated partner webhook receivers answer at ``/partners/{name}``; none exist b
 ``--partner NAME[:MODE]`` (repeatable) creates demo partners that verify signatures with the
 secret from ``--partner-secret``, else ``$SANDBOX_PARTNER_SECRET``, else the documented default;
 more are created, changed and inspected through ``/_control/partners``.
+
+``--sftp`` also runs the simulated regulator: an SFTP server (port ``--sftp-port``, files
+stored under ``--sftp-root``) for user ``--sftp-username`` with the password from
+``$SANDBOX_SFTP_PASSWORD``, else ``sandbox-sftp-password``.  Its host key is new every run
+unless ``--sftp-host-key FILE`` names a key file to keep (created when missing); the public
+key printed at start is what ``PROCESSORS_REGULATORY__SFTP__KNOWN_HOST_KEY`` pins.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from processors.errors import ConfigError
 from processors.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
@@ -37,7 +46,14 @@ from processors.sandbox.partners import (
     PartnersConfig,
     PartnerSpec,
 )
-from processors.sandbox.server import run_sandbox_forever
+from processors.sandbox.server import SandboxServer, run_sandbox_forever
+from processors.sandbox.sftp import (
+    DEFAULT_SFTP_PASSWORD,
+    DEFAULT_SFTP_USERNAME,
+    SFTP_PASSWORD_ENV,
+    SftpRegulator,
+    load_or_create_host_key,
+)
 
 __all__ = [
     "DEMO_PARTNER_MODES",
@@ -49,6 +65,7 @@ __all__ = [
     "kyc_config_to_argv",
     "partners_config_from_args",
     "register_cli",
+    "regulator_from_args",
     "run_sandbox_command",
 ]
 
@@ -136,6 +153,26 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--partner-no-bodies",
         action="store_true",
         help="do not keep request bodies and headers (counts only)",
+    )
+    sftp = parser.add_argument_group("regulator SFTP server")
+    sftp.add_argument("--sftp", action="store_true", help="also run the simulated regulator's SFTP server")
+    sftp.add_argument(
+        "--sftp-port", type=int, default=2222, help="SFTP port, 0 for any free one (default: %(default)s)"
+    )
+    sftp.add_argument(
+        "--sftp-root",
+        type=Path,
+        default=Path("var/regulatory/sftp"),
+        help="directory the received files are stored in, the server's root (default: %(default)s)",
+    )
+    sftp.add_argument(
+        "--sftp-username", default=DEFAULT_SFTP_USERNAME, help="the one user (default: %(default)s)"
+    )
+    sftp.add_argument(
+        "--sftp-host-key",
+        type=Path,
+        default=None,
+        help="private host key file to keep across runs, created when missing (default: a new key per run)",
     )
     parser.set_defaults(func=run_sandbox_command)
 
@@ -249,12 +286,38 @@ def config_to_argv(config: GatewayConfig) -> list[str]:
     return argv
 
 
+def regulator_from_args(args: argparse.Namespace) -> SftpRegulator | None:
+    """The simulated regulator ``--sftp`` asks for (not started), or None without ``--sftp``."""
+    if not getattr(args, "sftp", False):
+        return None
+    if not 0 <= args.sftp_port <= 65535:
+        raise ConfigError(f"--sftp-port must be 0..65535, not {args.sftp_port}")
+    if not args.sftp_username:
+        raise ConfigError("--sftp-username must not be empty")
+    password = os.environ.get(SFTP_PASSWORD_ENV) or DEFAULT_SFTP_PASSWORD
+    host_key = None
+    if args.sftp_host_key is not None:
+        try:
+            host_key = load_or_create_host_key(args.sftp_host_key)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--sftp-host-key: {exc}") from exc
+    return SftpRegulator(
+        args.sftp_root,
+        host=args.host,
+        port=args.sftp_port,
+        username=args.sftp_username,
+        password=SecretStr(password),
+        host_key=host_key,
+    )
+
+
 def run_sandbox_command(args: argparse.Namespace) -> int:
     config = gateway_config_from_args(args)
     kyc = kyc_config_from_args(args)
     partners = partners_config_from_args(args)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, not {args.port}")
+    regulator = regulator_from_args(args)
 
     def started(url: str) -> None:
         print(f"{READY_PREFIX}{url}", flush=True)
@@ -267,19 +330,48 @@ def run_sandbox_command(args: argparse.Namespace) -> int:
         )
         print(f"  partners         POST {url}/partners/{{name}} ({len(partners.partners)} demo)", flush=True)
         print(f"  control          {url}/_control/partners[/{{name}}[/deliveries]]", flush=True)
+        if regulator is not None:
+            where = f"sftp://{regulator.username}@{regulator.host}:{regulator.port}"
+            print(f"  regulator SFTP   {where} (files in {regulator.root})", flush=True)
+            print(f"  host key         {regulator.host_key_line}", flush=True)
+            print(f"                   {regulator.host_key_fingerprint}", flush=True)
         print("press Ctrl-C to stop", flush=True)
 
-    run_sandbox_forever(
-        args.host,
-        args.port,
-        config,
-        kyc=kyc,
-        partners=partners,
-        on_started=started,
-        access_log=args.access_log,
-    )
+    if regulator is None:
+        run_sandbox_forever(
+            args.host,
+            args.port,
+            config,
+            kyc=kyc,
+            partners=partners,
+            on_started=started,
+            access_log=args.access_log,
+        )
+    else:
+        sandbox = SandboxServer(
+            args.host, args.port, config, kyc=kyc, partners=partners, access_log=args.access_log
+        )
+        asyncio.run(_serve_with_regulator(sandbox, regulator, on_started=started))
     print("sandbox stopped", flush=True)
     return 0
+
+
+async def _serve_with_regulator(
+    sandbox: SandboxServer, regulator: SftpRegulator, *, on_started: Callable[[str], None]
+) -> None:
+    """The HTTP sandbox and the SFTP regulator in one event loop until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with sandbox, regulator:
+            on_started(sandbox.url)
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "FaultStage",
     "SftpRegulator",
     "SftpUpload",
+    "load_or_create_host_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,24 @@ class SftpRegulator:
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 yield path.relative_to(root).as_posix(), path
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    """The private host key kept in ``path`` (OpenSSH format), created (mode 0600) when missing.
+
+    Keeping the key across restarts keeps the pin a client was configured with valid.
+    """
+    if path.exists():
+        try:
+            return asyncssh.read_private_key(path)
+        except (asyncssh.KeyImportError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable private key ({type(exc).__name__})") from exc
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.export_private_key())
+    return key
 
 
 def _count(n: int) -> int:
