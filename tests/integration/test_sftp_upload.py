@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from processors.errors import ConfigError, Permanent, Retriable
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import ATTEMPTS, CallContext, EndpointGuard
 from processors.resilience.retry import RetryPolicy
-from processors.sandbox.sftp import SftpRegulator
+from processors.sandbox.sftp import SFTP_PASSWORD_ENV, SftpRegulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -215,3 +220,36 @@ async def test_an_unpinned_or_unreadable_host_key_stops_the_start(regulator: Sft
         await SftpUploader(settings(regulator, known_host_key=None)).start()
     with pytest.raises(ConfigError, match="not a public key"):
         await SftpUploader(settings(regulator, known_host_key="ssh-ed25519 AAAAnot-a-key")).start()
+
+
+async def test_the_sandbox_command_line_runs_the_regulator(tmp_path: Path) -> None:
+    key_file = tmp_path / "host_key"
+    command = [
+        sys.executable, "-m", "processors.sandbox.cli", "--port", "0",
+        "--sftp", "--sftp-port", "0", "--sftp-root", str(tmp_path / "root"), "--sftp-host-key", str(key_file),
+    ]  # fmt: skip
+    env = {**os.environ, SFTP_PASSWORD_ENV: PASSWORD}
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not lines or not lines[-1].strip().startswith("SHA256:"):
+                line = await process.stdout.readline()
+                assert line, f"the sandbox exited early: {lines}"
+                lines.append(line.decode())
+        output = "".join(lines)
+        assert PASSWORD not in output
+        port = int(re.search(r"sftp://regulator@127\.0\.0\.1:(\d+)", output)[1])  # type: ignore[index]
+        host_key = re.search(r"host key\s+(ssh-ed25519 \S+)", output)[1]  # type: ignore[index]
+        assert key_file.stat().st_mode & 0o077 == 0  # the kept host key is private to its owner
+        client = SftpUploader(SftpSettings(port=port, password=SecretStr(PASSWORD), known_host_key=host_key))
+        await client.start()
+        assert (await client.upload(NAME, DATA)).already_present is False
+        assert (tmp_path / "root" / NAME).read_bytes() == DATA
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.communicate()
+    assert process.returncode == 0
