@@ -75,8 +75,9 @@ class TreatyConfigError(ConfigError):
 
 
 def round_c(amount: Decimal, currency: str) -> Decimal:
-    """``amount`` rounded ``ROUND_HALF_UP`` to ``currency``'s minor units."""
-    return amount.quantize(_QUANTUM[MINOR_UNITS[currency]], rounding=ROUND_HALF_UP, context=_WIDE)
+    """``amount`` rounded ``ROUND_HALF_UP`` to ``currency``'s minor units (never ``-0.00``)."""
+    rounded = amount.quantize(_QUANTUM[MINOR_UNITS[currency]], rounding=ROUND_HALF_UP, context=_WIDE)
+    return rounded.copy_abs() if rounded.is_zero() else rounded
 
 
 def dec_mul(a: Decimal, b: Decimal) -> Decimal:

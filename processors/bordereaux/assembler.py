@@ -1,0 +1,145 @@
+"""Stage 3 of the bordereaux app: complete periods into reports and day files.
+
+One :class:`Assembler` per ``integrations.bordereaux.partials`` partition.  It stores each
+partial until every ledger partition has sent its own for the key (``<treaty>|<period>`` or
+``REG|<day>``), then builds the reports once:
+
+* a treaty period: the premium bordereau, then the claims bordereau, both on
+  ``reinsurance.bordereaux`` (key: the treaty number).  Inside the treaty's in-force window
+  (the periods containing its inception up to its expiry) both are written even when empty
+  (nil reports); for any other period a report is written only when it has rows.
+* a regulatory day with rows: the file job on ``integrations.regulatory.files`` (key: the
+  day); a day without any row has no file.
+
+The partials are then deleted and the key is remembered as done: a partial that arrives
+again for a done key (a replay) is ignored, so a report is built exactly once.
+
+Store keys: ``part|<key>|<source partition>`` (a stored partial) and ``done|<key>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from processors.bordereaux.ledger import LedgerStore, partial_key
+from processors.bordereaux.reports import claims_report, premium_report, regulatory_job
+from processors.bordereaux.rows import ClaimMovement, PremiumRow, RegulatoryRow
+from processors.bordereaux.treaties import TreatyBook
+from processors.errors import DecodeError
+
+__all__ = ["Assembler", "ReportOut"]
+
+_SOURCE_DIGITS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOut:
+    """A report for ``reinsurance.bordereaux`` or a file job for ``integrations.regulatory.files``."""
+
+    topic: Literal["bordereaux", "regulatory"]
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Partial:
+    key: str
+    kind: Literal["bordereau", "regulatory"]
+    source: int
+    partitions: int
+    body: dict[str, Any]
+
+
+def _parse(raw: bytes) -> _Partial:
+    try:
+        body = json.loads(raw)
+        kind = body["kind"]
+        source, partitions = body["source_partition"], body["partitions"]
+        if kind == "bordereau":
+            key = partial_key(body["treaty"], body["period"])
+        elif kind == "regulatory":
+            key = partial_key(None, body["date"])
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        if not (isinstance(source, int) and isinstance(partitions, int) and 0 <= source < partitions):
+            raise ValueError("source_partition and partitions must be integers, 0 ≤ source < partitions")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"undecodable bordereaux partial: {exc}") from exc
+    return _Partial(key, kind, source, partitions, body)
+
+
+class Assembler:
+    """Builds each report once, when all partials of its period have arrived."""
+
+    def __init__(self, book: TreatyBook, store: LedgerStore) -> None:
+        self._book = book
+        self._store = store
+        self._parts: dict[str, set[int]] = {}
+        self._done: set[str] = set()
+        for key, _ in store.items():
+            kind, _, rest = key.partition("|")
+            if kind == "part":
+                name, _, source = rest.rpartition("|")
+                self._parts.setdefault(name, set()).add(int(source))
+            elif kind == "done":
+                self._done.add(rest)
+
+    def on_partial(self, raw: bytes) -> list[ReportOut]:
+        """Store one partial; the reports of its key once every ledger partition's is in."""
+        partial = _parse(raw)
+        if partial.key in self._done:
+            return []
+        self._store.put(self._part_key(partial.key, partial.source), raw)
+        sources = self._parts.setdefault(partial.key, set())
+        sources.add(partial.source)
+        if len(sources) < partial.partitions:
+            return []
+        bodies = []
+        for source in sorted(sources):
+            stored = self._store.get(self._part_key(partial.key, source))
+            if stored is not None:
+                bodies.append(json.loads(stored))
+            self._store.delete(self._part_key(partial.key, source))
+        del self._parts[partial.key]
+        self._done.add(partial.key)
+        self._store.put(f"done|{partial.key}", b"")
+        if partial.kind == "regulatory":
+            return self._day_file(partial.body["date"], bodies)
+        return self._bordereaux(partial.body["treaty"], partial.body["period"], bodies)
+
+    @staticmethod
+    def _part_key(key: str, source: int) -> str:
+        return f"part|{key}|{source:0{_SOURCE_DIGITS}d}"
+
+    def _bordereaux(
+        self, treaty_number: str, period_id: str, bodies: Iterable[dict[str, Any]]
+    ) -> list[ReportOut]:
+        treaty = self._book.treaty(treaty_number)
+        period = treaty.period_by_id(period_id)
+        premium: list[PremiumRow] = []
+        claims: list[ClaimMovement] = []
+        for body in bodies:
+            premium += (PremiumRow.from_wire(row) for row in body["premium"])
+            claims += (ClaimMovement.from_wire(move) for move in body["claims"])
+        in_force = treaty.first_period().start <= period.start <= treaty.last_in_force_period().start
+        out: list[ReportOut] = []
+        if in_force or premium:
+            out.append(
+                ReportOut("bordereaux", treaty_number, premium_report(self._book, treaty, period, premium))
+            )
+        if in_force or claims:
+            out.append(
+                ReportOut("bordereaux", treaty_number, claims_report(self._book, treaty, period, claims))
+            )
+        return out
+
+    def _day_file(self, day_id: str, bodies: Iterable[dict[str, Any]]) -> list[ReportOut]:
+        day = date.fromisoformat(day_id)
+        rows = [RegulatoryRow.from_wire(row) for body in bodies for row in body["rows"]]
+        if not rows:
+            return []
+        return [ReportOut("regulatory", day_id, regulatory_job(self._book, day, rows))]

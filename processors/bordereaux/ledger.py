@@ -1,0 +1,799 @@
+"""Stage 2 of the bordereaux app: the ledger of one ``integrations.bordereaux.by-policy`` partition.
+
+The ledger counts policy and claim events (docs/bordereaux.md is the definition of every
+number) into rows per (treaty, period) and per regulatory day, and emits one **partial** per
+(treaty, period) and per day when it closes, for every treaty of the book (empty partials
+too): the assembler knows a period is complete once every ledger partition sent its partial.
+
+State lives in a transactional key-value store (:class:`LedgerStore`, provided by the
+runtime; its writes commit with the outputs).  Keys::
+
+    meta|seq                         next sequence number (processing order in this partition)
+    wm|<source>                      watermark of a source partition (ISO-8601 UTC)
+    next|t|<treaty>, next|reg        the first period (or day) not closed yet
+    pol|<policy_id>                  terms of the policy and the event ids already counted
+    wait|<seq>                       a claim waiting for its policy term (its LedgerInput)
+    row|t|<treaty>|<period>|<seq>    a premium row or claim movement of an open period
+    row|reg|<YYYY-MM-DD>|<seq>       a regulatory row of an open day
+
+The constructor scans the store once to rebuild its in-memory indexes (watermarks, open
+periods, row keys per period, waiting claims); a ledger is rebuilt whenever the runtime
+restores or rolls back its store.
+
+Outputs are deterministic: a partial holds its rows sorted (premium rows by policy number,
+transaction date and event id; claim movements by claim, ``adjustment_of`` and processing
+order, renumbered from 0; regulatory rows by event date and event id) as canonical JSON.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from processors.bordereaux.rows import ClaimMovement, PremiumRow, RegulatoryRow, TransactionType
+from processors.bordereaux.treaties import (
+    Period,
+    Treaty,
+    TreatyBook,
+    TreatyConfigError,
+    cession_percentage,
+    day_by_id,
+    day_of,
+    dec_mul,
+    round_c,
+)
+from processors.contract.events import Code, CountryCode, Identifier, UtcDatetime
+from processors.contract.money import CurrencyCode, Money, NonNegativeMoney
+
+__all__ = [
+    "NO_TERM_REASON",
+    "Ledger",
+    "LedgerOut",
+    "LedgerStore",
+    "PartialOut",
+    "RejectOut",
+    "canonical_json",
+    "partial_key",
+]
+
+NO_TERM_REASON = "no policy term covers the date of loss"
+"""The dead-letter reason of a claim that waited ``unmatched_claim_timeout`` in vain."""
+
+POLICY_TERM_EVENTS = frozenset({"policy.issued", "policy.renewed"})
+POLICY_CHANGE_EVENTS = frozenset({"policy.endorsed", "policy.cancelled"})
+CLAIM_EVENTS = frozenset({"claim.reported", "claim.reserved", "claim.paid", "claim.settled", "claim.closed"})
+_TRANSACTION_TYPES: Mapping[str, TransactionType] = {
+    "policy.issued": "NEW_BUSINESS",
+    "policy.renewed": "RENEWAL",
+    "policy.endorsed": "ENDORSEMENT",
+    "policy.cancelled": "CANCELLATION",
+}
+_SEQ_DIGITS = 12
+
+
+class LedgerStore(Protocol):
+    """A transactional key-value store provided by the runtime."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        """The current committed and pending entries, in any order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartialOut:
+    """A partial for ``integrations.bordereaux.partials`` (key ``<treaty>|<period>`` or ``REG|<day>``)."""
+
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RejectOut:
+    """An event the ledger cannot count: the runtime dead-letters it with ``reason`` (ids only).
+
+    ``raw`` is ``None`` when the rejected event is the input record being processed; a claim
+    that waited in state and is rejected later carries its stored LedgerInput bytes here
+    (the record it came in is long committed).
+    """
+
+    event_id: str
+    reason: str
+    raw: bytes | None = None
+
+
+LedgerOut = PartialOut | RejectOut
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no insignificant whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def partial_key(treaty_number: str | None, period_id: str) -> str:
+    """The partials key of a treaty period (``TRY-1|2024-01``) or a regulatory day (``REG|2024-01-31``)."""
+    return f"REG|{period_id}" if treaty_number is None else f"{treaty_number}|{period_id}"
+
+
+# --- input ----------------------------------------------------------------------------------
+
+_IN = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
+
+
+class _LedgerInput(BaseModel):
+    model_config = _IN
+
+    id: Identifier
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    at: UtcDatetime
+    src: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    w: UtcDatetime | None
+    d: dict[str, Any]
+
+
+class _PolicyIn(BaseModel):
+    model_config = _IN
+
+    policy_id: Identifier
+    policy_number: Identifier
+    line_of_business: Code
+    territory: CountryCode | None = None
+    inception_date: date
+    expiry_date: date
+    currency: CurrencyCode
+    gross_premium: NonNegativeMoney
+    sum_insured: NonNegativeMoney
+
+
+class _ChangeIn(_PolicyIn):
+    effective_date: date
+    premium_change: Money
+
+
+class _ClaimIn(BaseModel):
+    model_config = _IN
+
+    claim_id: Identifier
+    policy_id: Identifier
+    policy_number: Identifier
+    date_of_loss: date
+    currency: CurrencyCode
+    reserve_amount: NonNegativeMoney
+    paid_amount: NonNegativeMoney
+    paid_to_date: NonNegativeMoney
+    status: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class _Undecodable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _problems(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "value"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _decode(raw: bytes) -> _LedgerInput:
+    try:
+        return _LedgerInput.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _Undecodable(f"undecodable LedgerInput: {_problems(exc)}") from None
+
+
+def _payload(model: type[BaseModel], inp: _LedgerInput) -> Any:
+    try:
+        return model.model_validate(inp.d)
+    except ValidationError as exc:
+        raise _Undecodable(f"undecodable LedgerInput {inp.id} ({inp.type}): {_problems(exc)}") from None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _read_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Term:
+    inception: date
+    expiry: date
+    currency: str
+    line_of_business: str
+    territory: str | None
+    treaty: str | None
+    share: Decimal | None
+    w: datetime | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "inception": self.inception.isoformat(),
+            "expiry": self.expiry.isoformat(),
+            "currency": self.currency,
+            "lob": self.line_of_business,
+            "territory": self.territory,
+            "treaty": self.treaty,
+            "share": None if self.share is None else format(self.share, "f"),
+            "w": _iso(self.w),
+        }
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> _Term:
+        return cls(
+            inception=date.fromisoformat(d["inception"]),
+            expiry=date.fromisoformat(d["expiry"]),
+            currency=d["currency"],
+            line_of_business=d["lob"],
+            territory=d["territory"],
+            treaty=d["treaty"],
+            share=None if d["share"] is None else Decimal(d["share"]),
+            w=_read_time(d["w"]),
+        )
+
+
+@dataclass(slots=True)
+class _Policy:
+    terms: list[_Term]
+    seen: set[str]
+
+    def term_for(self, day: date) -> _Term | None:
+        """The term started last (in the policy's event order) with inception ≤ day ≤ expiry."""
+        for term in reversed(self.terms):
+            if term.inception <= day <= term.expiry:
+                return term
+        return None
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"terms": [t.to_wire() for t in self.terms], "seen": sorted(self.seen)})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _Policy:
+        d = json.loads(raw)
+        return cls([_Term.from_wire(t) for t in d["terms"]], set(d["seen"]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    seq: int
+    key: str
+    policy_id: str
+    event_id: str
+    at: datetime
+    raw: bytes
+
+
+class _Calendar:
+    """The periods of one treaty, or the regulatory days."""
+
+    def __init__(self, book: TreatyBook, treaty: Treaty | None) -> None:
+        self.treaty = treaty
+        self._book = book
+        if treaty is None:
+            self.name = "reg"
+            self.first = book.first_regulatory_day
+        else:
+            self.name = f"t|{treaty.treaty_number}"
+            self.first = treaty.first_period()
+
+    @property
+    def partial_key_prefix(self) -> str | None:
+        return None if self.treaty is None else self.treaty.treaty_number
+
+    def period_of(self, d: date) -> Period:
+        return day_of(d) if self.treaty is None else self.treaty.period_of(d)
+
+    def by_id(self, pid: str) -> Period:
+        return day_by_id(pid) if self.treaty is None else self.treaty.period_by_id(pid)
+
+    def next(self, period: Period) -> Period:
+        return day_of(period.end) if self.treaty is None else self.treaty.next_period(period)
+
+    def closes_at(self, period: Period) -> datetime:
+        if self.treaty is None:
+            return self._book.regulatory_closes_at(period)
+        return self.treaty.closes_at(period)
+
+
+# --- the ledger -----------------------------------------------------------------------------
+
+
+class Ledger:
+    """Counts one by-policy partition's events and closes its periods (see the module doc)."""
+
+    def __init__(
+        self,
+        book: TreatyBook,
+        store: LedgerStore,
+        *,
+        partition: int,
+        partitions: int,
+        sources: Collection[str],
+    ) -> None:
+        self._book = book
+        self._store = store
+        self._partition = partition
+        self._partitions = partitions
+        self._sources = frozenset(sources)
+        self._calendars = [_Calendar(book, t) for t in book.treaties] + [_Calendar(book, None)]
+        self._by_name = {cal.name: cal for cal in self._calendars}
+        self._next: dict[str, Period] = {cal.name: cal.first for cal in self._calendars}
+        self._watermarks: dict[str, datetime] = {}
+        self._buckets: dict[tuple[str, str], list[str]] = {}
+        self._waiting: dict[int, _Waiting] = {}  # by arrival sequence
+        self._waiting_ids: set[str] = set()
+        self._waiting_by_policy: dict[str, list[int]] = {}
+        self._deadlines: list[tuple[datetime, int]] = []  # heap of (occurred_at, seq); stale entries skipped
+        self._seq = 0
+        self._load()
+
+    @staticmethod
+    def partial_key(treaty_number: str | None, period_id: str) -> str:
+        """See :func:`partial_key`."""
+        return partial_key(treaty_number, period_id)
+
+    @property
+    def event_time(self) -> datetime | None:
+        """The minimum watermark over every source; ``None`` until every source has reported."""
+        if not self._sources or any(s not in self._watermarks for s in self._sources):
+            return None
+        return min(self._watermarks[s] for s in self._sources)
+
+    def open_period(self, treaty_number: str | None) -> Period:
+        """The first period of ``treaty_number`` (``None``: the first day) not closed yet."""
+        name = "reg" if treaty_number is None else f"t|{treaty_number}"
+        return self._next[name]
+
+    # --- restore ------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        for key, value in self._store.items():
+            kind, _, rest = key.partition("|")
+            if kind == "row":
+                cal_kind, _, rest = rest.partition("|")
+                if cal_kind == "t":
+                    treaty, period, _seq = rest.split("|")
+                    name = f"t|{treaty}"
+                else:
+                    name = "reg"
+                    period, _seq = rest.split("|")
+                self._buckets.setdefault((name, period), []).append(key)
+            elif kind == "wm":
+                self._watermarks[rest] = datetime.fromisoformat(value.decode())
+            elif kind == "next":
+                cal = self._by_name.get(rest)
+                if cal is not None:
+                    self._next[rest] = cal.by_id(value.decode())
+            elif kind == "wait":
+                d = json.loads(value)
+                raw = d["raw"].encode("utf-8")
+                self._remember(
+                    _Waiting(int(rest), key, d["policy"], d["id"], datetime.fromisoformat(d["at"]), raw)
+                )
+            elif key == "meta|seq":
+                self._seq = int(value.decode())
+        for keys in self._buckets.values():
+            keys.sort()
+        for seqs in self._waiting_by_policy.values():
+            seqs.sort()
+
+    def _remember(self, waiting: _Waiting) -> None:
+        self._waiting[waiting.seq] = waiting
+        self._waiting_ids.add(waiting.event_id)
+        self._waiting_by_policy.setdefault(waiting.policy_id, []).append(waiting.seq)
+        heapq.heappush(self._deadlines, (waiting.at, waiting.seq))
+
+    def _forget(self, waiting: _Waiting) -> None:
+        del self._waiting[waiting.seq]
+        self._waiting_ids.discard(waiting.event_id)
+        seqs = self._waiting_by_policy[waiting.policy_id]
+        seqs.remove(waiting.seq)
+        if not seqs:
+            del self._waiting_by_policy[waiting.policy_id]
+        self._store.delete(waiting.key)
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        self._store.put("meta|seq", str(self._seq).encode())
+        return seq
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def on_event(self, raw: bytes) -> list[LedgerOut]:
+        """Count one LedgerInput; then dead-letter timed-out claims and close what closed."""
+        try:
+            inp = _decode(raw)
+        except _Undecodable as exc:
+            return [RejectOut(_event_id_of(raw), exc.reason)]
+        out: list[LedgerOut] = []
+        try:
+            out += self._count(inp, raw)
+        except _Undecodable as exc:
+            out.append(RejectOut(inp.id, exc.reason))
+        self._advance_watermark(inp.src, _later(inp.w, inp.at))
+        out += self._progress()
+        return out
+
+    def on_watermark(self, source: str, watermark: datetime) -> list[LedgerOut]:
+        """A source partition's watermark moved (it only ever moves forward)."""
+        if watermark.tzinfo is None:
+            watermark = watermark.replace(tzinfo=UTC)
+        self._advance_watermark(source, watermark.astimezone(UTC))
+        return self._progress()
+
+    def on_close(self, treaty_number: str | None, period_id: str) -> list[LedgerOut]:
+        """Close ``period_id`` of ``treaty_number`` (``None``: the regulatory day) and every earlier
+        open period: their partials are emitted now.  A malformed command is rejected."""
+        what = f"close {treaty_number or 'regulatory'} {period_id}"
+        try:
+            cal = self._by_name.get("reg" if treaty_number is None else f"t|{treaty_number}")
+            if cal is None:
+                self._book.treaty(str(treaty_number))  # raises, naming the known treaties
+                raise AssertionError("unreachable")  # pragma: no cover
+            period = cal.by_id(period_id)
+        except TreatyConfigError as exc:
+            return [RejectOut(what, f"bad close command: {exc}")]
+        out: list[LedgerOut] = []
+        while self._next[cal.name].start <= period.start:
+            out.append(self._emit(cal, self._next[cal.name]))
+        return out
+
+    # --- counting -----------------------------------------------------------------------------
+
+    def _count(self, inp: _LedgerInput, raw: bytes) -> list[LedgerOut]:
+        if inp.type in POLICY_TERM_EVENTS:
+            return self._on_term(inp, _payload(_PolicyIn, inp))
+        if inp.type in POLICY_CHANGE_EVENTS:
+            return self._on_change(inp, _payload(_ChangeIn, inp))
+        if inp.type in CLAIM_EVENTS:
+            return self._on_claim(inp, _payload(_ClaimIn, inp), raw)
+        return [RejectOut(inp.id, f"event type {inp.type} is not counted by the bordereaux ledger")]
+
+    def _policy(self, policy_id: str) -> _Policy | None:
+        raw = self._store.get(f"pol|{policy_id}")
+        return None if raw is None else _Policy.from_bytes(raw)
+
+    def _save(self, policy_id: str, policy: _Policy) -> None:
+        self._store.put(f"pol|{policy_id}", policy.to_bytes())
+
+    def _on_term(self, inp: _LedgerInput, data: _PolicyIn) -> list[LedgerOut]:
+        policy = self._policy(data.policy_id) or _Policy([], set())
+        if inp.id in policy.seen:
+            return []
+        treaty = self._book.attach(data.line_of_business, data.territory, data.currency, data.inception_date)
+        share = (
+            None
+            if treaty is None
+            else self._book.share(treaty, data.sum_insured, data.currency, data.inception_date)
+        )
+        term = _Term(
+            inception=data.inception_date,
+            expiry=data.expiry_date,
+            currency=data.currency,
+            line_of_business=data.line_of_business,
+            territory=data.territory,
+            treaty=None if treaty is None else treaty.treaty_number,
+            share=share,
+            w=inp.w,
+        )
+        policy.terms.append(term)
+        self._count_policy_event(inp, data, term)
+        policy.seen.add(inp.id)
+        out = self._release(data.policy_id, policy)
+        self._save(data.policy_id, policy)
+        return out
+
+    def _on_change(self, inp: _LedgerInput, data: _ChangeIn) -> list[LedgerOut]:
+        policy = self._policy(data.policy_id)
+        if policy is None:
+            return [RejectOut(inp.id, f"{inp.type} for unknown policy {data.policy_id}")]
+        if inp.id in policy.seen:
+            return []
+        term = policy.term_for(data.effective_date)
+        if term is None:
+            return [
+                RejectOut(
+                    inp.id,
+                    f"{inp.type}: no term of policy {data.policy_id} covers the effective date "
+                    f"{data.effective_date.isoformat()}",
+                )
+            ]
+        self._count_policy_event(inp, data, term)
+        policy.seen.add(inp.id)
+        self._save(data.policy_id, policy)
+        return []
+
+    def _count_policy_event(self, inp: _LedgerInput, data: _PolicyIn, term: _Term) -> None:
+        change = isinstance(data, _ChangeIn)
+        ccy = data.currency
+        gross = data.premium_change if isinstance(data, _ChangeIn) else data.gross_premium
+        sum_insured = round_c(Decimal(0), ccy) if inp.type == "policy.cancelled" else data.sum_insured
+        if term.treaty is not None:
+            assert term.share is not None
+            cal = self._by_name[f"t|{term.treaty}"]
+            period, adjustment_of = self._place(cal, inp.at.date(), inp.w)
+            zero = round_c(Decimal(0), ccy)
+            row = PremiumRow(
+                policy_number=data.policy_number,
+                transaction_type=_TRANSACTION_TYPES[inp.type],
+                event_id=inp.id,
+                transaction_date=inp.at.date(),
+                effective_date=data.effective_date if isinstance(data, _ChangeIn) else data.inception_date,
+                inception_date=term.inception,
+                expiry_date=term.expiry,
+                currency=ccy,
+                gross_premium=gross,
+                additional_premium=gross if change and gross > 0 else zero,
+                return_premium=gross if change and gross < 0 else zero,
+                ceded_premium=round_c(dec_mul(gross, term.share), ccy),
+                cession_percentage=cession_percentage(term.share),
+                sum_insured=sum_insured,
+                ceded_sum_insured=round_c(dec_mul(sum_insured, term.share), ccy),
+                adjustment_of=adjustment_of,
+            )
+            self._put_row(cal, period, {"premium": row.to_wire()})
+        self._put_regulatory(
+            inp,
+            inp.w,
+            RegulatoryRow(
+                record_type="POLICY",
+                event_id=inp.id,
+                event_type=inp.type,
+                event_date=inp.at.date(),
+                original_date=None,
+                policy_number=data.policy_number,
+                claim_id=None,
+                line_of_business=data.line_of_business,
+                territory=data.territory,
+                currency=ccy,
+                gross_premium=gross,
+                sum_insured=sum_insured,
+                paid_amount=None,
+                reserve_amount=None,
+            ),
+        )
+
+    def _on_claim(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> list[LedgerOut]:
+        policy = self._policy(data.policy_id)
+        if policy is not None and inp.id in policy.seen:
+            return []
+        if inp.id in self._waiting_ids:
+            return []
+        term = None if policy is None else policy.term_for(data.date_of_loss)
+        if policy is None or term is None:
+            self._wait(inp, data, raw)
+            return []
+        out = self._count_claim(inp, data, term, None)
+        if not out:
+            policy.seen.add(inp.id)
+            self._save(data.policy_id, policy)
+        return out
+
+    def _count_claim(
+        self, inp: _LedgerInput, data: _ClaimIn, term: _Term, stored: bytes | None
+    ) -> list[LedgerOut]:
+        """Count a claim event on its term (with ``W = max(W_claim, W_term)``); a currency other
+        than the term's is rejected (``stored``: the bytes of a claim that waited)."""
+        if data.currency != term.currency:
+            return [
+                RejectOut(
+                    inp.id,
+                    f"claim {data.claim_id} is in {data.currency} but the term of policy "
+                    f"{data.policy_id} covering its date of loss is in {term.currency}",
+                    stored,
+                )
+            ]
+        w = _later(inp.w, term.w)
+        if term.treaty is not None:
+            assert term.share is not None
+            cal = self._by_name[f"t|{term.treaty}"]
+            period, adjustment_of = self._place(cal, inp.at.date(), w)
+            movement = ClaimMovement(
+                claim_id=data.claim_id,
+                policy_number=data.policy_number,
+                date_of_loss=data.date_of_loss,
+                currency=data.currency,
+                status=data.status,
+                paid_amount=data.paid_amount,
+                paid_to_date=data.paid_to_date,
+                reserve_amount=data.reserve_amount,
+                share=term.share,
+                event_id=inp.id,
+                seq=0,  # replaced by the row's key sequence
+                adjustment_of=adjustment_of,
+            )
+            self._put_row(cal, period, {"claim": movement.to_wire()})
+        self._put_regulatory(
+            inp,
+            w,
+            RegulatoryRow(
+                record_type="CLAIM",
+                event_id=inp.id,
+                event_type=inp.type,
+                event_date=inp.at.date(),
+                original_date=None,
+                policy_number=data.policy_number,
+                claim_id=data.claim_id,
+                line_of_business=term.line_of_business,
+                territory=term.territory,
+                currency=data.currency,
+                gross_premium=None,
+                sum_insured=None,
+                paid_amount=data.paid_amount,
+                reserve_amount=data.reserve_amount,
+            ),
+        )
+        return []
+
+    def _wait(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> None:
+        seq = self._next_seq()
+        key = f"wait|{seq:0{_SEQ_DIGITS}d}"
+        text = raw.decode("utf-8")
+        value = {"policy": data.policy_id, "id": inp.id, "at": inp.at.isoformat(), "raw": text}
+        self._store.put(key, canonical_json(value))
+        self._remember(_Waiting(seq, key, data.policy_id, inp.id, inp.at, raw))
+
+    def _release(self, policy_id: str, policy: _Policy) -> list[LedgerOut]:
+        """Count, in arrival order, the waiting claims of ``policy_id`` that a term now covers."""
+        out: list[LedgerOut] = []
+        for seq in list(self._waiting_by_policy.get(policy_id, ())):
+            waiting = self._waiting[seq]
+            inp = _decode(waiting.raw)
+            data = _payload(_ClaimIn, inp)
+            term = policy.term_for(data.date_of_loss)
+            if term is None:
+                continue
+            self._forget(waiting)
+            if inp.id in policy.seen:
+                continue
+            rejected = self._count_claim(inp, data, term, waiting.raw)
+            if rejected:
+                out += rejected
+            else:
+                policy.seen.add(inp.id)
+        return out
+
+    # --- placing rows -------------------------------------------------------------------------
+
+    def _place(self, cal: _Calendar, event_date: date, w: datetime | None) -> tuple[Period, str | None]:
+        """The period a row is counted in, and its ``adjustment_of`` (``None``: its own period).
+
+        The own period is the one containing the event date (the first period for an event
+        dated before it).  Late (``W ≥ end + grace``): the period containing ``W``.  Either
+        way never a closed period: then the first open one.
+        """
+        own = cal.period_of(event_date)
+        if own.start < cal.first.start:
+            own = cal.first
+        target = own
+        if w is not None and w >= cal.closes_at(own):
+            target = cal.period_of(w.date())
+        first_open = self._next[cal.name]
+        if target.start < first_open.start:
+            target = first_open
+        return target, (None if target == own else own.id)
+
+    def _put_row(self, cal: _Calendar, period: Period, value: dict[str, Any]) -> None:
+        seq = self._next_seq()
+        key = f"row|{cal.name}|{period.id}|{seq:0{_SEQ_DIGITS}d}"
+        self._store.put(key, canonical_json(value))
+        self._buckets.setdefault((cal.name, period.id), []).append(key)
+
+    def _put_regulatory(self, inp: _LedgerInput, w: datetime | None, row: RegulatoryRow) -> None:
+        cal = self._by_name["reg"]
+        day, adjustment_of = self._place(cal, inp.at.date(), w)
+        if adjustment_of is not None:
+            row = replace(row, original_date=date.fromisoformat(adjustment_of))
+        self._put_row(cal, day, row.to_wire())
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def _advance_watermark(self, source: str, moment: datetime | None) -> None:
+        if moment is None:
+            return
+        known = self._watermarks.get(source)
+        if known is not None and moment <= known:
+            return
+        self._watermarks[source] = moment
+        self._store.put(f"wm|{source}", moment.isoformat().encode())
+
+    def _progress(self) -> list[LedgerOut]:
+        """Dead-letter claims that waited too long; emit the partials of every period that closed."""
+        now = self.event_time
+        if now is None:
+            return []
+        out: list[LedgerOut] = []
+        timeout = self._book.unmatched_claim_timeout
+        while self._deadlines and now >= self._deadlines[0][0] + timeout:
+            _, seq = heapq.heappop(self._deadlines)
+            waiting = self._waiting.get(seq)
+            if waiting is not None:
+                self._forget(waiting)
+                out.append(RejectOut(waiting.event_id, NO_TERM_REASON, waiting.raw))
+        for cal in self._calendars:
+            while now >= cal.closes_at(self._next[cal.name]):
+                out.append(self._emit(cal, self._next[cal.name]))
+        return out
+
+    def _emit(self, cal: _Calendar, period: Period) -> PartialOut:
+        """The partial of ``period`` (the first open one): its rows leave the store."""
+        assert period == self._next[cal.name]
+        keys = self._buckets.pop((cal.name, period.id), [])
+        values = []
+        for key in keys:
+            raw = self._store.get(key)
+            if raw is not None:
+                values.append(json.loads(raw))
+            self._store.delete(key)
+        nxt = cal.next(period)
+        self._next[cal.name] = nxt
+        self._store.put(f"next|{cal.name}", nxt.id.encode())
+        head: dict[str, Any]
+        if cal.treaty is None:
+            rows = sorted((RegulatoryRow.from_wire(v) for v in values), key=lambda r: r.sort_key)
+            head = {"kind": "regulatory", "date": period.id, "rows": [r.to_wire() for r in rows]}
+        else:
+            premium = sorted(
+                (PremiumRow.from_wire(v["premium"]) for v in values if "premium" in v),
+                key=lambda r: r.sort_key,
+            )
+            # A claim's movements in processing order (the key sequence), grouped per claim
+            # and adjustment, numbered from 0: independent of how other claims interleaved.
+            moves = [
+                (ClaimMovement.from_wire(v["claim"]), int(key.rsplit("|", 1)[1]))
+                for key, v in zip(keys, values, strict=True)
+                if "claim" in v
+            ]
+            moves.sort(
+                key=lambda m: (m[0].claim_id, m[0].adjustment_of is not None, m[0].adjustment_of or "", m[1])
+            )
+            claims = [replace(move, seq=index) for index, (move, _) in enumerate(moves)]
+            head = {
+                "kind": "bordereau",
+                "treaty": cal.treaty.treaty_number,
+                "period": period.id,
+                "premium": [r.to_wire() for r in premium],
+                "claims": [c.to_wire() for c in claims],
+            }
+        head["source_partition"] = self._partition
+        head["partitions"] = self._partitions
+        return PartialOut(partial_key(cal.partial_key_prefix, period.id), canonical_json(head))
+
+
+def _event_id_of(raw: bytes) -> str:
+    """The ``id`` of an undecodable LedgerInput when it has a usable one, else ``""``."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return ""
+    event_id = value.get("id") if isinstance(value, dict) else None
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 128 else ""

@@ -1,0 +1,225 @@
+"""The bytes of the bordereaux and of the regulatory day files (docs/bordereaux.md).
+
+Every function sorts its input itself: the same rows in any order give byte-identical output.
+Reports are UTF-8 JSON with keys in the order the doc lists and no insignificant whitespace;
+amounts are decimal strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from processors.bordereaux.rows import (
+    REGULATORY_COLUMNS,
+    ClaimMovement,
+    PremiumRow,
+    RegulatoryRow,
+    claim_row,
+    dec,
+)
+from processors.bordereaux.treaties import Period, Treaty, TreatyBook, dec_mul, dec_sum, round_c
+
+__all__ = [
+    "CLAIM_TOTALS",
+    "PREMIUM_TOTALS",
+    "claims_report",
+    "compact_json",
+    "premium_report",
+    "regulatory_file",
+    "regulatory_file_names",
+    "regulatory_job",
+    "report_id",
+]
+
+PREMIUM_TOTALS = (
+    ("total_gross_premium", "gross_premium"),
+    ("total_additional_premium", "additional_premium"),
+    ("total_return_premium", "return_premium"),
+    ("total_ceded_premium", "ceded_premium"),
+    ("total_sum_insured", "sum_insured"),
+    ("total_ceded_sum_insured", "ceded_sum_insured"),
+)
+"""Premium summary totals, in report order, and the row field each sums."""
+
+CLAIM_TOTALS = (
+    ("total_paid_this_period", "paid_this_period"),
+    ("total_paid_to_date", "paid_to_date"),
+    ("total_outstanding_reserve", "outstanding_reserve"),
+    ("total_incurred", "incurred"),
+    ("total_ceded_paid_this_period", "ceded_paid_this_period"),
+    ("total_ceded_paid_to_date", "ceded_paid_to_date"),
+    ("total_ceded_outstanding_reserve", "ceded_outstanding_reserve"),
+    ("total_ceded_incurred", "ceded_incurred"),
+)
+"""Claims summary totals, in report order, and the row field each sums."""
+
+
+def compact_json(value: Any) -> bytes:
+    """UTF-8 JSON in the given key order, separators ``,`` and ``:``."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def report_id(treaty: Treaty, period: Period, kind: str) -> str:
+    """``BRD-<treaty_number>-<period id>-P`` (premium) or ``-C`` (claims)."""
+    return f"BRD-{treaty.treaty_number}-{period.id}-{kind}"
+
+
+def _head(book: TreatyBook, treaty: Treaty, period: Period, kind: str) -> dict[str, Any]:
+    return {
+        "report_id": report_id(treaty, period, kind),
+        "report_type": "PREMIUM_BORDEREAUX" if kind == "P" else "CLAIMS_BORDEREAUX",
+        "treaty_number": treaty.treaty_number,
+        "period": {"id": period.id, "from": period.start.isoformat(), "to": period.last_day.isoformat()},
+        "cedant": {"code": book.cedant_code, "name": book.cedant_name},
+        "reinsurer": {"code": treaty.reinsurer_code, "name": treaty.reinsurer_name},
+        "treaty_type": treaty.type,
+        "settlement_currency": treaty.settlement_currency,
+    }
+
+
+def _totals(
+    book: TreatyBook,
+    treaty: Treaty,
+    period: Period,
+    rows: Sequence[Mapping[str, Any]],
+    totals: Sequence[tuple[str, str]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``by_currency`` and ``settlement`` of a summary from rows in their wire form."""
+    by_currency: dict[str, dict[str, str]] = {}
+    sums: dict[str, dict[str, Decimal]] = {}
+    for ccy in sorted({row["currency"] for row in rows}):
+        mine = [row for row in rows if row["currency"] == ccy]
+        sums[ccy] = {
+            name: round_c(dec_sum(Decimal(row[field]) for row in mine), ccy) for name, field in totals
+        }
+        by_currency[ccy] = {name: dec(value) for name, value in sums[ccy].items()}
+    settle = treaty.settlement_currency
+    rate_date = period.last_day
+    rates = {ccy: book.rate(ccy, settle, rate_date) for ccy in sums}
+    settlement: dict[str, Any] = {
+        "currency": settle,
+        "rate_date": rate_date.isoformat(),
+        "rates": {ccy: dec(rate) for ccy, rate in rates.items()},
+    }
+    for name, _ in totals:
+        converted = dec_sum(round_c(dec_mul(sums[ccy][name], rates[ccy]), settle) for ccy in sums)
+        settlement[name] = dec(round_c(converted, settle))
+    return by_currency, settlement
+
+
+def premium_report(book: TreatyBook, treaty: Treaty, period: Period, rows: Iterable[PremiumRow]) -> bytes:
+    """The premium bordereau of ``treaty`` for ``period`` (rows in any order)."""
+    ordered = sorted(rows, key=lambda r: r.sort_key)
+    wire = [row.to_wire() for row in ordered]
+    by_currency, settlement = _totals(book, treaty, period, wire, PREMIUM_TOTALS)
+    report = _head(book, treaty, period, "P")
+    report["policies"] = wire
+    report["summary"] = {
+        "total_policies": len({row.policy_number for row in ordered}),
+        "total_rows": len(ordered),
+        "by_currency": by_currency,
+        "settlement": settlement,
+    }
+    return compact_json(report)
+
+
+def _claim_group(m: ClaimMovement) -> tuple[str, bool, str]:
+    return (m.claim_id, m.adjustment_of is not None, m.adjustment_of or "")
+
+
+def claims_report(
+    book: TreatyBook, treaty: Treaty, period: Period, movements: Iterable[ClaimMovement]
+) -> bytes:
+    """The claims bordereau of ``treaty`` for ``period``: one row per (claim, ``adjustment_of``).
+
+    A claim's movements are aggregated in processing order (``seq``); rows are sorted by
+    claim id, the row with ``adjustment_of`` null first, then adjustments by period id.
+    """
+    ordered = sorted(movements, key=lambda m: (*_claim_group(m), m.seq, m.event_id))
+    groups: dict[tuple[str, bool, str], list[ClaimMovement]] = {}
+    for move in ordered:
+        groups.setdefault(_claim_group(move), []).append(move)
+    wire = [claim_row(group) for group in groups.values()]
+    by_currency, settlement = _totals(book, treaty, period, wire, CLAIM_TOTALS)
+    report = _head(book, treaty, period, "C")
+    report["claims"] = wire
+    report["summary"] = {
+        "total_claims": len({row["claim_id"] for row in wire}),
+        "total_rows": len(wire),
+        "by_currency": by_currency,
+        "settlement": settlement,
+    }
+    return compact_json(report)
+
+
+# --- regulatory files -----------------------------------------------------------------------
+
+
+def regulatory_file_names(book: TreatyBook, day: date) -> tuple[str, str]:
+    """``REG_<cedant>_<YYYYMMDD>.csv`` and its ``.manifest.json``."""
+    stem = f"REG_{book.cedant_code}_{day.strftime('%Y%m%d')}"
+    return f"{stem}.csv", f"{stem}.manifest.json"
+
+
+def _control_totals(rows: Sequence[RegulatoryRow]) -> dict[str, dict[str, str]]:
+    amounts: dict[str, Callable[[RegulatoryRow], Decimal | None]] = {
+        "gross_premium": lambda r: r.gross_premium,
+        "paid_amount": lambda r: r.paid_amount,
+        "reserve_amount": lambda r: r.reserve_amount,
+    }
+    totals: dict[str, dict[str, str]] = {}
+    for ccy in sorted({row.currency for row in rows}):
+        mine = [row for row in rows if row.currency == ccy]
+        totals[ccy] = {
+            name: dec(round_c(dec_sum(v for row in mine if (v := get(row)) is not None), ccy))
+            for name, get in amounts.items()
+        }
+    return totals
+
+
+def regulatory_file(
+    book: TreatyBook, day: date, rows: Iterable[RegulatoryRow]
+) -> tuple[str, bytes, str, bytes]:
+    """The day's CSV and manifest: ``(csv name, csv bytes, manifest name, manifest bytes)``.
+
+    The CSV is RFC 4180 (``\\r\\n`` line ends, UTF-8, a header row), rows sorted by
+    (``event_date``, ``event_id``).  The manifest is compact JSON, keys in the doc's order.
+    """
+    ordered = sorted(rows, key=lambda r: r.sort_key)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(REGULATORY_COLUMNS)
+    for row in ordered:
+        writer.writerow(row.csv_fields())
+    data = text.getvalue().encode("utf-8")
+    csv_name, manifest_name = regulatory_file_names(book, day)
+    manifest = {
+        "file_name": csv_name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "record_count": len(ordered),
+        "control_totals": _control_totals(ordered),
+        "report_date": day.isoformat(),
+    }
+    return csv_name, data, manifest_name, compact_json(manifest)
+
+
+def regulatory_job(book: TreatyBook, day: date, rows: Iterable[RegulatoryRow]) -> bytes:
+    """The file job for ``integrations.regulatory.files`` (key ``YYYY-MM-DD``)."""
+    csv_name, data, manifest_name, manifest = regulatory_file(book, day, rows)
+    return compact_json(
+        {
+            "report_date": day.isoformat(),
+            "file_name": csv_name,
+            "manifest_name": manifest_name,
+            "csv": data.decode("utf-8"),
+            "manifest": manifest.decode("utf-8"),
+        }
+    )
