@@ -37,6 +37,10 @@ DELIVERIES = "integrations.reinsurance.deliveries"
 # The entry proposed for topics.yaml, parsed by the real catalogue code.
 CATALOGUE = """
 version: 1
+naming:
+  retry: integrations.{app}.retry.{index}-{delay}
+  dlq: integrations.{app}.dlq
+  parked: integrations.{app}.parked
 defaults: {partitions: 6, replication_factor: 1, min_insync_replicas: 1, retention: 7d}
 outputs:
   - name: reinsurance.bordereaux
