@@ -17,7 +17,9 @@ from processors.runtime.failures import dead_letter
 from processors.streams.loop import StageSpec, Task
 from processors.streams.store import ChangelogStore
 
-__all__ = ["MemoryDriver", "MemoryMessage"]
+__all__ = ["InputRecord", "MemoryDriver", "MemoryMessage"]
+
+InputRecord = tuple[str, int, bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 @dataclass
