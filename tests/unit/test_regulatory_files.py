@@ -101,7 +101,11 @@ def test_a_consistent_manifest_is_accepted_and_its_facts_are_the_csvs() -> None:
         "paid_amount": Decimal("250.50"),
         "reserve_amount": Decimal("1000.00"),
     }
-    assert facts.control_totals_json()["EUR"]["gross_premium"] == "-35.10"
+    assert facts.control_totals_json()["EUR"] == {  # the manifest's own form
+        "gross_premium": "-35.10",
+        "paid_amount": "0.00",
+        "reserve_amount": "0.00",
+    }
     assert list(facts.control_totals_json()) == ["EUR", "USD"]
 
 
@@ -114,6 +118,18 @@ def test_amounts_compare_as_decimals_and_a_list_of_totals_is_read_too() -> None:
     manifest = make_manifest(csv_text, control_totals=listed)
     facts = verify_manifest(csv_text.encode(), manifest.encode(), file_name=CSV_NAME, report_date=DAY)
     assert facts.control_totals["EUR"]["gross_premium"] == Decimal("-35.10")
+
+
+def test_a_total_may_be_the_sum_rounded_to_the_currencys_minor_units() -> None:
+    row = [*ROWS[0][:9], "JPY", "1000.4", *ROWS[0][11:]]
+    csv_text = make_csv([row, row])
+    sums = {"gross_premium": "2001", "paid_amount": "0", "reserve_amount": "0"}
+    manifest = make_manifest(csv_text, record_count=2, control_totals={"JPY": sums})
+    facts = verify_manifest(csv_text.encode(), manifest.encode(), file_name=CSV_NAME, report_date=DAY)
+    assert str(facts.control_totals["JPY"]["gross_premium"]) == "2001"  # the CSV's sum is 2000.8
+    wrong = make_manifest(csv_text, record_count=2, control_totals={"JPY": {**sums, "gross_premium": "2000"}})
+    with pytest.raises(ManifestMismatch, match=r"JPY\.gross_premium is 2000"):
+        verify_manifest(csv_text.encode(), wrong.encode(), file_name=CSV_NAME, report_date=DAY)
 
 
 def test_a_day_without_rows_has_a_header_only_and_no_totals() -> None:

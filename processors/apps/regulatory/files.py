@@ -31,12 +31,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from processors.contract.money import MINOR_UNITS
 from processors.errors import DecodeError, Permanent, Retriable, ValidationFailed
 
 __all__ = [
@@ -81,6 +82,9 @@ MANIFEST_KEYS: Final = ("file_name", "sha256", "bytes", "record_count", "control
 _CSV_NAME = re.compile(r"REG_(?P<cedant>[A-Za-z0-9]+)_(?P<day>\d{8})\.csv")
 _MANIFEST_NAME = re.compile(r"REG_(?P<cedant>[A-Za-z0-9]+)_(?P<day>\d{8})\.manifest\.json")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+_WIDE = Context(prec=100)
+"""Sums and rounding of amounts never lose digits to the default 28-digit context."""
 
 Totals = dict[str, dict[str, Decimal]]
 """Per currency: ``gross_premium``, ``paid_amount``, ``reserve_amount`` sums."""
@@ -155,7 +159,7 @@ class FileJob(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """What a verified manifest says (and its CSV agrees with)."""
+    """What a verified manifest says (and its CSV agrees with); amounts keep the manifest's form."""
 
     file_name: str
     sha256: str
@@ -175,7 +179,8 @@ class Manifest:
 def verify_manifest(csv_data: bytes, manifest_data: bytes, *, file_name: str, report_date: date) -> Manifest:
     """Check every statement of the manifest against the CSV; :class:`ManifestMismatch` if one is wrong.
 
-    Amounts are compared as decimals (``"10.50"`` equals ``"10.5"``); a currency the
+    Amounts are compared as decimals (``"10.50"`` equals ``"10.5"``), and a total may be the
+    exact sum or that sum rounded half-up to the currency's minor units; a currency the
     manifest leaves out must have zero totals in the CSV, and the other way round.
     """
     stated = _parse_manifest(manifest_data)
@@ -201,7 +206,7 @@ def verify_manifest(csv_data: bytes, manifest_data: bytes, *, file_name: str, re
         for name in TOTAL_FIELDS:
             computed = totals.get(currency, {}).get(name, zero)
             claimed = stated_totals.get(currency, {}).get(name, zero)
-            if computed != claimed:
+            if computed != claimed and _rounded(computed, currency) != claimed:
                 raise ManifestMismatch(
                     f"{where}: control_totals.{currency}.{name} is {claimed}, the CSV sums to {computed}"
                 )
@@ -210,9 +215,17 @@ def verify_manifest(csv_data: bytes, manifest_data: bytes, *, file_name: str, re
         sha256=digest,
         bytes=size,
         record_count=record_count,
-        control_totals=totals,
+        control_totals=stated_totals,  # as the manifest writes them ("0.00", not "0"), now verified
         report_date=report_date,
     )
+
+
+def _rounded(amount: Decimal, currency: str) -> Decimal | None:
+    """``amount`` rounded half-up to ``currency``'s minor units; None for an unknown currency."""
+    places = MINOR_UNITS.get(currency)
+    if places is None:
+        return None
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP, context=_WIDE)
 
 
 def csv_facts(csv_data: bytes, *, file_name: str = "the CSV") -> tuple[int, Totals]:
@@ -239,7 +252,7 @@ def csv_facts(csv_data: bytes, *, file_name: str = "the CSV") -> tuple[int, Tota
         for name in TOTAL_FIELDS:
             cell = row[columns[name]]
             if cell:
-                sums[name] += _amount(cell, f"{file_name}: line {number} {name}")
+                sums[name] = _WIDE.add(sums[name], _amount(cell, f"{file_name}: line {number} {name}"))
     return len(rows) - 1, totals
 
 
