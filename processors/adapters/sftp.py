@@ -144,7 +144,7 @@ class SftpUploader:
         self._where = f"sftp://{settings.username}@{settings.host}:{settings.port}"
 
     def __repr__(self) -> str:
-        return f"SftpUploader({self._where}{self.settings.remote_dir!r})"
+        return f"SftpUploader({self._where}, remote_dir={self.settings.remote_dir!r})"
 
     async def start(self) -> None:
         """Check the pinned host key (no network): a bad one is a :class:`ConfigError` now."""
@@ -172,7 +172,7 @@ class SftpUploader:
             if present == size and _sha256(await self._read(sftp, final, name)) == digest:
                 return UploadResult(name, final, size, digest, already_present=True)
             await self._write(sftp, part, data, name)
-            stored = await self._size(sftp, part)
+            stored = await self._size(sftp, part) or 0
             if stored != size:
                 raise UploadNotVerified(
                     f"{self._where}: upload of {name} truncated: the server holds {stored} of {size} bytes"
