@@ -309,6 +309,26 @@ def test_late_means_at_or_past_end_plus_grace(watermark: str, period: str) -> No
     assert row in in_period
 
 
+def test_watermark_is_the_latest_occurred_at_read_before_on_the_same_partition() -> None:
+    a, b, c = on_partition(2, "POL-WM")[:3]
+    other = on_partition(4, "POL-WM")[0]
+    stream = [
+        issued(a, "2024-02-01T08:00:00"),
+        issued(other, "2024-05-01T08:00:00"),  # another partition: no effect
+        issued(b, "2024-02-03T08:00:00"),
+        issued(c, "2024-02-02T08:00:00"),  # older: the watermark stays
+        issued(c + "-X", "2024-02-04T08:00:00"),
+    ]
+    stream[-1] = Published(stream[-1].topic, 2, stream[-1].key, stream[-1].event)
+    assert watermarks(stream) == [
+        None,
+        None,
+        at("2024-02-01T08:00:00"),
+        at("2024-02-03T08:00:00"),
+        at("2024-02-03T08:00:00"),
+    ]
+
+
 def test_duplicates_are_counted_once() -> None:
     policy = issued("POL-DUP", "2024-02-01T08:00:00")
     endorse = changed("policy.endorsed", policy, "2024-02-03T08:00:00", "5.00", "1005.00")
@@ -601,10 +621,18 @@ def test_the_stream_has_what_the_bordereaux_need(stream: list[Published]) -> Non
     assert all(p.event.data.premium_change <= 0 for p in stream if p.event.event_type == "policy.cancelled")  # type: ignore[attr-defined]
     insured = [x.sum_insured for x in policies if x.line_of_business == "PROPERTY"]  # type: ignore[attr-defined]
     assert min(insured) < 250_000 < 1_250_000 < max(insured)  # below retention, above the 4-line cap
-    for pub in stream:
+    issued_at: dict[str, int] = {}
+    currency = {x.policy_id: x.currency for x in policies}  # type: ignore[attr-defined]
+    claims_first = 0
+    for i, pub in enumerate(stream):
+        data: Any = pub.event.data
+        if pub.event.event_type == "policy.issued":
+            issued_at.setdefault(data.policy_id, i)
         if pub.topic == CLAIM_TOPIC:
-            data: Any = pub.event.data
             assert data.paid_amount <= data.paid_to_date
+            assert currency.get(data.policy_id, data.currency) == data.currency
+            claims_first += data.policy_id in currency and data.policy_id not in issued_at
+    assert claims_first > 0  # claims reported before their (backdated) policy was issued
 
 
 def test_the_stream_has_duplicates_and_late_events(
