@@ -404,6 +404,7 @@ class Ledger:
             keys.sort()
         for seqs in self._waiting_by_policy.values():
             seqs.sort()
+        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
 
     def _remember(self, waiting: _Waiting) -> None:
         self._waiting[waiting.seq] = waiting
@@ -465,6 +466,7 @@ class Ledger:
         out: list[LedgerOut] = []
         while self._next[cal.name].start <= period.start:
             out.append(self._emit(cal, self._next[cal.name]))
+        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
         return out
 
     # --- counting -----------------------------------------------------------------------------
@@ -739,9 +741,12 @@ class Ledger:
             if waiting is not None:
                 self._forget(waiting)
                 out.append(RejectOut(waiting.event_id, NO_TERM_REASON, waiting.raw))
+        if now < self._next_close:
+            return out
         for cal in self._calendars:
             while now >= cal.closes_at(self._next[cal.name]):
                 out.append(self._emit(cal, self._next[cal.name]))
+        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
         return out
 
     def _emit(self, cal: _Calendar, period: Period) -> PartialOut:
