@@ -8,6 +8,7 @@ Order of checks for one submission (the first that applies answers):
 ======================================  ====  ===================================================
 ``outage``                              503   ``Retry-After: 1``
 missing or wrong ``Bearer`` token       401
+body larger than ``max_report_bytes``   413
 body is not a JSON object               400   ``{"error": "validation_error", "message": ...}``
 a required field missing or invalid,    422   ``{"error": "invalid_report", "message": ...}``
 no ``Idempotency-Key``, or one that
@@ -99,6 +100,7 @@ _CHANGED_BODY: Final = (
     b'"message":"another body was already received under this report_id; a closed report must not change"}'
 )
 _NOT_FOUND_BODY: Final = b'{"error":"not_found","message":"no report with this report_id"}'
+_TOO_LARGE_BODY: Final = b'{"error":"payload_too_large","message":"the report exceeds max_report_bytes"}'
 
 
 class ReinsurerConfig(BaseModel):
@@ -113,6 +115,8 @@ class ReinsurerConfig(BaseModel):
     error_after_accept_rate: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
     """Probability of storing the report and then answering 500."""
     outage: bool = False
+    max_report_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """The largest report accepted (a bordereau is one Kafka record of up to 16 MiB)."""
     token: SecretStr = SecretStr(DEFAULT_TOKEN)
     seed: int | None = None
 
@@ -273,6 +277,24 @@ def _refusal(status: int, error: str, message: str) -> web.Response:
     )
 
 
+async def _read_body(request: web.Request, max_bytes: int) -> bytes | None:
+    """The request body, or None when it is larger than ``max_bytes``.
+
+    Read from the stream rather than with ``request.read()``, whose limit is the whole sandbox
+    application's ``client_max_size`` (1 MiB), below the size of a large bordereau.
+    """
+    if request.content_length is not None and request.content_length > max_bytes:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -371,8 +393,11 @@ class ReinsurerSim:
         refused = self._unauthorized(request)
         if refused is not None:
             return refused
+        body = await _read_body(request, config.max_report_bytes)
+        if body is None:
+            return _error(413, _TOO_LARGE_BODY)
         try:
-            report = parse_report(await request.read(), request.headers.get("Idempotency-Key"))
+            report = parse_report(body, request.headers.get("Idempotency-Key"))
         except DecodeError as exc:
             return _refusal(400, "validation_error", exc.reason)
         except ContractError as exc:

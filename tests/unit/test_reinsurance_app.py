@@ -14,6 +14,8 @@ from processors.adapters.reinsurer import ReinsurerSettings, ReportConflict, Sub
 from processors.apps.reinsurance import (
     APP,
     CONSUMER_OVERRIDES,
+    MAX_REPORT_BYTES,
+    PRODUCER_OVERRIDES,
     ReinsuranceApp,
     ReinsuranceSettings,
     ReportRef,
@@ -46,6 +48,7 @@ outputs:
   - name: reinsurance.bordereaux
     description: premium and claims bordereaux per treaty per period
     retention: 90d
+    config: {max.message.bytes: "16777216"}
   - name: integrations.reinsurance.deliveries
     description: reinsurer acknowledgements of delivered bordereaux (key treaty number)
     retention: 90d
@@ -57,8 +60,9 @@ apps:
     sources: [reinsurance.bordereaux]
     outputs: [integrations.reinsurance.deliveries, integrations.audit]
     retry_tiers: [5s, 1m, 10m, 1h, 6h]
-    dlq: {partitions: 6, retention: 30d}
-    parked: {retention: 90d}
+    retry: {config: {max.message.bytes: "16777216"}}
+    dlq: {partitions: 6, retention: 30d, config: {max.message.bytes: "16777216"}}
+    parked: {retention: 90d, config: {max.message.bytes: "16777216"}}
 """
 
 
@@ -375,3 +379,12 @@ def test_the_app_reads_committed_reports_only() -> None:
     conf = consumer_config("b:9092", "g", {"consumer.isolation.level": "read_uncommitted"})
     assert consumer_config("b:9092", "g")["isolation.level"] == "read_committed"
     assert {**conf, **CONSUMER_OVERRIDES}["isolation.level"] == "read_committed"
+
+
+def test_a_report_of_the_largest_size_fits_every_topic_it_may_move_to() -> None:
+    catalogue = parse_catalogue(CATALOGUE)
+    assert {"message.max.bytes": str(MAX_REPORT_BYTES)} == PRODUCER_OVERRIDES
+    assert ReinsuranceApp.producer_overrides == PRODUCER_OVERRIDES
+    topics = app_topics()
+    for name in (SOURCE, *topics.failure_topics):
+        assert catalogue.topic(name).config["max.message.bytes"] == str(MAX_REPORT_BYTES), name

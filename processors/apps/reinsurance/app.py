@@ -23,6 +23,10 @@ that is not a readable report (poison input) goes to the DLQ with the reason and
 With key order kept, a treaty's later reports wait behind one in a retry tier, so a reinsurer
 receives a treaty's periods in the order they closed.
 
+A bordereau is one record of up to 16 MiB (:data:`MAX_REPORT_BYTES`): the app's producer
+needs :data:`PRODUCER_OVERRIDES` and its retry, DLQ and parking topics the same
+``max.message.bytes`` as ``reinsurance.bordereaux``, or a failed large report could not move on.
+
 Nothing here logs or audits a report body (policy numbers, amounts): only the report id.
 """
 
@@ -61,6 +65,8 @@ __all__ = [
     "APP",
     "CONSUMER_OVERRIDES",
     "DELIVERIES_TOPIC",
+    "MAX_REPORT_BYTES",
+    "PRODUCER_OVERRIDES",
     "REPORT_TYPES",
     "ReinsuranceApp",
     "ReinsuranceSettings",
@@ -77,6 +83,12 @@ DELIVERIES_TOPIC: Final = "integrations.reinsurance.deliveries"
 
 CONSUMER_OVERRIDES: Final[Mapping[str, str]] = {"isolation.level": "read_committed"}
 """Consumer settings this app cannot do without, applied after any operator override."""
+
+MAX_REPORT_BYTES: Final = 16 * 1024 * 1024
+"""A bordereau is one record of up to this size (``max.message.bytes`` of ``reinsurance.bordereaux``)."""
+
+PRODUCER_OVERRIDES: Final[Mapping[str, str]] = {"message.max.bytes": str(MAX_REPORT_BYTES)}
+"""Producer settings this app needs: a failed report moves whole to a retry tier or the DLQ."""
 
 REPORT_TYPES: Final[Mapping[str, str]] = {"PREMIUM_BORDEREAUX": "P", "CLAIMS_BORDEREAUX": "C"}
 """Report types and the suffix of their report ids."""
@@ -180,6 +192,7 @@ class ReinsuranceApp:
 
     name: ClassVar[str] = APP
     consumer_overrides: ClassVar[Mapping[str, str]] = CONSUMER_OVERRIDES
+    producer_overrides: ClassVar[Mapping[str, str]] = PRODUCER_OVERRIDES
 
     def __init__(
         self,
