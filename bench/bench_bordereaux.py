@@ -1,0 +1,159 @@
+"""Bordereaux aggregation throughput against a consume-and-decode ceiling, and restore time.
+
+    python -m bench.bench_bordereaux [--events 50000] [--entries 1000000]
+
+1. The ceiling: one consumer reads the generated policy and claim events and decodes each
+   with the project's codec, doing nothing else.
+2. The app: the exactly-once bordereaux topology (route, ledger, assemble, each step a Kafka
+   transaction) over the same events, from the first record to the last report.
+   Prints events/s of both and their **ratio** (target ≥ 0.5).
+3. Restore: 1,000,000 entries written to a changelog partition, then read back into a store
+   the way a newly assigned partition is restored. Prints the seconds and entries/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, NewTopic
+from tests.bordereaux_oracle import generate
+
+from bench.common import broker, isolated_catalogue
+from processors.bordereaux.topology import BordereauxTopics, build_loop
+from processors.bordereaux.treaties import load_treaty_book
+from processors.contract import Codec, LocalSchemaIds
+from processors.streams.store import ChangelogStore, restore
+from tests.integration.bordereaux_helpers import BOOK, publish_in_order, reference_reports
+
+CODEC = Codec(LocalSchemaIds())
+
+
+def ceiling_rate(bootstrap: str, topics: list[str], total: int) -> float:
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ceiling-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    consumer.subscribe(topics)
+    seen = 0
+    started: float | None = None
+    while seen < total:
+        for msg in consumer.consume(2_000, 1.0):
+            if msg.error() is not None:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            CODEC.decode(msg.value(), msg.headers())
+            seen += 1
+    assert started is not None
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def app_rate(bootstrap: str, prefix: str, total: int, want_reports: int) -> float:
+    topics = BordereauxTopics.with_prefix(prefix)
+    loop = build_loop(
+        bootstrap_servers=bootstrap,
+        group_id=f"{prefix}bordereaux",
+        instance_id="bench",
+        book=load_treaty_book(BOOK),
+        codec=CODEC,
+        topics=topics,
+    )
+    stop = threading.Event()
+    started = time.perf_counter()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    reader = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reports-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    reader.subscribe([topics.bordereaux])
+    reports = 0
+    while reports < want_reports:
+        reports += sum(1 for m in reader.consume(500, 0.2) if m.error() is None)
+        if not thread.is_alive():
+            raise SystemExit("the bordereaux loop stopped")
+    elapsed = time.perf_counter() - started
+    stop.set()
+    thread.join(60)
+    reader.close()
+    return total / elapsed
+
+
+def restore_time(bootstrap: str, entries: int) -> tuple[float, int]:
+    topic = f"bench-restore-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})])[topic].result()
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4", "acks": "all"}
+    )
+    value = json.dumps(
+        {"policy": "INS-2024-000000", "gross_premium": "1234.56", "share": "0.7000000000"}
+    ).encode()
+    for i in range(entries):
+        while True:
+            try:
+                producer.produce(
+                    topic, key=f"r|TRY-2024-001|2024-03|{i:012d}".encode(), value=value, partition=0
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "restore-unused",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    store = ChangelogStore(topic, 0)
+    stats = restore(consumer, [store])
+    consumer.close()
+    return stats.seconds, len(store)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    args = parser.parse_args()
+    published = generate(7, args.events)
+    want_reports, _ = reference_reports(published)
+    with broker() as info, TemporaryDirectory() as tmp:
+        bootstrap = info.bootstrap_servers
+        _, _, prefix = isolated_catalogue(bootstrap, Path(tmp))
+        publish_in_order(bootstrap, prefix, published)
+        sources = [f"{prefix}insurance.policy.events", f"{prefix}insurance.claim.events"]
+        ceiling = ceiling_rate(bootstrap, sources, len(published))
+        rate = app_rate(bootstrap, prefix, len(published), len(want_reports))
+        print(f"events: {len(published)}, reports: {len(want_reports)}")
+        print(f"ceiling (consume + decode): {ceiling:,.0f} events/s")
+        print(f"bordereaux app (exactly-once, 3 stages): {rate:,.0f} events/s")
+        print(f"ratio: {rate / ceiling:.2f} (target >= 0.5)")
+        seconds, restored = restore_time(bootstrap, args.entries)
+        print(f"restore: {restored:,} entries in {seconds:.2f} s ({restored / seconds:,.0f} entries/s)")
+
+
+if __name__ == "__main__":
+    main()

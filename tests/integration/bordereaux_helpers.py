@@ -1,0 +1,168 @@
+"""Running the bordereaux app against a real broker, and reading what it committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import TopicPartition
+
+from processors.bordereaux.topology import BordereauxTopics, build_stages
+from processors.bordereaux.treaties import load_treaty_book
+from processors.contract import ContentType
+from processors.streams.driver import MemoryDriver
+from tests.bordereaux_oracle import Published
+from tests.integration.helpers import CODEC, start_processor
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "tests" / "fixtures" / "treaties_test.yaml"
+
+
+def publish_in_order(bootstrap: str, prefix: str, published: Sequence[Published]) -> None:
+    """Each event to its own partition, in the generator's order (JSON, like many upstreams)."""
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20}
+    )
+    for item in published:
+        value, headers = CODEC.encode(item.event, ContentType.JSON)
+        while True:
+            try:
+                producer.produce(
+                    prefix + item.topic,
+                    key=item.key.encode(),
+                    value=value,
+                    headers=headers,
+                    partition=item.partition,
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def reference_reports(published: Sequence[Published]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The same task code run in memory, in one clean pass: (report id → bytes, day → file job)."""
+    topics = BordereauxTopics()
+    counts = {
+        topics.policy_events: 6,
+        topics.claim_events: 6,
+        topics.by_policy: 6,
+        topics.partials: 6,
+    }
+    stages = build_stages(book=load_treaty_book(BOOK), codec=CODEC, topics=topics, partition_counts=counts)
+    driver = MemoryDriver(stages, {**counts, topics.bordereaux: 6, topics.regulatory_files: 6})
+    records = []
+    for item in published:
+        value, headers = CODEC.encode(item.event, ContentType.JSON)
+        records.append((item.topic, item.partition, item.key.encode(), value, headers))
+    driver.publish(records)
+    driver.run()
+    reports = {json.loads(m.value())["report_id"]: m.value() for m in driver.output(topics.bordereaux)}
+    files = {m.key().decode(): m.value() for m in driver.output(topics.regulatory_files)}  # type: ignore[union-attr]
+    return reports, files
+
+
+def app_env(
+    bootstrap: str, prefix: str, topics_file: Path, instance: str, *, book: Path = BOOK
+) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PROCESSORS_TOPICS_FILE": str(topics_file),
+        "PROCESSORS_GROUP_PREFIX": prefix,
+        "PROCESSORS_BORDEREAUX__TREATIES_FILE": str(book),
+        "PROCESSORS_BORDEREAUX__INSTANCE_ID": instance,
+        "PROCESSORS_LOG_LEVEL": "WARNING",
+        # A stopped static member's partitions move after this long (tests stop members on purpose).
+        "PROCESSORS_CLIENT_OVERRIDES": json.dumps({"consumer.session.timeout.ms": "8000"}),
+    }
+
+
+def start_app(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    return start_processor(env, "run", "bordereaux", log_path=log_path)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(60)
+
+
+class CommittedReader:
+    """Reads topics from the beginning with ``read_committed``, incrementally."""
+
+    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._topics = list(topics)
+        self.records: list[Any] = []
+        assignment = []
+        for topic in self._topics:
+            partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
+            assignment += [TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in partitions]
+        self._consumer.assign(assignment)
+
+    def poll(self, timeout_s: float = 0.3) -> int:
+        got = 0
+        for msg in self._consumer.consume(1_000, timeout_s):
+            if msg.error() is None:
+                self.records.append(msg)
+                got += 1
+        return got
+
+    def on(self, topic: str) -> list[Any]:
+        return [m for m in self.records if m.topic() == topic]
+
+    def wait_until(
+        self,
+        condition: Callable[[], bool],
+        *,
+        timeout_s: float,
+        alive: Sequence[subprocess.Popen[bytes]] = (),
+        what: str = "condition",
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            for proc in alive:
+                if proc.poll() is not None:
+                    raise AssertionError(f"the app exited with {proc.returncode} while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{what} not reached within {timeout_s:.0f} s ({len(self.records)} records)"
+                )
+            self.poll()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def high_watermark_sum(bootstrap: str, topic: str) -> int:
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        )
+    finally:
+        consumer.close()
