@@ -22,6 +22,8 @@ from processors.api.webhook_ops import WebhookOpsRoutes
 from processors.api.webhooks import WebhookRoutes
 from processors.apps.kyc import KycApp
 from processors.apps.payments import PaymentsApp
+from processors.apps.regulatory import build_regulatory_app
+from processors.apps.reinsurance.app import build_reinsurance_app
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
 from processors.observability.audit import KafkaAuditSink, configure_audit_sink
@@ -45,7 +47,7 @@ __all__ = ["APP_ENDPOINTS", "APP_NAMES", "Runner", "build_app", "make_codec"]
 
 log = logging.getLogger(__name__)
 
-APP_NAMES = ("payments", "kyc", "webhooks", "bordereaux")
+APP_NAMES = ("payments", "kyc", "webhooks", "bordereaux", "bordereaux-delivery", "regulatory")
 TRANSACTIONAL_APPS = frozenset({"bordereaux"})
 """Apps run by :class:`~processors.streams.TransactionalLoop` (exactly-once) instead of the engine."""
 
@@ -53,6 +55,9 @@ APP_ENDPOINTS: Mapping[str, tuple[str, ...]] = {
     "payments": ("payment-gateway",),
     "kyc": ("kyc-provider",),
     "webhooks": (),
+    "bordereaux": (),
+    "bordereaux-delivery": ("reinsurer",),
+    "regulatory": ("regulator-sftp",),
 }
 """The external endpoints (breaker names) each app calls, for health and status (partner
 webhook endpoints come and go with subscriptions: ``webhook:<subscription id>``)."""
@@ -120,6 +125,32 @@ def build_app(
             settings=settings.kyc,
             topics=topics,
             output_content_type=content_type,
+            keep_key_order=keeps_key_order(settings, topics),
+            pending_reader=reader,
+        )
+    if name == "bordereaux-delivery":
+        return build_reinsurance_app(
+            settings.reinsurance.model_copy(
+                update={"deliveries_topic": catalogue_topic(catalogue, "integrations.reinsurance.deliveries")}
+            ),
+            topics,
+            resilience=resilience,
+            breakers=breakers,
+            resilience_enabled=settings.resilience_enabled,
+            max_connections=settings.engine.max_concurrency,
+            keep_key_order=keeps_key_order(settings, topics),
+            pending_reader=reader,
+        )
+    if name == "regulatory":
+        return build_regulatory_app(
+            settings.regulatory.model_copy(
+                update={"reports_topic": catalogue_topic(catalogue, "regulatory.reports")}
+            ),
+            topics,
+            codec,
+            resilience=resilience,
+            breakers=breakers,
+            resilience_enabled=settings.resilience_enabled,
             keep_key_order=keeps_key_order(settings, topics),
             pending_reader=reader,
         )
@@ -281,6 +312,10 @@ class Runner:
             needed.add(audit)
         if "kyc" in self.app_names:
             needed.add(self.settings.kyc.results_topic)
+        if "bordereaux-delivery" in self.app_names:
+            needed.add(catalogue_topic(self.catalogue, "integrations.reinsurance.deliveries"))
+        if "regulatory" in self.app_names:
+            needed.add(catalogue_topic(self.catalogue, "regulatory.reports"))
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
         loop = asyncio.get_running_loop()
         try:
@@ -345,7 +380,10 @@ class Runner:
                 name, self.settings, self.catalogue, codec, resilience=resilience, breakers=self.breakers
             )
             producer = AsyncProducer(
-                producer_config(self.settings.bootstrap_servers, self.settings.client_overrides)
+                {
+                    **producer_config(self.settings.bootstrap_servers, self.settings.client_overrides),
+                    **getattr(app, "producer_overrides", {}),
+                }
             )
             await producer.start()
             self._producers.append(producer)
@@ -356,6 +394,7 @@ class Runner:
                 self.settings.group_prefix + name,
                 self.settings.client_overrides,
             )
+            conf.update(getattr(app, "consumer_overrides", {}))
             router = getattr(app, "router", None)
             if router is not None and router.keep_key_order:
                 # The ordering gate needs source partition n and retry partition n together.

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processors.apps.kyc import KycSettings
 from processors.apps.payments import PaymentsSettings
+from processors.apps.regulatory import RegulatorySettings
+from processors.apps.reinsurance.app import ReinsuranceSettings
 from processors.errors import ConfigError
 from processors.runtime.engine import EngineSettings
 from processors.webhooks.config import WebhooksSettings
@@ -134,6 +136,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     bordereaux: BordereauxSettings = Field(default_factory=lambda: BordereauxSettings())
+    reinsurance: ReinsuranceSettings = Field(default_factory=ReinsuranceSettings)
+    regulatory: RegulatorySettings = Field(default_factory=RegulatorySettings)
 
 
 def load_settings(**overrides: object) -> Settings:

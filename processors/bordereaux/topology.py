@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 import confluent_kafka
+from confluent_kafka.admin import AdminClient
 
 from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import Ledger, PartialOut, RejectOut
@@ -28,6 +29,7 @@ from processors.bordereaux.treaties import TreatyBook
 from processors.contract.codec import Codec
 from processors.errors import ConfigError, ContractError, ProcessorsError
 from processors.streams import ChangelogStore, Emitter, StageSpec, TransactionalLoop
+from processors.streams.driver import MemoryMessage
 from processors.topics.catalogue import Catalogue
 
 __all__ = [
@@ -216,6 +218,13 @@ class LedgerTask:
         for item in outs:
             if isinstance(item, PartialOut):
                 self._out.send(self._topics.partials, item.key.encode(), item.value)
+            elif item.raw is not None:
+                # A claim that waited in state (its own record was consumed long ago): the
+                # dead letter carries the stored input, the current record is not at fault.
+                stored = MemoryMessage(
+                    msg.topic(), msg.partition(), -1, None, item.raw, [(RECORD_HEADER, b"event")]
+                )
+                self._out.dead_letter(stored, RejectedInput(item.reason))
             else:
                 self._out.dead_letter(msg, RejectedInput(item.reason))
 
@@ -308,7 +317,7 @@ def partition_counts(
     bootstrap_servers: str, topics: BordereauxTopics, conf: Mapping[str, Any]
 ) -> dict[str, int]:
     """Partitions of every topic the stages need; a missing one is a start-up error."""
-    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap_servers, **conf})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **conf})
     try:
         metadata = admin.list_topics(timeout=15)
     except confluent_kafka.KafkaException as exc:

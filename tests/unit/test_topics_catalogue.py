@@ -279,10 +279,18 @@ def test_the_real_topics_yaml_loads_with_every_design_topic() -> None:
         "integrations.webhook.subscriptions",
         "integrations.webhooks.dispatch",
         "integrations.webhook.endpoint-events",
-        "integrations.bordereaux.changelog",
+        "integrations.bordereaux.ledger-changelog",
+        "integrations.regulatory.files",
     ):
         assert name in catalogue, name
-    assert set(catalogue.apps) == {"payments", "kyc", "webhooks", "bordereaux", "regulatory"}
+    assert set(catalogue.apps) == {
+        "payments",
+        "kyc",
+        "webhooks",
+        "bordereaux",
+        "bordereaux-delivery",
+        "regulatory",
+    }
     for state in catalogue.of_kind("state"):
         assert state.config["cleanup.policy"] == "compact", state.name
     assert all(t.partitions == 6 for t in catalogue.of_kind("input"))
