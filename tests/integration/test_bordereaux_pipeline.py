@@ -14,6 +14,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,21 @@ def test_100k_events_match_an_independent_recomputation(
     actual = _no_duplicates(_reports(reader, bordereaux))
     assert compare(actual, oracle) == []
     assert actual == want_reports
+    # Late cancellations of closed periods are adjustment rows of a later period (a negative
+    # return premium at the original percentage); the closed period's report exists once.
+    late_cancellations = [
+        (report["period"]["id"], row)
+        for report in map(json.loads, actual.values())
+        for row in report.get("policies", ())
+        if row["transaction_type"] == "CANCELLATION" and row["adjustment_of"] is not None
+    ]
+    assert late_cancellations, "the generated events hold no late cancellation"
+    for period_id, row in late_cancellations:
+        assert row["adjustment_of"] < period_id
+        assert Decimal(row["gross_premium"]) <= 0
+        assert Decimal(row["return_premium"]) == Decimal(row["gross_premium"])
+    periods_with_reports = {json.loads(v)["period"]["id"] for v in actual.values()}
+    assert {row["adjustment_of"] for _, row in late_cancellations} <= periods_with_reports
     got_files = {m.key().decode(): m.value() for m in reader.on(files)}
     assert got_files == want_files
     for day, (csv_name, csv_bytes, manifest_name, manifest) in oracle.regulatory.items():
