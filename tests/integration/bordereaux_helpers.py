@@ -66,6 +66,8 @@ def reference_reports(published: Sequence[Published]) -> tuple[dict[str, bytes],
         records.append((item.topic, item.partition, item.key.encode(), value, headers))
     driver.publish(records)
     driver.run()
+    dead = driver.output(driver.dlq_topic)
+    assert not dead, f"{len(dead)} generated events were dead-lettered: {dead[0].headers()}"
     reports = {json.loads(m.value())["report_id"]: m.value() for m in driver.output(topics.bordereaux)}
     files = {m.key().decode(): m.value() for m in driver.output(topics.regulatory_files)}  # type: ignore[union-attr]
     return reports, files
