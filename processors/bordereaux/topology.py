@@ -18,7 +18,7 @@ import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
@@ -107,6 +107,10 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
+def _quoted(moment: datetime) -> bytes:
+    return b'"' + moment.isoformat().encode() + b'"'
+
+
 class RouteTask:
     """One source partition: validate, re-key by policy id, stamp and publish watermarks."""
 
@@ -130,9 +134,7 @@ class RouteTask:
         self._partitions = by_policy_partitions
         raw = store.get(self.source)
         self.watermark: datetime | None = datetime.fromisoformat(raw.decode()) if raw else None
-        self._watermark_json = (
-            b"null" if self.watermark is None else b'"' + _iso(self.watermark).encode() + b'"'
-        )
+        self._watermark_json = b"null" if self.watermark is None else _quoted(self.watermark)
         self._source_bytes = self.source.encode()
         self._moved = False
 
@@ -168,13 +170,13 @@ class RouteTask:
         )
         self._out.send(
             self._topics.by_policy,
-            str(data.policy_id).encode(),
+            str(cast(Any, data).policy_id).encode(),
             payload,
             headers=[(RECORD_HEADER, b"event"), ("event-type", event.event_type.encode())],
         )
         if self.watermark is None or event.occurred_at > self.watermark:
             self.watermark = event.occurred_at
-            self._watermark_json = b'"' + _iso(event.occurred_at).encode() + b'"'
+            self._watermark_json = _quoted(event.occurred_at)
             self._moved = True
 
     def end_batch(self) -> None:
