@@ -125,6 +125,16 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     settings = load_settings(
         **({"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {})
     )
+    if args.kind == "bordereaux":
+        from processors.bordereaux.samples import bordereaux_stream
+        from processors.demo import publish_events
+
+        events = list(bordereaux_stream(args.policies, months=args.months))
+        for topic, prefix in (("insurance.policy.events", "policy."), ("insurance.claim.events", "claim.")):
+            chosen = [e for e in events if e.event_type.startswith(prefix)]
+            sent = publish_events(settings.bootstrap_servers, chosen, fmt=args.format, topic=topic)
+            print(f"published {sent} {prefix}* events to {topic}")
+        return 0
     sent = publish_samples(
         settings.bootstrap_servers, count=args.count, policies=args.policies, fmt=args.format
     )
@@ -167,7 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     samples = sub.add_parser("samples", help="sample events")
     samples_sub = samples.add_subparsers(dest="samples_command", required=True)
-    publish = samples_sub.add_parser("publish", help="publish premium.due sample events")
+    publish = samples_sub.add_parser(
+        "publish", help="publish sample events: premium.due (default) or policy and claim events"
+    )
+    publish.add_argument(
+        "--kind",
+        choices=["premium", "bordereaux"],
+        default="premium",
+        help="bordereaux: policies and claims over --months months for the shipped treaties.yaml",
+    )
+    publish.add_argument("--months", type=int, default=3, choices=range(1, 12), metavar="1-11")
     publish.add_argument("--count", type=int, default=100)
     publish.add_argument("--policies", type=int, default=20)
     publish.add_argument("--format", choices=["avro", "json"], default="avro")

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,14 @@ def _client_config(settings: Any) -> dict[str, str]:
     return {k.split(".", 1)[1]: v for k, v in settings.client_overrides.items() if k.startswith("client.")}
 
 
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _cmd_treaties(args: argparse.Namespace) -> int:
     settings = _settings(args)
     book = _book(args, settings)
@@ -60,7 +68,7 @@ def _cmd_treaties(args: argparse.Namespace) -> int:
     for treaty in book.treaties:
         print(
             f"  {treaty.treaty_number:<16} {treaty.type:<12} reinsurer {treaty.reinsurer_code:<8} "
-            f"{treaty.inception}..{treaty.expiry} {treaty.period_kind} grace {treaty.grace} "
+            f"{treaty.inception}..{treaty.expiry} {treaty.period_kind} grace {_duration(treaty.grace)} "
             f"settles in {treaty.settlement_currency}"
         )
     return 0

@@ -209,3 +209,8 @@ def configure_logging(
     root.handlers.remove(handler)
     root.handlers.insert(0, handler)
     root.setLevel(numeric)
+    # The SSH library logs every channel open and close at INFO: one SFTP upload is a dozen
+    # lines. Its warnings and errors still show; DEBUG shows everything.
+    logging.getLogger("asyncssh").setLevel(
+        max(numeric, logging.WARNING) if numeric > logging.DEBUG else numeric
+    )
