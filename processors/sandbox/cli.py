@@ -330,6 +330,8 @@ def run_sandbox_command(args: argparse.Namespace) -> int:
         )
         print(f"  partners         POST {url}/partners/{{name}} ({len(partners.partners)} demo)", flush=True)
         print(f"  control          {url}/_control/partners[/{{name}}[/deliveries]]", flush=True)
+        print(f"  reinsurer        POST {url}/api/v1/bordereaux (GET lists what it accepted)", flush=True)
+        print(f"  control          {url}/_sandbox/reinsurer/{{config,reset,requests}}", flush=True)
         if regulator is not None:
             where = f"sftp://{regulator.username}@{regulator.host}:{regulator.port}"
             print(f"  regulator SFTP   {where} (files in {regulator.root})", flush=True)
