@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from decimal import Decimal
-from typing import Annotated, Any, Protocol
-
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from decimal import Context, Decimal
+from typing import Any, Protocol
 
 from processors.bordereaux.rows import ClaimMovement, PremiumRow, RegulatoryRow, TransactionType
 from processors.bordereaux.treaties import (
@@ -49,8 +48,8 @@ from processors.bordereaux.treaties import (
     dec_mul,
     round_c,
 )
-from processors.contract.events import Code, CountryCode, Identifier, UtcDatetime
-from processors.contract.money import CurrencyCode, Money, NonNegativeMoney
+from processors.contract.countries import COUNTRY_CODES
+from processors.contract.money import MINOR_UNITS, MONEY_INTEGER_DIGITS
 
 __all__ = [
     "NO_TERM_REASON",
@@ -128,52 +127,16 @@ def partial_key(treaty_number: str | None, period_id: str) -> str:
 
 
 # --- input ----------------------------------------------------------------------------------
+#
+# The route stage validated every event against the contract before writing its LedgerInput,
+# so the ledger parses with ``json.loads`` and plain field access, checking types and what it
+# converts (amounts, dates, timestamps): a malformed record is still rejected with a clear
+# reason naming the field (never its value).
 
-_IN = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
-
-
-class _LedgerInput(BaseModel):
-    model_config = _IN
-
-    id: Identifier
-    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    at: UtcDatetime
-    src: Annotated[str, StringConstraints(min_length=1, max_length=300)]
-    w: UtcDatetime | None
-    d: dict[str, Any]
-
-
-class _PolicyIn(BaseModel):
-    model_config = _IN
-
-    policy_id: Identifier
-    policy_number: Identifier
-    line_of_business: Code
-    territory: CountryCode | None = None
-    inception_date: date
-    expiry_date: date
-    currency: CurrencyCode
-    gross_premium: NonNegativeMoney
-    sum_insured: NonNegativeMoney
-
-
-class _ChangeIn(_PolicyIn):
-    effective_date: date
-    premium_change: Money
-
-
-class _ClaimIn(BaseModel):
-    model_config = _IN
-
-    claim_id: Identifier
-    policy_id: Identifier
-    policy_number: Identifier
-    date_of_loss: date
-    currency: CurrencyCode
-    reserve_amount: NonNegativeMoney
-    paid_amount: NonNegativeMoney
-    paid_to_date: NonNegativeMoney
-    status: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+_MONEY_STRING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_MONEY_LIMIT = Decimal(10) ** MONEY_INTEGER_DIGITS
+_EXACT = Context(prec=MONEY_INTEGER_DIGITS + 20)
+_MONEY_QUANTUM = {ccy: Decimal(1).scaleb(-places) for ccy, places in MINOR_UNITS.items()}
 
 
 class _Undecodable(Exception):
@@ -182,26 +145,197 @@ class _Undecodable(Exception):
         self.reason = reason
 
 
-def _problems(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False)[:5]:
-        where = ".".join(str(part) for part in error["loc"]) or "value"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+class _Bad(Exception):
+    """A field of a LedgerInput is missing or malformed."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+
+
+def _field(d: Mapping[str, Any], name: str) -> Any:
+    try:
+        return d[name]
+    except KeyError:
+        raise _Bad(name, "Field required") from None
+
+
+def _text(d: Mapping[str, Any], name: str, max_length: int = 128) -> str:
+    value = _field(d, name)
+    if type(value) is not str or not 0 < len(value) <= max_length:
+        raise _Bad(name, f"must be a string of 1 to {max_length} characters")
+    return value
+
+
+def _date(d: Mapping[str, Any], name: str) -> date:
+    value = _field(d, name)
+    if type(value) is not str or len(value) != 10:
+        raise _Bad(name, "must be a date written YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _Bad(name, "must be a date written YYYY-MM-DD") from None
+
+
+def _moment(d: Mapping[str, Any], name: str) -> datetime:
+    value = _field(d, name)
+    if type(value) is not str:
+        raise _Bad(name, "must be an ISO-8601 timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Bad(name, "must be an ISO-8601 timestamp") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise _Bad(name, "must be timezone-aware: naive datetimes are rejected")
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
+def _currency(d: Mapping[str, Any], name: str) -> str:
+    value = _field(d, name)
+    if type(value) is not str or value not in _MONEY_QUANTUM:
+        raise _Bad(name, "must be a known ISO 4217 currency code")
+    return value
+
+
+def _money(d: Mapping[str, Any], name: str, currency: str, *, signed: bool = False) -> Decimal:
+    """An amount in the contract's form: exactly ``currency``'s minor units (never ``-0``)."""
+    value = _field(d, name)
+    if type(value) is not str or _MONEY_STRING.fullmatch(value) is None:
+        raise _Bad(name, 'money must be a decimal string such as "1185.50"')
+    amount = Decimal(value)
+    if abs(amount) >= _MONEY_LIMIT:
+        raise _Bad(name, f"money must be below 10^{MONEY_INTEGER_DIGITS}")
+    quantized = amount.quantize(_MONEY_QUANTUM[currency], context=_EXACT)
+    if quantized != amount:
+        raise _Bad(name, f"has more decimal places than {currency} allows ({MINOR_UNITS[currency]})")
+    if quantized.is_signed():
+        if quantized.is_zero():
+            return quantized.copy_abs()
+        if not signed:
+            raise _Bad(name, "must not be negative")
+    return quantized
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerInput:
+    id: str
+    type: str
+    at: datetime
+    src: str
+    w: datetime | None
+    d: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyIn:
+    policy_id: str
+    policy_number: str
+    line_of_business: str
+    territory: str | None
+    inception_date: date
+    expiry_date: date
+    currency: str
+    gross_premium: Decimal
+    sum_insured: Decimal
+
+    @staticmethod
+    def fields(d: Mapping[str, Any]) -> tuple[str, str, str, str | None, date, date, str, Decimal, Decimal]:
+        policy_id = _text(d, "policy_id")
+        policy_number = _text(d, "policy_number")
+        line_of_business = _text(d, "line_of_business", 64)
+        territory = d.get("territory")
+        if territory is not None and territory not in COUNTRY_CODES:
+            raise _Bad("territory", "must be an ISO 3166-1 alpha-2 country code")
+        inception_date = _date(d, "inception_date")
+        expiry_date = _date(d, "expiry_date")
+        currency = _currency(d, "currency")
+        return (
+            policy_id,
+            policy_number,
+            line_of_business,
+            territory,
+            inception_date,
+            expiry_date,
+            currency,
+            _money(d, "gross_premium", currency),
+            _money(d, "sum_insured", currency),
+        )
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> _PolicyIn:
+        return cls(*cls.fields(d))
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangeIn(_PolicyIn):
+    effective_date: date
+    premium_change: Decimal
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> _ChangeIn:
+        base = cls.fields(d)
+        return cls(*base, _date(d, "effective_date"), _money(d, "premium_change", base[6], signed=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimIn:
+    claim_id: str
+    policy_id: str
+    policy_number: str
+    date_of_loss: date
+    currency: str
+    reserve_amount: Decimal
+    paid_amount: Decimal
+    paid_to_date: Decimal
+    status: str
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> _ClaimIn:
+        claim_id = _text(d, "claim_id")
+        policy_id = _text(d, "policy_id")
+        policy_number = _text(d, "policy_number")
+        date_of_loss = _date(d, "date_of_loss")
+        currency = _currency(d, "currency")
+        return cls(
+            claim_id,
+            policy_id,
+            policy_number,
+            date_of_loss,
+            currency,
+            _money(d, "reserve_amount", currency),
+            _money(d, "paid_amount", currency),
+            _money(d, "paid_to_date", currency),
+            _text(d, "status", 32),
+        )
 
 
 def _decode(raw: bytes) -> _LedgerInput:
     try:
-        return _LedgerInput.model_validate_json(raw)
-    except ValidationError as exc:
-        raise _Undecodable(f"undecodable LedgerInput: {_problems(exc)}") from None
-
-
-def _payload(model: type[BaseModel], inp: _LedgerInput) -> Any:
+        value = json.loads(raw)
+    except UnicodeDecodeError:
+        raise _Undecodable("undecodable LedgerInput: not UTF-8 JSON") from None
+    except ValueError as exc:
+        raise _Undecodable(f"undecodable LedgerInput: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _Undecodable("undecodable LedgerInput: not a JSON object")
     try:
-        return model.model_validate(inp.d)
-    except ValidationError as exc:
-        raise _Undecodable(f"undecodable LedgerInput {inp.id} ({inp.type}): {_problems(exc)}") from None
+        event_id = _text(value, "id")
+        event_type = _text(value, "type", 64)
+        at = _moment(value, "at")
+        src = _text(value, "src", 300)
+        w = None if _field(value, "w") is None else _moment(value, "w")
+        d = _field(value, "d")
+        if not isinstance(d, dict):
+            raise _Bad("d", "must be a JSON object")
+    except _Bad as exc:
+        raise _Undecodable(f"undecodable LedgerInput: {exc}") from None
+    return _LedgerInput(event_id, event_type, at, src, w, d)
+
+
+def _payload(model: type[_PolicyIn] | type[_ClaimIn], inp: _LedgerInput) -> Any:
+    try:
+        return model.parse(inp.d)
+    except _Bad as exc:
+        raise _Undecodable(f"undecodable LedgerInput {inp.id} ({inp.type}): {exc}") from None
 
 
 def _iso(moment: datetime | None) -> str | None:
