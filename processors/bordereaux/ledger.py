@@ -16,9 +16,10 @@ runtime; its writes commit with the outputs).  Keys::
     row|t|<treaty>|<period>|<seq>    a premium row or claim movement of an open period
     row|reg|<YYYY-MM-DD>|<seq>       a regulatory row of an open day
 
-The constructor scans the store once to rebuild its in-memory indexes (watermarks, open
-periods, row keys per period, waiting claims); a ledger is rebuilt whenever the runtime
-restores or rolls back its store.
+The constructor scans the store once to rebuild its in-memory state (watermarks, open
+periods, the rows of each open period, waiting claims); policies are read from the store when
+first needed and kept parsed (a bounded cache).  Memory only ever mirrors the store: a ledger
+is rebuilt whenever the runtime restores or rolls back its store.
 
 Outputs are deterministic: a partial holds its rows sorted (premium rows by policy number,
 transaction date and event id; claim movements by claim, ``adjustment_of`` and processing
@@ -31,12 +32,14 @@ import heapq
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Context, Decimal
+from json.encoder import encode_basestring as _q  # the string encoder of json.dumps(ensure_ascii=False)
+from operator import itemgetter
 from typing import Any, Protocol
 
-from processors.bordereaux.rows import ClaimMovement, PremiumRow, RegulatoryRow, TransactionType
+from processors.bordereaux.rows import RecordType, TransactionType
 from processors.bordereaux.treaties import (
     Period,
     Treaty,
@@ -116,9 +119,12 @@ class RejectOut:
 LedgerOut = PartialOut | RejectOut
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """UTF-8 JSON with sorted keys and no insignificant whitespace."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def partial_key(treaty_number: str | None, period_id: str) -> str:
@@ -354,11 +360,34 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
+# --- JSON text --------------------------------------------------------------------------------
+#
+# Rows, terms and partials are written as canonical JSON (sorted keys, separators "," and ":",
+# UTF-8): the hot paths build that text directly in sorted key order; strings go through the
+# json module's own string encoder (the one json.dumps uses with ensure_ascii=False), amounts
+# and dates are plain digits.  Tests check the text equals canonical_json of its parse.
+
+
+def _jn(text: str | None) -> str:
+    """A JSON string, or ``null``."""
+    return "null" if text is None else _q(text)
+
+
+_ZERO = {ccy: round_c(Decimal(0), ccy) for ccy in MINOR_UNITS}
+_ZERO_TEXT = {ccy: format(zero, "f") for ccy, zero in _ZERO.items()}
+_CACHE_LIMIT = 4096
+"""Entries of a calendar's date → period cache before it starts over."""
+_POLICY_CACHE_LIMIT = 50_000
+"""Policies kept parsed in memory before the cache starts over (the store holds them all)."""
+
+
 # --- state ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _Term:
+    """One term of a policy; never changes once created (its canonical JSON is kept)."""
+
     inception: date
     expiry: date
     currency: str
@@ -367,18 +396,20 @@ class _Term:
     treaty: str | None
     share: Decimal | None
     w: datetime | None
+    share_text: str = field(init=False)
+    percent_text: str = field(init=False)
+    wire: str = field(init=False)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "inception": self.inception.isoformat(),
-            "expiry": self.expiry.isoformat(),
-            "currency": self.currency,
-            "lob": self.line_of_business,
-            "territory": self.territory,
-            "treaty": self.treaty,
-            "share": None if self.share is None else format(self.share, "f"),
-            "w": _iso(self.w),
-        }
+    def __post_init__(self) -> None:
+        share = None if self.share is None else format(self.share, "f")
+        self.share_text = share or ""
+        self.percent_text = "" if self.share is None else format(cession_percentage(self.share), "f")
+        self.wire = (
+            f'{{"currency":{_q(self.currency)},"expiry":"{self.expiry.isoformat()}",'
+            f'"inception":"{self.inception.isoformat()}","lob":{_q(self.line_of_business)},'
+            f'"share":{_jn(share)},"territory":{_jn(self.territory)},"treaty":{_jn(self.treaty)},'
+            f'"w":{_jn(_iso(self.w))}}}'
+        )
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> _Term:
@@ -407,7 +438,10 @@ class _Policy:
         return None
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"terms": [t.to_wire() for t in self.terms], "seen": sorted(self.seen)})
+        """``{"seen": [sorted ids], "terms": [...]}`` as canonical JSON."""
+        seen = ",".join([_q(event_id) for event_id in sorted(self.seen)])
+        terms = ",".join([term.wire for term in self.terms])
+        return f'{{"seen":[{seen}],"terms":[{terms}]}}'.encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> _Policy:
@@ -425,18 +459,61 @@ class _Waiting:
     raw: bytes
 
 
+_PREMIUM, _CLAIM, _REGULATORY = 0, 1, 2
+
+_Entry = tuple[int, tuple[Any, ...], str, bytes, int]
+"""A row of an open period: (kind, sort key, store key, stored value, offset of ``"seq":0``).
+
+The stored value is the row's canonical JSON: ``{"premium":{...}}``, ``{"claim":{...}}`` (with
+``"seq":0``, numbered when the partial is built) or the regulatory row itself.
+"""
+
+_SORT_KEY = itemgetter(1)
+_PREMIUM_HEAD = len(b'{"premium":')
+_CLAIM_HEAD = len(b'{"claim":')
+_SEQ_ZERO = b'"seq":0'
+_SEQ_ZERO_LENGTH = len(_SEQ_ZERO)
+
+
+def _entry_from_store(regulatory: bool, key: str, raw: bytes) -> _Entry | None:
+    """The in-memory entry of a stored row (when a ledger is rebuilt from its store)."""
+    d = json.loads(raw)
+    if regulatory:
+        return (_REGULATORY, (d["event_date"], d["event_id"]), key, canonical_json(d), 0)
+    if "premium" in d:
+        row = d["premium"]
+        premium_key = (row["policy_number"], row["transaction_date"], row["event_id"])
+        return (_PREMIUM, premium_key, key, canonical_json(d), 0)
+    if "claim" in d:
+        row = d["claim"]
+        row["seq"] = 0
+        value = canonical_json(d)
+        adjustment_of = row["adjustment_of"]
+        seq = int(key.rsplit("|", 1)[1])
+        claim_key = (row["claim_id"], adjustment_of is not None, adjustment_of or "", seq)
+        # An unescaped quote never occurs inside a JSON string: this is the key "seq".
+        return (_CLAIM, claim_key, key, value, value.index(b"," + _SEQ_ZERO + b",") + 1)
+    return None
+
+
 class _Calendar:
-    """The periods of one treaty, or the regulatory days."""
+    """The periods of one treaty, or the regulatory days, and the rows of the open ones."""
 
     def __init__(self, book: TreatyBook, treaty: Treaty | None) -> None:
         self.treaty = treaty
         self._book = book
+        self.first: Period
         if treaty is None:
             self.name = "reg"
             self.first = book.first_regulatory_day
         else:
             self.name = f"t|{treaty.treaty_number}"
             self.first = treaty.first_period()
+        self.open = self.first
+        """The first period not closed yet."""
+        self.buckets: dict[str, list[_Entry]] = {}
+        """The rows of each open period, in processing order."""
+        self._located: dict[date, tuple[Period, datetime]] = {}
 
     @property
     def partial_key_prefix(self) -> str | None:
@@ -455,6 +532,18 @@ class _Calendar:
         if self.treaty is None:
             return self._book.regulatory_closes_at(period)
         return self.treaty.closes_at(period)
+
+    def locate(self, d: date) -> tuple[Period, datetime]:
+        """The period containing ``d`` (the first period for a day before it) and its closing time."""
+        found = self._located.get(d)
+        if found is None:
+            if len(self._located) >= _CACHE_LIMIT:
+                self._located.clear()
+            period = self.period_of(d)
+            if period.start < self.first.start:
+                period = self.first
+            found = self._located[d] = (period, self.closes_at(period))
+        return found
 
 
 # --- the ledger -----------------------------------------------------------------------------
@@ -479,15 +568,20 @@ class Ledger:
         self._sources = frozenset(sources)
         self._calendars = [_Calendar(book, t) for t in book.treaties] + [_Calendar(book, None)]
         self._by_name = {cal.name: cal for cal in self._calendars}
-        self._next: dict[str, Period] = {cal.name: cal.first for cal in self._calendars}
+        self._by_treaty = {cal.treaty.treaty_number: cal for cal in self._calendars if cal.treaty}
+        self._reg = self._calendars[-1]
         self._watermarks: dict[str, datetime] = {}
-        self._buckets: dict[tuple[str, str], list[str]] = {}
+        self._now: datetime | None = None
+        self._policies: dict[str, _Policy] = {}  # parsed ``pol|`` entries (a cache of the store)
         self._waiting: dict[int, _Waiting] = {}  # by arrival sequence
         self._waiting_ids: set[str] = set()
         self._waiting_by_policy: dict[str, list[int]] = {}
         self._deadlines: list[tuple[datetime, int]] = []  # heap of (occurred_at, seq); stale entries skipped
         self._seq = 0
         self._load()
+        self._saved_seq = self._seq
+        self._partitions_text = f',"partitions":{partitions}'.encode()
+        self._source_text = f',"source_partition":{partition}'.encode()
 
     @staticmethod
     def partial_key(treaty_number: str | None, period_id: str) -> str:
@@ -497,6 +591,9 @@ class Ledger:
     @property
     def event_time(self) -> datetime | None:
         """The minimum watermark over every source; ``None`` until every source has reported."""
+        return self._now
+
+    def _event_time(self) -> datetime | None:
         if not self._sources or any(s not in self._watermarks for s in self._sources):
             return None
         return min(self._watermarks[s] for s in self._sources)
@@ -504,11 +601,12 @@ class Ledger:
     def open_period(self, treaty_number: str | None) -> Period:
         """The first period of ``treaty_number`` (``None``: the first day) not closed yet."""
         name = "reg" if treaty_number is None else f"t|{treaty_number}"
-        return self._next[name]
+        return self._by_name[name].open
 
     # --- restore ------------------------------------------------------------------------------
 
     def _load(self) -> None:
+        rows: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
         for key, value in self._store.items():
             kind, _, rest = key.partition("|")
             if kind == "row":
@@ -519,13 +617,13 @@ class Ledger:
                 else:
                     name = "reg"
                     period, _seq = rest.split("|")
-                self._buckets.setdefault((name, period), []).append(key)
+                rows.setdefault((name, period), []).append((key, value))
             elif kind == "wm":
                 self._watermarks[rest] = datetime.fromisoformat(value.decode())
             elif kind == "next":
                 cal = self._by_name.get(rest)
                 if cal is not None:
-                    self._next[rest] = cal.by_id(value.decode())
+                    cal.open = cal.by_id(value.decode())
             elif kind == "wait":
                 d = json.loads(value)
                 raw = d["raw"].encode("utf-8")
@@ -534,11 +632,17 @@ class Ledger:
                 )
             elif key == "meta|seq":
                 self._seq = int(value.decode())
-        for keys in self._buckets.values():
-            keys.sort()
+        for (name, period), found in rows.items():
+            cal = self._by_name.get(name)
+            if cal is None:
+                continue  # a treaty no longer in the book: its rows stay in the store
+            found.sort()
+            entries = (_entry_from_store(cal.treaty is None, key, value) for key, value in found)
+            cal.buckets[period] = [entry for entry in entries if entry is not None]
         for seqs in self._waiting_by_policy.values():
             seqs.sort()
-        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
+        self._now = self._event_time()
+        self._next_close = min(cal.closes_at(cal.open) for cal in self._calendars)
 
     def _remember(self, waiting: _Waiting) -> None:
         self._waiting[waiting.seq] = waiting
@@ -556,9 +660,9 @@ class Ledger:
         self._store.delete(waiting.key)
 
     def _next_seq(self) -> int:
+        """The next sequence number (``meta|seq`` is written once per input, in :meth:`on_event`)."""
         seq = self._seq
-        self._seq += 1
-        self._store.put("meta|seq", str(self._seq).encode())
+        self._seq = seq + 1
         return seq
 
     # --- inputs -------------------------------------------------------------------------------
@@ -569,14 +673,16 @@ class Ledger:
             inp = _decode(raw)
         except _Undecodable as exc:
             return [RejectOut(_event_id_of(raw), exc.reason)]
-        out: list[LedgerOut] = []
         try:
-            out += self._count(inp, raw)
+            out = self._count(inp, raw)
         except _Undecodable as exc:
-            out.append(RejectOut(inp.id, exc.reason))
-        self._advance_watermark(inp.src, _later(inp.w, inp.at))
-        out += self._progress()
-        return out
+            out = [RejectOut(inp.id, exc.reason)]
+        w = inp.w
+        self._advance_watermark(inp.src, inp.at if w is None or inp.at > w else w)
+        if self._seq != self._saved_seq:
+            self._saved_seq = self._seq
+            self._store.put("meta|seq", str(self._seq).encode())
+        return out + self._progress()
 
     def on_watermark(self, source: str, watermark: datetime) -> list[LedgerOut]:
         """A source partition's watermark moved (it only ever moves forward)."""
@@ -598,9 +704,9 @@ class Ledger:
         except TreatyConfigError as exc:
             return [RejectOut(what, f"bad close command: {exc}")]
         out: list[LedgerOut] = []
-        while self._next[cal.name].start <= period.start:
-            out.append(self._emit(cal, self._next[cal.name]))
-        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
+        while cal.open.start <= period.start:
+            out.append(self._emit(cal))
+        self._next_close = min(cal.closes_at(cal.open) for cal in self._calendars)
         return out
 
     # --- counting -----------------------------------------------------------------------------
@@ -615,10 +721,23 @@ class Ledger:
         return [RejectOut(inp.id, f"event type {inp.type} is not counted by the bordereaux ledger")]
 
     def _policy(self, policy_id: str) -> _Policy | None:
-        raw = self._store.get(f"pol|{policy_id}")
-        return None if raw is None else _Policy.from_bytes(raw)
+        policy = self._policies.get(policy_id)
+        if policy is None:
+            raw = self._store.get(f"pol|{policy_id}")
+            if raw is None:
+                return None
+            policy = _Policy.from_bytes(raw)
+            self._cache(policy_id, policy)
+        return policy
+
+    def _cache(self, policy_id: str, policy: _Policy) -> None:
+        if len(self._policies) >= _POLICY_CACHE_LIMIT:
+            self._policies.clear()
+        self._policies[policy_id] = policy
 
     def _save(self, policy_id: str, policy: _Policy) -> None:
+        if policy_id not in self._policies:
+            self._cache(policy_id, policy)
         self._store.put(f"pol|{policy_id}", policy.to_bytes())
 
     def _on_term(self, inp: _LedgerInput, data: _PolicyIn) -> list[LedgerOut]:
@@ -669,53 +788,55 @@ class Ledger:
         return []
 
     def _count_policy_event(self, inp: _LedgerInput, data: _PolicyIn, term: _Term) -> None:
-        change = isinstance(data, _ChangeIn)
         ccy = data.currency
-        gross = data.premium_change if isinstance(data, _ChangeIn) else data.gross_premium
-        sum_insured = round_c(Decimal(0), ccy) if inp.type == "policy.cancelled" else data.sum_insured
+        if isinstance(data, _ChangeIn):
+            change = True
+            gross = data.premium_change
+            effective = data.effective_date
+        else:
+            change = False
+            gross = data.gross_premium
+            effective = data.inception_date
+        sum_insured = _ZERO[ccy] if inp.type == "policy.cancelled" else data.sum_insured
+        gross_text = format(gross, "f")
+        sum_insured_text = format(sum_insured, "f")
+        day = inp.at.date()
+        day_text = day.isoformat()
         if term.treaty is not None:
-            assert term.share is not None
-            cal = self._by_name[f"t|{term.treaty}"]
-            period, adjustment_of = self._place(cal, inp.at.date(), inp.w)
-            zero = round_c(Decimal(0), ccy)
-            row = PremiumRow(
-                policy_number=data.policy_number,
-                transaction_type=_TRANSACTION_TYPES[inp.type],
-                event_id=inp.id,
-                transaction_date=inp.at.date(),
-                effective_date=data.effective_date if isinstance(data, _ChangeIn) else data.inception_date,
-                inception_date=term.inception,
-                expiry_date=term.expiry,
-                currency=ccy,
-                gross_premium=gross,
-                additional_premium=gross if change and gross > 0 else zero,
-                return_premium=gross if change and gross < 0 else zero,
-                ceded_premium=round_c(dec_mul(gross, term.share), ccy),
-                cession_percentage=cession_percentage(term.share),
-                sum_insured=sum_insured,
-                ceded_sum_insured=round_c(dec_mul(sum_insured, term.share), ccy),
-                adjustment_of=adjustment_of,
-            )
-            self._put_row(cal, period, {"premium": row.to_wire()})
+            share = term.share
+            assert share is not None
+            cal = self._by_treaty[term.treaty]
+            period, adjustment_of = self._place(cal, day, inp.w)
+            zero = _ZERO_TEXT[ccy]
+            additional = gross_text if change and gross > 0 else zero
+            returned = gross_text if change and gross < 0 else zero
+            ceded = format(round_c(dec_mul(gross, share), ccy), "f")
+            ceded_sum_insured = format(round_c(dec_mul(sum_insured, share), ccy), "f")
+            value = (
+                f'{{"premium":{{"additional_premium":"{additional}","adjustment_of":{_jn(adjustment_of)},'
+                f'"ceded_premium":"{ceded}","ceded_sum_insured":"{ceded_sum_insured}",'
+                f'"cession_percentage":"{term.percent_text}","currency":{_q(ccy)},'
+                f'"effective_date":"{effective.isoformat()}","event_id":{_q(inp.id)},'
+                f'"expiry_date":"{term.expiry.isoformat()}","gross_premium":"{gross_text}",'
+                f'"inception_date":"{term.inception.isoformat()}",'
+                f'"policy_number":{_q(data.policy_number)},"return_premium":"{returned}",'
+                f'"sum_insured":"{sum_insured_text}","transaction_date":"{day_text}",'
+                f'"transaction_type":"{_TRANSACTION_TYPES[inp.type]}"}}}}'
+            ).encode()
+            sort_key = (data.policy_number, day_text, inp.id)
+            self._add_row(cal, period, self._next_seq(), _PREMIUM, sort_key, value)
         self._put_regulatory(
             inp,
+            day,
+            day_text,
             inp.w,
-            RegulatoryRow(
-                record_type="POLICY",
-                event_id=inp.id,
-                event_type=inp.type,
-                event_date=inp.at.date(),
-                original_date=None,
-                policy_number=data.policy_number,
-                claim_id=None,
-                line_of_business=data.line_of_business,
-                territory=data.territory,
-                currency=ccy,
-                gross_premium=gross,
-                sum_insured=sum_insured,
-                paid_amount=None,
-                reserve_amount=None,
-            ),
+            "POLICY",
+            data.policy_number,
+            None,
+            data.line_of_business,
+            data.territory,
+            ccy,
+            (gross_text, sum_insured_text, None, None),
         )
 
     def _on_claim(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> list[LedgerOut]:
@@ -749,44 +870,35 @@ class Ledger:
                 )
             ]
         w = _later(inp.w, term.w)
+        day = inp.at.date()
+        paid = format(data.paid_amount, "f")
+        reserve = format(data.reserve_amount, "f")
         if term.treaty is not None:
-            assert term.share is not None
-            cal = self._by_name[f"t|{term.treaty}"]
-            period, adjustment_of = self._place(cal, inp.at.date(), w)
-            movement = ClaimMovement(
-                claim_id=data.claim_id,
-                policy_number=data.policy_number,
-                date_of_loss=data.date_of_loss,
-                currency=data.currency,
-                status=data.status,
-                paid_amount=data.paid_amount,
-                paid_to_date=data.paid_to_date,
-                reserve_amount=data.reserve_amount,
-                share=term.share,
-                event_id=inp.id,
-                seq=0,  # replaced by the row's key sequence
-                adjustment_of=adjustment_of,
-            )
-            self._put_row(cal, period, {"claim": movement.to_wire()})
+            cal = self._by_treaty[term.treaty]
+            period, adjustment_of = self._place(cal, day, w)
+            head = (
+                f'{{"claim":{{"adjustment_of":{_jn(adjustment_of)},"claim_id":{_q(data.claim_id)},'
+                f'"currency":{_q(data.currency)},"date_of_loss":"{data.date_of_loss.isoformat()}",'
+                f'"event_id":{_q(inp.id)},"paid_amount":"{paid}",'
+                f'"paid_to_date":"{format(data.paid_to_date, "f")}",'
+                f'"policy_number":{_q(data.policy_number)},"reserve_amount":"{reserve}",'
+            ).encode()
+            tail = f'"seq":0,"share":"{term.share_text}","status":{_q(data.status)}}}}}'.encode()
+            seq = self._next_seq()  # orders the claim's movements when the partial is built
+            sort_key = (data.claim_id, adjustment_of is not None, adjustment_of or "", seq)
+            self._add_row(cal, period, seq, _CLAIM, sort_key, head + tail, len(head))
         self._put_regulatory(
             inp,
+            day,
+            day.isoformat(),
             w,
-            RegulatoryRow(
-                record_type="CLAIM",
-                event_id=inp.id,
-                event_type=inp.type,
-                event_date=inp.at.date(),
-                original_date=None,
-                policy_number=data.policy_number,
-                claim_id=data.claim_id,
-                line_of_business=term.line_of_business,
-                territory=term.territory,
-                currency=data.currency,
-                gross_premium=None,
-                sum_insured=None,
-                paid_amount=data.paid_amount,
-                reserve_amount=data.reserve_amount,
-            ),
+            "CLAIM",
+            data.policy_number,
+            data.claim_id,
+            term.line_of_business,
+            term.territory,
+            data.currency,
+            (None, None, paid, reserve),
         )
         return []
 
@@ -803,8 +915,13 @@ class Ledger:
         out: list[LedgerOut] = []
         for seq in list(self._waiting_by_policy.get(policy_id, ())):
             waiting = self._waiting[seq]
-            inp = _decode(waiting.raw)
-            data = _payload(_ClaimIn, inp)
+            try:
+                inp = _decode(waiting.raw)
+                data: _ClaimIn = _payload(_ClaimIn, inp)
+            except _Undecodable as exc:  # stored by an earlier version that read it differently
+                self._forget(waiting)
+                out.append(RejectOut(waiting.event_id, exc.reason, waiting.raw))
+                continue
             term = policy.term_for(data.date_of_loss)
             if term is None:
                 continue
@@ -827,29 +944,59 @@ class Ledger:
         dated before it).  Late (``W ≥ end + grace``): the period containing ``W``.  Either
         way never a closed period: then the first open one.
         """
-        own = cal.period_of(event_date)
-        if own.start < cal.first.start:
-            own = cal.first
+        own, closes_at = cal.locate(event_date)
         target = own
-        if w is not None and w >= cal.closes_at(own):
-            target = cal.period_of(w.date())
-        first_open = self._next[cal.name]
+        if w is not None and w >= closes_at:
+            target = cal.locate(w.date())[0]
+        first_open = cal.open
         if target.start < first_open.start:
             target = first_open
-        return target, (None if target == own else own.id)
+        return target, (None if target.id == own.id else own.id)
 
-    def _put_row(self, cal: _Calendar, period: Period, value: dict[str, Any]) -> None:
-        seq = self._next_seq()
+    def _add_row(
+        self,
+        cal: _Calendar,
+        period: Period,
+        seq: int,
+        kind: int,
+        sort_key: tuple[Any, ...],
+        value: bytes,
+        cut: int = 0,
+    ) -> None:
         key = f"row|{cal.name}|{period.id}|{seq:0{_SEQ_DIGITS}d}"
-        self._store.put(key, canonical_json(value))
-        self._buckets.setdefault((cal.name, period.id), []).append(key)
+        self._store.put(key, value)
+        bucket = cal.buckets.get(period.id)
+        if bucket is None:
+            bucket = cal.buckets[period.id] = []
+        bucket.append((kind, sort_key, key, value, cut))
 
-    def _put_regulatory(self, inp: _LedgerInput, w: datetime | None, row: RegulatoryRow) -> None:
-        cal = self._by_name["reg"]
-        day, adjustment_of = self._place(cal, inp.at.date(), w)
-        if adjustment_of is not None:
-            row = replace(row, original_date=date.fromisoformat(adjustment_of))
-        self._put_row(cal, day, row.to_wire())
+    def _put_regulatory(
+        self,
+        inp: _LedgerInput,
+        day: date,
+        day_text: str,
+        w: datetime | None,
+        record_type: RecordType,
+        policy_number: str,
+        claim_id: str | None,
+        line_of_business: str,
+        territory: str | None,
+        currency: str,
+        amounts: tuple[str | None, str | None, str | None, str | None],
+    ) -> None:
+        """A regulatory row; ``amounts``: gross premium, sum insured, paid and reserve amounts."""
+        gross_premium, sum_insured, paid_amount, reserve_amount = amounts
+        cal = self._reg
+        period, original_date = self._place(cal, day, w)
+        value = (
+            f'{{"claim_id":{_jn(claim_id)},"currency":{_q(currency)},"event_date":"{day_text}",'
+            f'"event_id":{_q(inp.id)},"event_type":{_q(inp.type)},"gross_premium":{_jn(gross_premium)},'
+            f'"line_of_business":{_q(line_of_business)},"original_date":{_jn(original_date)},'
+            f'"paid_amount":{_jn(paid_amount)},"policy_number":{_q(policy_number)},'
+            f'"record_type":"{record_type}","reserve_amount":{_jn(reserve_amount)},'
+            f'"sum_insured":{_jn(sum_insured)},"territory":{_jn(territory)}}}'
+        ).encode()
+        self._add_row(cal, period, self._next_seq(), _REGULATORY, (day_text, inp.id), value)
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -861,71 +1008,90 @@ class Ledger:
             return
         self._watermarks[source] = moment
         self._store.put(f"wm|{source}", moment.isoformat().encode())
+        # Event time is the minimum over the sources: it moves only when the source holding
+        # it (or the last one to report) moves.
+        if source in self._sources and (self._now is None or known == self._now):
+            self._now = self._event_time()
 
     def _progress(self) -> list[LedgerOut]:
         """Dead-letter claims that waited too long; emit the partials of every period that closed."""
-        now = self.event_time
+        now = self._now
         if now is None:
             return []
         out: list[LedgerOut] = []
-        timeout = self._book.unmatched_claim_timeout
-        while self._deadlines and now >= self._deadlines[0][0] + timeout:
-            _, seq = heapq.heappop(self._deadlines)
-            waiting = self._waiting.get(seq)
-            if waiting is not None:
-                self._forget(waiting)
-                out.append(RejectOut(waiting.event_id, NO_TERM_REASON, waiting.raw))
+        deadlines = self._deadlines
+        if deadlines:
+            timeout = self._book.unmatched_claim_timeout
+            while deadlines and now >= deadlines[0][0] + timeout:
+                _, seq = heapq.heappop(deadlines)
+                waiting = self._waiting.get(seq)
+                if waiting is not None:
+                    self._forget(waiting)
+                    out.append(RejectOut(waiting.event_id, NO_TERM_REASON, waiting.raw))
         if now < self._next_close:
             return out
         for cal in self._calendars:
-            while now >= cal.closes_at(self._next[cal.name]):
-                out.append(self._emit(cal, self._next[cal.name]))
-        self._next_close = min(cal.closes_at(self._next[cal.name]) for cal in self._calendars)
+            while now >= cal.closes_at(cal.open):
+                out.append(self._emit(cal))
+        self._next_close = min(cal.closes_at(cal.open) for cal in self._calendars)
         return out
 
-    def _emit(self, cal: _Calendar, period: Period) -> PartialOut:
-        """The partial of ``period`` (the first open one): its rows leave the store."""
-        assert period == self._next[cal.name]
-        keys = self._buckets.pop((cal.name, period.id), [])
-        values = []
-        for key in keys:
-            raw = self._store.get(key)
-            if raw is not None:
-                values.append(json.loads(raw))
-            self._store.delete(key)
+    def _emit(self, cal: _Calendar) -> PartialOut:
+        """The partial of the first open period of ``cal``: its rows leave the store."""
+        period = cal.open
+        entries = cal.buckets.pop(period.id, [])
+        delete = self._store.delete
+        for entry in entries:
+            delete(entry[2])
         nxt = cal.next(period)
-        self._next[cal.name] = nxt
+        cal.open = nxt
         self._store.put(f"next|{cal.name}", nxt.id.encode())
-        head: dict[str, Any]
+        # The partial as canonical JSON: keys in sorted order.
         if cal.treaty is None:
-            rows = sorted((RegulatoryRow.from_wire(v) for v in values), key=lambda r: r.sort_key)
-            head = {"kind": "regulatory", "date": period.id, "rows": [r.to_wire() for r in rows]}
+            rows = b",".join([entry[3] for entry in sorted(entries, key=_SORT_KEY)])
+            value = b"".join(
+                (
+                    b'{"date":',
+                    _q(period.id).encode(),
+                    b',"kind":"regulatory"',
+                    self._partitions_text,
+                    b',"rows":[',
+                    rows,
+                    b"]",
+                    self._source_text,
+                    b"}",
+                )
+            )
         else:
-            premium = sorted(
-                (PremiumRow.from_wire(v["premium"]) for v in values if "premium" in v),
-                key=lambda r: r.sort_key,
+            premium = sorted([e for e in entries if e[0] == _PREMIUM], key=_SORT_KEY)
+            # A claim's movements in processing order, grouped per claim and adjustment,
+            # numbered from 0: independent of how other claims interleaved.
+            claims = sorted([e for e in entries if e[0] == _CLAIM], key=_SORT_KEY)
+            claim_rows = b",".join(
+                [
+                    b'%b"seq":%d%b' % (row[_CLAIM_HEAD:cut], index, row[cut + _SEQ_ZERO_LENGTH : -1])
+                    for index, (_, _, _, row, cut) in enumerate(claims)
+                ]
             )
-            # A claim's movements in processing order (the key sequence), grouped per claim
-            # and adjustment, numbered from 0: independent of how other claims interleaved.
-            moves = [
-                (ClaimMovement.from_wire(v["claim"]), int(key.rsplit("|", 1)[1]))
-                for key, v in zip(keys, values, strict=True)
-                if "claim" in v
-            ]
-            moves.sort(
-                key=lambda m: (m[0].claim_id, m[0].adjustment_of is not None, m[0].adjustment_of or "", m[1])
+            premium_rows = b",".join([e[3][_PREMIUM_HEAD:-1] for e in premium])
+            value = b"".join(
+                (
+                    b'{"claims":[',
+                    claim_rows,
+                    b'],"kind":"bordereau"',
+                    self._partitions_text,
+                    b',"period":',
+                    _q(period.id).encode(),
+                    b',"premium":[',
+                    premium_rows,
+                    b"]",
+                    self._source_text,
+                    b',"treaty":',
+                    _q(cal.treaty.treaty_number).encode(),
+                    b"}",
+                )
             )
-            claims = [replace(move, seq=index) for index, (move, _) in enumerate(moves)]
-            head = {
-                "kind": "bordereau",
-                "treaty": cal.treaty.treaty_number,
-                "period": period.id,
-                "premium": [r.to_wire() for r in premium],
-                "claims": [c.to_wire() for c in claims],
-            }
-        head["source_partition"] = self._partition
-        head["partitions"] = self._partitions
-        return PartialOut(partial_key(cal.partial_key_prefix, period.id), canonical_json(head))
+        return PartialOut(partial_key(cal.partial_key_prefix, period.id), value)
 
 
 def _event_id_of(raw: bytes) -> str:

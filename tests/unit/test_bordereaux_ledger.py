@@ -651,3 +651,86 @@ def test_partials_assemble_into_reports(book: TreatyBook) -> None:
     days = [r.key for r in reports if r.topic == "regulatory"]
     # Only days with rows; e3 (Jan 25, read after Feb 10) is late and counted on Feb 10.
     assert days == ["2024-01-05", "2024-01-10", "2024-02-10", "2024-02-11"]
+
+
+# --- state and partials as canonical JSON ----------------------------------------------------------
+
+
+ODD = 'Q"\\é\x01✓'  # a quote, a backslash, non-ASCII and a control character
+
+
+def _odd_records() -> list[bytes]:
+    route = Route()
+    p1 = policy(f"P1{ODD}")
+    p1["policy_number"] = f"PN{ODD}"
+    marine = policy(f"M1{ODD}", lob="MARINE", territory=None, currency="EUR", sum_insured="750000.00")
+    cancelled = {**marine, "effective_date": "2024-03-01", "premium_change": "-600.00"}
+    c1 = claim(f"C1{ODD}", f"P1{ODD}", status=f"OPEN{ODD}")
+    c1["policy_number"] = f"PN{ODD}"
+    paid = {**c1, "paid_amount": "250.00", "paid_to_date": "250.00", "reserve_amount": "750.00"}
+    m1 = claim(f"C2{ODD}", f"M1{ODD}", loss="2024-02-01", currency="EUR")
+    return [
+        route.record(f"c1{ODD}", "claim.reported", "2024-01-12T00:00:00", CLM, c1),  # waits
+        route.record(f"e1{ODD}", "policy.issued", "2024-01-05T00:00:00", POL, p1),
+        route.record(f"e2{ODD}", "policy.issued", "2024-01-20T00:00:00", POL, marine),
+        route.record(f"c2{ODD}", "claim.paid", "2024-01-25T00:00:00", CLM, paid),
+        route.record(f"e3{ODD}", "policy.issued", "2024-02-20T00:00:00", POL, policy("P3")),
+        route.record(f"c3{ODD}", "claim.reported", "2024-02-02T00:00:00", CLM, m1),
+        route.record(f"e4{ODD}", "policy.cancelled", "2024-01-30T00:00:00", POL, cancelled),  # late
+        route.record(f"c4{ODD}", "claim.paid", "2024-01-28T00:00:00", CLM, {**paid, "paid_amount": "1.00"}),
+    ]
+
+
+def canonical(raw: bytes) -> bytes:
+    return json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_state_and_partials_are_canonical_json_whatever_the_characters(book: TreatyBook) -> None:
+    store = MemStore()
+    led = ledger(book, store)
+    out: list[PartialOut | RejectOut] = []
+    for raw in _odd_records():
+        out += led.on_event(raw)
+    written = {k: v for k, v in store.data.items() if k.split("|")[0] in ("pol", "row", "wait")}
+    assert {k.split("|")[0] for k in written} == {"pol", "row"}
+    assert {k: canonical(v) for k, v in written.items()} == written
+    out += advance(led, "2024-04-07T00:00:00")
+    assert rejects(out) == []
+    got = [o for o in out if isinstance(o, PartialOut)]
+    assert all(canonical(o.value) == o.value for o in got)
+    parts = partials(got)
+    jan = parts["QS-1|2024-01"]
+    assert [(r["policy_number"], r["event_id"]) for r in jan["premium"]] == [(f"PN{ODD}", f"e1{ODD}")]
+    assert [(m["event_id"], m["seq"], m["status"]) for m in jan["claims"]] == [
+        (f"c1{ODD}", 0, f"OPEN{ODD}"),
+        (f"c2{ODD}", 1, f"OPEN{ODD}"),
+        (f"c4{ODD}", 2, f"OPEN{ODD}"),
+    ]
+    q1 = parts["SP-1|2024-Q1"]
+    assert [(r["event_id"], r["transaction_type"]) for r in q1["premium"]] == [
+        (f"e2{ODD}", "NEW_BUSINESS"),
+        (f"e4{ODD}", "CANCELLATION"),
+    ]
+    assert [r["event_id"] for r in parts["REG|2024-01-12"]["rows"]] == [f"c1{ODD}"]
+
+
+def test_a_ledger_rebuilt_from_its_store_after_any_record_gives_the_same_partials(book: TreatyBook) -> None:
+    records = _odd_records() + list(_scenario())
+
+    def run(restart_after: int | None) -> dict[str, bytes]:
+        store = MemStore()
+        led = ledger(book, store)
+        out: list[PartialOut | RejectOut] = []
+        for index, raw in enumerate(records):
+            out += led.on_event(raw)
+            if index == 3:
+                out += advance(led, "2024-01-11T00:00:00")  # closes early days, keeps the rest open
+            if index == restart_after:
+                led = ledger(book, store)
+        out += advance(led, "2024-04-07T00:00:00")
+        return {o.key: o.value for o in out if isinstance(o, PartialOut)}
+
+    whole = run(None)
+    assert any(json.loads(v).get("claims") for v in whole.values())
+    for restart_after in range(len(records)):
+        assert run(restart_after) == whole, restart_after
