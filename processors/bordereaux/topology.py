@@ -17,8 +17,8 @@ import logging
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Any, cast
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
@@ -27,7 +27,7 @@ from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import Ledger, PartialOut, RejectOut
 from processors.bordereaux.treaties import TreatyBook
 from processors.contract.codec import Codec
-from processors.errors import ConfigError, ContractError, ProcessorsError
+from processors.errors import ConfigError, ContractError, ProcessorsError, ValidationFailed
 from processors.streams import ChangelogStore, Emitter, StageSpec, TransactionalLoop
 from processors.streams.driver import MemoryMessage
 from processors.topics.catalogue import Catalogue
@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 
 RECORD_HEADER = "x-record"
 """On by-policy records: ``event``, ``watermark`` or ``close``."""
+SOURCE_HEADER = "x-source"
+"""On routed events: the source partition (``topic:partition``)."""
+WATERMARK_HEADER = "x-source-watermark"
+"""On routed events: the source partition's watermark before the event (absent: none yet)."""
+_ROUTE_HEADERS = frozenset({RECORD_HEADER, SOURCE_HEADER, WATERMARK_HEADER})
+FUTURE_TOLERANCE = timedelta(days=1)
+"""Events stamped later than this after the wall clock are refused (dead-lettered)."""
 
 LEDGER_EVENT_TYPES = frozenset(
     {
@@ -134,52 +141,46 @@ class RouteTask:
         self._partitions = by_policy_partitions
         raw = store.get(self.source)
         self.watermark: datetime | None = datetime.fromisoformat(raw.decode()) if raw else None
-        self._watermark_json = b"null" if self.watermark is None else _quoted(self.watermark)
+        self._watermark_bytes = b"" if self.watermark is None else _iso(self.watermark).encode()
         self._source_bytes = self.source.encode()
         self._moved = False
+        self._latest_allowed = datetime.now(UTC) + FUTURE_TOLERANCE
 
     def process(self, msg: Any) -> None:
+        # Only what routing needs is read here (no validation); the ledger decodes in full.
         try:
-            event = self._codec.decode(msg.value(), msg.headers())
+            peek = self._codec.peek(msg.value(), msg.headers())
         except ContractError as exc:
             self._out.dead_letter(msg, exc)
             return
-        if event.event_type not in LEDGER_EVENT_TYPES:
+        if peek.event_type not in LEDGER_EVENT_TYPES:
             self._out.dead_letter(
-                msg, RejectedInput(f"event type {event.event_type} is not expected on {msg.topic()}")
+                msg, RejectedInput(f"event type {peek.event_type[:80]!r} is not expected on {msg.topic()}")
             )
             return
-        data = event.data
-        # The payload as the contract serialises it (Rust, one call), inside a small envelope.
-        payload = b"".join(
-            (
-                b'{"id":"',
-                str(event.event_id).encode(),
-                b'","type":"',
-                event.event_type.encode(),
-                b'","at":"',
-                _iso(event.occurred_at).encode(),
-                b'","src":"',
-                self._source_bytes,
-                b'","w":',
-                self._watermark_json,
-                b',"d":',
-                data.model_dump_json(exclude=_DROPPED_FIELDS).encode(),
-                b"}",
+        policy_id = peek.data.get("policy_id")
+        if not isinstance(policy_id, str) or not policy_id:
+            self._out.dead_letter(msg, ValidationFailed("data.policy_id is missing or not a string"))
+            return
+        if peek.occurred_at > self._latest_allowed:
+            # One event from the far future would close every period up to it.
+            self._out.dead_letter(
+                msg, ValidationFailed(f"occurred_at is more than {FUTURE_TOLERANCE} in the future")
             )
-        )
-        self._out.send(
-            self._topics.by_policy,
-            str(cast(Any, data).policy_id).encode(),
-            payload,
-            headers=[(RECORD_HEADER, b"event"), ("event-type", event.event_type.encode())],
-        )
-        if self.watermark is None or event.occurred_at > self.watermark:
-            self.watermark = event.occurred_at
-            self._watermark_json = _quoted(event.occurred_at)
+            return
+        headers = [h for h in msg.headers() or () if h[0] not in _ROUTE_HEADERS]
+        headers.append((RECORD_HEADER, b"event"))
+        headers.append((SOURCE_HEADER, self._source_bytes))
+        if self.watermark is not None:
+            headers.append((WATERMARK_HEADER, self._watermark_bytes))
+        self._out.send(self._topics.by_policy, policy_id.encode(), msg.value(), headers=headers)
+        if self.watermark is None or peek.occurred_at > self.watermark:
+            self.watermark = peek.occurred_at
+            self._watermark_bytes = _iso(peek.occurred_at).encode()
             self._moved = True
 
     def end_batch(self) -> None:
+        self._latest_allowed = datetime.now(UTC) + FUTURE_TOLERANCE
         if not self._moved or self.watermark is None:
             return
         self._moved = False
@@ -205,6 +206,7 @@ class LedgerTask:
         out: Emitter,
         *,
         book: TreatyBook,
+        codec: Codec,
         topics: BordereauxTopics,
         partitions: int,
         sources: Collection[str],
@@ -212,6 +214,7 @@ class LedgerTask:
         assert store is not None
         self._out = out
         self._topics = topics
+        self._codec = codec
         self.ledger = Ledger(book, store, partition=partition, partitions=partitions, sources=sources)
 
     def process(self, msg: Any) -> None:
@@ -229,7 +232,10 @@ class LedgerTask:
             command = json.loads(raw)
             outs = self.ledger.on_close(command.get("treaty"), command["period"])
         else:
-            outs = self.ledger.on_event(raw)
+            payload = self._ledger_input(msg, raw)
+            if payload is None:
+                return
+            outs = self.ledger.on_event(payload)
         for item in outs:
             if isinstance(item, PartialOut):
                 self._out.send(self._topics.partials, item.key.encode(), item.value)
@@ -242,6 +248,41 @@ class LedgerTask:
                 self._out.dead_letter(stored, RejectedInput(item.reason))
             else:
                 self._out.dead_letter(msg, RejectedInput(item.reason))
+
+    def _ledger_input(self, msg: Any, raw: bytes) -> bytes | None:
+        """The routed event, validated against the contract, as the ledger reads it."""
+        headers = msg.headers() or ()
+        source = b""
+        watermark = b"null"
+        for name, value in headers:
+            if name == SOURCE_HEADER and value is not None:
+                source = value
+            elif name == WATERMARK_HEADER and value:
+                watermark = b'"' + value + b'"'
+        try:
+            event = self._codec.decode(raw, headers)
+        except ContractError as exc:
+            self._out.dead_letter(msg, exc)
+            return None
+        return b"".join(
+            (
+                b'{"id":"',
+                str(event.event_id).encode(),
+                b'","type":"',
+                event.event_type.encode(),
+                b'","at":"',
+                _iso(event.occurred_at).encode(),
+                b'","src":"',
+                source,
+                b'","w":',
+                watermark,
+                b',"d":',
+                # The payload as the contract serialises it (one call), free text and
+                # customer ids left out: the ledger never needs them.
+                event.data.model_dump_json(exclude=_DROPPED_FIELDS).encode(),
+                b"}",
+            )
+        )
 
     def end_batch(self) -> None:
         return None
@@ -314,6 +355,7 @@ def build_stages(
                 store,
                 out,
                 book=book,
+                codec=codec,
                 topics=topics,
                 partitions=by_policy_partitions,
                 sources=sources,
