@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
-from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -62,6 +61,7 @@ SHARE_PLACES = 10
 
 _WIDE = Context(prec=100, rounding=ROUND_HALF_UP)
 _QUANTUM = {places: Decimal(1).scaleb(-places) for places in set(MINOR_UNITS.values())}
+_CURRENCY_QUANTUM = {ccy: _QUANTUM[places] for ccy, places in MINOR_UNITS.items()}
 _PERCENT_QUANTUM = Decimal("0.00000001")
 _PERCENT_PLACES = 8
 _HUNDRED = Decimal(100)
@@ -76,7 +76,7 @@ class TreatyConfigError(ConfigError):
 
 def round_c(amount: Decimal, currency: str) -> Decimal:
     """``amount`` rounded ``ROUND_HALF_UP`` to ``currency``'s minor units (never ``-0.00``)."""
-    rounded = amount.quantize(_QUANTUM[MINOR_UNITS[currency]], rounding=ROUND_HALF_UP, context=_WIDE)
+    rounded = amount.quantize(_CURRENCY_QUANTUM[currency], rounding=ROUND_HALF_UP, context=_WIDE)
     return rounded.copy_abs() if rounded.is_zero() else rounded
 
 
@@ -99,10 +99,15 @@ def cession_percentage(share: Decimal) -> Decimal:
 
 
 def _ratio_half_up(numerator: Decimal, denominator: Decimal, places: int) -> Decimal:
-    """``numerator / denominator`` (both > 0) rounded ``ROUND_HALF_UP`` to ``places``, exactly."""
-    exact = Fraction(numerator) / Fraction(denominator) * 10**places
-    whole, rest = divmod(exact.numerator, exact.denominator)
-    if 2 * rest >= exact.denominator:
+    """``numerator / denominator`` (both > 0) rounded ``ROUND_HALF_UP`` to ``places``, exactly.
+
+    In integers: ``(a/b) / (c/d) × 10^places = a·d·10^places / (b·c)``.
+    """
+    a, b = numerator.as_integer_ratio()
+    c, d = denominator.as_integer_ratio()
+    scaled = b * c
+    whole, rest = divmod(a * d * 10**places, scaled)
+    if 2 * rest >= scaled:
         whole += 1
     return Decimal(whole).scaleb(-places)
 
