@@ -39,7 +39,9 @@ from json.encoder import encode_basestring as _q  # the string encoder of json.d
 from operator import itemgetter
 from typing import Any, Protocol
 
-from processors.bordereaux.rows import RecordType, TransactionType
+from pydantic_core import from_json
+
+from processors.bordereaux.rows import TransactionType
 from processors.bordereaux.treaties import (
     Period,
     Treaty,
@@ -143,6 +145,14 @@ _MONEY_STRING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _MONEY_LIMIT = Decimal(10) ** MONEY_INTEGER_DIGITS
 _EXACT = Context(prec=MONEY_INTEGER_DIGITS + 20)
 _MONEY_QUANTUM = {ccy: Decimal(1).scaleb(-places) for ccy, places in MINOR_UNITS.items()}
+_PLAIN_AMOUNT = {
+    ccy: re.compile(
+        f"[0-9]{{1,{MONEY_INTEGER_DIGITS}}}" + (f"\\.[0-9]{{{places}}}" if places else "")
+    ).fullmatch
+    for ccy, places in MINOR_UNITS.items()
+}
+"""Per currency: whether an amount is plain (not negative, exactly the minor units): such a
+string is read as is; any other goes through :func:`_money`."""
 
 
 class _Undecodable(Exception):
@@ -221,7 +231,7 @@ def _money(d: Mapping[str, Any], name: str, currency: str, *, signed: bool = Fal
     return quantized
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _LedgerInput:
     id: str
     type: str
@@ -229,9 +239,22 @@ class _LedgerInput:
     src: str
     w: datetime | None
     d: Mapping[str, Any]
+    day: date = field(init=False)
+    """The UTC date of ``at``."""
+    day_text: str = field(init=False)
+    id_json: str = field(init=False)
+    """``id`` as a JSON string."""
+
+    def __post_init__(self) -> None:
+        self.day = self.at.date()
+        self.day_text = self.day.isoformat()
+        self.id_json = _q(self.id)
 
 
-@dataclass(frozen=True, slots=True)
+_PolicyFields = tuple[str, str, str, str | None, date, date, str, Decimal, Decimal]
+
+
+@dataclass(slots=True)
 class _PolicyIn:
     policy_id: str
     policy_number: str
@@ -244,7 +267,14 @@ class _PolicyIn:
     sum_insured: Decimal
 
     @staticmethod
-    def fields(d: Mapping[str, Any]) -> tuple[str, str, str, str | None, date, date, str, Decimal, Decimal]:
+    def fields(d: Mapping[str, Any]) -> _PolicyFields:
+        """The fields, checked one by one in order (a malformed one raises :class:`_Bad`)."""
+        try:
+            fast = _PolicyIn.plain_fields(d)
+        except (KeyError, TypeError, ValueError):
+            fast = None
+        if fast is not None:
+            return fast
         policy_id = _text(d, "policy_id")
         policy_number = _text(d, "policy_number")
         line_of_business = _text(d, "line_of_business", 64)
@@ -266,12 +296,53 @@ class _PolicyIn:
             _money(d, "sum_insured", currency),
         )
 
+    @staticmethod
+    def plain_fields(d: Mapping[str, Any]) -> _PolicyFields | None:
+        """The fields when they have the route stage's plain form (``None``: check one by one)."""
+        currency = d["currency"]
+        plain_amount = _PLAIN_AMOUNT[currency]
+        policy_id = d["policy_id"]
+        policy_number = d["policy_number"]
+        line_of_business = d["line_of_business"]
+        territory = d.get("territory")
+        inception_date = d["inception_date"]
+        expiry_date = d["expiry_date"]
+        gross_premium = d["gross_premium"]
+        sum_insured = d["sum_insured"]
+        if (
+            type(policy_id) is str
+            and 0 < len(policy_id) <= 128
+            and type(policy_number) is str
+            and 0 < len(policy_number) <= 128
+            and type(line_of_business) is str
+            and 0 < len(line_of_business) <= 64
+            and (territory is None or territory in COUNTRY_CODES)
+            and type(inception_date) is str
+            and len(inception_date) == 10
+            and type(expiry_date) is str
+            and len(expiry_date) == 10
+            and plain_amount(gross_premium) is not None
+            and plain_amount(sum_insured) is not None
+        ):
+            return (
+                policy_id,
+                policy_number,
+                line_of_business,
+                territory,
+                date.fromisoformat(inception_date),
+                date.fromisoformat(expiry_date),
+                currency,
+                Decimal(gross_premium),
+                Decimal(sum_insured),
+            )
+        return None
+
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> _PolicyIn:
         return cls(*cls.fields(d))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ChangeIn(_PolicyIn):
     effective_date: date
     premium_change: Decimal
@@ -282,7 +353,7 @@ class _ChangeIn(_PolicyIn):
         return cls(*base, _date(d, "effective_date"), _money(d, "premium_change", base[6], signed=True))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ClaimIn:
     claim_id: str
     policy_id: str
@@ -296,6 +367,50 @@ class _ClaimIn:
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> _ClaimIn:
+        try:
+            currency = d["currency"]
+            plain_amount = _PLAIN_AMOUNT[currency]
+            claim_id = d["claim_id"]
+            policy_id = d["policy_id"]
+            policy_number = d["policy_number"]
+            date_of_loss = d["date_of_loss"]
+            reserve_amount = d["reserve_amount"]
+            paid_amount = d["paid_amount"]
+            paid_to_date = d["paid_to_date"]
+            status = d["status"]
+            if (
+                type(claim_id) is str
+                and 0 < len(claim_id) <= 128
+                and type(policy_id) is str
+                and 0 < len(policy_id) <= 128
+                and type(policy_number) is str
+                and 0 < len(policy_number) <= 128
+                and type(date_of_loss) is str
+                and len(date_of_loss) == 10
+                and plain_amount(reserve_amount) is not None
+                and plain_amount(paid_amount) is not None
+                and plain_amount(paid_to_date) is not None
+                and type(status) is str
+                and 0 < len(status) <= 32
+            ):
+                return cls(
+                    claim_id,
+                    policy_id,
+                    policy_number,
+                    date.fromisoformat(date_of_loss),
+                    currency,
+                    Decimal(reserve_amount),
+                    Decimal(paid_amount),
+                    Decimal(paid_to_date),
+                    status,
+                )
+        except (KeyError, TypeError, ValueError):
+            pass
+        return cls.checked(d)
+
+    @classmethod
+    def checked(cls, d: Mapping[str, Any]) -> _ClaimIn:
+        """The fields checked one by one in order (a malformed one raises :class:`_Bad`)."""
         claim_id = _text(d, "claim_id")
         policy_id = _text(d, "policy_id")
         policy_number = _text(d, "policy_number")
@@ -316,11 +431,36 @@ class _ClaimIn:
 
 def _decode(raw: bytes) -> _LedgerInput:
     try:
-        value = json.loads(raw)
-    except UnicodeDecodeError:
-        raise _Undecodable("undecodable LedgerInput: not UTF-8 JSON") from None
+        value = from_json(raw)
     except ValueError as exc:
         raise _Undecodable(f"undecodable LedgerInput: invalid JSON: {exc}") from None
+    try:  # the route stage's form: every field present and typed, timestamps in UTC
+        event_id = value["id"]
+        event_type = value["type"]
+        src = value["src"]
+        d = value["d"]
+        at = datetime.fromisoformat(value["at"])
+        w_text = value["w"]
+        w = None if w_text is None else datetime.fromisoformat(w_text)
+        if (
+            type(event_id) is str
+            and 0 < len(event_id) <= 128
+            and type(event_type) is str
+            and 0 < len(event_type) <= 64
+            and type(src) is str
+            and 0 < len(src) <= 300
+            and type(d) is dict
+            and at.tzinfo is UTC
+            and (w is None or w.tzinfo is UTC)
+        ):
+            return _LedgerInput(event_id, event_type, at, src, w, d)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return _checked_input(value)
+
+
+def _checked_input(value: Any) -> _LedgerInput:
+    """The LedgerInput checked field by field (the reason names the first bad one)."""
     if not isinstance(value, dict):
         raise _Undecodable("undecodable LedgerInput: not a JSON object")
     try:
@@ -398,15 +538,20 @@ class _Term:
     w: datetime | None
     share_text: str = field(init=False)
     percent_text: str = field(init=False)
+    inception_text: str = field(init=False)
+    expiry_text: str = field(init=False)
     wire: str = field(init=False)
+    """The term as canonical JSON (in ``pol|`` entries)."""
 
     def __post_init__(self) -> None:
+        self.inception_text = self.inception.isoformat()
+        self.expiry_text = self.expiry.isoformat()
         share = None if self.share is None else format(self.share, "f")
         self.share_text = share or ""
         self.percent_text = "" if self.share is None else format(cession_percentage(self.share), "f")
         self.wire = (
-            f'{{"currency":{_q(self.currency)},"expiry":"{self.expiry.isoformat()}",'
-            f'"inception":"{self.inception.isoformat()}","lob":{_q(self.line_of_business)},'
+            f'{{"currency":{_q(self.currency)},"expiry":"{self.expiry_text}",'
+            f'"inception":"{self.inception_text}","lob":{_q(self.line_of_business)},'
             f'"share":{_jn(share)},"territory":{_jn(self.territory)},"treaty":{_jn(self.treaty)},'
             f'"w":{_jn(_iso(self.w))}}}'
         )
@@ -445,7 +590,7 @@ class _Policy:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> _Policy:
-        d = json.loads(raw)
+        d = from_json(raw)
         return cls([_Term.from_wire(t) for t in d["terms"]], set(d["seen"]))
 
 
@@ -513,7 +658,8 @@ class _Calendar:
         """The first period not closed yet."""
         self.buckets: dict[str, list[_Entry]] = {}
         """The rows of each open period, in processing order."""
-        self._located: dict[date, tuple[Period, datetime]] = {}
+        self.located: dict[date, tuple[Period, datetime]] = {}
+        """Per day: :meth:`locate`."""
 
     @property
     def partial_key_prefix(self) -> str | None:
@@ -535,14 +681,14 @@ class _Calendar:
 
     def locate(self, d: date) -> tuple[Period, datetime]:
         """The period containing ``d`` (the first period for a day before it) and its closing time."""
-        found = self._located.get(d)
+        found = self.located.get(d)
         if found is None:
-            if len(self._located) >= _CACHE_LIMIT:
-                self._located.clear()
+            if len(self.located) >= _CACHE_LIMIT:
+                self.located.clear()
             period = self.period_of(d)
             if period.start < self.first.start:
                 period = self.first
-            found = self._located[d] = (period, self.closes_at(period))
+            found = self.located[d] = (period, self.closes_at(period))
         return found
 
 
@@ -673,8 +819,17 @@ class Ledger:
             inp = _decode(raw)
         except _Undecodable as exc:
             return [RejectOut(_event_id_of(raw), exc.reason)]
+        event_type = inp.type
         try:
-            out = self._count(inp, raw)
+            if event_type in POLICY_TERM_EVENTS:
+                out = self._on_term(inp, _payload(_PolicyIn, inp))
+            elif event_type in POLICY_CHANGE_EVENTS:
+                out = self._on_change(inp, _payload(_ChangeIn, inp))
+            elif event_type in CLAIM_EVENTS:
+                out = self._on_claim(inp, _payload(_ClaimIn, inp), raw)
+            else:
+                reason = f"event type {event_type} is not counted by the bordereaux ledger"
+                out = [RejectOut(inp.id, reason)]
         except _Undecodable as exc:
             out = [RejectOut(inp.id, exc.reason)]
         w = inp.w
@@ -710,15 +865,6 @@ class Ledger:
         return out
 
     # --- counting -----------------------------------------------------------------------------
-
-    def _count(self, inp: _LedgerInput, raw: bytes) -> list[LedgerOut]:
-        if inp.type in POLICY_TERM_EVENTS:
-            return self._on_term(inp, _payload(_PolicyIn, inp))
-        if inp.type in POLICY_CHANGE_EVENTS:
-            return self._on_change(inp, _payload(_ChangeIn, inp))
-        if inp.type in CLAIM_EVENTS:
-            return self._on_claim(inp, _payload(_ClaimIn, inp), raw)
-        return [RejectOut(inp.id, f"event type {inp.type} is not counted by the bordereaux ledger")]
 
     def _policy(self, policy_id: str) -> _Policy | None:
         policy = self._policies.get(policy_id)
@@ -800,43 +946,41 @@ class Ledger:
         sum_insured = _ZERO[ccy] if inp.type == "policy.cancelled" else data.sum_insured
         gross_text = format(gross, "f")
         sum_insured_text = format(sum_insured, "f")
-        day = inp.at.date()
-        day_text = day.isoformat()
+        number_json = _q(data.policy_number)
         if term.treaty is not None:
             share = term.share
             assert share is not None
             cal = self._by_treaty[term.treaty]
-            period, adjustment_of = self._place(cal, day, inp.w)
+            period, adjustment_of = self._place(cal, inp.day, inp.w)
             zero = _ZERO_TEXT[ccy]
             additional = gross_text if change and gross > 0 else zero
             returned = gross_text if change and gross < 0 else zero
             ceded = format(round_c(dec_mul(gross, share), ccy), "f")
             ceded_sum_insured = format(round_c(dec_mul(sum_insured, share), ccy), "f")
             value = (
-                f'{{"premium":{{"additional_premium":"{additional}","adjustment_of":{_jn(adjustment_of)},'
+                f'{{"premium":{{"additional_premium":"{additional}",'
+                f'"adjustment_of":{"null" if adjustment_of is None else _q(adjustment_of)},'
                 f'"ceded_premium":"{ceded}","ceded_sum_insured":"{ceded_sum_insured}",'
-                f'"cession_percentage":"{term.percent_text}","currency":{_q(ccy)},'
-                f'"effective_date":"{effective.isoformat()}","event_id":{_q(inp.id)},'
-                f'"expiry_date":"{term.expiry.isoformat()}","gross_premium":"{gross_text}",'
-                f'"inception_date":"{term.inception.isoformat()}",'
-                f'"policy_number":{_q(data.policy_number)},"return_premium":"{returned}",'
-                f'"sum_insured":"{sum_insured_text}","transaction_date":"{day_text}",'
-                f'"transaction_type":"{_TRANSACTION_TYPES[inp.type]}"}}}}'
+                f'"cession_percentage":"{term.percent_text}","currency":"{ccy}",'
+                f'"effective_date":"{effective.isoformat()}","event_id":{inp.id_json},'
+                f'"expiry_date":"{term.expiry_text}","gross_premium":"{gross_text}",'
+                f'"inception_date":"{term.inception_text}","policy_number":{number_json},'
+                f'"return_premium":"{returned}","sum_insured":"{sum_insured_text}",'
+                f'"transaction_date":"{inp.day_text}","transaction_type":"{_TRANSACTION_TYPES[inp.type]}"}}}}'
             ).encode()
-            sort_key = (data.policy_number, day_text, inp.id)
-            self._add_row(cal, period, self._next_seq(), _PREMIUM, sort_key, value)
+            seq = self._seq
+            self._seq = seq + 1
+            self._add_row(cal, period, seq, _PREMIUM, (data.policy_number, inp.day_text, inp.id), value)
+        territory = data.territory
         self._put_regulatory(
             inp,
-            day,
-            day_text,
             inp.w,
-            "POLICY",
-            data.policy_number,
-            None,
-            data.line_of_business,
-            data.territory,
-            ccy,
-            (gross_text, sum_insured_text, None, None),
+            f'{{"claim_id":null,"currency":"{ccy}","event_date":"{inp.day_text}",'
+            f'"event_id":{inp.id_json},"event_type":"{inp.type}","gross_premium":"{gross_text}",'
+            f'"line_of_business":{_q(data.line_of_business)},',
+            f'"paid_amount":null,"policy_number":{number_json},"record_type":"POLICY",'
+            f'"reserve_amount":null,"sum_insured":"{sum_insured_text}",'
+            f'"territory":{"null" if territory is None else _q(territory)}}}',
         )
 
     def _on_claim(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> list[LedgerOut]:
@@ -870,35 +1014,35 @@ class Ledger:
                 )
             ]
         w = _later(inp.w, term.w)
-        day = inp.at.date()
         paid = format(data.paid_amount, "f")
         reserve = format(data.reserve_amount, "f")
+        claim_json = _q(data.claim_id)
+        number_json = _q(data.policy_number)
         if term.treaty is not None:
             cal = self._by_treaty[term.treaty]
-            period, adjustment_of = self._place(cal, day, w)
+            period, adjustment_of = self._place(cal, inp.day, w)
             head = (
-                f'{{"claim":{{"adjustment_of":{_jn(adjustment_of)},"claim_id":{_q(data.claim_id)},'
-                f'"currency":{_q(data.currency)},"date_of_loss":"{data.date_of_loss.isoformat()}",'
-                f'"event_id":{_q(inp.id)},"paid_amount":"{paid}",'
-                f'"paid_to_date":"{format(data.paid_to_date, "f")}",'
-                f'"policy_number":{_q(data.policy_number)},"reserve_amount":"{reserve}",'
+                f'{{"claim":{{"adjustment_of":{"null" if adjustment_of is None else _q(adjustment_of)},'
+                f'"claim_id":{claim_json},"currency":"{data.currency}",'
+                f'"date_of_loss":"{data.date_of_loss.isoformat()}","event_id":{inp.id_json},'
+                f'"paid_amount":"{paid}","paid_to_date":"{format(data.paid_to_date, "f")}",'
+                f'"policy_number":{number_json},"reserve_amount":"{reserve}",'
             ).encode()
             tail = f'"seq":0,"share":"{term.share_text}","status":{_q(data.status)}}}}}'.encode()
-            seq = self._next_seq()  # orders the claim's movements when the partial is built
+            seq = self._seq  # orders the claim's movements when the partial is built
+            self._seq = seq + 1
             sort_key = (data.claim_id, adjustment_of is not None, adjustment_of or "", seq)
             self._add_row(cal, period, seq, _CLAIM, sort_key, head + tail, len(head))
+        territory = term.territory
         self._put_regulatory(
             inp,
-            day,
-            day.isoformat(),
             w,
-            "CLAIM",
-            data.policy_number,
-            data.claim_id,
-            term.line_of_business,
-            term.territory,
-            data.currency,
-            (None, None, paid, reserve),
+            f'{{"claim_id":{claim_json},"currency":"{data.currency}","event_date":"{inp.day_text}",'
+            f'"event_id":{inp.id_json},"event_type":"{inp.type}","gross_premium":null,'
+            f'"line_of_business":{_q(term.line_of_business)},',
+            f'"paid_amount":"{paid}","policy_number":{number_json},"record_type":"CLAIM",'
+            f'"reserve_amount":"{reserve}","sum_insured":null,'
+            f'"territory":{"null" if territory is None else _q(territory)}}}',
         )
         return []
 
@@ -944,7 +1088,7 @@ class Ledger:
         dated before it).  Late (``W ≥ end + grace``): the period containing ``W``.  Either
         way never a closed period: then the first open one.
         """
-        own, closes_at = cal.locate(event_date)
+        own, closes_at = cal.located.get(event_date) or cal.locate(event_date)
         target = own
         if w is not None and w >= closes_at:
             target = cal.locate(w.date())[0]
@@ -970,33 +1114,16 @@ class Ledger:
             bucket = cal.buckets[period.id] = []
         bucket.append((kind, sort_key, key, value, cut))
 
-    def _put_regulatory(
-        self,
-        inp: _LedgerInput,
-        day: date,
-        day_text: str,
-        w: datetime | None,
-        record_type: RecordType,
-        policy_number: str,
-        claim_id: str | None,
-        line_of_business: str,
-        territory: str | None,
-        currency: str,
-        amounts: tuple[str | None, str | None, str | None, str | None],
-    ) -> None:
-        """A regulatory row; ``amounts``: gross premium, sum insured, paid and reserve amounts."""
-        gross_premium, sum_insured, paid_amount, reserve_amount = amounts
+    def _put_regulatory(self, inp: _LedgerInput, w: datetime | None, head: str, tail: str) -> None:
+        """A regulatory row: its canonical JSON up to ``line_of_business`` (``head``), then
+        ``original_date``, then from ``paid_amount`` on (``tail``)."""
         cal = self._reg
-        period, original_date = self._place(cal, day, w)
-        value = (
-            f'{{"claim_id":{_jn(claim_id)},"currency":{_q(currency)},"event_date":"{day_text}",'
-            f'"event_id":{_q(inp.id)},"event_type":{_q(inp.type)},"gross_premium":{_jn(gross_premium)},'
-            f'"line_of_business":{_q(line_of_business)},"original_date":{_jn(original_date)},'
-            f'"paid_amount":{_jn(paid_amount)},"policy_number":{_q(policy_number)},'
-            f'"record_type":"{record_type}","reserve_amount":{_jn(reserve_amount)},'
-            f'"sum_insured":{_jn(sum_insured)},"territory":{_jn(territory)}}}'
-        ).encode()
-        self._add_row(cal, period, self._next_seq(), _REGULATORY, (day_text, inp.id), value)
+        day, original_date = self._place(cal, inp.day, w)
+        original = "null" if original_date is None else f'"{original_date}"'  # a day id: plain digits
+        value = f'{head}"original_date":{original},{tail}'.encode()
+        seq = self._seq
+        self._seq = seq + 1
+        self._add_row(cal, day, seq, _REGULATORY, (inp.day_text, inp.id), value)
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -1097,7 +1224,7 @@ class Ledger:
 def _event_id_of(raw: bytes) -> str:
     """The ``id`` of an undecodable LedgerInput when it has a usable one, else ``""``."""
     try:
-        value = json.loads(raw)
+        value = from_json(raw)
     except ValueError:
         return ""
     event_id = value.get("id") if isinstance(value, dict) else None
