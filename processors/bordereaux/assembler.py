@@ -19,15 +19,19 @@ Store keys: ``part|<key>|<source partition>`` (a stored partial) and ``done|<key
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+from pydantic_core import from_json
+
 from processors.bordereaux.ledger import LedgerStore, partial_key
-from processors.bordereaux.reports import claims_report, premium_report, regulatory_job
-from processors.bordereaux.rows import ClaimMovement, PremiumRow, RegulatoryRow
+from processors.bordereaux.reports import (
+    claims_report_from_wire,
+    premium_report_from_wire,
+    regulatory_job_from_wire,
+)
 from processors.bordereaux.treaties import TreatyBook
 from processors.errors import DecodeError
 
@@ -56,7 +60,7 @@ class _Partial:
 
 def _parse(raw: bytes) -> _Partial:
     try:
-        body = json.loads(raw)
+        body = from_json(raw)
         kind = body["kind"]
         source, partitions = body["source_partition"], body["partitions"]
         if kind == "bordereau":
@@ -100,9 +104,12 @@ class Assembler:
             return []
         bodies = []
         for source in sorted(sources):
-            stored = self._store.get(self._part_key(partial.key, source))
-            if stored is not None:
-                bodies.append(json.loads(stored))
+            if source == partial.source:
+                bodies.append(partial.body)
+            else:
+                stored = self._store.get(self._part_key(partial.key, source))
+                if stored is not None:
+                    bodies.append(_parse(stored).body)
             self._store.delete(self._part_key(partial.key, source))
         del self._parts[partial.key]
         self._done.add(partial.key)
@@ -120,26 +127,24 @@ class Assembler:
     ) -> list[ReportOut]:
         treaty = self._book.treaty(treaty_number)
         period = treaty.period_by_id(period_id)
-        premium: list[PremiumRow] = []
-        claims: list[ClaimMovement] = []
+        premium: list[dict[str, Any]] = []
+        claims: list[dict[str, Any]] = []
         for body in bodies:
-            premium += (PremiumRow.from_wire(row) for row in body["premium"])
-            claims += (ClaimMovement.from_wire(move) for move in body["claims"])
+            premium += body["premium"]
+            claims += body["claims"]
         in_force = treaty.first_period().start <= period.start <= treaty.last_in_force_period().start
         out: list[ReportOut] = []
         if in_force or premium:
-            out.append(
-                ReportOut("bordereaux", treaty_number, premium_report(self._book, treaty, period, premium))
-            )
+            report = premium_report_from_wire(self._book, treaty, period, premium)
+            out.append(ReportOut("bordereaux", treaty_number, report))
         if in_force or claims:
-            out.append(
-                ReportOut("bordereaux", treaty_number, claims_report(self._book, treaty, period, claims))
-            )
+            report = claims_report_from_wire(self._book, treaty, period, claims)
+            out.append(ReportOut("bordereaux", treaty_number, report))
         return out
 
     def _day_file(self, day_id: str, bodies: Iterable[dict[str, Any]]) -> list[ReportOut]:
         day = date.fromisoformat(day_id)
-        rows = [RegulatoryRow.from_wire(row) for body in bodies for row in body["rows"]]
+        rows = [row for body in bodies for row in body["rows"]]
         if not rows:
             return []
-        return [ReportOut("regulatory", day_id, regulatory_job(self._book, day, rows))]
+        return [ReportOut("regulatory", day_id, regulatory_job_from_wire(self._book, day, rows))]

@@ -1,6 +1,8 @@
 """The bytes of the bordereaux and of the regulatory day files (docs/bordereaux.md).
 
 Every function sorts its input itself: the same rows in any order give byte-identical output.
+The ``*_from_wire`` functions take the rows' wire form (``to_wire()``, or as they come in a
+partial) and are what the assembler uses; the others take row objects.
 Reports are UTF-8 JSON with keys in the order the doc lists and no insignificant whitespace;
 amounts are decimal strings.
 """
@@ -11,30 +13,43 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from processors.bordereaux.rows import (
+    PREMIUM_ROW_FIELDS,
     REGULATORY_COLUMNS,
     ClaimMovement,
     PremiumRow,
     RegulatoryRow,
-    claim_row,
+    claim_row_from_wire,
     dec,
 )
-from processors.bordereaux.treaties import Period, Treaty, TreatyBook, dec_mul, dec_sum, round_c
+from processors.bordereaux.treaties import (
+    WIDE_CONTEXT,
+    Period,
+    Treaty,
+    TreatyBook,
+    dec_mul,
+    dec_sum,
+    round_c,
+)
 
 __all__ = [
     "CLAIM_TOTALS",
     "PREMIUM_TOTALS",
     "claims_report",
+    "claims_report_from_wire",
     "compact_json",
     "premium_report",
+    "premium_report_from_wire",
     "regulatory_file",
+    "regulatory_file_from_wire",
     "regulatory_file_names",
     "regulatory_job",
+    "regulatory_job_from_wire",
     "report_id",
 ]
 
@@ -60,10 +75,16 @@ CLAIM_TOTALS = (
 )
 """Claims summary totals, in report order, and the row field each sums."""
 
+_PREMIUM_REQUIRED = tuple(name for name in PREMIUM_ROW_FIELDS if name != "adjustment_of")
+_ZERO = Decimal(0)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def compact_json(value: Any) -> bytes:
     """UTF-8 JSON in the given key order, separators ``,`` and ``:``."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _COMPACT.encode(value).encode("utf-8")
 
 
 def report_id(treaty: Treaty, period: Period, kind: str) -> str:
@@ -84,6 +105,22 @@ def _head(book: TreatyBook, treaty: Treaty, period: Period, kind: str) -> dict[s
     }
 
 
+def _sums(rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> dict[str, list[Decimal]]:
+    """Per currency (sorted), the exact sum of each of ``fields`` over ``rows``."""
+    sums: dict[str, list[Decimal]] = {}
+    add = WIDE_CONTEXT.add
+    for row in rows:
+        ccy = row["currency"]
+        acc = sums.get(ccy)
+        if acc is None:
+            acc = sums[ccy] = [_ZERO] * len(fields)
+        for index, name in enumerate(fields):
+            value = row[name]
+            if value is not None:
+                acc[index] = add(acc[index], Decimal(value))
+    return dict(sorted(sums.items()))
+
+
 def _totals(
     book: TreatyBook,
     treaty: Treaty,
@@ -94,11 +131,8 @@ def _totals(
     """``by_currency`` and ``settlement`` of a summary from rows in their wire form."""
     by_currency: dict[str, dict[str, str]] = {}
     sums: dict[str, dict[str, Decimal]] = {}
-    for ccy in sorted({row["currency"] for row in rows}):
-        mine = [row for row in rows if row["currency"] == ccy]
-        sums[ccy] = {
-            name: round_c(dec_sum(Decimal(row[field]) for row in mine), ccy) for name, field in totals
-        }
+    for ccy, exact in _sums(rows, [field for _, field in totals]).items():
+        sums[ccy] = {name: round_c(total, ccy) for (name, _), total in zip(totals, exact, strict=True)}
         by_currency[ccy] = {name: dec(value) for name, value in sums[ccy].items()}
     settle = treaty.settlement_currency
     rate_date = period.last_day
@@ -116,22 +150,32 @@ def _totals(
 
 def premium_report(book: TreatyBook, treaty: Treaty, period: Period, rows: Iterable[PremiumRow]) -> bytes:
     """The premium bordereau of ``treaty`` for ``period`` (rows in any order)."""
-    ordered = sorted(rows, key=lambda r: r.sort_key)
-    wire = [row.to_wire() for row in ordered]
+    return premium_report_from_wire(book, treaty, period, [row.to_wire() for row in rows])
+
+
+def _premium_order(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    # ISO dates sort as the dates do.
+    return (row["policy_number"], row["transaction_date"], row["event_id"])
+
+
+def premium_report_from_wire(
+    book: TreatyBook, treaty: Treaty, period: Period, rows: Iterable[Mapping[str, Any]]
+) -> bytes:
+    """:func:`premium_report` from the rows' wire form (as in a partial, any key order)."""
+    wire = [
+        {**{name: row[name] for name in _PREMIUM_REQUIRED}, "adjustment_of": row.get("adjustment_of")}
+        for row in sorted(rows, key=_premium_order)
+    ]
     by_currency, settlement = _totals(book, treaty, period, wire, PREMIUM_TOTALS)
     report = _head(book, treaty, period, "P")
     report["policies"] = wire
     report["summary"] = {
-        "total_policies": len({row.policy_number for row in ordered}),
-        "total_rows": len(ordered),
+        "total_policies": len({row["policy_number"] for row in wire}),
+        "total_rows": len(wire),
         "by_currency": by_currency,
         "settlement": settlement,
     }
     return compact_json(report)
-
-
-def _claim_group(m: ClaimMovement) -> tuple[str, bool, str]:
-    return (m.claim_id, m.adjustment_of is not None, m.adjustment_of or "")
 
 
 def claims_report(
@@ -142,11 +186,26 @@ def claims_report(
     A claim's movements are aggregated in processing order (``seq``); rows are sorted by
     claim id, the row with ``adjustment_of`` null first, then adjustments by period id.
     """
-    ordered = sorted(movements, key=lambda m: (*_claim_group(m), m.seq, m.event_id))
-    groups: dict[tuple[str, bool, str], list[ClaimMovement]] = {}
-    for move in ordered:
-        groups.setdefault(_claim_group(move), []).append(move)
-    wire = [claim_row(group) for group in groups.values()]
+    return claims_report_from_wire(book, treaty, period, [m.to_wire() for m in movements])
+
+
+def _claim_order(m: Mapping[str, Any]) -> tuple[str, bool, str, int, str]:
+    adjustment_of = m.get("adjustment_of")
+    seq = m["seq"]
+    if type(seq) is not int:
+        raise ValueError("seq must be an integer")
+    return (m["claim_id"], adjustment_of is not None, adjustment_of or "", seq, m["event_id"])
+
+
+def claims_report_from_wire(
+    book: TreatyBook, treaty: Treaty, period: Period, movements: Iterable[Mapping[str, Any]]
+) -> bytes:
+    """:func:`claims_report` from the movements' wire form (as in a partial)."""
+    groups: dict[tuple[str, bool, str], list[Mapping[str, Any]]] = {}
+    for move in sorted(movements, key=_claim_order):
+        adjustment_of = move.get("adjustment_of")
+        groups.setdefault((move["claim_id"], adjustment_of is not None, adjustment_of or ""), []).append(move)
+    wire = [claim_row_from_wire(group) for group in groups.values()]
     by_currency, settlement = _totals(book, treaty, period, wire, CLAIM_TOTALS)
     report = _head(book, treaty, period, "C")
     report["claims"] = wire
@@ -168,20 +227,14 @@ def regulatory_file_names(book: TreatyBook, day: date) -> tuple[str, str]:
     return f"{stem}.csv", f"{stem}.manifest.json"
 
 
-def _control_totals(rows: Sequence[RegulatoryRow]) -> dict[str, dict[str, str]]:
-    amounts: dict[str, Callable[[RegulatoryRow], Decimal | None]] = {
-        "gross_premium": lambda r: r.gross_premium,
-        "paid_amount": lambda r: r.paid_amount,
-        "reserve_amount": lambda r: r.reserve_amount,
+_CONTROL_TOTALS = ("gross_premium", "paid_amount", "reserve_amount")
+
+
+def _control_totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        ccy: {name: dec(round_c(total, ccy)) for name, total in zip(_CONTROL_TOTALS, exact, strict=True)}
+        for ccy, exact in _sums(rows, _CONTROL_TOTALS).items()
     }
-    totals: dict[str, dict[str, str]] = {}
-    for ccy in sorted({row.currency for row in rows}):
-        mine = [row for row in rows if row.currency == ccy]
-        totals[ccy] = {
-            name: dec(round_c(dec_sum(v for row in mine if (v := get(row)) is not None), ccy))
-            for name, get in amounts.items()
-        }
-    return totals
 
 
 def regulatory_file(
@@ -192,12 +245,24 @@ def regulatory_file(
     The CSV is RFC 4180 (``\\r\\n`` line ends, UTF-8, a header row), rows sorted by
     (``event_date``, ``event_id``).  The manifest is compact JSON, keys in the doc's order.
     """
-    ordered = sorted(rows, key=lambda r: r.sort_key)
+    return regulatory_file_from_wire(book, day, [row.to_wire() for row in rows])
+
+
+def _regulatory_order(row: Mapping[str, Any]) -> tuple[str, str]:
+    return (row["event_date"], row["event_id"])
+
+
+def regulatory_file_from_wire(
+    book: TreatyBook, day: date, rows: Iterable[Mapping[str, Any]]
+) -> tuple[str, bytes, str, bytes]:
+    """:func:`regulatory_file` from the rows' wire form (as in a partial)."""
+    ordered = sorted(rows, key=_regulatory_order)
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(REGULATORY_COLUMNS)
-    for row in ordered:
-        writer.writerow(row.csv_fields())
+    writer.writerows(
+        ["" if (value := row.get(name)) is None else value for name in REGULATORY_COLUMNS] for row in ordered
+    )
     data = text.getvalue().encode("utf-8")
     csv_name, manifest_name = regulatory_file_names(book, day)
     manifest = {
@@ -213,7 +278,12 @@ def regulatory_file(
 
 def regulatory_job(book: TreatyBook, day: date, rows: Iterable[RegulatoryRow]) -> bytes:
     """The file job for ``integrations.regulatory.files`` (key ``YYYY-MM-DD``)."""
-    csv_name, data, manifest_name, manifest = regulatory_file(book, day, rows)
+    return regulatory_job_from_wire(book, day, [row.to_wire() for row in rows])
+
+
+def regulatory_job_from_wire(book: TreatyBook, day: date, rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """:func:`regulatory_job` from the rows' wire form (as in a partial)."""
+    csv_name, data, manifest_name, manifest = regulatory_file_from_wire(book, day, rows)
     return compact_json(
         {
             "report_date": day.isoformat(),

@@ -6,7 +6,8 @@
 * :class:`RegulatoryRow`: one row of a regulatory day file (one per counted event).
 
 ``to_wire()`` gives a JSON-safe dict (Decimals as strings, dates ISO ``YYYY-MM-DD``) whose
-keys are in the order the reports write them; ``from_wire()`` reads it back.
+keys are in the order the reports write them; ``from_wire()`` reads it back.  The reports are
+built from the wire form itself (a partial's rows are never turned into objects).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "RegulatoryRow",
     "TransactionType",
     "claim_row",
+    "claim_row_from_wire",
     "dec",
 ]
 
@@ -241,22 +243,27 @@ def claim_row(movements: Sequence[ClaimMovement]) -> dict[str, Any]:
     Sums ``paid_amount``; status, amounts to date, share, policy number, date of loss and
     currency are the last movement's.
     """
+    return claim_row_from_wire([m.to_wire() for m in movements])
+
+
+def claim_row_from_wire(movements: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`claim_row` from the movements' wire form (as in a partial)."""
     if not movements:
         raise ValueError("a claim row needs at least one movement")
     last = movements[-1]
-    ccy = last.currency
-    share = last.share
-    paid_this_period = round_c(dec_sum(m.paid_amount for m in movements), ccy)
-    paid_to_date = round_c(last.paid_to_date, ccy)
-    reserve = round_c(last.reserve_amount, ccy)
+    ccy = last["currency"]
+    share = Decimal(last["share"])
+    paid_this_period = round_c(dec_sum(Decimal(m["paid_amount"]) for m in movements), ccy)
+    paid_to_date = round_c(Decimal(last["paid_to_date"]), ccy)
+    reserve = round_c(Decimal(last["reserve_amount"]), ccy)
     ceded_paid_to_date = round_c(dec_mul(paid_to_date, share), ccy)
     ceded_reserve = round_c(dec_mul(reserve, share), ccy)
     return {
-        "claim_id": last.claim_id,
-        "policy_number": last.policy_number,
-        "date_of_loss": last.date_of_loss.isoformat(),
+        "claim_id": last["claim_id"],
+        "policy_number": last["policy_number"],
+        "date_of_loss": last["date_of_loss"],
         "currency": ccy,
-        "status": last.status,
+        "status": last["status"],
         "paid_this_period": dec(paid_this_period),
         "paid_to_date": dec(paid_to_date),
         "outstanding_reserve": dec(reserve),
@@ -266,7 +273,7 @@ def claim_row(movements: Sequence[ClaimMovement]) -> dict[str, Any]:
         "ceded_paid_to_date": dec(ceded_paid_to_date),
         "ceded_outstanding_reserve": dec(ceded_reserve),
         "ceded_incurred": dec(dec_sum((ceded_paid_to_date, ceded_reserve))),
-        "adjustment_of": last.adjustment_of,
+        "adjustment_of": last.get("adjustment_of"),
     }
 
 

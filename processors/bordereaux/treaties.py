@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_REGULATORY_GRACE",
     "DEFAULT_UNMATCHED_CLAIM_TIMEOUT",
     "SHARE_PLACES",
+    "WIDE_CONTEXT",
     "Period",
     "PeriodKind",
     "Treaty",
@@ -60,6 +61,8 @@ SHARE_PLACES = 10
 """Decimal places of a surplus cession share."""
 
 _WIDE = Context(prec=100, rounding=ROUND_HALF_UP)
+WIDE_CONTEXT = _WIDE
+"""The context of :func:`dec_mul` and :func:`dec_sum` (100 digits: exact for any amount); read only."""
 _QUANTUM = {places: Decimal(1).scaleb(-places) for places in set(MINOR_UNITS.values())}
 _CURRENCY_QUANTUM = {ccy: _QUANTUM[places] for ccy, places in MINOR_UNITS.items()}
 _PERCENT_QUANTUM = Decimal("0.00000001")

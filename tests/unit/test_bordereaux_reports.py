@@ -17,7 +17,16 @@ import pytest
 
 from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import canonical_json
-from processors.bordereaux.reports import claims_report, premium_report, regulatory_file, regulatory_job
+from processors.bordereaux.reports import (
+    claims_report,
+    claims_report_from_wire,
+    premium_report,
+    premium_report_from_wire,
+    regulatory_file,
+    regulatory_file_from_wire,
+    regulatory_job,
+    regulatory_job_from_wire,
+)
 from processors.bordereaux.rows import REGULATORY_COLUMNS, ClaimMovement, PremiumRow, RegulatoryRow
 from processors.bordereaux.treaties import TreatyBook, parse_treaty_book
 from processors.errors import DecodeError
@@ -200,6 +209,43 @@ def test_reports_are_byte_identical_whatever_the_row_order(book: TreatyBook) -> 
     random.Random(8).shuffle(shuffled_moves)
     assert premium_report(book, treaty, period, rows) == premium_report(book, treaty, period, shuffled_rows)
     assert claims_report(book, treaty, period, moves) == claims_report(book, treaty, period, shuffled_moves)
+
+
+def test_reports_from_the_wire_form_equal_reports_from_rows_whatever_the_key_order(book: TreatyBook) -> None:
+    treaty = book.treaty("QS-1")
+    period = treaty.period_by_id("2024-06")
+    rows = [
+        premium_row(f"e{i}", f"PN-{i % 3}", "USD" if i % 2 else "EUR", f"-{i}.00", f"-{i}.00")
+        for i in range(7)
+    ] + [premium_row("e9", "PN-1", "USD", "5.00", "3.50", adjustment_of="2024-05")]
+    moves = [
+        movement(
+            f"c{i}", i, claim_id=f"C{i % 3}", paid_amount=Decimal(f"{i}.25"), paid_to_date=Decimal("9.75")
+        )
+        for i in range(7)
+    ] + [movement("c9", 0, adjustment_of="2024-04")]
+    days = [reg_row(f"e{i}", date(2024, 6, i + 1), paid_amount=Decimal("1.00")) for i in range(5)]
+
+    def partial_form(values: Iterable[Any]) -> list[dict[str, Any]]:  # sorted keys, as in a partial
+        return [json.loads(canonical_json(v.to_wire())) for v in values]
+
+    assert premium_report_from_wire(book, treaty, period, partial_form(reversed(rows))) == premium_report(
+        book, treaty, period, rows
+    )
+    assert claims_report_from_wire(book, treaty, period, partial_form(reversed(moves))) == claims_report(
+        book, treaty, period, moves
+    )
+    day = date(2024, 6, 30)
+    assert regulatory_job_from_wire(book, day, partial_form(reversed(days))) == regulatory_job(
+        book, day, days
+    )
+    assert regulatory_file_from_wire(book, day, partial_form(days)) == regulatory_file(book, day, days)
+    policies = json.loads(premium_report(book, treaty, period, rows))["policies"]
+    assert [(r["event_id"], r["adjustment_of"]) for r in policies if r["policy_number"] == "PN-1"] == [
+        ("e1", None),
+        ("e4", None),
+        ("e9", "2024-05"),
+    ]
 
 
 def test_claims_rows_aggregate_a_claims_movements_of_the_period(book: TreatyBook) -> None:
