@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Context, Decimal
@@ -54,6 +54,7 @@ from processors.bordereaux.treaties import (
     round_c,
 )
 from processors.contract.countries import COUNTRY_CODES
+from processors.contract.events import ClaimData, Event, PolicyChangeData, PolicyData
 from processors.contract.money import MINOR_UNITS, MONEY_INTEGER_DIGITS
 
 __all__ = [
@@ -828,10 +829,72 @@ class Ledger:
             elif event_type in CLAIM_EVENTS:
                 out = self._on_claim(inp, _payload(_ClaimIn, inp), raw)
             else:
-                reason = f"event type {event_type} is not counted by the bordereaux ledger"
-                out = [RejectOut(inp.id, reason)]
+                out = [RejectOut(inp.id, _not_counted(event_type))]
         except _Undecodable as exc:
             out = [RejectOut(inp.id, exc.reason)]
+        return self._after(inp, out)
+
+    def on_decoded(
+        self, event: Event, source: str, watermark: datetime | None, encode: Callable[[], bytes]
+    ) -> list[LedgerOut]:
+        """:meth:`on_event` for an event already decoded and validated against the contract.
+
+        ``source`` and ``watermark`` are the LedgerInput's ``src`` and ``w``; ``encode()`` gives
+        the LedgerInput bytes and is called only when the ledger keeps the event (a claim
+        waiting for its policy term).  The result is the same as ``on_event(encode())``.
+        """
+        at = event.occurred_at
+        if watermark is not None and watermark.tzinfo is not UTC:
+            watermark = watermark.astimezone(UTC)
+        inp = _LedgerInput(str(event.event_id), event.event_type, at.astimezone(UTC), source, watermark, {})
+        data = event.data
+        if isinstance(data, PolicyChangeData) and inp.type in POLICY_CHANGE_EVENTS:
+            change = _ChangeIn(
+                data.policy_id,
+                data.policy_number,
+                data.line_of_business,
+                data.territory,
+                data.inception_date,
+                data.expiry_date,
+                data.currency,
+                data.gross_premium,
+                data.sum_insured,
+                data.effective_date,
+                data.premium_change,
+            )
+            out = self._on_change(inp, change)
+        elif isinstance(data, PolicyData) and inp.type in POLICY_TERM_EVENTS:
+            term = _PolicyIn(
+                data.policy_id,
+                data.policy_number,
+                data.line_of_business,
+                data.territory,
+                data.inception_date,
+                data.expiry_date,
+                data.currency,
+                data.gross_premium,
+                data.sum_insured,
+            )
+            out = self._on_term(inp, term)
+        elif isinstance(data, ClaimData) and inp.type in CLAIM_EVENTS:
+            claim = _ClaimIn(
+                data.claim_id,
+                data.policy_id,
+                data.policy_number,
+                data.date_of_loss,
+                data.currency,
+                data.reserve_amount,
+                data.paid_amount,
+                data.paid_to_date,
+                data.status,
+            )
+            out = self._on_claim(inp, claim, encode)
+        else:
+            out = [RejectOut(inp.id, _not_counted(inp.type))]
+        return self._after(inp, out)
+
+    def _after(self, inp: _LedgerInput, out: list[LedgerOut]) -> list[LedgerOut]:
+        """What follows every input: its source's watermark, the sequence, closing."""
         w = inp.w
         self._advance_watermark(inp.src, inp.at if w is None or inp.at > w else w)
         if self._seq != self._saved_seq:
@@ -983,7 +1046,9 @@ class Ledger:
             f'"territory":{"null" if territory is None else _q(territory)}}}',
         )
 
-    def _on_claim(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> list[LedgerOut]:
+    def _on_claim(
+        self, inp: _LedgerInput, data: _ClaimIn, raw: bytes | Callable[[], bytes]
+    ) -> list[LedgerOut]:
         policy = self._policy(data.policy_id)
         if policy is not None and inp.id in policy.seen:
             return []
@@ -1046,7 +1111,8 @@ class Ledger:
         )
         return []
 
-    def _wait(self, inp: _LedgerInput, data: _ClaimIn, raw: bytes) -> None:
+    def _wait(self, inp: _LedgerInput, data: _ClaimIn, encoded: bytes | Callable[[], bytes]) -> None:
+        raw = encoded if isinstance(encoded, bytes) else encoded()
         seq = self._next_seq()
         key = f"wait|{seq:0{_SEQ_DIGITS}d}"
         text = raw.decode("utf-8")
@@ -1219,6 +1285,10 @@ class Ledger:
                 )
             )
         return PartialOut(partial_key(cal.partial_key_prefix, period.id), value)
+
+
+def _not_counted(event_type: str) -> str:
+    return f"event type {event_type} is not counted by the bordereaux ledger"
 
 
 def _event_id_of(raw: bytes) -> str:

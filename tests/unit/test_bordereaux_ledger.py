@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,8 @@ import pytest
 from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import NO_TERM_REASON, Ledger, PartialOut, RejectOut
 from processors.bordereaux.treaties import TreatyBook, parse_treaty_book
+from processors.contract.events import Event
+from tests.bordereaux_oracle import generate
 
 POL = "insurance.policy.events:0"
 CLM = "insurance.claim.events:0"
@@ -734,3 +736,53 @@ def test_a_ledger_rebuilt_from_its_store_after_any_record_gives_the_same_partial
     assert any(json.loads(v).get("claims") for v in whole.values())
     for restart_after in range(len(records)):
         assert run(restart_after) == whole, restart_after
+
+
+# --- decoded events ----------------------------------------------------------------------------------
+
+
+def test_a_decoded_event_counts_exactly_as_its_ledger_input(book: TreatyBook) -> None:
+    published = generate(5, 3000)
+    sources = sorted({f"{p.topic}:{p.partition}" for p in published})
+    marks: dict[str, datetime] = {}
+    inputs: list[tuple[Event, str, datetime | None, bytes]] = []
+    for item in published:
+        event, src = item.event, f"{item.topic}:{item.partition}"
+        before = marks.get(src)
+        marks[src] = event.occurred_at if before is None else max(before, event.occurred_at)
+        value = {
+            "id": str(event.event_id),
+            "type": event.event_type,
+            "at": event.occurred_at.isoformat(),
+            "src": src,
+            "w": None if before is None else before.isoformat(),
+            "d": event.data.model_dump(mode="json"),
+        }
+        inputs.append((event, src, before, json.dumps(value).encode()))
+
+    by_bytes, by_event = MemStore(), MemStore()
+    first = Ledger(book, by_bytes, partition=0, partitions=1, sources=sources)
+    second = Ledger(book, by_event, partition=0, partitions=1, sources=sources)
+    encoded: list[bytes] = []
+
+    def encoder(raw: bytes) -> Callable[[], bytes]:
+        def encode() -> bytes:
+            encoded.append(raw)
+            return raw
+
+        return encode
+
+    expected = [out for *_, raw in inputs for out in first.on_event(raw)]
+    got = [out for event, src, w, raw in inputs for out in second.on_decoded(event, src, w, encoder(raw))]
+    for led, out in ((first, expected), (second, got)):
+        for src in sources:
+            out += led.on_watermark(src, at("2026-01-01T00:00:00"))
+    assert got == expected
+    assert by_event.data == by_bytes.data
+    bordereaux = [p for p in partials(got).values() if p["kind"] == "bordereau"]
+    assert any(p["premium"] for p in bordereaux)
+    assert any(p["claims"] for p in bordereaux)
+    # Claims on policies that never came time out with their LedgerInput bytes.
+    assert {o.raw for o in rejects(got)} <= set(encoded)
+    assert rejects(got)
+    assert 0 < len(encoded) < len(inputs) // 10  # only claims that waited for their term
