@@ -23,13 +23,13 @@ from tempfile import TemporaryDirectory
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
-from tests.bordereaux_oracle import generate
 
 from bench.common import broker, isolated_catalogue
 from processors.bordereaux.topology import BordereauxTopics, build_loop
 from processors.bordereaux.treaties import load_treaty_book
 from processors.contract import Codec, LocalSchemaIds
 from processors.streams.store import ChangelogStore, restore
+from tests.bordereaux_oracle import generate
 from tests.integration.bordereaux_helpers import BOOK, publish_in_order, reference_reports
 
 CODEC = Codec(LocalSchemaIds())
@@ -75,6 +75,7 @@ def app_rate(bootstrap: str, prefix: str, total: int, want_reports: int) -> floa
     )
     stop = threading.Event()
     started = time.perf_counter()
+    cpu_started = time.process_time()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
     reader = confluent_kafka.Consumer(
@@ -92,9 +93,14 @@ def app_rate(bootstrap: str, prefix: str, total: int, want_reports: int) -> floa
         if not thread.is_alive():
             raise SystemExit("the bordereaux loop stopped")
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     stop.set()
     thread.join(60)
     reader.close()
+    print(
+        f"app: {elapsed:.1f} s wall, {cpu:.1f} s CPU in this process "
+        f"({loop.stats.transactions} transactions, {loop.stats.records} records)"
+    )
     return total / elapsed
 
 
