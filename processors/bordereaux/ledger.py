@@ -603,6 +603,8 @@ class _Waiting:
     event_id: str
     at: datetime
     raw: bytes
+    parsed: tuple[_LedgerInput, _ClaimIn] | None = field(default=None, compare=False, repr=False)
+    """The claim as read when it arrived (``None`` when restored: ``raw`` is decoded again)."""
 
 
 _PREMIUM, _CLAIM, _REGULATORY = 0, 1, 2
@@ -1118,20 +1120,23 @@ class Ledger:
         text = raw.decode("utf-8")
         value = {"policy": data.policy_id, "id": inp.id, "at": inp.at.isoformat(), "raw": text}
         self._store.put(key, canonical_json(value))
-        self._remember(_Waiting(seq, key, data.policy_id, inp.id, inp.at, raw))
+        self._remember(_Waiting(seq, key, data.policy_id, inp.id, inp.at, raw, (inp, data)))
 
     def _release(self, policy_id: str, policy: _Policy) -> list[LedgerOut]:
         """Count, in arrival order, the waiting claims of ``policy_id`` that a term now covers."""
         out: list[LedgerOut] = []
         for seq in list(self._waiting_by_policy.get(policy_id, ())):
             waiting = self._waiting[seq]
-            try:
-                inp = _decode(waiting.raw)
-                data: _ClaimIn = _payload(_ClaimIn, inp)
-            except _Undecodable as exc:  # stored by an earlier version that read it differently
-                self._forget(waiting)
-                out.append(RejectOut(waiting.event_id, exc.reason, waiting.raw))
-                continue
+            if waiting.parsed is not None:
+                inp, data = waiting.parsed
+            else:
+                try:
+                    inp = _decode(waiting.raw)
+                    data = _payload(_ClaimIn, inp)
+                except _Undecodable as exc:  # stored by an earlier version that read it differently
+                    self._forget(waiting)
+                    out.append(RejectOut(waiting.event_id, exc.reason, waiting.raw))
+                    continue
             term = policy.term_for(data.date_of_loss)
             if term is None:
                 continue
