@@ -14,6 +14,9 @@ partial until every ledger partition has sent its own for the key (``<treaty>|<p
 The partials are then deleted and the key is remembered as done: a partial that arrives
 again for a done key (a replay) is ignored, so a report is built exactly once.
 
+Partials waiting for the others of their key are also kept parsed in memory (a bounded
+cache of the store, dropped when the task is rebuilt) so each is parsed once.
+
 Store keys: ``part|<key>|<source partition>`` (a stored partial) and ``done|<key>``.
 """
 
@@ -38,6 +41,8 @@ from processors.errors import DecodeError
 __all__ = ["Assembler", "ReportOut"]
 
 _SOURCE_DIGITS = 5
+_CACHED_ROWS_LIMIT = 200_000
+"""Rows of stored partials kept parsed in memory before the cache starts over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,9 @@ class Assembler:
         self._store = store
         self._parts: dict[str, set[int]] = {}
         self._done: set[str] = set()
+        self._bodies: dict[tuple[str, int], tuple[dict[str, Any], int]] = {}
+        """Stored partials kept parsed, with their row counts (a bounded cache of the store)."""
+        self._cached_rows = 0
         for key, _ in store.items():
             kind, _, rest = key.partition("|")
             if kind == "part":
@@ -101,15 +109,17 @@ class Assembler:
         sources = self._parts.setdefault(partial.key, set())
         sources.add(partial.source)
         if len(sources) < partial.partitions:
+            self._cache(partial)
             return []
         bodies = []
         for source in sorted(sources):
-            if source == partial.source:
-                bodies.append(partial.body)
-            else:
+            body = partial.body if source == partial.source else self._uncache(partial.key, source)
+            if body is None:
                 stored = self._store.get(self._part_key(partial.key, source))
                 if stored is not None:
-                    bodies.append(_parse(stored).body)
+                    body = _parse(stored).body
+            if body is not None:
+                bodies.append(body)
             self._store.delete(self._part_key(partial.key, source))
         del self._parts[partial.key]
         self._done.add(partial.key)
@@ -117,6 +127,27 @@ class Assembler:
         if partial.kind == "regulatory":
             return self._day_file(partial.body["date"], bodies)
         return self._bordereaux(partial.body["treaty"], partial.body["period"], bodies)
+
+    def _cache(self, partial: _Partial) -> None:
+        body = partial.body
+        if partial.kind == "regulatory":
+            rows = len(body["rows"])
+        else:
+            rows = len(body["premium"]) + len(body["claims"])
+        self._uncache(partial.key, partial.source)  # a partial sent again replaces the first
+        if self._cached_rows + rows > _CACHED_ROWS_LIMIT:
+            # A ledger partition far behind the others: what waits is read from the store.
+            self._bodies.clear()
+            self._cached_rows = 0
+        self._bodies[partial.key, partial.source] = (body, rows)
+        self._cached_rows += rows
+
+    def _uncache(self, key: str, source: int) -> dict[str, Any] | None:
+        cached = self._bodies.pop((key, source), None)
+        if cached is None:
+            return None
+        self._cached_rows -= cached[1]
+        return cached[0]
 
     @staticmethod
     def _part_key(key: str, source: int) -> str:

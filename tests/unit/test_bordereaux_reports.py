@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from processors.bordereaux import assembler as assembler_module
 from processors.bordereaux.assembler import Assembler, ReportOut
 from processors.bordereaux.ledger import canonical_json
 from processors.bordereaux.reports import (
@@ -423,6 +424,37 @@ def test_reports_are_built_once_every_partition_has_sent_its_partial(book: Treat
     assert sorted(store.data) == ["done|QS-1|2024-06"]
     assert asm.on_partial(first) == []  # a replay of a done key is ignored
     assert asm.on_partial(second) == []
+
+
+def test_partials_kept_in_memory_or_read_back_from_the_store_give_the_same_reports(
+    book: TreatyBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    older = premium_row("e0", "PN-9", "EUR", "1.00", "0.70")
+    partials = [
+        bordereau_partial(1, "2024-06", premium=[older], claims=[movement("c1", 0)]),
+        regulatory_partial(0, "2024-06-10", [reg_row("e1", date(2024, 6, 10))]),
+        bordereau_partial(1, "2024-06", premium=[premium_row("e1", "PN-1", "USD", "10.00", "7.00")]),  # again
+        regulatory_partial(1, "2024-06-10", [reg_row("e2", date(2024, 6, 10), currency="EUR")]),
+        bordereau_partial(0, "2024-06", claims=[movement("c2", 1, paid_amount=Decimal("5.00"))]),
+    ]
+
+    def reports() -> list[ReportOut]:
+        store = MemStore()
+        asm = Assembler(book, store)
+        out = [report for raw in partials for report in asm.on_partial(raw)]
+        assert sorted(store.data) == ["done|QS-1|2024-06", "done|REG|2024-06-10"]
+        return out
+
+    kept = reports()
+    monkeypatch.setattr(assembler_module, "_CACHED_ROWS_LIMIT", 0)
+    assert reports() == kept
+    assert [(r.topic, r.key) for r in kept] == [
+        ("regulatory", "2024-06-10"),
+        ("bordereaux", "QS-1"),
+        ("bordereaux", "QS-1"),
+    ]
+    premium = json.loads(kept[1].value)
+    assert [r["event_id"] for r in premium["policies"]] == ["e1"]  # the partial sent again replaced the first
 
 
 def test_after_the_in_force_window_only_reports_with_rows(book: TreatyBook) -> None:
