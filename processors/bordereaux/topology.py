@@ -232,10 +232,7 @@ class LedgerTask:
             command = json.loads(raw)
             outs = self.ledger.on_close(command.get("treaty"), command["period"])
         else:
-            payload = self._ledger_input(msg, raw)
-            if payload is None:
-                return
-            outs = self.ledger.on_event(payload)
+            outs = self._count(msg, raw)
         for item in outs:
             if isinstance(item, PartialOut):
                 self._out.send(self._topics.partials, item.key.encode(), item.value)
@@ -249,40 +246,43 @@ class LedgerTask:
             else:
                 self._out.dead_letter(msg, RejectedInput(item.reason))
 
-    def _ledger_input(self, msg: Any, raw: bytes) -> bytes | None:
-        """The routed event, validated against the contract, as the ledger reads it."""
+    def _count(self, msg: Any, raw: bytes) -> list[PartialOut | RejectOut]:
+        """Decode the routed event against the contract (once) and count it."""
         headers = msg.headers() or ()
-        source = b""
-        watermark = b"null"
+        source = ""
+        watermark: datetime | None = None
         for name, value in headers:
             if name == SOURCE_HEADER and value is not None:
-                source = value
+                source = value.decode()
             elif name == WATERMARK_HEADER and value:
-                watermark = b'"' + value + b'"'
+                watermark = datetime.fromisoformat(value.decode())
         try:
             event = self._codec.decode(raw, headers)
         except ContractError as exc:
             self._out.dead_letter(msg, exc)
-            return None
-        return b"".join(
-            (
-                b'{"id":"',
-                str(event.event_id).encode(),
-                b'","type":"',
-                event.event_type.encode(),
-                b'","at":"',
-                _iso(event.occurred_at).encode(),
-                b'","src":"',
-                source,
-                b'","w":',
-                watermark,
-                b',"d":',
-                # The payload as the contract serialises it (one call), free text and
-                # customer ids left out: the ledger never needs them.
-                event.data.model_dump_json(exclude=_DROPPED_FIELDS).encode(),
-                b"}",
+            return []
+
+        def encode() -> bytes:
+            # The form a waiting claim is kept in: free text and customer ids left out.
+            return b"".join(
+                (
+                    b'{"id":"',
+                    str(event.event_id).encode(),
+                    b'","type":"',
+                    event.event_type.encode(),
+                    b'","at":"',
+                    _iso(event.occurred_at).encode(),
+                    b'","src":"',
+                    source.encode(),
+                    b'","w":',
+                    b"null" if watermark is None else _quoted(watermark),
+                    b',"d":',
+                    event.data.model_dump_json(exclude=_DROPPED_FIELDS).encode(),
+                    b"}",
+                )
             )
-        )
+
+        return self.ledger.on_decoded(event, source, watermark, encode)
 
     def end_batch(self) -> None:
         return None
