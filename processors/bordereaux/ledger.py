@@ -137,10 +137,10 @@ def partial_key(treaty_number: str | None, period_id: str) -> str:
 
 # --- input ----------------------------------------------------------------------------------
 #
-# The route stage validated every event against the contract before writing its LedgerInput,
-# so the ledger parses with ``json.loads`` and plain field access, checking types and what it
-# converts (amounts, dates, timestamps): a malformed record is still rejected with a clear
-# reason naming the field (never its value).
+# A LedgerInput is written from an event already validated against the contract, so the
+# ledger parses it with ``pydantic_core.from_json`` and plain field access, checking types and
+# what it converts (amounts, dates, timestamps): a malformed record is still rejected with a
+# clear reason naming the field (never its value).  ``Ledger.on_decoded`` skips the JSON.
 
 _MONEY_STRING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _MONEY_LIMIT = Decimal(10) ** MONEY_INTEGER_DIGITS
@@ -847,7 +847,9 @@ class Ledger:
         """
         at = event.occurred_at
         if watermark is not None and watermark.tzinfo is not UTC:
-            watermark = watermark.astimezone(UTC)
+            # As on_watermark: a naive watermark is UTC.
+            naive = watermark.tzinfo is None
+            watermark = watermark.replace(tzinfo=UTC) if naive else watermark.astimezone(UTC)
         inp = _LedgerInput(str(event.event_id), event.event_type, at.astimezone(UTC), source, watermark, {})
         data = event.data
         if isinstance(data, PolicyChangeData) and inp.type in POLICY_CHANGE_EVENTS:
