@@ -25,7 +25,7 @@ from processors.runtime.message import KafkaMessage, OutRecord, header_value
 from processors.runtime.routing import RetryRouter, pending_from_tiers
 from processors.topics.catalogue import AppTopics
 
-__all__ = ["ATTEMPTS", "Emit", "EventApp", "PendingReader"]
+__all__ = ["ATTEMPTS", "Emit", "EventApp", "PendingReader", "RetryGateMixin"]
 
 Emit = tuple[str, Event]
 """(topic, event) an app wants published, keyed by the event's subject."""
@@ -41,7 +41,48 @@ PendingReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
 """Reads the records still pending (past the group's committed offsets) in the given partitions."""
 
 
-class EventApp:
+class RetryGateMixin:
+    """``on_assigned``, ``on_revoked`` and ``due_at`` for an app that owns a :class:`RetryRouter`.
+
+    The app sets ``router``, ``topics`` and ``_pending_reader`` (None: nothing to rebuild from)
+    in its constructor.  On assignment the key-order gate is rebuilt from the records still
+    pending in the assigned retry-tier partitions; on revocation the revoked partitions leave it.
+    """
+
+    router: RetryRouter
+    topics: AppTopics
+    _pending_reader: PendingReader | None
+
+    async def on_assigned(self, partitions: Sequence[TP]) -> None:
+        """Rebuild the key-order gate from the retry tiers before any record runs."""
+        await self.rebuild_gate(partitions)
+
+    async def rebuild_gate(
+        self, partitions: Sequence[TP], *, only: Callable[[KafkaMessage], bool] | None = None
+    ) -> None:
+        """Rebuild the gate from the pending records of the retry tiers among ``partitions``.
+
+        ``only`` keeps the records that take part in key order (all of them when None).
+        """
+        if not self.router.keep_key_order or self._pending_reader is None:
+            return
+        tiers = [tp for tp in partitions if tp[0] in self.router.tier_topics]
+        if not tiers:
+            return
+        reader = self._pending_reader
+        records = await asyncio.get_running_loop().run_in_executor(None, reader, tiers)
+        if only is not None:
+            records = [record for record in records if only(record)]
+        self.router.gate.rebuild(pending_from_tiers(records, self.topics.retry_tiers))
+
+    async def on_revoked(self, partitions: Sequence[TP]) -> None:
+        self.router.gate.drop_partitions({p for _, p in partitions})
+
+    def due_at(self, msg: KafkaMessage) -> float | None:
+        return self.router.due_at(msg)
+
+
+class EventApp(RetryGateMixin):
     name: ClassVar[str]
     handles: ClassVar[frozenset[str]]
 
@@ -75,23 +116,6 @@ class EventApp:
 
     async def stop(self) -> None:
         """Close what ``start`` opened."""
-
-    async def on_assigned(self, partitions: Sequence[TP]) -> None:
-        """Rebuild the key-order gate from the retry tiers before any record runs."""
-        if not self.router.keep_key_order or self._pending_reader is None:
-            return
-        tiers = [tp for tp in partitions if tp[0] in self.router.tier_topics]
-        if not tiers:
-            return
-        reader = self._pending_reader
-        records = await asyncio.get_running_loop().run_in_executor(None, reader, tiers)
-        self.router.gate.rebuild(pending_from_tiers(records, self.topics.retry_tiers))
-
-    async def on_revoked(self, partitions: Sequence[TP]) -> None:
-        self.router.gate.drop_partitions({p for _, p in partitions})
-
-    def due_at(self, msg: KafkaMessage) -> float | None:
-        return self.router.due_at(msg)
 
     async def handle(self, event: Event) -> Sequence[Emit]:
         raise NotImplementedError

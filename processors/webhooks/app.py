@@ -37,10 +37,10 @@ from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, EndpointUnavailable
 from processors.resilience.retry import RetriesExhausted
-from processors.runtime.app import PendingReader
+from processors.runtime.app import PendingReader, RetryGateMixin
 from processors.runtime.failures import H, describe_error
 from processors.runtime.message import KafkaMessage, OutRecord, header_value
-from processors.runtime.routing import Deferred, RetryRouter, original_id, pending_from_tiers
+from processors.runtime.routing import Deferred, RetryRouter, original_id
 from processors.topics.catalogue import AppTopics
 from processors.webhooks.config import WebhooksSettings
 from processors.webhooks.delivery import (
@@ -161,7 +161,7 @@ def url_host(url: str) -> str:
         return "?"
 
 
-class WebhooksApp:
+class WebhooksApp(RetryGateMixin):
     """Fan-out and delivery of partner webhooks; see the module docstring."""
 
     name = "webhooks"
@@ -244,19 +244,7 @@ class WebhooksApp:
     async def on_assigned(self, partitions: Sequence[TP]) -> None:
         """Subscriptions caught up, and the ordering gate rebuilt, before any record runs."""
         await self.store.wait_caught_up()
-        tiers = [tp for tp in partitions if tp[0] in self.router.tier_topics]
-        if not tiers or self._pending_reader is None:
-            return
-        reader = self._pending_reader
-        records = await asyncio.get_running_loop().run_in_executor(None, reader, tiers)
-        ordered = [r for r in records if is_ordered(r)]
-        self.router.gate.rebuild(pending_from_tiers(ordered, self.topics.retry_tiers))
-
-    async def on_revoked(self, partitions: Sequence[TP]) -> None:
-        self.router.gate.drop_partitions({p for _, p in partitions})
-
-    def due_at(self, msg: KafkaMessage) -> float | None:
-        return self.router.due_at(msg)
+        await self.rebuild_gate(partitions, only=is_ordered)
 
     def _changed(self, sub_id: str, sub: Subscription | None) -> None:
         loop = self._loop

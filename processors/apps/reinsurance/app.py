@@ -32,7 +32,6 @@ Nothing here logs or audits a report body (policy numbers, amounts): only the re
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -55,10 +54,10 @@ from processors.errors import ContractError, DecodeError, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig
 from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, Unguarded
-from processors.runtime.app import PendingReader
+from processors.runtime.app import PendingReader, RetryGateMixin
 from processors.runtime.failures import H
 from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
-from processors.runtime.routing import RetryRouter, pending_from_tiers
+from processors.runtime.routing import RetryRouter
 from processors.topics.catalogue import AppTopics
 
 __all__ = [
@@ -92,8 +91,6 @@ PRODUCER_OVERRIDES: Final[Mapping[str, str]] = {"message.max.bytes": str(MAX_REP
 
 REPORT_TYPES: Final[Mapping[str, str]] = {"PREMIUM_BORDEREAUX": "P", "CLAIMS_BORDEREAUX": "C"}
 """Report types and the suffix of their report ids."""
-
-TP = tuple[str, int]
 
 _CURRENT: ContextVar[tuple[str | None, int | None, int | None] | None] = ContextVar(
     "processors_reinsurance_record", default=None
@@ -187,7 +184,7 @@ def _utc_text(when: datetime) -> str:
 # -- the app -------------------------------------------------------------------------------------
 
 
-class ReinsuranceApp:
+class ReinsuranceApp(RetryGateMixin):
     """Delivers closed bordereaux to the reinsurer; a :class:`~processors.runtime.engine.Processor`."""
 
     name: ClassVar[str] = APP
@@ -224,23 +221,6 @@ class ReinsuranceApp:
 
     async def stop(self) -> None:
         await self.client.close()
-
-    async def on_assigned(self, partitions: Sequence[TP]) -> None:
-        """Rebuild the key-order gate from the retry tiers before any record runs."""
-        if not self.router.keep_key_order or self._pending_reader is None:
-            return
-        tiers = [tp for tp in partitions if tp[0] in self.router.tier_topics]
-        if not tiers:
-            return
-        reader = self._pending_reader
-        records = await asyncio.get_running_loop().run_in_executor(None, reader, tiers)
-        self.router.gate.rebuild(pending_from_tiers(records, self.topics.retry_tiers))
-
-    async def on_revoked(self, partitions: Sequence[TP]) -> None:
-        self.router.gate.drop_partitions({p for _, p in partitions})
-
-    def due_at(self, msg: KafkaMessage) -> float | None:
-        return self.router.due_at(msg)
 
     async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
         ref = read_report(msg.key(), msg.value())
