@@ -61,14 +61,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Self
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
+from processors.sandbox.common import (
+    ControlApi,
+    InjectedLatency,
+    SandboxConfig,
+    error_response,
+    refusal,
+    wake,
+)
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -132,7 +140,7 @@ _AFTER_CHARGE_BODY: Final = (
 )
 
 
-class GatewayConfig(BaseModel):
+class GatewayConfig(SandboxConfig):
     """Knobs of the simulated gateway.  Frozen; change it with :meth:`PaymentGatewaySim.update_config`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -155,18 +163,10 @@ class GatewayConfig(BaseModel):
     confirm_twice: bool = False
     """Send every confirmation twice (the receiver must publish it once)."""
 
-    @field_validator("token", "webhook_secret")
-    @classmethod
-    def _token_is_usable(cls, token: SecretStr, info: ValidationInfo) -> SecretStr:
-        value = token.get_secret_value()
-        if not value or not value.isascii() or not value.isprintable() or value != value.strip():
-            raise ValueError(
-                f"{info.field_name} must be non-empty printable ASCII without surrounding spaces"
-            )
-        return token
+    config_name: ClassVar[str] = "payment gateway config"
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> GatewayConfig:
+    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
         """Validate ``values``; a bad value raises :class:`ConfigError` naming the field (never its value)."""
         try:
             return cls.model_validate(dict(values))
@@ -175,15 +175,7 @@ class GatewayConfig(BaseModel):
                 f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg']}"
                 for error in exc.errors()
             )
-            raise ConfigError(f"invalid payment gateway config: {problems}") from exc
-
-    def updated(self, changes: Mapping[str, Any]) -> GatewayConfig:
-        """A copy with ``changes`` applied and validated (:class:`ConfigError` when invalid)."""
-        return GatewayConfig.from_mapping({**self.model_dump(), **changes})
-
-    def public_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the token masked."""
-        return self.model_dump(mode="json")
+            raise ConfigError(f"invalid {cls.config_name}: {problems}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,22 +344,11 @@ class _TokenBucket:
         return (1.0 - self._tokens) / self._rate
 
 
-def _error(status: int, body: bytes, retry_after: str | None = None) -> web.Response:
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
-
-
 def _validation_error(reason: str) -> web.Response:
-    body = jsonwire.dumps({"error": "validation_error", "message": reason})
-    return web.Response(status=400, body=body, content_type=_JSON)
+    return refusal(400, "validation_error", reason)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class PaymentGatewaySim:
+class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
     """State and HTTP routes of the simulated payment gateway.
 
     All state lives on one event loop; the idempotency claim is taken before the handler's first
@@ -376,6 +357,9 @@ class PaymentGatewaySim:
     and ``requests_by_status`` counts the payment endpoint's answers by HTTP status;
     ``confirmations_by_status`` counts the answers to confirmations (0: no answer).
     """
+
+    control_name: ClassVar[str] = "payment gateway"
+    control_log: ClassVar[logging.Logger] = log
 
     def __init__(
         self, config: GatewayConfig | None = None, *, clock: Callable[[], float] = time.monotonic
@@ -396,10 +380,6 @@ class PaymentGatewaySim:
 
     # -- configuration and state -------------------------------------------------------------
 
-    @property
-    def config(self) -> GatewayConfig:
-        return self._config
-
     def configure(self, config: GatewayConfig) -> None:
         """Replace the configuration.  Requests already waiting keep the latency they drew."""
         previous = self._config
@@ -409,12 +389,6 @@ class PaymentGatewaySim:
             self._rng = random.Random(config.seed)
         if config.rate_limit_per_s != previous.rate_limit_per_s:
             self._bucket = self._new_bucket(config)
-
-    def update_config(self, changes: Mapping[str, Any] | None = None, /, **more: Any) -> GatewayConfig:
-        """Apply a partial update (validated; :class:`ConfigError` when invalid) and return the result."""
-        config = self._config.updated({**(changes or {}), **more})
-        self.configure(config)
-        return config
 
     def reset(self) -> None:
         """Forget every key, charge and counter; restart the random sequence and the rate limiter."""
@@ -454,13 +428,6 @@ class PaymentGatewaySim:
                 if not waiters:
                     del self._claim_waiters[idempotency_key]
 
-    def release_waiting(self) -> int:
-        """End the injected latency of every request waiting now; returns how many were waiting."""
-        sleepers = list(self._sleepers)
-        for sleeper in sleepers:
-            _wake(sleeper)
-        return len(sleepers)
-
     # -- HTTP --------------------------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
@@ -496,11 +463,11 @@ class PaymentGatewaySim:
     async def _answer_payment(self, request: web.Request) -> web.Response:
         config = self._config
         if config.outage:
-            return _error(503, _OUTAGE_BODY, "1")
+            return error_response(503, _OUTAGE_BODY, "1")
         if self._bucket is not None:
             wait_s = self._bucket.take()
             if wait_s > 0.0:
-                return _error(429, _RATE_LIMITED_BODY, str(max(1, math.ceil(wait_s))))
+                return error_response(429, _RATE_LIMITED_BODY, str(max(1, math.ceil(wait_s))))
         authorization = request.headers.get("Authorization")
         if authorization is None or not hmac.compare_digest(
             authorization.encode("utf-8", "replace"), self._auth
@@ -520,9 +487,9 @@ class PaymentGatewaySim:
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != charge.fingerprint:
-                return _error(422, _REUSED_BODY)
+                return error_response(422, _REUSED_BODY)
             if entry.status == 0:
-                return _error(409, _IN_PROGRESS_BODY, "1")
+                return error_response(409, _IN_PROGRESS_BODY, "1")
             return web.Response(
                 status=entry.status,
                 body=entry.body,
@@ -534,11 +501,11 @@ class PaymentGatewaySim:
         self._entries[key] = claim
         if self._claim_waiters:
             for waiter in self._claim_waiters.pop(key, ()):
-                _wake(waiter)
+                wake(waiter)
         try:
             await self._inject_latency(config)
             if config.error_rate and self._rng.random() < config.error_rate:
-                return _error(503, _UNAVAILABLE_BODY)
+                return error_response(503, _UNAVAILABLE_BODY)
             token = charge.card_token or ""
             if token.startswith(_UNAVAILABLE_PREFIX):
                 # Deterministic transient failure: the first <n> requests of this key get 503.
@@ -547,7 +514,7 @@ class PaymentGatewaySim:
                 seen = self._unavailable_seen.get(key, 0)
                 if seen < failures:
                     self._unavailable_seen[key] = seen + 1
-                    return _error(503, _UNAVAILABLE_BODY)
+                    return error_response(503, _UNAVAILABLE_BODY)
             if token.startswith(_INVALID_PREFIX):
                 return _validation_error("payment_method.card_token was rejected by the card network")
             claim.status, payload = self._charge(charge)
@@ -559,25 +526,8 @@ class PaymentGatewaySim:
             if claim.status == 0 and self._entries.get(key) is claim:
                 del self._entries[key]
         if config.error_after_charge_rate and self._rng.random() < config.error_after_charge_rate:
-            return _error(500, _AFTER_CHARGE_BODY)
+            return error_response(500, _AFTER_CHARGE_BODY)
         return web.Response(status=claim.status, body=claim.body, content_type=_JSON)
-
-    async def _inject_latency(self, config: GatewayConfig) -> None:
-        delay_ms = config.latency_ms
-        if config.latency_jitter_ms:
-            delay_ms += self._rng.uniform(0.0, config.latency_jitter_ms)
-        if delay_ms <= 0:
-            return
-        # asyncio.sleep's own mechanism, kept in a set so release_waiting() can end it early.
-        loop = asyncio.get_running_loop()
-        sleeper: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(delay_ms / 1000.0, _wake, sleeper)
-        self._sleepers.add(sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleepers.discard(sleeper)
 
     def _charge(self, charge: ChargeRequest) -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC)
@@ -679,32 +629,6 @@ class PaymentGatewaySim:
         return web.json_response(
             {"total": self.total_charges, "keys": len(self.charges_by_key), "by_key": self.charges_by_key}
         )
-
-    async def _handle_get_config(self, _request: web.Request) -> web.Response:
-        return web.json_response(self._config.public_dict())
-
-    async def _handle_put_config(self, request: web.Request) -> web.Response:
-        try:
-            changes = json.loads(await request.read())
-        except ValueError:
-            return _validation_error("body is not valid JSON")
-        if not isinstance(changes, dict):
-            return _validation_error("body must be a JSON object of settings to change")
-        try:
-            config = self.update_config(changes)
-        except ConfigError as exc:
-            return _validation_error(str(exc))
-        log.info("payment gateway config changed: %s", ", ".join(sorted(changes)) or "nothing")
-        return web.json_response(config.public_dict())
-
-    async def _handle_reset(self, _request: web.Request) -> web.Response:
-        self.reset()
-        log.info("payment gateway state reset")
-        return web.json_response({"reset": True})
-
-    async def _handle_requests(self, _request: web.Request) -> web.Response:
-        by_status = {str(status): count for status, count in sorted(self.requests_by_status.items())}
-        return web.json_response({"total": sum(self.requests_by_status.values()), "by_status": by_status})
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -69,27 +69,24 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 import aiohttp
 from aiohttp import web
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
 from processors.adapters import jsonwire
-from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
+from processors.errors import ContractError, DecodeError, ValidationFailed
+from processors.sandbox.common import ControlApi, SandboxConfig, error_response, refusal
 
 __all__ = [
     "CALLBACK_EVENT_TYPE",
@@ -159,7 +156,7 @@ _REUSED_BODY: Final = (
 )
 
 
-class KycConfig(BaseModel):
+class KycConfig(SandboxConfig):
     """Knobs of the simulated KYC provider.  Frozen; change it with :meth:`KycProviderSim.update_config`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -183,42 +180,13 @@ class KycConfig(BaseModel):
     token: SecretStr = SecretStr(DEFAULT_TOKEN)
     seed: int | None = None
 
-    @field_validator("token", "webhook_secret")
-    @classmethod
-    def _secret_is_usable(cls, secret: SecretStr, info: ValidationInfo) -> SecretStr:
-        value = secret.get_secret_value()
-        if not value or not value.isascii() or not value.isprintable() or value != value.strip():
-            raise ValueError(
-                f"{info.field_name} must be non-empty printable ASCII without surrounding spaces"
-            )
-        return secret
+    config_name: ClassVar[str] = "KYC provider config"
 
     @model_validator(mode="after")
     def _async_needs_a_callback_url(self) -> Self:
         if self.mode == "async" and self.callback_url is None:
             raise ValueError("async mode needs a callback_url")
         return self
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> KycConfig:
-        """Validate ``values``; a bad value raises :class:`ConfigError` naming the field (never its value)."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc']) or 'config'}: "
-                + error["msg"].removeprefix("Value error, ")
-                for error in exc.errors(include_input=False)
-            )
-            raise ConfigError(f"invalid KYC provider config: {problems}") from exc
-
-    def updated(self, changes: Mapping[str, Any]) -> KycConfig:
-        """A copy with ``changes`` applied and validated (:class:`ConfigError` when invalid)."""
-        return KycConfig.from_mapping({**self.model_dump(), **changes})
-
-    def public_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the token and the webhook secret masked."""
-        return self.model_dump(mode="json")
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -419,22 +387,11 @@ class _Entry:
     body: bytes = b""
 
 
-def _error(status: int, body: bytes, retry_after: str | None = None) -> web.Response:
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
-
-
-def _refusal(status: int, error: str, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=jsonwire.dumps({"error": error, "message": message}), content_type=_JSON
-    )
-
-
 def _utc_now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class KycProviderSim:
+class KycProviderSim(ControlApi[KycConfig]):
     """State and HTTP routes of the simulated KYC provider.
 
     All state lives on one event loop; a key is claimed before the handler's first ``await``
@@ -443,6 +400,9 @@ class KycProviderSim:
     everywhere), ``requests_by_status`` the endpoint's answers by status and
     ``callbacks_by_status`` the callback deliveries by the receiver's answer (0: none).
     """
+
+    control_name: ClassVar[str] = "KYC provider"
+    control_log: ClassVar[logging.Logger] = log
 
     def __init__(self, config: KycConfig | None = None) -> None:
         self.verifications_by_key: dict[str, int] = {}
@@ -457,22 +417,12 @@ class KycProviderSim:
 
     # -- configuration and state -------------------------------------------------------------
 
-    @property
-    def config(self) -> KycConfig:
-        return self._config
-
     def configure(self, config: KycConfig) -> None:
         previous = self._config
         self._config = config
         self._auth = self._expected_auth(config)
         if config.seed != previous.seed:
             self._rng = random.Random(config.seed)
-
-    def update_config(self, changes: Mapping[str, Any] | None = None, /, **more: Any) -> KycConfig:
-        """Apply a partial update (validated; :class:`ConfigError` when invalid) and return the result."""
-        config = self._config.updated({**(changes or {}), **more})
-        self.configure(config)
-        return config
 
     def reset(self) -> None:
         """Forget every key and counter, drop the callbacks not yet delivered, restart the random sequence."""
@@ -536,7 +486,7 @@ class KycProviderSim:
     async def _answer(self, request: web.Request) -> web.Response:
         config = self._config
         if config.outage:
-            return _error(503, _OUTAGE_BODY, "1")
+            return error_response(503, _OUTAGE_BODY, "1")
         authorization = request.headers.get("Authorization")
         if authorization is None or not hmac.compare_digest(
             authorization.encode("utf-8", "replace"), self._auth
@@ -554,18 +504,18 @@ class KycProviderSim:
                 request.headers.get("Idempotency-Key"),
             )
         except ContractError as exc:
-            return _refusal(400, "validation_error", exc.reason)
-        refusal = self._refuse(verification)
-        if refusal is not None:
-            return refusal
+            return refusal(400, "validation_error", exc.reason)
+        refused = self._refuse(verification)
+        if refused is not None:
+            return refused
 
         key = verification.idempotency_key
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != verification.fingerprint:
-                return _error(422, _REUSED_BODY)
+                return error_response(422, _REUSED_BODY)
             if entry.status == 0:
-                return _error(409, _IN_PROGRESS_BODY, "1")
+                return error_response(409, _IN_PROGRESS_BODY, "1")
             return web.Response(
                 status=entry.status,
                 body=entry.body,
@@ -579,7 +529,7 @@ class KycProviderSim:
             if config.latency_ms > 0:
                 await asyncio.sleep(config.latency_ms / 1000.0)
             if config.error_rate and self._rng.random() < config.error_rate:
-                return _error(503, _UNAVAILABLE_BODY)
+                return error_response(503, _UNAVAILABLE_BODY)
             decision = self._decision(verification)
             if config.mode == "sync":
                 claim.status, claim.body = 200, jsonwire.dumps(decision)
@@ -596,11 +546,11 @@ class KycProviderSim:
     @staticmethod
     def _refuse(verification: VerificationRequest) -> web.Response | None:
         if not (verification.terms_accepted and verification.data_processing_accepted):
-            return _refusal(422, "consent_required", "terms and data processing must both be accepted")
+            return refusal(422, "consent_required", "terms and data processing must both be accepted")
         today = datetime.now(UTC).date()
         for index, expiry in enumerate(verification.expiry_dates):
             if expiry is not None and expiry < today:
-                return _refusal(422, "document_expired", f"documents[{index}] has expired")
+                return refusal(422, "document_expired", f"documents[{index}] has expired")
         return None
 
     def _decision(self, verification: VerificationRequest) -> dict[str, Any]:
@@ -681,32 +631,6 @@ class KycProviderSim:
                 "by_key": self.verifications_by_key,
             }
         )
-
-    async def _handle_get_config(self, _request: web.Request) -> web.Response:
-        return web.json_response(self._config.public_dict())
-
-    async def _handle_put_config(self, request: web.Request) -> web.Response:
-        try:
-            changes = json.loads(await request.read())
-        except ValueError:
-            return _refusal(400, "validation_error", "body is not valid JSON")
-        if not isinstance(changes, dict):
-            return _refusal(400, "validation_error", "body must be a JSON object of settings to change")
-        try:
-            config = self.update_config(changes)
-        except ConfigError as exc:
-            return _refusal(400, "validation_error", str(exc))
-        log.info("KYC provider config changed: %s", ", ".join(sorted(changes)) or "nothing")
-        return web.json_response(config.public_dict())
-
-    async def _handle_reset(self, _request: web.Request) -> web.Response:
-        self.reset()
-        log.info("KYC provider state reset")
-        return web.json_response({"reset": True})
-
-    async def _handle_requests(self, _request: web.Request) -> web.Response:
-        by_status = {str(status): count for status, count in sorted(self.requests_by_status.items())}
-        return web.json_response({"total": sum(self.requests_by_status.values()), "by_status": by_status})
 
     async def _handle_callbacks(self, _request: web.Request) -> web.Response:
         by_status = {str(status): count for status, count in sorted(self.callbacks_by_status.items())}

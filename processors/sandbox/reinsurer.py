@@ -49,19 +49,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, SecretStr
 
 from processors.adapters import jsonwire
-from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
+from processors.errors import ContractError, DecodeError, ValidationFailed
+from processors.sandbox.common import (
+    ControlApi,
+    InjectedLatency,
+    SandboxConfig,
+    error_response,
+    refusal,
+    wake,
+)
 
 __all__ = [
     "BORDEREAUX_PATH",
@@ -103,7 +110,7 @@ _NOT_FOUND_BODY: Final = b'{"error":"not_found","message":"no report with this r
 _TOO_LARGE_BODY: Final = b'{"error":"payload_too_large","message":"the report exceeds max_report_bytes"}'
 
 
-class ReinsurerConfig(BaseModel):
+class ReinsurerConfig(SandboxConfig):
     """Knobs of the simulated reinsurer.  Frozen; change it with :meth:`ReinsurerSim.update_config`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -120,36 +127,7 @@ class ReinsurerConfig(BaseModel):
     token: SecretStr = SecretStr(DEFAULT_TOKEN)
     seed: int | None = None
 
-    @field_validator("token")
-    @classmethod
-    def _token_is_usable(cls, token: SecretStr, info: ValidationInfo) -> SecretStr:
-        value = token.get_secret_value()
-        if not value or not value.isascii() or not value.isprintable() or value != value.strip():
-            raise ValueError(
-                f"{info.field_name} must be non-empty printable ASCII without surrounding spaces"
-            )
-        return token
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> ReinsurerConfig:
-        """Validate ``values``; a bad value raises :class:`ConfigError` naming the field (never its value)."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc']) or 'config'}: "
-                + error["msg"].removeprefix("Value error, ")
-                for error in exc.errors(include_input=False)
-            )
-            raise ConfigError(f"invalid reinsurer config: {problems}") from exc
-
-    def updated(self, changes: Mapping[str, Any]) -> ReinsurerConfig:
-        """A copy with ``changes`` applied and validated (:class:`ConfigError` when invalid)."""
-        return ReinsurerConfig.from_mapping({**self.model_dump(), **changes})
-
-    def public_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the token masked."""
-        return self.model_dump(mode="json")
+    config_name: ClassVar[str] = "reinsurer config"
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -266,17 +244,6 @@ class StoredReport:
         }
 
 
-def _error(status: int, body: bytes, retry_after: str | None = None) -> web.Response:
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
-
-
-def _refusal(status: int, error: str, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=jsonwire.dumps({"error": error, "message": message}), content_type=_JSON
-    )
-
-
 async def _read_body(request: web.Request, max_bytes: int) -> bytes | None:
     """The request body, or None when it is larger than ``max_bytes``.
 
@@ -295,16 +262,11 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _utc_now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class ReinsurerSim:
+class ReinsurerSim(ControlApi[ReinsurerConfig], InjectedLatency):
     """State and HTTP routes of the simulated reinsurer.
 
     All state lives on one event loop.  A report id is claimed before the handler's first
@@ -313,6 +275,9 @@ class ReinsurerSim:
     often each report id was stored (a correct client, and a correct simulator, show 1
     everywhere) and ``requests_by_status`` the submission endpoint's answers by status.
     """
+
+    control_name: ClassVar[str] = "reinsurer"
+    control_log: ClassVar[logging.Logger] = log
 
     def __init__(self, config: ReinsurerConfig | None = None) -> None:
         self.reports: dict[str, StoredReport] = {}
@@ -326,10 +291,6 @@ class ReinsurerSim:
 
     # -- configuration and state -------------------------------------------------------------
 
-    @property
-    def config(self) -> ReinsurerConfig:
-        return self._config
-
     def configure(self, config: ReinsurerConfig) -> None:
         """Replace the configuration.  Requests already waiting keep the latency they drew."""
         previous = self._config
@@ -338,25 +299,12 @@ class ReinsurerSim:
         if config.seed != previous.seed:
             self._rng = random.Random(config.seed)
 
-    def update_config(self, changes: Mapping[str, Any] | None = None, /, **more: Any) -> ReinsurerConfig:
-        """Apply a partial update (validated; :class:`ConfigError` when invalid) and return the result."""
-        config = self._config.updated({**(changes or {}), **more})
-        self.configure(config)
-        return config
-
     def reset(self) -> None:
         """Forget every report and counter; restart the random sequence."""
         self.reports.clear()
         self.accepted_by_report.clear()
         self.requests_by_status.clear()
         self._rng = random.Random(self._config.seed)
-
-    def release_waiting(self) -> int:
-        """End the injected latency of every request waiting now; returns how many were waiting."""
-        sleepers = list(self._sleepers)
-        for sleeper in sleepers:
-            _wake(sleeper)
-        return len(sleepers)
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -389,19 +337,19 @@ class ReinsurerSim:
     async def _answer(self, request: web.Request) -> web.Response:
         config = self._config
         if config.outage:
-            return _error(503, _OUTAGE_BODY, "1")
+            return error_response(503, _OUTAGE_BODY, "1")
         refused = self._unauthorized(request)
         if refused is not None:
             return refused
         body = await _read_body(request, config.max_report_bytes)
         if body is None:
-            return _error(413, _TOO_LARGE_BODY)
+            return error_response(413, _TOO_LARGE_BODY)
         try:
             report = parse_report(body, request.headers.get("Idempotency-Key"))
         except DecodeError as exc:
-            return _refusal(400, "validation_error", exc.reason)
+            return refusal(400, "validation_error", exc.reason)
         except ContractError as exc:
-            return _refusal(422, "invalid_report", exc.reason)
+            return refusal(422, "invalid_report", exc.reason)
 
         report_id = report.report_id
         while (busy := self._busy.get(report_id)) is not None:
@@ -410,7 +358,7 @@ class ReinsurerSim:
         if stored is not None:
             if not hmac.compare_digest(stored.fingerprint, report.fingerprint):
                 log.warning("reinsurer: report %s submitted again with a different body", report_id)
-                return _error(409, _CHANGED_BODY)
+                return error_response(409, _CHANGED_BODY)
             stored.duplicates += 1
             return web.Response(
                 status=200,
@@ -424,7 +372,7 @@ class ReinsurerSim:
         try:
             await self._inject_latency(config)
             if config.error_rate and self._rng.random() < config.error_rate:
-                return _error(503, _UNAVAILABLE_BODY)
+                return error_response(503, _UNAVAILABLE_BODY)
             stored = StoredReport(
                 report_id=report_id,
                 report_type=report.report_type,
@@ -438,29 +386,13 @@ class ReinsurerSim:
             self.accepted_by_report[report_id] = self.accepted_by_report.get(report_id, 0) + 1
         finally:
             del self._busy[report_id]
-            _wake(claim)
+            wake(claim)
         log.info("reinsurer: report %s received", report_id)
         if config.error_after_accept_rate and self._rng.random() < config.error_after_accept_rate:
-            return _error(500, _AFTER_ACCEPT_BODY)
+            return error_response(500, _AFTER_ACCEPT_BODY)
         return web.Response(
             status=201, body=jsonwire.dumps(stored.acknowledgement(duplicate=False)), content_type=_JSON
         )
-
-    async def _inject_latency(self, config: ReinsurerConfig) -> None:
-        delay_ms = config.latency_ms
-        if config.latency_jitter_ms:
-            delay_ms += self._rng.uniform(0.0, config.latency_jitter_ms)
-        if delay_ms <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        sleeper: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(delay_ms / 1000.0, _wake, sleeper)
-        self._sleepers.add(sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleepers.discard(sleeper)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         authorization = request.headers.get("Authorization")
@@ -490,7 +422,7 @@ class ReinsurerSim:
             return refused
         stored = self.reports.get(request.match_info["report_id"])
         if stored is None:
-            return _error(404, _NOT_FOUND_BODY)
+            return error_response(404, _NOT_FOUND_BODY)
         return web.Response(
             status=200,
             body=stored.body,
@@ -503,32 +435,6 @@ class ReinsurerSim:
         )
 
     # -- control API -------------------------------------------------------------------------
-
-    async def _handle_get_config(self, _request: web.Request) -> web.Response:
-        return web.json_response(self._config.public_dict())
-
-    async def _handle_put_config(self, request: web.Request) -> web.Response:
-        try:
-            changes = json.loads(await request.read())
-        except ValueError:
-            return _refusal(400, "validation_error", "body is not valid JSON")
-        if not isinstance(changes, dict):
-            return _refusal(400, "validation_error", "body must be a JSON object of settings to change")
-        try:
-            config = self.update_config(changes)
-        except ConfigError as exc:
-            return _refusal(400, "validation_error", str(exc))
-        log.info("reinsurer config changed: %s", ", ".join(sorted(changes)) or "nothing")
-        return web.json_response(config.public_dict())
-
-    async def _handle_reset(self, _request: web.Request) -> web.Response:
-        self.reset()
-        log.info("reinsurer state reset")
-        return web.json_response({"reset": True})
-
-    async def _handle_requests(self, _request: web.Request) -> web.Response:
-        by_status = {str(status): count for status, count in sorted(self.requests_by_status.items())}
-        return web.json_response({"total": sum(self.requests_by_status.values()), "by_status": by_status})
 
     @staticmethod
     def _expected_auth(config: ReinsurerConfig) -> bytes:
