@@ -8,6 +8,7 @@ transaction aborts, and a suite that silently fell back to it would hide bugs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -32,12 +33,16 @@ def _logging_as_it_was() -> Iterator[None]:
     handler on the root logger): every test starts from the same logging, whatever ran before."""
     root = logging.getLogger()
     handlers, filters, level = list(root.handlers), list(root.filters), root.level
+    # Loggers whose level ``configure_logging`` sets (the SSH library's is raised to WARNING).
+    quieted = {name: logging.getLogger(name).level for name in ("asyncssh",)}
     yield
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
     for flt in [f for f in root.filters if f not in filters]:
         root.removeFilter(flt)
     root.setLevel(level)
+    for name, was in quieted.items():
+        logging.getLogger(name).setLevel(was)
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +66,13 @@ def kafka_bootstrap(kafka_broker: object) -> str:
 
 
 @pytest.fixture
-def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., tuple[Path, str]]:
+def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[..., tuple[Path, str]]]:
     """A copy of topics.yaml whose every topic name carries a unique prefix, applied to the broker.
 
-    Returns (topics file, prefix); the prefix is also a good consumer-group prefix.
+    Returns (topics file, prefix); the prefix is also a good consumer-group prefix. The topics
+    are deleted after the test, so a long run does not pile up thousands of partitions.
     """
+    created: list[list[str]] = []
 
     def make(
         payments_retry_tiers: str | None = None, *, webhooks_retry_tiers: str | None = None
@@ -87,6 +94,16 @@ def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., tuple
         path.write_text(text)
         catalogue = load_catalogue(path)
         apply({"bootstrap.servers": kafka_bootstrap}, catalogue, replication_factor=1)
+        created.append([topic.name for topic in catalogue.topics])
         return path, prefix
 
-    return make
+    yield make
+    if created:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for names in created:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                # Best effort: a topic the test deleted itself, a slow broker.
+                with contextlib.suppress(Exception):
+                    future.result(timeout=60)

@@ -73,7 +73,7 @@ class ApacheKafkaBroker(DevBroker):
         version: str | None = None,
         java: str | os.PathLike[str] | None = None,
         libs_dir: str | os.PathLike[str] | None = None,
-        heap_max: str = "768m",
+        heap_max: str = "1536m",
         start_timeout_s: float = 90.0,
         stop_grace_s: float = 30.0,
         extra_config: Mapping[str, str] | None = None,
