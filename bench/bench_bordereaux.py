@@ -3,7 +3,7 @@
     python -m bench.bench_bordereaux [--events 50000] [--entries 1000000]
 
 1. The ceiling: one consumer reads the generated policy and claim events and decodes each
-   with the project's codec, doing nothing else.
+   with the project's codec, doing nothing else (best of three runs).
 2. The app: the exactly-once bordereaux topology (route, ledger, assemble, each step a Kafka
    transaction) over the same events, from the first record to the last report.
    Prints events/s of both and their **ratio** (target ≥ 0.5).
@@ -151,7 +151,10 @@ def main() -> None:
         _, _, prefix = isolated_catalogue(bootstrap, Path(tmp))
         publish_in_order(bootstrap, prefix, published)
         sources = [f"{prefix}insurance.policy.events", f"{prefix}insurance.claim.events"]
-        ceiling = ceiling_rate(bootstrap, sources, len(published))
+        # The ceiling is cheap to measure again: the best of three (this machine is noisy).
+        ceilings = [ceiling_rate(bootstrap, sources, len(published)) for _ in range(3)]
+        ceiling = max(ceilings)
+        print("ceiling runs: " + ", ".join(f"{c:,.0f}" for c in ceilings) + " events/s")
         rate = app_rate(bootstrap, prefix, len(published), len(want_reports))
         print(f"events: {len(published)}, reports: {len(want_reports)}")
         print(f"ceiling (consume + decode): {ceiling:,.0f} events/s")
