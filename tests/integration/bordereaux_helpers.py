@@ -82,14 +82,37 @@ def app_env(
         "PROCESSORS_GROUP_PREFIX": prefix,
         "PROCESSORS_BORDEREAUX__TREATIES_FILE": str(book),
         "PROCESSORS_BORDEREAUX__INSTANCE_ID": instance,
-        "PROCESSORS_LOG_LEVEL": "WARNING",
+        "PROCESSORS_LOG_LEVEL": "INFO",
         # A stopped static member's partitions move after this long (tests stop members on purpose).
         "PROCESSORS_CLIENT_OVERRIDES": json.dumps({"consumer.session.timeout.ms": "8000"}),
     }
 
 
+_STARTED: dict[int, tuple[Path, int]] = {}
+READY_LINE = b'"msg": "running bordereaux"'
+
+
 def start_app(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    return start_processor(env, "run", "bordereaux", log_path=log_path)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = start_processor(env, "run", "bordereaux", log_path=log_path)
+    _STARTED[proc.pid] = (log_path, offset)
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """Until the app logged that it runs (its signal handlers are in place by then)."""
+    log_path, offset = _STARTED[proc.pid]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            if READY_LINE in log.read():
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"the app exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app was not ready within {timeout_s:.0f} s")
+        time.sleep(0.1)  # polling a log file: there is no event to await
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -98,6 +121,8 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM once the app runs; its exit code (0 when it drained and closed cleanly)."""
+    wait_ready(proc)
     proc.send_signal(signal.SIGTERM)
     return proc.wait(60)
 
