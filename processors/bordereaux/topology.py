@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -519,9 +519,3 @@ def send_close(
     if left or errors:
         raise ConfigError(f"the close command was not accepted by Kafka: {errors or 'timed out'}")
     return len(described.partitions)
-
-
-def sources_of(counts: Mapping[str, int], topics: BordereauxTopics) -> Sequence[str]:
-    return [
-        f"{topic}:{p}" for topic in (topics.policy_events, topics.claim_events) for p in range(counts[topic])
-    ]

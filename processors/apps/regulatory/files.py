@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from processors.bordereaux.rows import REGULATORY_COLUMNS
 from processors.contract.money import MINOR_UNITS
 from processors.errors import DecodeError, Permanent, Retriable, ValidationFailed
 
@@ -55,23 +56,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CSV_HEADER: Final = (
-    "record_type",
-    "event_id",
-    "event_type",
-    "event_date",
-    "original_date",
-    "policy_number",
-    "claim_id",
-    "line_of_business",
-    "territory",
-    "currency",
-    "gross_premium",
-    "sum_insured",
-    "paid_amount",
-    "reserve_amount",
-)
-"""The columns of a regulatory CSV, in order."""
+CSV_HEADER: Final = REGULATORY_COLUMNS
+"""The columns of a regulatory CSV, in order (the ledger writes them: one definition)."""
 
 TOTAL_FIELDS: Final = ("gross_premium", "paid_amount", "reserve_amount")
 """The columns summed per currency into the manifest's ``control_totals``."""
