@@ -129,8 +129,12 @@ async def raw_rate(base: str, *, requests: int, concurrency: int) -> float:
                 assert response.status == 200, response.status
 
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        print(f"  raw client: {elapsed:.1f} s wall, {cpu:.1f} s CPU in this process, {requests} requests")
+        return requests / elapsed
     finally:
         await transport.close()
 
@@ -189,11 +193,14 @@ async def pipeline_rate(
         await runner.engines[0].wait_assigned()
         names = set(healthy.values())
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         while (done := await accepted_total(base, names)) < expected:
             await asyncio.sleep(0.25)
             if task.done():
                 task.result()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        print(f"  pipeline run: {elapsed:.1f} s wall, {cpu:.1f} s CPU in this process, {done} deliveries")
         stop.set()
         await task
         return done / elapsed, done

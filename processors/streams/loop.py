@@ -93,6 +93,8 @@ class LoopStats:
     restore_seconds: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
     last_commit_at: float | None = None
+    first_step_perf: float | None = None
+    """``time.perf_counter()`` when the first poll step with records began (measurements)."""
 
 
 class _TxnEmitter:
@@ -306,6 +308,8 @@ class TransactionalLoop:
                 self._producer.poll(0.05)
 
     def _step(self, msgs: list[Any]) -> None:
+        if self.stats.first_step_perf is None:
+            self.stats.first_step_perf = time.perf_counter()
         first: dict[tuple[str, int], int] = {}
         offsets: dict[tuple[str, int], int] = {}
         self._producer.begin_transaction()

@@ -146,12 +146,10 @@ def restore(
     stats = RestoreStats()
     todo: dict[tuple[str, int], ChangelogStore] = {}
     ends: dict[tuple[str, int], int] = {}
+    deadline = started + timeout_s
     for store in stores:
         tp = (store.changelog, store.partition)
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=15, cached=False)
-        except confluent_kafka.KafkaException as exc:
-            raise BrokerError(f"cannot read the end of changelog {tp[0]}[{tp[1]}]: {exc}") from exc
+        low, high = _watermarks(consumer, tp, deadline)
         if store.position < low:
             # Entries before `low` were deleted by retention: start afresh from what is left.
             store.base.clear()
@@ -164,7 +162,6 @@ def restore(
         return stats
     consumer.assign([TopicPartition(t, p, todo[(t, p)].position) for (t, p) in todo])
     try:
-        deadline = started + timeout_s
         while todo:
             if time.monotonic() > deadline:
                 names = ", ".join(f"{t}[{p}]" for t, p in todo)
@@ -173,6 +170,10 @@ def restore(
                 err = msg.error()
                 if err is not None:
                     if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        continue
+                    if err.retriable() and not err.fatal():
+                        # A leader moving, a broker restarting: the client tries again itself.
+                        log.info("restoring %s[%s]: %s; going on", msg.topic(), msg.partition(), err)
                         continue
                     raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}]: {err}")
                 tp = (msg.topic(), msg.partition())
@@ -197,3 +198,40 @@ def restore(
         consumer.unassign()
     stats.seconds = time.monotonic() - started
     return stats
+
+
+_E = confluent_kafka.KafkaError
+_PASSING_ERRORS = frozenset(
+    {
+        _E.NOT_LEADER_FOR_PARTITION,
+        _E.LEADER_NOT_AVAILABLE,
+        _E.BROKER_NOT_AVAILABLE,
+        _E.REQUEST_TIMED_OUT,
+        _E._TIMED_OUT,
+        _E._TRANSPORT,
+    }
+)
+"""Errors a watermark query answers with while a leader moves (the client does not mark them)."""
+
+
+def _watermarks(consumer: Any, tp: tuple[str, int], deadline: float) -> tuple[int, int]:
+    """The partition's (low, high) offsets; retriable errors are tried again until ``deadline``.
+
+    Right after a topic is created, or while its leader moves, the broker answers "not leader"
+    for a moment: that must not stop a restore.
+    """
+    pause_s = 0.1
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=15, cached=False)
+            return int(low), int(high)
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, confluent_kafka.KafkaError) and (
+                error.retriable() or error.code() in _PASSING_ERRORS
+            )
+            if not retriable or time.monotonic() + pause_s > deadline:
+                raise BrokerError(f"cannot read the end of changelog {tp[0]}[{tp[1]}]: {exc}") from exc
+            log.info("reading the end of changelog %s[%s]: %s; trying again", tp[0], tp[1], exc)
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 2.0)

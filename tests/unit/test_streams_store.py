@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from processors.streams.store import ChangelogStore
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from processors.errors import BrokerError
+from processors.streams.store import ChangelogStore, restore
 
 
 def test_reads_see_pending_writes_and_commit_folds_them_in() -> None:
@@ -56,3 +60,39 @@ def test_restored_entries_respect_the_key_filter_and_tombstones() -> None:
     store.apply("mine:c", b"3")
     store.apply("mine:c", None)
     assert store.base == {"mine:a": b"1"}
+
+
+class _LeaderMoving:
+    """A consumer whose broker answers "not leader" a few times before it knows the end."""
+
+    def __init__(self, failures: int, code: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+        self.failures = failures
+        self.code = code
+        self.asked = 0
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        self.asked += 1
+        if self.asked <= self.failures:
+            raise KafkaException(KafkaError(self.code))
+        return (0, 0)
+
+
+def test_restore_asks_again_while_the_partition_has_no_leader() -> None:
+    consumer = _LeaderMoving(failures=2)
+    stats = restore(consumer, [ChangelogStore("changelog", 0)], timeout_s=30)
+    assert consumer.asked == 3
+    assert stats.records == 0
+
+
+def test_restore_stops_at_once_on_an_error_asking_again_cannot_cure() -> None:
+    consumer = _LeaderMoving(failures=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(BrokerError, match="cannot read the end of changelog changelog\\[0\\]"):
+        restore(consumer, [ChangelogStore("changelog", 0)], timeout_s=30)
+    assert consumer.asked == 1
+
+
+def test_restore_gives_up_on_a_leaderless_partition_at_its_deadline() -> None:
+    consumer = _LeaderMoving(failures=10_000)
+    with pytest.raises(BrokerError, match="NOT_LEADER"):
+        restore(consumer, [ChangelogStore("changelog", 0)], timeout_s=0.5)
+    assert 1 < consumer.asked < 10_000
