@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from processors.adapters.http import AiohttpTransport
 from processors.adapters.kyc_provider import KycProvider
 from processors.adapters.payment_gateway import PaymentGateway
+from processors.api.health import EngineView, LoopView
 from processors.api.server import ApiServer, RejectHook, RouteProvider
 from processors.api.webhook_ops import WebhookOpsRoutes
 from processors.api.webhooks import WebhookRoutes
@@ -420,9 +421,12 @@ class Runner:
                     if isinstance(engine.processor, WebhooksApp):
                         await engine.processor.start_store()
                         extra_routes.extend(webhook_routes(self.settings, self.catalogue, engine.processor))
+                views: list[EngineView] = list(self.engines)
+                if self.bordereaux is not None:
+                    views.append(LoopView(self.bordereaux))
                 api = ApiServer(
                     self.settings,
-                    engines=self.engines,
+                    engines=views,
                     breakers=self.breakers,
                     app_endpoints={name: APP_ENDPOINTS.get(name, ()) for name in self.app_names},
                     codec=codec,

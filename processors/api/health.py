@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "EngineView",
     "ErrorRateWindow",
     "HealthMonitor",
+    "LoopView",
     "Readiness",
     "iso_utc",
 ]
@@ -64,6 +66,76 @@ class EngineView(Protocol):
     @property
     def assigned(self) -> list[TP]: ...
     async def wait_assigned(self) -> None: ...
+
+
+class _LoopStats(Protocol):
+    records: int
+    dead_letters: int
+    outputs: int
+    rebalances: int
+    transactions: int
+    last_commit_at: float | None
+    assigned: list[TP]
+
+
+class _Loop(Protocol):
+    @property
+    def app(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def stats(self) -> _LoopStats: ...
+    @property
+    def ready(self) -> threading.Event: ...
+    def when_ready(self, callback: Callable[[], None]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _AppName:
+    name: str
+
+
+class LoopView:
+    """An exactly-once :class:`~processors.streams.loop.TransactionalLoop` (which runs in a thread
+    of its own) as health sees an engine: ready once its first assignment is restored; records,
+    dead letters, outputs, rebalances and the time of its last committed transaction."""
+
+    def __init__(self, loop: _Loop) -> None:
+        self._loop = loop
+        self.processor = _AppName(loop.app)
+
+    @property
+    def group(self) -> str:
+        return self._loop.group
+
+    @property
+    def assigned(self) -> list[TP]:
+        return list(self._loop.stats.assigned)
+
+    @property
+    def stats(self) -> EngineStats:
+        s = self._loop.stats
+        return EngineStats(
+            processed=s.records,
+            failed=s.dead_letters,
+            outputs=s.outputs,
+            rebalances=s.rebalances,
+            commits=s.transactions,
+            last_success_at=s.last_commit_at,
+            partitions=list(s.assigned),
+        )
+
+    async def wait_assigned(self) -> None:
+        if self._loop.ready.is_set():
+            return
+        event = asyncio.Event()
+        running = asyncio.get_running_loop()
+
+        def handed_over() -> None:  # called from the loop's own thread
+            running.call_soon_threadsafe(event.set)
+
+        self._loop.when_ready(handed_over)
+        await event.wait()
 
 
 def iso_utc(epoch_s: float | None) -> str | None:

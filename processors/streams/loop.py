@@ -89,6 +89,9 @@ class LoopStats:
     records: int = 0
     aborts: int = 0
     dead_letters: int = 0
+    outputs: int = 0
+    """Records the tasks sent (reports, internal topics, dead letters) in committed transactions."""
+    rebalances: int = 0
     restored_records: int = 0
     restore_seconds: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
@@ -110,6 +113,7 @@ class _TxnEmitter:
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
+        self._loop._step_outputs += 1
         self._loop._produce(topic, key, value, headers=headers, partition=partition)
 
     def dead_letter(self, msg: Any, exc: BaseException) -> None:
@@ -128,6 +132,7 @@ class _TxnEmitter:
         self._produce_record(record)
 
     def _produce_record(self, record: Any) -> None:
+        self._loop._step_outputs += 1
         self._loop._produce(record.topic, record.key, record.value, headers=record.headers)
 
 
@@ -172,12 +177,35 @@ class TransactionalLoop:
         self._stores: dict[tuple[str, int], ChangelogStore] = {}
         self._cached: dict[tuple[str, int], ChangelogStore] = {}
         self._touched: set[tuple[str, int]] = set()
+        self._step_outputs = 0
         self._consumer: Any = None
         self._producer: Any = None
         self._restorer: Any = None
         self._emitter = _TxnEmitter(self)
         self.ready = threading.Event()
         """Set once the first assignment was restored (or nothing was assigned yet)."""
+        self._ready_lock = threading.Lock()
+        self._ready_callbacks: list[Callable[[], None]] = []
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the loop's thread, or now) once ``ready`` is set."""
+        with self._ready_lock:
+            if not self.ready.is_set():
+                self._ready_callbacks.append(callback)
+                return
+        callback()
+
+    def _set_ready(self) -> None:
+        with self._ready_lock:
+            if self.ready.is_set():
+                return
+            self.ready.set()
+            callbacks, self._ready_callbacks = self._ready_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("%s: a ready callback failed", self.app)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -256,6 +284,8 @@ class TransactionalLoop:
             self._tasks[key] = stage.make_task(topic, partition, self._stores.get(key), self._emitter)
         self.stats.assigned = sorted(set(self.stats.assigned) | {(t, p) for _, t, p in new})
         if partitions:
+            self.stats.rebalances += 1
+        if partitions:
             log.info(
                 "%s: assigned %d partition(s), restored %d state entries in %.2f s",
                 self.app,
@@ -263,7 +293,7 @@ class TransactionalLoop:
                 stats.records,
                 time.monotonic() - started,
             )
-        self.ready.set()
+        self._set_ready()
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._release(partitions, keep=True)
@@ -283,6 +313,8 @@ class TransactionalLoop:
                 self._cached[key] = store
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self.stats.assigned = [tp for tp in self.stats.assigned if tp not in gone]
+        if partitions:
+            self.stats.rebalances += 1
 
     # --- one step, one transaction ---------------------------------------------------------
 
@@ -312,6 +344,7 @@ class TransactionalLoop:
             self.stats.first_step_perf = time.perf_counter()
         first: dict[tuple[str, int], int] = {}
         offsets: dict[tuple[str, int], int] = {}
+        self._step_outputs = 0
         self._producer.begin_transaction()
         try:
             for msg in msgs:
@@ -367,6 +400,7 @@ class TransactionalLoop:
         self._touched.clear()
         self.stats.transactions += 1
         self.stats.records += len(msgs)
+        self.stats.outputs += self._step_outputs
         self.stats.last_commit_at = time.time()
 
     def _rebuild(self, key: tuple[str, int]) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from processors.api.health import BrokerProbe, ErrorRateWindow, HealthMonitor, iso_utc
+from processors.api.health import BrokerProbe, ErrorRateWindow, HealthMonitor, LoopView, iso_utc
 from processors.errors import BrokerError, Retriable
 from processors.resilience.breaker import BreakerRegistry, BreakerSettings
 from processors.runtime.engine import EngineStats
+from processors.streams.loop import TransactionalLoop
 
 
 class Clock:
@@ -268,3 +270,55 @@ async def test_status_reports_apps_and_endpoints(engine: FakeEngine, probe: Brok
     assert endpoint["last_success_at"] < endpoint["last_failure_at"]
     assert endpoint["last_failure_at"] <= iso_utc(time.time() + 1)
     assert status["broker"]["reachable"] is True
+
+
+# -- the exactly-once loop -------------------------------------------------------------------------
+
+
+def _loop() -> TransactionalLoop:
+    # Nothing connects before run(): the loop's health side can be tried without a broker.
+    return TransactionalLoop(
+        app="bordereaux",
+        stages=[],
+        consumer_conf={"group.id": "integrations.bordereaux"},
+        producer_conf={"transactional.id": "integrations.bordereaux.one"},
+        dlq_topic="integrations.bordereaux.dlq",
+    )
+
+
+async def test_an_exactly_once_loop_is_ready_once_its_first_assignment_is_restored(
+    probe: BrokerProbe,
+) -> None:
+    loop = _loop()
+    health = HealthMonitor(engines=[LoopView(loop)], broker=probe)
+    await health.start()
+    try:
+        readiness = await health.readiness()
+        assert readiness.reasons == ("app bordereaux has no partition assignment yet",)
+
+        loop.stats.assigned = [("insurance.policy.events", 0)]
+        loop.stats.records, loop.stats.dead_letters, loop.stats.outputs = 7, 1, 9
+        loop.stats.transactions, loop.stats.last_commit_at = 2, 1_700_000_000.0
+        setter = threading.Thread(target=loop._set_ready)  # the loop sets it from its own thread
+        setter.start()
+        setter.join()
+
+        assert await wait_ready(health, True) == ()
+        app = (await health.status())["apps"]["bordereaux"]
+    finally:
+        await health.stop()
+    assert app["group"] == "integrations.bordereaux"
+    assert app["assigned_partitions"] == [{"topic": "insurance.policy.events", "partition": 0}]
+    assert (app["processed"], app["failed"], app["outputs"]) == (7, 1, 9)
+    assert app["last_success_at"] == "2023-11-14T22:13:20Z"
+
+
+def test_a_ready_callback_given_after_the_loop_is_ready_runs_at_once() -> None:
+    loop = _loop()
+    calls: list[str] = []
+    loop.when_ready(lambda: calls.append("early"))
+    assert calls == []
+    loop._set_ready()
+    loop._set_ready()  # only the first time counts
+    loop.when_ready(lambda: calls.append("late"))
+    assert calls == ["early", "late"]
