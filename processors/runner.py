@@ -343,6 +343,11 @@ class Runner:
             batch_size=self.settings.bordereaux.batch_size,
         )
 
+    def _endpoints_of(self, app: str) -> tuple[str, ...]:
+        if app == "bordereaux-delivery":
+            return self.settings.reinsurance.endpoints()
+        return tuple(APP_ENDPOINTS.get(app, ()))
+
     def _engine_settings(self, name: str) -> EngineSettings:
         return self.settings.webhooks.engine if name == "webhooks" else self.settings.engine
 
@@ -428,7 +433,7 @@ class Runner:
                     self.settings,
                     engines=views,
                     breakers=self.breakers,
-                    app_endpoints={name: APP_ENDPOINTS.get(name, ()) for name in self.app_names},
+                    app_endpoints={name: self._endpoints_of(name) for name in self.app_names},
                     codec=codec,
                     on_rejected=self.on_inbound_rejected,
                     extra_routes=extra_routes,

@@ -72,7 +72,8 @@ DEFAULT_FILE_NAME = "resilience.yaml"
 
 _log = logging.getLogger(__name__)
 
-_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_ENDPOINT_NAME = re.compile(r"(?=.{1,100}$)[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9][A-Za-z0-9._-]*)?")
+"""A name, or ``family:member`` for one member of a family (``reinsurer:RE002``)."""
 
 
 # --------------------------------------------------------------------------- public values
@@ -133,13 +134,17 @@ class ResilienceConfig:
         """The policy of ``name``; the defaults for an endpoint the file does not name.
 
         Partner webhook endpoints (``webhook:<subscription id>``) share the ``partner-webhooks``
-        entry when the file has one.
+        entry when the file has one; any other ``<family>:<member>`` name (``reinsurer:RE001``)
+        falls back to its family's entry (``reinsurer``).
         """
         policy = self.endpoints.get(name)
         if policy is not None:
             return policy
         if name.startswith("webhook:"):
             return self.endpoints.get("partner-webhooks", self.defaults)
+        family, colon, _ = name.partition(":")
+        if colon:
+            return self.endpoints.get(family, self.defaults)
         return self.defaults
 
     def breakers(self, *, clock: Callable[[], float] = time.monotonic) -> BreakerRegistry:
@@ -379,7 +384,7 @@ class _Assembler:
                 self._fail(
                     at,
                     f"endpoint '{name}': names use letters, digits, '.', '_' and '-' (at most 100, "
-                    "starting with a letter or digit)",
+                    "starting with a letter or digit), or family:member for one member of a family",
                 )
                 continue
             policy = self._policy(f"endpoint '{name}'", at, section, self.model.defaults)

@@ -41,7 +41,7 @@ from processors.sandbox.server import SandboxServer
 from processors.topics.admin import apply
 from processors.topics.catalogue import parse_catalogue
 from tests.integration.helpers import Collector, header
-from tests.unit.test_reinsurance_app import CATALOGUE, report, report_bytes
+from tests.unit.test_reinsurance_app import CATALOGUE, app_topics, message, report, report_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -361,3 +361,32 @@ async def test_the_app_delivers_committed_reports_once_and_dead_letters_what_it_
     for msg in dead.values():
         assert header(msg, H.APP) == APP
         assert header(msg, H.ORIGINAL_TOPIC) == source
+
+
+async def test_two_reinsurers_each_receive_their_own_reports_only() -> None:
+    resilience = parse_resilience("endpoints:\n  reinsurer:\n    retry: {max_attempts: 1}\n")
+    async with (
+        SandboxServer(reinsurer=ReinsurerConfig(token=SecretStr("one-token"))) as one,
+        SandboxServer(reinsurer=ReinsurerConfig(token=SecretStr("two-token"))) as two,
+    ):
+        settings = ReinsuranceSettings(
+            reinsurers={
+                "RE001": ReinsurerSettings(base_url=one.url, token=SecretStr("one-token")),
+                "RE002": ReinsurerSettings(base_url=two.url, token=SecretStr("two-token")),
+            }
+        )
+        app = build_reinsurance_app(
+            settings, app_topics(), resilience=resilience, breakers=resilience.breakers()
+        )
+        for_two = report_bytes(treaty="TRY-2024-002", reinsurer={"code": "RE002", "name": "Surplus Re"})
+        await app.start()
+        try:
+            (first,) = await app.process(message(report_bytes()))
+            (second,) = await app.process(message(for_two, key=b"TRY-2024-002"))
+        finally:
+            await app.stop()
+        assert one.reinsurer.accepted_by_report == {"BRD-TRY-2024-001-2024-01-P": 1}
+        assert two.reinsurer.accepted_by_report == {"BRD-TRY-2024-002-2024-01-P": 1}
+        assert two.reinsurer.reports["BRD-TRY-2024-002-2024-01-P"].body == for_two
+    assert json.loads(first.value or b"")["status"] == "ACCEPTED"
+    assert json.loads(second.value or b"")["report_id"] == "BRD-TRY-2024-002-2024-01-P"

@@ -19,8 +19,10 @@ from processors.apps.reinsurance import (
     ReinsuranceApp,
     ReinsuranceSettings,
     ReportRef,
+    UnknownReinsurer,
     build_reinsurance_app,
     delivery_result,
+    endpoint_of,
     read_report,
 )
 from processors.errors import ContractError, DecodeError, Retriable, ValidationFailed
@@ -171,7 +173,9 @@ def sink() -> Iterator[MemoryAuditSink]:
 @pytest.mark.parametrize(("kind", "report_type"), [("P", "PREMIUM_BORDEREAUX"), ("C", "CLAIMS_BORDEREAUX")])
 def test_a_report_is_read_by_its_identity(kind: str, report_type: str) -> None:
     ref = read_report(b"TRY-2024-001", report_bytes(kind=kind, period_id="2024-Q1"))
-    assert ref == ReportRef(f"BRD-TRY-2024-001-2024-Q1-{kind}", report_type, "TRY-2024-001", "2024-Q1")
+    assert ref == ReportRef(
+        f"BRD-TRY-2024-001-2024-Q1-{kind}", report_type, "TRY-2024-001", "2024-Q1", "RE001"
+    )
 
 
 @pytest.mark.parametrize(
@@ -190,6 +194,8 @@ def test_a_report_is_read_by_its_identity(kind: str, report_type: str) -> None:
         (b"TRY-2024-001", report_bytes(kind="C", report_id="BRD-TRY-2024-001-2024-01-P"), ValidationFailed,
          "report_id"),
         (b"TRY-2024-001", report_bytes(report_id="BRD-2024-001"), ValidationFailed, "report_id"),
+        (b"TRY-2024-001", report_bytes(reinsurer="RE001"), ValidationFailed, "reinsurer must be"),
+        (b"TRY-2024-001", report_bytes(reinsurer={"name": "Re"}), ValidationFailed, "reinsurer.code"),
     ],
 )  # fmt: skip
 def test_what_is_not_a_readable_report_is_a_contract_error(
@@ -388,3 +394,102 @@ def test_a_report_of_the_largest_size_fits_every_topic_it_may_move_to() -> None:
     topics = app_topics()
     for name in (SOURCE, *topics.failure_topics):
         assert catalogue.topic(name).config["max.message.bytes"] == str(MAX_REPORT_BYTES), name
+
+
+# -- one endpoint per reinsurer ----------------------------------------------------------------------
+
+
+def routed_app(**clients: FakeClient) -> ReinsuranceApp:
+    policy = EndpointPolicy(retry=RetryPolicy(max_attempts=1, initial_delay_ms=0, max_delay_ms=0))
+    return ReinsuranceApp(
+        routes={
+            code: (client, EndpointGuard(endpoint_of(code), policy))  # type: ignore[misc]
+            for code, client in clients.items()
+        },
+        settings=ReinsuranceSettings(),
+        topics=app_topics(),
+    )
+
+
+async def test_each_report_goes_to_its_own_reinsurer_and_to_no_other(sink: MemoryAuditSink) -> None:
+    first, second = FakeClient(), FakeClient()
+    app = routed_app(RE001=first, RE002=second)
+    to_first = report_bytes()
+    to_second = report_bytes(treaty="TRY-2024-002", reinsurer={"code": "RE002", "name": "Surplus Re"})
+    await app.process(message(to_first))
+    await app.process(message(to_second, key=b"TRY-2024-002"))
+    assert first.calls == [("BRD-TRY-2024-001-2024-01-P", to_first)]
+    assert second.calls == [("BRD-TRY-2024-002-2024-01-P", to_second)]
+    assert [e.endpoint for e in sink.events] == ["reinsurer:RE001", "reinsurer:RE002"]
+
+
+@pytest.mark.parametrize(
+    ("reinsurer", "reason"),
+    [({"code": "RE009", "name": "Other Re"}, "is for reinsurer RE009"), (None, "names no reinsurer")],
+)
+async def test_a_report_for_a_reinsurer_without_an_endpoint_is_dead_lettered_and_sent_nowhere(
+    reinsurer: dict[str, str] | None, reason: str
+) -> None:
+    first = FakeClient()
+    app = routed_app(RE001=first)
+    value = report(reinsurer=reinsurer)
+    if reinsurer is None:
+        del value["reinsurer"]
+    msg = message(json.dumps(value).encode())
+    with pytest.raises(UnknownReinsurer) as info:
+        await app.process(msg)
+    assert first.calls == []
+    assert reason in str(info.value)
+    assert "configured: RE001" in str(info.value)
+    (dead,) = app.failure(msg, info.value, group="g")
+    assert dead.topic == "integrations.bordereaux-delivery.dlq"
+    assert header_value(dead.headers, H.ERROR_CLASS) == "UnknownReinsurer"
+
+
+def test_the_builder_gives_each_reinsurer_its_own_breaker_under_the_family_policy() -> None:
+    resilience = parse_resilience(
+        "endpoints:\n"
+        "  reinsurer:\n    retry: {max_attempts: 4}\n"
+        "  reinsurer:RE002:\n    retry: {max_attempts: 6}\n"
+    )
+    breakers = resilience.breakers()
+    settings = ReinsuranceSettings(
+        reinsurers={
+            "RE001": ReinsurerSettings(base_url="https://one.example"),
+            "RE002": ReinsurerSettings(base_url="https://two.example/"),
+        }
+    )
+    app = build_reinsurance_app(
+        settings, app_topics(), resilience=resilience, breakers=breakers, transport=SilentTransport()
+    )
+    assert app.client is None
+    assert settings.endpoints() == ("reinsurer:RE001", "reinsurer:RE002")
+    (one, one_guard), (two, two_guard) = app.routes["RE001"], app.routes["RE002"]
+    assert (one.url, two.url) == (
+        "https://one.example/api/v1/bordereaux",
+        "https://two.example/api/v1/bordereaux",
+    )
+    assert (one_guard.endpoint, two_guard.endpoint) == ("reinsurer:RE001", "reinsurer:RE002")
+    assert (one_guard.policy.retry.max_attempts, two_guard.policy.retry.max_attempts) == (4, 6)
+    assert one_guard.breaker is breakers.get("reinsurer:RE001")
+    assert one_guard.breaker is not two_guard.breaker
+
+
+def test_reinsurer_codes_ignore_case_as_environment_variables_do() -> None:
+    settings = ReinsuranceSettings(reinsurers={"re001": ReinsurerSettings(base_url="https://one.example")})
+    assert list(settings.reinsurers) == ["RE001"]
+    with pytest.raises(ValueError, match="given twice"):
+        ReinsuranceSettings(reinsurers={"re001": ReinsurerSettings(), "RE001": ReinsurerSettings()})
+
+
+async def test_a_report_finds_its_reinsurer_whatever_the_case_of_the_code() -> None:
+    client = FakeClient()
+    app = routed_app(re001=client)
+    await app.process(message(report_bytes()))
+    assert len(client.calls) == 1
+
+
+@pytest.mark.parametrize("code", ["", "RE 001", "RE001/../x", "R" * 65])
+def test_a_reinsurer_code_that_cannot_name_an_endpoint_is_a_configuration_error(code: str) -> None:
+    with pytest.raises(ValueError, match="reinsurer code"):
+        ReinsuranceSettings(reinsurers={code: ReinsurerSettings()})

@@ -397,6 +397,24 @@ def test_built_in_defaults_when_no_file_exists(elsewhere: Path, monkeypatch: pyt
         pytest.param(
             """\
             endpoints:
+              reinsurer:RE001:extra: {}
+            """,
+            2,
+            "endpoint 'reinsurer:RE001:extra': names use letters, digits",
+            id="endpoint-name-with-two-colons",
+        ),
+        pytest.param(
+            """\
+            endpoints:
+              reinsurer:: {}
+            """,
+            2,
+            "endpoint 'reinsurer:': names use letters, digits",
+            id="family-without-member",
+        ),
+        pytest.param(
+            """\
+            endpoints:
               12: {}
             """,
             2,
@@ -480,3 +498,14 @@ def test_the_file_name_in_errors_is_the_one_given(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_resilience(file)
     assert str(info.value).startswith(f"{file}:2: ")
+
+
+def test_a_family_member_falls_back_to_its_family_then_to_the_defaults() -> None:
+    config = parse_resilience(
+        "endpoints:\n"
+        "  reinsurer:\n    retry: {max_attempts: 4}\n"
+        "  reinsurer:RE002:\n    retry: {max_attempts: 6}\n"
+    )
+    assert config.for_endpoint("reinsurer:RE002").retry.max_attempts == 6
+    assert config.for_endpoint("reinsurer:RE001").retry.max_attempts == 4
+    assert config.for_endpoint("regulator:FCA") == config.defaults

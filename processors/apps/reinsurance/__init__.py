@@ -9,8 +9,10 @@ from processors.apps.reinsurance.app import (
     ReinsuranceApp,
     ReinsuranceSettings,
     ReportRef,
+    UnknownReinsurer,
     build_reinsurance_app,
     delivery_result,
+    endpoint_of,
     read_report,
 )
 
@@ -23,7 +25,9 @@ __all__ = [
     "ReinsuranceApp",
     "ReinsuranceSettings",
     "ReportRef",
+    "UnknownReinsurer",
     "build_reinsurance_app",
     "delivery_result",
+    "endpoint_of",
     "read_report",
 ]

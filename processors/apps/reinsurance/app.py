@@ -4,12 +4,18 @@ The ``bordereaux`` app writes each premium and claims bordereau once, in a Kafka
 when its period closes (``docs/bordereaux.md``).  This app reads them with
 ``isolation.level=read_committed`` (an aborted transaction's reports are never delivered),
 sends each report's bytes unchanged to ``POST /api/v1/bordereaux`` with
-``Idempotency-Key: <report_id>`` through the ``reinsurer`` endpoint guard (breaker, in-place
+``Idempotency-Key: <report_id>`` through the reinsurer's endpoint guard (breaker, in-place
 retries, deadline, audit), and writes one delivery result per report to
 ``integrations.reinsurance.deliveries`` (key: the treaty number)::
 
     {"report_id": "BRD-TRY-2024-001-2024-01-P", "status": "ACCEPTED",
      "acknowledged_at": "2024-02-06T00:00:01.234Z", "duplicate": false}
+
+Which reinsurer: with ``reinsurers`` configured (one entry per reinsurer code, each with its own
+URL, token and breaker ``reinsurer:<code>``), a report goes to the entry of its
+``reinsurer.code`` and nowhere else; a report whose code has no entry goes to the DLQ (a
+bordereau is confidential to its reinsurer: it is never sent to another one).  Without
+``reinsurers``, every report goes to the single ``reinsurer`` endpoint.
 
 Delivery is at least once, made effectively once by the report id: a report delivered again
 (after a crash before the offset commit, or a replay from the DLQ) is acknowledged by the
@@ -33,13 +39,14 @@ Nothing here logs or audits a report body (policy numbers, amounts): only the re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from processors.adapters import jsonwire
 from processors.adapters.http import AiohttpTransport, HttpTransport
@@ -50,7 +57,7 @@ from processors.adapters.reinsurer import (
     SubmitResult,
     check_report_id,
 )
-from processors.errors import ContractError, DecodeError, ValidationFailed
+from processors.errors import ContractError, DecodeError, Permanent, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig
 from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, Unguarded
@@ -70,8 +77,10 @@ __all__ = [
     "ReinsuranceApp",
     "ReinsuranceSettings",
     "ReportRef",
+    "UnknownReinsurer",
     "build_reinsurance_app",
     "delivery_result",
+    "endpoint_of",
     "read_report",
 ]
 
@@ -98,14 +107,52 @@ _CURRENT: ContextVar[tuple[str | None, int | None, int | None] | None] = Context
 """The record the current lane is processing (so attempts add up across backpressure waits)."""
 
 
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 class ReinsuranceSettings(BaseModel):
-    """``PROCESSORS_REINSURANCE__*``: the reinsurer's API and where delivery results go."""
+    """``PROCESSORS_REINSURANCE__*``: the reinsurers' APIs and where delivery results go.
+
+    ``reinsurers`` maps a reinsurer code (a treaty's ``reinsurer.code``) to its API; when it is
+    empty, every report goes to ``reinsurer``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     reinsurer: ReinsurerSettings = Field(default_factory=ReinsurerSettings)
+    reinsurers: dict[str, ReinsurerSettings] = Field(default_factory=dict)
     deliveries_topic: str = DELIVERIES_TOPIC
     replay_limit: int = Field(default=3, ge=0)
+
+    @field_validator("reinsurers")
+    @classmethod
+    def _codes(cls, value: dict[str, ReinsurerSettings]) -> dict[str, ReinsurerSettings]:
+        """Codes are matched without regard to case (environment variable names lose it)."""
+        codes: dict[str, ReinsurerSettings] = {}
+        for code, target in value.items():
+            if not _CODE.fullmatch(code):
+                raise ValueError(
+                    f"reinsurer code {code[:64]!r} must be 1 to 64 letters, digits, '_', '.' or '-'"
+                )
+            if code.upper() in codes:
+                raise ValueError(f"reinsurer code {code!r} is given twice (codes ignore case)")
+            codes[code.upper()] = target
+        return codes
+
+    def endpoints(self) -> tuple[str, ...]:
+        """The breaker names of the endpoints reports go to."""
+        if not self.reinsurers:
+            return (ENDPOINT,)
+        return tuple(endpoint_of(code) for code in sorted(self.reinsurers))
+
+
+def endpoint_of(code: str) -> str:
+    """The endpoint (breaker, resilience entry, audit) name of reinsurer ``code``."""
+    return f"{ENDPOINT}:{code}"
+
+
+class UnknownReinsurer(Permanent):
+    """A report for a reinsurer this instance has no endpoint for: never sent anywhere else."""
 
 
 # -- pure mapping (no Kafka, no HTTP) ------------------------------------------------------------
@@ -119,6 +166,8 @@ class ReportRef:
     report_type: str
     treaty_number: str
     period_id: str
+    reinsurer_code: str | None = None
+    """The treaty's ``reinsurer.code`` (``None`` when the report names none)."""
 
 
 def read_report(key: bytes | None, value: bytes | None) -> ReportRef:
@@ -154,7 +203,13 @@ def read_report(key: bytes | None, value: bytes | None) -> ReportRef:
         raise ValidationFailed("the message key does not match treaty_number")
     if report_id != f"BRD-{treaty_number}-{period_id}-{REPORT_TYPES[report_type]}":
         raise ValidationFailed("report_id must be BRD-<treaty_number>-<period.id>-P (premium) or -C (claims)")
-    return ReportRef(report_id, report_type, treaty_number, period_id)
+    reinsurer = payload.get("reinsurer")
+    code: str | None = None
+    if reinsurer is not None:
+        if not isinstance(reinsurer, dict):
+            raise ValidationFailed("reinsurer must be an object")
+        code = _text(reinsurer.get("code"), "reinsurer.code")
+    return ReportRef(report_id, report_type, treaty_number, period_id, code)
 
 
 def _text(value: Any, name: str) -> str:
@@ -194,15 +249,21 @@ class ReinsuranceApp(RetryGateMixin):
     def __init__(
         self,
         *,
-        client: ReinsurerClient,
-        guard: EndpointGuard,
+        client: ReinsurerClient | None = None,
+        guard: EndpointGuard | None = None,
         settings: ReinsuranceSettings,
         topics: AppTopics,
+        routes: Mapping[str, tuple[ReinsurerClient, EndpointGuard]] | None = None,
         keep_key_order: bool = True,
         pending_reader: PendingReader | None = None,
     ) -> None:
+        """``client`` and ``guard`` serve every report, or ``routes`` (reinsurer code → client
+        and guard) serve each report by its reinsurer's code; one of the two, not both."""
+        if (client is None) != (guard is None) or (client is None) == (not routes):
+            raise ValueError("give either client and guard, or routes")
         self.client = client
         self.guard = guard
+        self.routes = {code.upper(): route for code, route in (routes or {}).items()}
         self.settings = settings
         self.topics = topics
         self.router = RetryRouter(
@@ -216,11 +277,16 @@ class ReinsuranceApp(RetryGateMixin):
         """``reinsurance.bordereaux`` and the app's retry tiers: one consumer group reads them all."""
         return self._sources
 
+    def _clients(self) -> list[ReinsurerClient]:
+        return [self.client] if self.client is not None else [c for c, _ in self.routes.values()]
+
     async def start(self) -> None:
-        await self.client.start()
+        for client in self._clients():
+            await client.start()
 
     async def stop(self) -> None:
-        await self.client.close()
+        for client in self._clients():
+            await client.close()
 
     async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
         ref = read_report(msg.key(), msg.value())
@@ -253,10 +319,28 @@ class ReinsuranceApp(RetryGateMixin):
         ]
 
     async def deliver(self, ref: ReportRef, body: bytes) -> SubmitResult:
-        """One report through the guard: in-place retries, breaker, deadline, an audit record per attempt."""
+        """One report through its reinsurer's guard: in-place retries, breaker, deadline, an
+        audit record per attempt.  ``UnknownReinsurer`` when routing by code finds no entry."""
+        if self.client is not None and self.guard is not None:
+            client, guard = self.client, self.guard
+        else:
+            code = ref.reinsurer_code
+            route = self.routes.get(code.upper()) if code is not None else None
+            if route is None:
+                named = (
+                    "names no reinsurer"
+                    if ref.reinsurer_code is None
+                    else (f"is for reinsurer {ref.reinsurer_code}")
+                )
+                raise UnknownReinsurer(
+                    f"report {ref.report_id} {named}, and no reinsurer endpoint is configured for it "
+                    f"(configured: {', '.join(sorted(self.routes))}); add it to reinsurance.reinsurers "
+                    "and replay the dead letter"
+                )
+            client, guard = route
 
         async def submit() -> SubmitResult:
-            return await self.client.submit(ref.report_id, body)
+            return await client.submit(ref.report_id, body)
 
         context = CallContext(
             app=self.name,
@@ -266,7 +350,7 @@ class ReinsuranceApp(RetryGateMixin):
             request_summary={"report_id": ref.report_id},
             describe=_describe,
         )
-        return await self.guard.call(submit, context=context)
+        return await guard.call(submit, context=context)
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
         identity = (msg.topic(), msg.partition(), msg.offset())
@@ -299,15 +383,31 @@ def build_reinsurance_app(
     pending_reader: PendingReader | None = None,
     transport: HttpTransport | None = None,
 ) -> ReinsuranceApp:
-    """The app as the runner builds it: the ``reinsurer`` endpoint's policy sets the transport's
-    connect and read timeouts and the guard's breaker, retries and deadline.  No I/O here."""
-    policy = resilience.for_endpoint(ENDPOINT)
-    client_settings = settings.reinsurer.model_copy(update={"timeouts": policy.timeout.http()})
-    client = ReinsurerClient(client_settings, transport or AiohttpTransport(max_connections=max_connections))
+    """The app as the runner builds it: each endpoint's policy (``reinsurer:<code>`` in
+    ``resilience.yaml``, else ``reinsurer``, else the defaults) sets its transport's connect
+    and read timeouts and its guard's breaker, retries and deadline.  No I/O here."""
     guard_class = EndpointGuard if resilience_enabled else Unguarded
+
+    def route(name: str, target: ReinsurerSettings) -> tuple[ReinsurerClient, EndpointGuard]:
+        policy = resilience.for_endpoint(name)
+        client_settings = target.model_copy(update={"timeouts": policy.timeout.http()})
+        client = ReinsurerClient(
+            client_settings, transport or AiohttpTransport(max_connections=max_connections)
+        )
+        return client, guard_class(name, policy, breakers.get(name))
+
+    if not settings.reinsurers:
+        client, guard = route(ENDPOINT, settings.reinsurer)
+        return ReinsuranceApp(
+            client=client,
+            guard=guard,
+            settings=settings,
+            topics=topics,
+            keep_key_order=keep_key_order,
+            pending_reader=pending_reader,
+        )
     return ReinsuranceApp(
-        client=client,
-        guard=guard_class(ENDPOINT, policy, breakers.get(ENDPOINT)),
+        routes={code: route(endpoint_of(code), target) for code, target in settings.reinsurers.items()},
         settings=settings,
         topics=topics,
         keep_key_order=keep_key_order,
