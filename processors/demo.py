@@ -9,18 +9,26 @@ gateway charged each idempotency key exactly once.
 Alongside, the webhooks app delivers the same events to three sandbox partners (healthy,
 slow, and one answering 410 Gone); the summary shows what each received and that the 410
 endpoint was disabled at its first request.
+
+And the reinsurance path (``processors.demo_bordereaux``): sample policy and claim events become
+premium and claims bordereaux at the sandbox reinsurer and daily regulatory files on the
+sandbox SFTP regulator.  The embedded broker commits transactions but does not honour aborts;
+exactly-once across crashes needs Apache Kafka (``docs/bordereaux.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
@@ -40,6 +48,8 @@ from processors.samples import premium_due_stream
 __all__ = ["POISON", "poison_records", "publish_events", "publish_samples", "run_demo"]
 
 BILLING = "insurance.billing.events"
+POLICY = "insurance.policy.events"
+CLAIMS = "insurance.claim.events"
 RESULTS = "integrations.payment.results"
 DLQ = "integrations.payments.dlq"
 
@@ -105,11 +115,15 @@ def publish_samples(bootstrap: str, *, count: int, policies: int, fmt: str = "av
 
 
 async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto") -> int:
+    from processors import demo_bordereaux
+    from processors.bordereaux.treaties import load_treaty_book
     from processors.devbroker import BrokerKind, provide_broker
     from processors.runner import Runner
     from processors.sandbox.gateway import GatewayConfig
     from processors.sandbox.partners import PartnerSandbox
+    from processors.sandbox.reinsurer import ReinsurerConfig
     from processors.sandbox.server import SandboxServer
+    from processors.sandbox.sftp import SftpRegulator
     from processors.settings import load_settings
     from processors.topics.admin import apply
     from processors.topics.catalogue import load_catalogue
@@ -123,6 +137,7 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
     loop = asyncio.get_running_loop()
     dev = provide_broker(prefer=prefer)
     info = await loop.run_in_executor(None, dev.start)
+    stack = contextlib.ExitStack()
     try:
         bootstrap = info.bootstrap_servers
         print(f"broker      {info.kind.value} at {bootstrap}")
@@ -131,11 +146,20 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             None, lambda: apply({"bootstrap.servers": bootstrap}, catalogue, replication_factor=1)
         )
         print(f"topics      {len(catalogue.topics)} in topics.yaml, {len(changes)} changes applied")
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="processors-demo-"))
+        treaties = demo_bordereaux.treaties_file()
+        book = load_treaty_book(treaties)
+        ceded = demo_bordereaux.sample()
+        expected_reinsurance = await loop.run_in_executor(None, demo_bordereaux.expected, ceded, book)
         async with (
-            SandboxServer(gateway=GatewayConfig(latency_ms=10, seed=1)) as sandbox,
+            SandboxServer(
+                gateway=GatewayConfig(latency_ms=10, seed=1), reinsurer=ReinsurerConfig(seed=1)
+            ) as sandbox,
             PartnerSandbox() as partners,
+            SftpRegulator(Path(workdir) / "regulator") as regulator,
         ):
-            print(f"sandbox     payment gateway at {sandbox.url}")
+            print(f"sandbox     payment gateway and reinsurer at {sandbox.url}")
+            print(f"sandbox     regulator SFTP at {regulator.host}:{regulator.port}")
             overrides = {f"consumer.{k}": v for k, v in info.client_overrides().items()}
             settings = load_settings(
                 bootstrap_servers=bootstrap,
@@ -143,9 +167,23 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
                 payments={"gateway": {"base_url": sandbox.url}},
                 # The demo's slow partner may have every event waiting at once: no deferral.
                 webhooks={"allow": ["127.0.0.1/32"], "ephemeral_key": True, "max_waiting_per_endpoint": 1000},
+                bordereaux={"treaties_file": str(treaties), "instance_id": f"demo-{os.getpid()}"},
+                reinsurance={"reinsurer": {"base_url": sandbox.url}},
+                regulatory={
+                    "outbox_dir": str(Path(workdir) / "outbox"),
+                    "sftp": {
+                        "host": regulator.host,
+                        "port": regulator.port,
+                        "known_host_key": regulator.host_key_line,
+                    },
+                },
             )
             stop = asyncio.Event()
-            runner = Runner(settings, ["payments", "webhooks"], catalogue=catalogue)
+            runner = Runner(
+                settings,
+                ["payments", "webhooks", "bordereaux", "bordereaux-delivery", "regulatory"],
+                catalogue=catalogue,
+            )
             ready = asyncio.Event()
             run_task = asyncio.create_task(runner.run(stop, on_ready=ready.set))
             await _until_ready(ready, run_task)
@@ -155,18 +193,34 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             sent = await loop.run_in_executor(
                 None, lambda: publish_events(bootstrap, sample, extra=poison_records())
             )
-            print(f"published   {sent} records to {BILLING} ({events} premium.due + {POISON} invalid)\n")
+            print(f"published   {sent} records to {BILLING} ({events} premium.due + {POISON} invalid)")
+            policy = [e for e in ceded if e.event_type.startswith("policy.")]
+            claims = [e for e in ceded if e.event_type.startswith("claim.")]
+            await loop.run_in_executor(None, lambda: publish_events(bootstrap, policy, topic=POLICY))
+            await loop.run_in_executor(None, lambda: publish_events(bootstrap, claims, topic=CLAIMS))
+            # The slow partner takes every event type ("*"): the policy and claim events too.
+            expected_deliveries = {"acme-brokers": events, "slow-reinsurer": events + len(ceded)}
+            print(
+                f"published   {len(policy)} policy and {len(claims)} claim events over "
+                f"{demo_bordereaux.DEMO_MONTHS} months ({len(book.treaties)} treaties in {treaties})\n"
+            )
             seen = await loop.run_in_executor(
                 None, _watch, bootstrap, events, POISON, info.client_overrides()
             )
-            partners_ok = await _await_partners(partners, events, runner)
+            partners_ok = await _await_partners(partners, expected_deliveries, runner)
+            reinsurance_ok = await demo_bordereaux.wait_for(
+                expected_reinsurance, lambda: sandbox.reinsurer.reports, regulator.received
+            )
             stop.set()
             await run_task
             charges = sandbox.gateway.charges_by_key
+            reports, files = dict(sandbox.reinsurer.reports), regulator.received()
         ok = _summary(seen, sample, charges, time.monotonic() - t0)
-        ok = _partners_summary(partners, events) and partners_ok and ok
+        ok = _partners_summary(partners, expected_deliveries) and partners_ok and ok
+        ok = demo_bordereaux.summary(expected_reinsurance, reports, files) and reinsurance_ok and ok
         return 0 if ok else 1
     finally:
+        stack.close()
         await loop.run_in_executor(None, dev.stop)
 
 
@@ -297,18 +351,18 @@ async def _subscribe_partners(runner: Any, partners: Any) -> None:
         print(f"partner     {name:<16} {behaviour['mode']:<8} subscribed to {', '.join(events)}")
 
 
-async def _await_partners(partners: Any, events: int, runner: Any) -> bool:
-    """Wait (at most 60 s) until the healthy and slow partners have every premium.due."""
+async def _await_partners(partners: Any, expected: dict[str, int], runner: Any) -> bool:
+    """Wait (at most 60 s) until the healthy and slow partners have every event they subscribed to."""
     try:
         async with asyncio.timeout(60):
-            for name in ("acme-brokers", "slow-reinsurer"):
-                await partners.partner(name).wait_until(lambda p: len(p.accepted_ids()) >= events)
+            for name, count in expected.items():
+                await partners.partner(name).wait_until(lambda p, n=count: len(p.accepted_ids()) >= n)
     except TimeoutError:
         return False
     return True
 
 
-def _partners_summary(partners: Any, events: int) -> bool:
+def _partners_summary(partners: Any, expected: dict[str, int]) -> bool:
     print("\npartner webhooks (signed; partners de-duplicate on webhook-id)")
     ok = True
     for name, behaviour, _ in DEMO_PARTNERS:
@@ -320,6 +374,6 @@ def _partners_summary(partners: Any, events: int) -> bool:
             ok = ok and partner.received_count == 1
         else:
             note = "every signature verified" if partner.invalid_signatures == 0 else "BAD SIGNATURES"
-            ok = ok and accepted == events and partner.invalid_signatures == 0
+            ok = ok and accepted == expected[name] and partner.invalid_signatures == 0
         print(f"  {name:<18} {accepted:>4} delivered  {partner.received_count:>4} requests  {note}")
     return ok
