@@ -320,7 +320,7 @@ async def test_the_app_delivers_committed_reports_once_and_dead_letters_what_it_
         task = asyncio.create_task(engine.run())
         try:
             await collector.wait_for(
-                lambda _: len(collector.on(deliveries)) >= 5 and len(collector.on(dlq)) >= 2, timeout_s=90
+                lambda _: len(collector.on(deliveries)) >= 6 and len(collector.on(dlq)) >= 2, timeout_s=90
             )
         finally:
             engine.stop()
@@ -341,10 +341,24 @@ async def test_the_app_delivers_committed_reports_once_and_dead_letters_what_it_
         assert received.reports["BRD-TRY-2024-002-2024-01-P"].body == other  # the change was refused
 
     results = [(m.key(), json.loads(m.value())) for m in collector.on(deliveries)]
-    assert len(results) == 5
+    assert len(results) == 6
+    failed = [result for _, result in results if result["status"] == "FAILED"]
+    assert failed == [
+        {
+            "report_id": "BRD-TRY-2024-002-2024-01-P",  # the changed report: refused, dead-lettered
+            "status": "FAILED",
+            "acknowledged_at": None,
+            "duplicate": False,
+            "error_class": "ReportConflict",
+            "error": failed[0]["error"],
+            "dead_letter_topic": dlq,
+        }
+    ]
     by_id: dict[str, list[bool]] = {}
     for key, result in results:
         assert result["report_id"].startswith(f"BRD-{key.decode()}-")  # keyed by the treaty number
+        if result["status"] == "FAILED":
+            continue
         assert result["status"] == "ACCEPTED"
         by_id.setdefault(result["report_id"], []).append(result["duplicate"])
     assert by_id == {

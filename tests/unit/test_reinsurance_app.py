@@ -262,9 +262,21 @@ async def test_a_changed_report_goes_to_the_dlq_at_once_with_the_reason() -> Non
     with pytest.raises(ReportConflict) as info:
         await app.process(msg)
     assert len(client.calls) == 1  # permanent: no in-place retry
-    (dead,) = app.failure(msg, info.value, group="integrations.bordereaux-delivery")
+    dead, result = app.failure(msg, info.value, group="integrations.bordereaux-delivery")
     assert dead.topic == "integrations.bordereaux-delivery.dlq"
     assert dead.value == msg.value()
+    # The deliveries topic answers for the report too: it failed, and where it went.
+    assert result.topic == DELIVERIES
+    assert result.key == b"TRY-2024-001"
+    assert json.loads(result.value or b"") == {
+        "report_id": "BRD-TRY-2024-001-2024-01-P",
+        "status": "FAILED",
+        "acknowledged_at": None,
+        "duplicate": False,
+        "error_class": "ReportConflict",
+        "error": "reinsurer: HTTP 409 report BRD-TRY-2024-001-2024-01-P",
+        "dead_letter_topic": "integrations.bordereaux-delivery.dlq",
+    }
     assert dead.key == b"TRY-2024-001"
     assert header_value(dead.headers, H.ERROR_CLASS) == "ReportConflict"
     assert header_value(dead.headers, H.APP) == APP
@@ -441,9 +453,10 @@ async def test_a_report_for_a_reinsurer_without_an_endpoint_is_dead_lettered_and
     assert first.calls == []
     assert reason in str(info.value)
     assert "configured: RE001" in str(info.value)
-    (dead,) = app.failure(msg, info.value, group="g")
+    dead, result = app.failure(msg, info.value, group="g")
     assert dead.topic == "integrations.bordereaux-delivery.dlq"
     assert header_value(dead.headers, H.ERROR_CLASS) == "UnknownReinsurer"
+    assert json.loads(result.value or b"")["status"] == "FAILED"
 
 
 def test_the_builder_gives_each_reinsurer_its_own_breaker_under_the_family_policy() -> None:

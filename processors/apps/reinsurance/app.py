@@ -17,6 +17,13 @@ URL, token and breaker ``reinsurer:<code>``), a report goes to the entry of its
 bordereau is confidential to its reinsurer: it is never sent to another one).  Without
 ``reinsurers``, every report goes to the single ``reinsurer`` endpoint.
 
+A report that ends in the DLQ (or the parking topic) gets a result too, so the deliveries topic
+answers for every report it has seen (poison records, which are not readable reports, do not)::
+
+    {"report_id": "BRD-TRY-2024-001-2024-01-P", "status": "FAILED", "acknowledged_at": null,
+     "duplicate": false, "error_class": "ReportConflict", "error": "…",
+     "dead_letter_topic": "integrations.bordereaux-delivery.dlq"}
+
 Delivery is at least once, made effectively once by the report id: a report delivered again
 (after a crash before the offset commit, or a replay from the DLQ) is acknowledged by the
 reinsurer as a duplicate with its original time, and the result says ``"duplicate": true``.
@@ -62,7 +69,7 @@ from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig
 from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, Unguarded
 from processors.runtime.app import PendingReader, RetryGateMixin
-from processors.runtime.failures import H
+from processors.runtime.failures import H, describe_error
 from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
 from processors.runtime.routing import RetryRouter
 from processors.topics.catalogue import AppTopics
@@ -81,6 +88,7 @@ __all__ = [
     "build_reinsurance_app",
     "delivery_result",
     "endpoint_of",
+    "failed_result",
     "read_report",
 ]
 
@@ -232,6 +240,23 @@ def delivery_result(result: SubmitResult) -> bytes:
     ).encode()
 
 
+def failed_result(report_id: str, error_class: str, message: str, dead_letter_topic: str) -> bytes:
+    """The value written to the deliveries topic when a report went to the DLQ or parking topic."""
+    return json.dumps(
+        {
+            "report_id": report_id,
+            "status": "FAILED",
+            "acknowledged_at": None,
+            "duplicate": False,
+            "error_class": error_class,
+            "error": message,
+            "dead_letter_topic": dead_letter_topic,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
 def _utc_text(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -357,7 +382,25 @@ class ReinsuranceApp(RetryGateMixin):
         attempts = ATTEMPTS.get() if _CURRENT.get() == identity else 0
         if not isinstance(exc, ContractError):
             attempts = max(attempts, 1)
-        return [self.router.failed(msg, exc, group=group, attempts=attempts)]
+        moved = self.router.failed(msg, exc, group=group, attempts=attempts)
+        if moved.topic in self.router.tier_topics:
+            return [moved]
+        try:
+            ref = read_report(msg.key(), msg.value())
+        except ContractError:
+            return [moved]  # not a report: nothing to answer for on the deliveries topic
+        error_class, message = describe_error(exc)
+        headers: HeaderList = [("content-type", b"application/json")]
+        traceparent = header_value(msg.headers(), "traceparent")
+        if traceparent is not None:
+            headers.append(("traceparent", traceparent.encode()))
+        result = OutRecord(
+            topic=self.settings.deliveries_topic,
+            key=ref.treaty_number.encode(),
+            value=failed_result(ref.report_id, error_class, message, moved.topic),
+            headers=headers,
+        )
+        return [moved, result]
 
 
 def _describe(result: SubmitResult) -> tuple[str, dict[str, Any]]:
