@@ -341,6 +341,7 @@ class Runner:
             topics=BordereauxTopics.from_catalogue(self.catalogue),
             client_overrides=self.settings.client_overrides,
             batch_size=self.settings.bordereaux.batch_size,
+            idle_source_after_s=self.settings.bordereaux.idle_source_after_s or None,
         )
 
     def _endpoints_of(self, app: str) -> tuple[str, ...]:

@@ -105,6 +105,9 @@ class BordereauxSettings(BaseModel):
     Two instances on one host need different ids."""
     batch_size: int = Field(default=2_000, ge=1, le=100_000)
     """Records per transaction at most."""
+    idle_source_after_s: float = Field(default=3_600.0, ge=0)
+    """A source partition with nothing to read for this long stops holding event time back
+    (periods and days close on the other partitions' time) until it sends again; 0: never."""
 
 
 class Settings(BaseSettings):

@@ -10,6 +10,7 @@ runtime; its writes commit with the outputs).  Keys::
 
     meta|seq                         next sequence number (processing order in this partition)
     wm|<source>                      watermark of a source partition (ISO-8601 UTC)
+    idle|<source>                    the source partition is idle: it does not hold event time back
     next|t|<treaty>, next|reg        the first period (or day) not closed yet
     pol|<policy_id>                  terms of the policy and the event ids already counted
     wait|<seq>                       a claim waiting for its policy term (its LedgerInput)
@@ -720,6 +721,7 @@ class Ledger:
         self._by_treaty = {cal.treaty.treaty_number: cal for cal in self._calendars if cal.treaty}
         self._reg = self._calendars[-1]
         self._watermarks: dict[str, datetime] = {}
+        self._idle: set[str] = set()
         self._now: datetime | None = None
         self._policies: dict[str, _Policy] = {}  # parsed ``pol|`` entries (a cache of the store)
         self._waiting: dict[int, _Waiting] = {}  # by arrival sequence
@@ -739,13 +741,28 @@ class Ledger:
 
     @property
     def event_time(self) -> datetime | None:
-        """The minimum watermark over every source; ``None`` until every source has reported."""
+        """The minimum watermark over the sources that are not idle (``None`` until each of them
+        has reported); when every source is idle, the latest watermark.  It never goes back."""
         return self._now
 
+    @property
+    def idle_sources(self) -> frozenset[str]:
+        return frozenset(self._idle)
+
     def _event_time(self) -> datetime | None:
-        if not self._sources or any(s not in self._watermarks for s in self._sources):
+        if not self._sources:
             return None
-        return min(self._watermarks[s] for s in self._sources)
+        active = [s for s in self._sources if s not in self._idle]
+        if any(s not in self._watermarks for s in active):
+            return self._now
+        if active:
+            moment = min(self._watermarks[s] for s in active)
+        else:
+            known = [self._watermarks[s] for s in self._sources if s in self._watermarks]
+            if not known:
+                return self._now
+            moment = max(known)
+        return moment if self._now is None or moment > self._now else self._now
 
     def open_period(self, treaty_number: str | None) -> Period:
         """The first period of ``treaty_number`` (``None``: the first day) not closed yet."""
@@ -769,6 +786,8 @@ class Ledger:
                 rows.setdefault((name, period), []).append((key, value))
             elif kind == "wm":
                 self._watermarks[rest] = datetime.fromisoformat(value.decode())
+            elif kind == "idle":
+                self._idle.add(rest)
             elif kind == "next":
                 cal = self._by_name.get(rest)
                 if cal is not None:
@@ -900,6 +919,8 @@ class Ledger:
     def _after(self, inp: _LedgerInput, out: list[LedgerOut]) -> list[LedgerOut]:
         """What follows every input: its source's watermark, the sequence, closing."""
         w = inp.w
+        if inp.src in self._idle:
+            self._wake(inp.src)
         self._advance_watermark(inp.src, inp.at if w is None or inp.at > w else w)
         if self._seq != self._saved_seq:
             self._saved_seq = self._seq
@@ -910,8 +931,25 @@ class Ledger:
         """A source partition's watermark moved (it only ever moves forward)."""
         if watermark.tzinfo is None:
             watermark = watermark.replace(tzinfo=UTC)
+        if source in self._idle:
+            self._wake(source)
         self._advance_watermark(source, watermark.astimezone(UTC))
         return self._progress()
+
+    def on_idle(self, source: str) -> list[LedgerOut]:
+        """``source`` has had nothing to read for a while: it stops holding event time back until
+        it sends again (its late events, if any, become adjustments of a later period)."""
+        if source not in self._sources or source in self._idle:
+            return []
+        self._idle.add(source)
+        self._store.put(f"idle|{source}", b"1")
+        self._now = self._event_time()
+        return self._progress()
+
+    def _wake(self, source: str) -> None:
+        self._idle.discard(source)
+        self._store.delete(f"idle|{source}")
+        self._now = self._event_time()
 
     def on_close(self, treaty_number: str | None, period_id: str) -> list[LedgerOut]:
         """Close ``period_id`` of ``treaty_number`` (``None``: the regulatory day) and every earlier
@@ -1208,9 +1246,12 @@ class Ledger:
             return
         self._watermarks[source] = moment
         self._store.put(f"wm|{source}", moment.isoformat().encode())
-        # Event time is the minimum over the sources: it moves only when the source holding
-        # it (or the last one to report) moves.
-        if source in self._sources and (self._now is None or known == self._now):
+        # Event time is the minimum over the active sources (and never goes back): it can move
+        # only when a source at or behind it moves, a source reports for the first time, or
+        # some source is idle.
+        if source in self._sources and (
+            self._now is None or known is None or known <= self._now or self._idle
+        ):
             self._now = self._event_time()
 
     def _progress(self) -> list[LedgerOut]:

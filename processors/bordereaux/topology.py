@@ -179,6 +179,19 @@ class RouteTask:
             self._watermark_bytes = _iso(peek.occurred_at).encode()
             self._moved = True
 
+    def on_idle(self) -> None:
+        """The source partition went quiet and is read to its end: tell every ledger partition,
+        so it stops holding event time back until it sends again."""
+        value = json.dumps({"src": self.source}, **_JSON).encode()  # type: ignore[arg-type]
+        for partition in range(self._partitions):
+            self._out.send(
+                self._topics.by_policy,
+                None,
+                value,
+                headers=[(RECORD_HEADER, b"idle")],
+                partition=partition,
+            )
+
     def end_batch(self) -> None:
         self._latest_allowed = datetime.now(UTC) + FUTURE_TOLERANCE
         if not self._moved or self.watermark is None:
@@ -231,6 +244,8 @@ class LedgerTask:
         elif kind == b"close":
             command = json.loads(raw)
             outs = self.ledger.on_close(command.get("treaty"), command["period"])
+        elif kind == b"idle":
+            outs = self.ledger.on_idle(json.loads(raw)["src"])
         else:
             outs = self._count(msg, raw)
         for item in outs:
@@ -419,8 +434,12 @@ def build_loop(
     topics: BordereauxTopics,
     client_overrides: Mapping[str, str] | None = None,
     batch_size: int = 2_000,
+    idle_source_after_s: float | None = None,
 ) -> TransactionalLoop:
-    """The bordereaux app as a :class:`TransactionalLoop` (``run(stop)`` in a thread)."""
+    """The bordereaux app as a :class:`TransactionalLoop` (``run(stop)`` in a thread).
+
+    ``idle_source_after_s``: a source partition with nothing to read for that long stops
+    holding event time back (``None``: never)."""
     overrides = dict(client_overrides or {})
     common = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("client.")}
     counts = partition_counts(bootstrap_servers, topics, common)
@@ -464,6 +483,7 @@ def build_loop(
         producer_conf=producer_conf,
         dlq_topic=topics.dlq,
         batch_size=batch_size,
+        idle_after_s=idle_source_after_s,
     )
 
 

@@ -145,6 +145,19 @@ class MemoryDriver:
             if not progressed:
                 return done
 
+    def idle(self, topic: str, partition: int) -> bool:
+        """Tell the task of ``topic[partition]`` its partition went quiet, as the loop does after
+        ``idle_after_s`` (False when the task has no ``on_idle``); ``run()`` again to follow it."""
+        task = self._tasks[(topic, partition)]
+        on_idle = getattr(task, "on_idle", None)
+        if on_idle is None:
+            return False
+        on_idle()
+        store = self._stores.get((topic, partition))
+        if store is not None:
+            store.commit()
+        return True
+
     def output(self, topic: str) -> list[MemoryMessage]:
         """Every record written to ``topic``, partition by partition."""
         return [msg for log in self.topics.get(topic, []) for msg in log]

@@ -60,7 +60,12 @@ class Emitter(Protocol):
 
 
 class Task(Protocol):
-    """The work of one input partition."""
+    """The work of one input partition.
+
+    A task may also have ``on_idle()``: the loop calls it (in a transaction of its own) when
+    the partition has had no record for ``idle_after_s`` and has nothing left to read, once per
+    such quiet spell.
+    """
 
     def process(self, msg: Any) -> None: ...
 
@@ -152,7 +157,10 @@ class TransactionalLoop:
         transaction_timeout_s: float = 30.0,
         consumer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Consumer,
         producer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Producer,
+        idle_after_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``idle_after_s``: see :class:`Task` (``None`` or 0: tasks are never told they are idle)."""
         self.app = app
         self.stages = list(stages)
         self.group = str(consumer_conf["group.id"])
@@ -178,6 +186,11 @@ class TransactionalLoop:
         self._cached: dict[tuple[str, int], ChangelogStore] = {}
         self._touched: set[tuple[str, int]] = set()
         self._step_outputs = 0
+        self.idle_after_s = idle_after_s or None
+        self._clock = clock
+        self._last_record: dict[tuple[str, int], float] = {}
+        self._idle_told: set[tuple[str, int]] = set()
+        self._next_idle_check = 0.0
         self._consumer: Any = None
         self._producer: Any = None
         self._restorer: Any = None
@@ -241,6 +254,9 @@ class TransactionalLoop:
                 msgs = self._consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
                 if msgs:
                     self._step(msgs)
+                if self.idle_after_s is not None and self._clock() >= self._next_idle_check:
+                    self._next_idle_check = self._clock() + min(1.0, self.idle_after_s / 4)
+                    self._tell_idle()
         finally:
             self._close()
 
@@ -282,6 +298,8 @@ class TransactionalLoop:
         for stage, topic, partition in new:
             key = (topic, partition)
             self._tasks[key] = stage.make_task(topic, partition, self._stores.get(key), self._emitter)
+            self._last_record[key] = self._clock()
+            self._idle_told.discard(key)
         self.stats.assigned = sorted(set(self.stats.assigned) | {(t, p) for _, t, p in new})
         if partitions:
             self.stats.rebalances += 1
@@ -360,6 +378,9 @@ class TransactionalLoop:
                 first.setdefault(key, msg.offset())
                 offsets[key] = msg.offset() + 1
                 self._touched.add(key)
+                if self.idle_after_s is not None:
+                    self._last_record[key] = self._clock()
+                    self._idle_told.discard(key)
                 store = self._stores.get(key)
                 if store is not None:
                     store.savepoint()
@@ -402,6 +423,69 @@ class TransactionalLoop:
         self.stats.records += len(msgs)
         self.stats.outputs += self._step_outputs
         self.stats.last_commit_at = time.time()
+
+    # --- quiet partitions --------------------------------------------------------------------
+
+    def _tell_idle(self) -> None:
+        """One transaction telling every task whose partition went quiet (and has nothing left
+        to read) that it is idle."""
+        assert self.idle_after_s is not None
+        now = self._clock()
+        quiet = [
+            key
+            for key, task in self._tasks.items()
+            if hasattr(task, "on_idle")
+            and key not in self._idle_told
+            and now - self._last_record.get(key, now) >= self.idle_after_s
+            and self._caught_up(key)
+        ]
+        if not quiet:
+            return
+        self._step_outputs = 0
+        try:
+            self._producer.begin_transaction()
+            for key in quiet:
+                self._tasks[key].on_idle()  # type: ignore[attr-defined]
+                self._touched.add(key)
+            for key in self._touched:
+                store = self._stores.get(key)
+                if store is None:
+                    continue
+                for entry, value in store.changes():
+                    self._produce(store.changelog, entry.encode(), value, partition=store.partition)
+            self._producer.commit_transaction(self.transaction_timeout_s)
+        except KafkaException as exc:
+            self._abort(exc, {})
+            return
+        for key in self._touched:
+            store = self._stores.get(key)
+            if store is not None:
+                store.commit()
+        self._touched.clear()
+        self._idle_told.update(quiet)
+        self.stats.transactions += 1
+        self.stats.outputs += self._step_outputs
+        log.info(
+            "%s: %d quiet partition(s) told they are idle: %s",
+            self.app,
+            len(quiet),
+            ", ".join(f"{t}[{p}]" for t, p in sorted(quiet)),
+        )
+
+    def _caught_up(self, key: tuple[str, int]) -> bool:
+        """Nothing left to read in the partition (as far as the last fetch or a query tells)."""
+        tp = TopicPartition(*key)
+        try:
+            position = self._consumer.position([tp])[0].offset
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # nothing fetched yet: ask the broker
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException as exc:
+            log.debug("%s: cannot tell whether %s[%s] is read to its end: %s", self.app, *key, exc)
+            return False
+        if high <= low:
+            return True  # an empty partition
+        return bool(position >= high)
 
     def _rebuild(self, key: tuple[str, int]) -> None:
         """A task whose record raised may hold half-applied memory: rebuild it from its store.

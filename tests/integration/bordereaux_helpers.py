@@ -49,8 +49,13 @@ def publish_in_order(bootstrap: str, prefix: str, published: Sequence[Published]
     assert producer.flush(60) == 0
 
 
-def reference_reports(published: Sequence[Published]) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The same task code run in memory, in one clean pass: (report id → bytes, day → file job)."""
+def reference_reports(
+    published: Sequence[Published], *, then_idle: bool = False
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The same task code run in memory, in one clean pass: (report id → bytes, day → file job).
+
+    ``then_idle``: afterwards every source partition is told it went quiet, as a running app
+    does once it has read everything and ``idle_source_after_s`` has passed."""
     topics = BordereauxTopics()
     counts = {
         topics.policy_events: 6,
@@ -66,6 +71,11 @@ def reference_reports(published: Sequence[Published]) -> tuple[dict[str, bytes],
         records.append((item.topic, item.partition, item.key.encode(), value, headers))
     driver.publish(records)
     driver.run()
+    if then_idle:
+        for topic in (topics.policy_events, topics.claim_events):
+            for partition in range(counts[topic]):
+                assert driver.idle(topic, partition)
+        driver.run()
     dead = driver.output(driver.dlq_topic)
     assert not dead, f"{len(dead)} generated events were dead-lettered: {dead[0].headers()}"
     reports = {json.loads(m.value())["report_id"]: m.value() for m in driver.output(topics.bordereaux)}

@@ -7,6 +7,8 @@
   mid-run), and restarted → byte-identical reports, none twice on the topic (read with
   read_committed).
 * Two instances sharing the work, one stopped mid-run → identical reports.
+* Source partitions that never send anything (no claims at all) do not hold reports back once
+  they have been quiet for ``idle_source_after_s``.
 """
 
 from __future__ import annotations
@@ -206,3 +208,37 @@ def test_two_instances_one_stopped_mid_run_give_identical_reports(
     actual = _no_duplicates(_reports(reader, bordereaux))
     assert actual == want_reports
     assert {m.key().decode(): m.value() for m in reader.on(files)} == want_files
+
+
+def test_quiet_source_partitions_do_not_hold_reports_back(
+    isolated_topics: Callable[..., tuple[Path, str]], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    # Policy events only: the six claims partitions never send anything.
+    published = [p for p in generate(21, 6_000) if p.topic == "insurance.policy.events"]
+    never, _ = reference_reports(published)
+    assert never == {}, "without idleness nothing may close: the test would prove nothing"
+    want_reports, want_files = reference_reports(published, then_idle=True)
+    assert len(want_reports) > 10
+    bordereaux, files = f"{prefix}reinsurance.bordereaux", f"{prefix}integrations.regulatory.files"
+    reader = CommittedReader(kafka_bootstrap, [bordereaux, files])
+    publish_in_order(kafka_bootstrap, prefix, published)
+    env = app_env(kafka_bootstrap, prefix, topics_file, "quiet")
+    env["PROCESSORS_BORDEREAUX__IDLE_SOURCE_AFTER_S"] = "2"
+    app = start_app(env, tmp_path / "quiet.log")
+    try:
+        reader.wait_until(
+            lambda: _complete(reader, bordereaux, files, want_reports, want_files),
+            timeout_s=300,
+            alive=[app],
+            what="every report and day file",
+        )
+        assert stop(app) == 0
+        reader.poll(1.0)
+    finally:
+        if app.poll() is None:
+            kill(app)
+        reader.close()
+    assert _no_duplicates(_reports(reader, bordereaux)) == want_reports
+    assert {m.key().decode(): m.value() for m in reader.on(files)} == want_files
+    assert "told they are idle" in (tmp_path / "quiet.log").read_text()

@@ -233,6 +233,46 @@ def test_event_time_waits_for_every_source(book: TreatyBook) -> None:
     assert led.event_time == at("2024-02-06T00:00:00")
 
 
+def test_an_idle_source_stops_holding_event_time_back_until_it_sends_again(book: TreatyBook) -> None:
+    store = MemStore()
+    led = ledger(book, store)
+    route = Route()
+    led.on_event(route.record("e1", "policy.issued", "2024-01-05T00:00:00", POL, policy("P1")))
+    assert led.on_watermark(POL, at("2024-02-10T00:00:00")) == []
+    assert led.event_time is None  # the claims partition never sent anything
+
+    out = partials(led.on_idle(CLM))
+    assert led.idle_sources == {CLM}
+    assert led.event_time == at("2024-02-10T00:00:00")
+    assert [r["event_id"] for r in out["QS-1|2024-01"]["premium"]] == ["e1"]
+    assert "REG|2024-02-04" in out
+    assert led.on_idle(CLM) == []  # already idle
+    assert led.on_idle("insurance.claim.events:9") == []  # not a source of this ledger
+    rebuilt = ledger(book, store)
+    assert (rebuilt.idle_sources, rebuilt.event_time) == ({CLM}, at("2024-02-10T00:00:00"))
+
+    # The claims partition sends again: a January loss read now goes to the first open period.
+    led.on_event(route.record("c1", "claim.reported", "2024-01-12T00:00:00", CLM, claim("C1", "P1")))
+    assert led.idle_sources == frozenset()
+    assert led.event_time == at("2024-02-10T00:00:00")  # event time never goes back
+    assert ledger(book, store).idle_sources == frozenset()
+    feb = partials(advance(led, "2024-03-06T00:00:00"))["QS-1|2024-02"]
+    assert [(m["claim_id"], m["adjustment_of"]) for m in feb["claims"]] == [("C1", "2024-01")]
+
+
+def test_while_every_source_is_idle_event_time_is_the_latest_watermark(book: TreatyBook) -> None:
+    led = ledger(book)
+    led.on_watermark(POL, at("2024-02-10T00:00:00"))
+    led.on_watermark(CLM, at("2024-01-20T00:00:00"))
+    assert led.event_time == at("2024-01-20T00:00:00")
+    assert "QS-1|2024-01" in partials(led.on_idle(CLM))  # the policy partition's time now counts
+    assert led.event_time == at("2024-02-10T00:00:00")
+    led.on_idle(POL)
+    assert led.event_time == at("2024-02-10T00:00:00")
+    assert led.on_watermark(CLM, at("2024-01-25T00:00:00")) == []  # awake again, but behind
+    assert led.event_time == at("2024-02-10T00:00:00")
+
+
 def test_cancellation_is_a_return_premium_at_the_original_percentage(book: TreatyBook) -> None:
     led = ledger(book)
     route = Route()
