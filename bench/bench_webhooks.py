@@ -6,7 +6,10 @@
   matches about 11 of them), signing, delivering through the SSRF-pinned transport under each
   endpoint's breaker and limits, and writing the delivery log;
 * isolation: the same pipeline with 10 of the 100 endpoints dead (connection refused):
-  deliveries/s to the 90 healthy endpoints against the all-healthy run.
+  deliveries/s to the 90 healthy endpoints against the all-healthy run;
+* for comparison, the pipeline without the resilience layer (no breaker, retry, deadline or
+  audit record per attempt): what the Kafka path alone (fan-out, dispatch records, delivery
+  log) costs on top of the raw client.
 
 The receivers answer after ``--latency-ms`` (default 20 ms) and run in their own process.
 Usage::
@@ -140,7 +143,7 @@ async def raw_rate(base: str, *, requests: int, concurrency: int) -> float:
 
 
 async def pipeline_rate(
-    info: BrokerInfo, base: str, *, events: int, concurrency: int, dead: int
+    info: BrokerInfo, base: str, *, events: int, concurrency: int, dead: int, resilience: bool = True
 ) -> tuple[float, int]:
     """Deliveries/s to the healthy endpoints, and how many that was."""
     from processors.sandbox.partners import closed_port_url
@@ -152,6 +155,7 @@ async def pipeline_rate(
             topics_file=path,
             group_prefix=prefix,
             client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
+            resilience_enabled=resilience,
             webhooks={
                 "allow": ["127.0.0.0/8"],
                 "encryption_key": KEY,
@@ -224,6 +228,7 @@ async def main() -> None:
     parser.add_argument(
         "--pipeline-only", action="store_true", help="skip the ceiling and the dead run (profiling)"
     )
+    parser.add_argument("--dead", type=int, default=0, help="dead endpoints in the --pipeline-only run")
     args = parser.parse_args()
 
     with broker() as info:
@@ -231,7 +236,7 @@ async def main() -> None:
         try:
             if args.pipeline_only:
                 rate, count = await pipeline_rate(
-                    info, base, events=args.events, concurrency=args.concurrency, dead=0
+                    info, base, events=args.events, concurrency=args.concurrency, dead=args.dead
                 )
                 print(f"webhooks pipeline     : {rate:8.0f} deliveries/s ({count} deliveries)")
                 return
@@ -253,6 +258,10 @@ async def main() -> None:
                 )
                 if r > rate_dead:
                     rate_dead, count_dead = r, c
+            await reset_partners(base)
+            bare, _ = await pipeline_rate(
+                info, base, events=args.events, concurrency=args.concurrency, dead=0, resilience=False
+            )
         finally:
             proc.terminate()
             await proc.wait()
@@ -267,6 +276,10 @@ async def main() -> None:
         f"10 of 100 dead        : {rate_dead:8.0f} deliveries/s to the 90 healthy ({count_dead} deliveries)"
     )
     print(f"isolation ratio       : {rate_dead / rate:8.2f}              (target ≥ 0.90)")
+    print(
+        f"without resilience    : {bare:8.0f} deliveries/s (no breaker, retry, deadline or audit; "
+        f"{bare / ceiling:.2f} of the ceiling)"
+    )
 
 
 if __name__ == "__main__":
