@@ -9,6 +9,7 @@ State lives in a transactional key-value store (:class:`LedgerStore`, provided b
 runtime; its writes commit with the outputs).  Keys::
 
     meta|seq                         next sequence number (processing order in this partition)
+    meta|now                         event time (never goes back, even past a source that woke up behind it)
     wm|<source>                      watermark of a source partition (ISO-8601 UTC)
     idle|<source>                    the source partition is idle: it does not hold event time back
     next|t|<treaty>, next|reg        the first period (or day) not closed yet
@@ -800,6 +801,8 @@ class Ledger:
                 )
             elif key == "meta|seq":
                 self._seq = int(value.decode())
+            elif key == "meta|now":
+                self._now = datetime.fromisoformat(value.decode())
         for (name, period), found in rows.items():
             cal = self._by_name.get(name)
             if cal is None:
@@ -809,7 +812,7 @@ class Ledger:
             cal.buckets[period] = [entry for entry in entries if entry is not None]
         for seqs in self._waiting_by_policy.values():
             seqs.sort()
-        self._now = self._event_time()
+        self._now = self._event_time()  # at least the saved one
         self._next_close = min(cal.closes_at(cal.open) for cal in self._calendars)
 
     def _remember(self, waiting: _Waiting) -> None:
@@ -943,13 +946,13 @@ class Ledger:
             return []
         self._idle.add(source)
         self._store.put(f"idle|{source}", b"1")
-        self._now = self._event_time()
+        self._set_now(self._event_time())
         return self._progress()
 
     def _wake(self, source: str) -> None:
         self._idle.discard(source)
         self._store.delete(f"idle|{source}")
-        self._now = self._event_time()
+        self._set_now(self._event_time())
 
     def on_close(self, treaty_number: str | None, period_id: str) -> list[LedgerOut]:
         """Close ``period_id`` of ``treaty_number`` (``None``: the regulatory day) and every earlier
@@ -1252,7 +1255,15 @@ class Ledger:
         if source in self._sources and (
             self._now is None or known is None or known <= self._now or self._idle
         ):
-            self._now = self._event_time()
+            self._set_now(self._event_time())
+
+    def _set_now(self, moment: datetime | None) -> None:
+        if moment is None or moment == self._now:
+            return
+        self._now = moment
+        # Saved with the transaction: a rebuilt ledger must not find an earlier event time
+        # (after a source woke up behind it) and decide differently than this one did.
+        self._store.put("meta|now", moment.isoformat().encode())
 
     def _progress(self) -> list[LedgerOut]:
         """Dead-letter claims that waited too long; emit the partials of every period that closed."""

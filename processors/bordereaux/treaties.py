@@ -359,6 +359,8 @@ _TREATY_TYPES: Mapping[str, TreatyType] = MappingProxyType(
 )
 _DECIMAL_STRING = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _TREATY_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
+_REINSURER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Reinsurer codes name delivery endpoints (``reinsurer:<CODE>``), matched without regard to case."""
 
 
 class _Where:
@@ -388,6 +390,13 @@ def _text(value: object, where: _Where, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.error(name, "must be a non-empty string")
     return value.strip()
+
+
+def _reinsurer_code(value: object, where: _Where) -> str:
+    code = _text(value, where, "reinsurer.code")
+    if _REINSURER_CODE.fullmatch(code) is None:
+        raise where.error("reinsurer.code", "must be 1 to 64 ASCII letters, digits, '_', '.' or '-'")
+    return code
 
 
 def _decimal(value: object, where: _Where, name: str) -> Decimal:
@@ -550,7 +559,7 @@ def _treaty(entry: object, index: int, source: str, seen: set[str]) -> Treaty:
         )
     return Treaty(
         treaty_number=number,
-        reinsurer_code=_text(reinsurer.get("code"), where, "reinsurer.code"),
+        reinsurer_code=_reinsurer_code(reinsurer.get("code"), where),
         reinsurer_name=_text(reinsurer.get("name"), where, "reinsurer.name"),
         type=treaty_type,
         settlement_currency=_currency(spec["settlement_currency"], where, "settlement_currency"),
@@ -599,6 +608,15 @@ def parse_treaty_book(data: Mapping[str, Any], *, source: str) -> TreatyBook:
         raise where.error("treaties", "must be a non-empty list")
     seen: set[str] = set()
     treaties = tuple(_treaty(entry, index, source, seen) for index, entry in enumerate(entries))
+    codes: dict[str, str] = {}
+    for treaty in treaties:
+        known = codes.setdefault(treaty.reinsurer_code.upper(), treaty.reinsurer_code)
+        if known != treaty.reinsurer_code:
+            # Reports are routed by code without regard to case: these would reach one endpoint.
+            raise _Where(source, treaty.treaty_number).error(
+                "reinsurer.code",
+                f"{treaty.reinsurer_code!r} differs from {known!r} only in case; use one spelling",
+            )
     regulatory = _mapping(top.get("regulatory") or {}, where, "regulatory", frozenset({"grace", "start"}))
     book = TreatyBook(
         cedant_code=_text(cedant.get("code"), where, "cedant.code"),

@@ -142,8 +142,12 @@ class ResilienceConfig:
             return policy
         if name.startswith("webhook:"):
             return self.endpoints.get("partner-webhooks", self.defaults)
-        family, colon, _ = name.partition(":")
+        family, colon, member = name.partition(":")
         if colon:
+            # A member (a reinsurer code) is matched without regard to case.
+            for entry, entry_policy in self.endpoints.items():
+                if entry.partition(":")[0] == family and entry.partition(":")[2].upper() == member.upper():
+                    return entry_policy
             return self.endpoints.get(family, self.defaults)
         return self.defaults
 

@@ -431,14 +431,17 @@ class TransactionalLoop:
         to read) that it is idle."""
         assert self.idle_after_s is not None
         now = self._clock()
-        quiet = [
-            key
-            for key, task in self._tasks.items()
-            if hasattr(task, "on_idle")
-            and key not in self._idle_told
-            and now - self._last_record.get(key, now) >= self.idle_after_s
-            and self._caught_up(key)
-        ]
+        ends: dict[tuple[str, int], int] = {}
+        for key, task in self._tasks.items():
+            if (
+                hasattr(task, "on_idle")
+                and key not in self._idle_told
+                and now - self._last_record.get(key, now) >= self.idle_after_s
+            ):
+                end = self._read_to_end_at(key)
+                if end is not None:
+                    ends[key] = end
+        quiet = sorted(ends)
         if not quiet:
             return
         self._step_outputs = 0
@@ -453,6 +456,13 @@ class TransactionalLoop:
                     continue
                 for entry, value in store.changes():
                     self._produce(store.changelog, entry.encode(), value, partition=store.partition)
+            # The partitions' own (unchanged) positions go with it: the group coordinator then
+            # refuses the transaction if this instance no longer owns them.
+            self._producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, ends[(t, p)]) for t, p in quiet],
+                self._consumer.consumer_group_metadata(),
+                self.transaction_timeout_s,
+            )
             self._producer.commit_transaction(self.transaction_timeout_s)
         except KafkaException as exc:
             self._abort(exc, {})
@@ -469,23 +479,30 @@ class TransactionalLoop:
             "%s: %d quiet partition(s) told they are idle: %s",
             self.app,
             len(quiet),
-            ", ".join(f"{t}[{p}]" for t, p in sorted(quiet)),
+            ", ".join(f"{t}[{p}]" for t, p in quiet),
         )
 
-    def _caught_up(self, key: tuple[str, int]) -> bool:
-        """Nothing left to read in the partition (as far as the last fetch or a query tells)."""
+    def _read_to_end_at(self, key: tuple[str, int]) -> int | None:
+        """The partition's next offset to read if nothing is left to read, else ``None``.
+
+        The consumer's position is unknown until a record of the current assignment was
+        fetched (after a restart, a partition read to its end has none): then the group's
+        committed offset stands for it, or the start of the log when nothing was committed.
+        """
         tp = TopicPartition(*key)
         try:
-            position = self._consumer.position([tp])[0].offset
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high < 0:  # nothing fetched yet: ask the broker
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            position = self._consumer.position([tp])[0].offset
+            if position < 0:
+                position = self._consumer.committed([tp], timeout=5)[0].offset
+                if position < 0:
+                    position = low
         except KafkaException as exc:
             log.debug("%s: cannot tell whether %s[%s] is read to its end: %s", self.app, *key, exc)
-            return False
-        if high <= low:
-            return True  # an empty partition
-        return bool(position >= high)
+            return None
+        return int(position) if position >= high else None
 
     def _rebuild(self, key: tuple[str, int]) -> None:
         """A task whose record raised may hold half-applied memory: rebuild it from its store.

@@ -203,3 +203,22 @@ def high_watermark_sum(bootstrap: str, topic: str) -> int:
         )
     finally:
         consumer.close()
+
+
+def read_to_end(bootstrap: str, group: str, topics: Iterable[str]) -> bool:
+    """Whether ``group`` has committed, for every partition of ``topics``, the end of the log."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        wanted: list[TopicPartition] = []
+        ends: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                wanted.append(TopicPartition(topic, p))
+                ends[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        committed = consumer.committed(wanted, timeout=10)
+        return all(
+            tp.offset >= ends[(tp.topic, tp.partition)] or ends[(tp.topic, tp.partition)] == 0
+            for tp in committed
+        )
+    finally:
+        consumer.close()

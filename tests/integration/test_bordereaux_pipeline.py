@@ -8,7 +8,8 @@
   read_committed).
 * Two instances sharing the work, one stopped mid-run → identical reports.
 * Source partitions that never send anything (no claims at all) do not hold reports back once
-  they have been quiet for ``idle_source_after_s``.
+  they have been quiet for ``idle_source_after_s``, and partitions read to their end before a
+  restart are found quiet after it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.integration.bordereaux_helpers import (
     high_watermark_sum,
     kill,
     publish_in_order,
+    read_to_end,
     reference_reports,
     start_app,
     stop,
@@ -242,3 +244,50 @@ def test_quiet_source_partitions_do_not_hold_reports_back(
     assert _no_duplicates(_reports(reader, bordereaux)) == want_reports
     assert {m.key().decode(): m.value() for m in reader.on(files)} == want_files
     assert "told they are idle" in (tmp_path / "quiet.log").read_text()
+
+
+def test_partitions_read_to_their_end_before_a_restart_are_found_quiet_after_it(
+    isolated_topics: Callable[..., tuple[Path, str]], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    published = generate(22, 6_000)
+    plain_reports, plain_files = reference_reports(published)
+    want_reports, want_files = reference_reports(published, then_idle=True)
+    assert len(want_reports) > len(plain_reports), "only idleness may close the last periods"
+    bordereaux, files = f"{prefix}reinsurance.bordereaux", f"{prefix}integrations.regulatory.files"
+    sources = [f"{prefix}insurance.policy.events", f"{prefix}insurance.claim.events"]
+    reader = CommittedReader(kafka_bootstrap, [bordereaux, files])
+    publish_in_order(kafka_bootstrap, prefix, published)
+    env = app_env(kafka_bootstrap, prefix, topics_file, "restarted")
+    env["PROCESSORS_BORDEREAUX__IDLE_SOURCE_AFTER_S"] = "0"  # first without idleness
+    first = start_app(env, tmp_path / "first.log")
+    second = None
+    try:
+        reader.wait_until(
+            lambda: (
+                _complete(reader, bordereaux, files, plain_reports, plain_files)
+                and read_to_end(kafka_bootstrap, f"{prefix}bordereaux", sources)
+            ),
+            timeout_s=300,
+            alive=[first],
+            what="every source partition read to its end",
+        )
+        assert stop(first) == 0
+        env["PROCESSORS_BORDEREAUX__IDLE_SOURCE_AFTER_S"] = "2"
+        second = start_app(env, tmp_path / "second.log")
+        reader.wait_until(
+            lambda: _complete(reader, bordereaux, files, want_reports, want_files),
+            timeout_s=300,
+            alive=[second],
+            what="the periods only idleness closes",
+        )
+        assert stop(second) == 0
+        reader.poll(1.0)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                kill(proc)
+        reader.close()
+    assert _no_duplicates(_reports(reader, bordereaux)) == want_reports
+    assert {m.key().decode(): m.value() for m in reader.on(files)} == want_files
+    assert "told they are idle" in (tmp_path / "second.log").read_text()

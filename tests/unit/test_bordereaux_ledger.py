@@ -260,6 +260,25 @@ def test_an_idle_source_stops_holding_event_time_back_until_it_sends_again(book:
     assert [(m["claim_id"], m["adjustment_of"]) for m in feb["claims"]] == [("C1", "2024-01")]
 
 
+def test_event_time_does_not_go_back_when_the_ledger_is_rebuilt_after_a_source_woke_up_behind_it(
+    book: TreatyBook,
+) -> None:
+    store = MemStore()
+    led = ledger(book, store)
+    route = Route()
+    led.on_watermark(POL, at("2024-03-10T00:00:00"))
+    led.on_idle(CLM)
+    led.on_event(route.record("c1", "claim.reported", "2024-01-12T00:00:00", CLM, claim("C1", "P9")))
+    assert led.event_time == at("2024-03-10T00:00:00")
+    rebuilt = ledger(book, store)
+    assert rebuilt.event_time == at("2024-03-10T00:00:00")
+    # Both decide alike: a claim whose policy is unknown, older than event time − timeout.
+    late = route.record("c2", "claim.reported", "2024-01-13T00:00:00", CLM, claim("C2", "P8"))
+    assert [r.event_id for r in rejects(led.on_event(late))] == [
+        r.event_id for r in rejects(rebuilt.on_event(late))
+    ]
+
+
 def test_while_every_source_is_idle_event_time_is_the_latest_watermark(book: TreatyBook) -> None:
     led = ledger(book)
     led.on_watermark(POL, at("2024-02-10T00:00:00"))

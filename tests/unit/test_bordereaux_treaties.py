@@ -271,6 +271,8 @@ _DELETE = object()
         ("exchange_rates.1.effective", date(2024, 1, 1), r"exchange_rates\[1\]: a second EUR→USD rate"),
         ("exchange_rates.0.to", "EUR", r"exchange_rates\[0\]: converts EUR to itself"),
         ("cedant.code", "", r"cedant.code: must be a non-empty string"),
+        ("treaties.0.reinsurer.code", "RE 001", r"treaty 'QS-1': reinsurer.code: must be 1 to 64 ASCII"),
+        ("treaties.0.reinsurer.code", "RÉ001", r"treaty 'QS-1': reinsurer.code: must be 1 to 64 ASCII"),
         ("treaties", [], r"treaties: must be a non-empty list"),
         ("version", 2, r"version: must be 1"),
         ("regulatory", {"grace": "0d"}, r"regulatory.grace: bad regulatory.grace"),
@@ -306,3 +308,14 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     listed.write_text("- 1\n", encoding="utf-8")
     with pytest.raises(TreatyConfigError, match="must be a YAML mapping"):
         load_treaty_book(listed)
+
+
+def test_reinsurer_codes_that_differ_only_in_case_are_refused() -> None:
+    data = copy.deepcopy(base_book())
+    data["treaties"][0]["reinsurer"]["code"] = "Re001"
+    data["treaties"][1]["reinsurer"]["code"] = "RE001"
+    # Reports are routed by code without regard to case: both would reach one endpoint.
+    with pytest.raises(TreatyConfigError, match=r"'SP-1': reinsurer.code: 'RE001' differs from 'Re001'"):
+        parse_treaty_book(data, source="test.yaml")
+    data["treaties"][1]["reinsurer"]["code"] = "Re001"  # the same reinsurer on two treaties is fine
+    assert parse_treaty_book(data, source="test.yaml").treaties[1].reinsurer_code == "Re001"

@@ -127,6 +127,7 @@ class FakeClient:
     """Stands in for ``ReinsurerClient``: records submissions, answers from a script."""
 
     endpoint = "reinsurer"
+    url = "http://127.0.0.1:8600/api/v1/bordereaux"
 
     def __init__(self, *answers: SubmitResult | Exception) -> None:
         self.answers = list(answers)
@@ -486,6 +487,18 @@ def test_the_builder_gives_each_reinsurer_its_own_breaker_under_the_family_polic
     assert (one_guard.policy.retry.max_attempts, two_guard.policy.retry.max_attempts) == (4, 6)
     assert one_guard.breaker is breakers.get("reinsurer:RE001")
     assert one_guard.breaker is not two_guard.breaker
+
+
+async def test_start_up_says_whether_reports_are_routed_by_reinsurer_or_all_go_to_one_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="processors.apps.reinsurance.app")
+    await make_app(FakeClient()).start()
+    await routed_app(RE002=FakeClient(), RE001=FakeClient()).start()
+    one, routed = (r.getMessage() for r in caplog.records)
+    assert "every report goes to one endpoint (http://127.0.0.1:8600)" in one
+    assert "sandbox-token" not in one
+    assert routed.endswith("reports routed by reinsurer code: RE001, RE002")
 
 
 def test_reinsurer_codes_ignore_case_as_environment_variables_do() -> None:

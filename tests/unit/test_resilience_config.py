@@ -509,3 +509,4 @@ def test_a_family_member_falls_back_to_its_family_then_to_the_defaults() -> None
     assert config.for_endpoint("reinsurer:RE002").retry.max_attempts == 6
     assert config.for_endpoint("reinsurer:RE001").retry.max_attempts == 4
     assert config.for_endpoint("regulator:FCA") == config.defaults
+    assert config.for_endpoint("reinsurer:re002").retry.max_attempts == 6  # members ignore case

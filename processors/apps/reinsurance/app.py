@@ -46,12 +46,14 @@ Nothing here logs or audits a report body (policy numbers, amounts): only the re
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -91,6 +93,8 @@ __all__ = [
     "failed_result",
     "read_report",
 ]
+
+log = logging.getLogger(__name__)
 
 APP: Final = "bordereaux-delivery"
 """The app's name: its consumer group suffix, its ``topics.yaml`` entry (retry tiers, DLQ)."""
@@ -306,6 +310,15 @@ class ReinsuranceApp(RetryGateMixin):
         return [self.client] if self.client is not None else [c for c, _ in self.routes.values()]
 
     async def start(self) -> None:
+        if self.client is not None:
+            log.info(
+                "%s: every report goes to one endpoint (%s), whatever its reinsurer code; "
+                "set reinsurance.reinsurers to route each reinsurer's reports to its own API",
+                self.name,
+                _origin(self.client.url),
+            )
+        else:
+            log.info("%s: reports routed by reinsurer code: %s", self.name, ", ".join(sorted(self.routes)))
         for client in self._clients():
             await client.start()
 
@@ -401,6 +414,13 @@ class ReinsuranceApp(RetryGateMixin):
             headers=headers,
         )
         return [moved, result]
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: never its path, query or user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def _describe(result: SubmitResult) -> tuple[str, dict[str, Any]]:
