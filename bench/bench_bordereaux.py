@@ -24,6 +24,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -82,11 +83,6 @@ def app_rate(bootstrap: str, prefix: str, total: int, want_reports: int, batch_s
         topics=topics,
         batch_size=batch_size,
     )
-    stop = threading.Event()
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-    thread.start()
     reader = confluent_kafka.Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -96,21 +92,37 @@ def app_rate(bootstrap: str, prefix: str, total: int, want_reports: int, batch_s
         }
     )
     reader.subscribe([topics.bordereaux])
-    reports = 0
-    while reports < want_reports:
-        reports += sum(1 for m in reader.consume(500, 0.2) if m.error() is None)
+    reports = [0]
+
+    def all_reports_in() -> bool:
+        reports[0] += sum(1 for m in reader.consume(500, 0.2) if m.error() is None)
+        return reports[0] >= want_reports
+
+    try:
+        return _measure("app", loop, all_reports_in, total)
+    finally:
+        reader.close()
+
+
+def _measure(name: str, loop: TransactionalLoop, finished: Callable[[], bool], total: int) -> float:
+    """Run ``loop`` in a thread until ``finished()``; events/s from its first record, like the ceiling."""
+    stop = threading.Event()
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    while not finished():
         if not thread.is_alive():
-            raise SystemExit("the bordereaux loop stopped")
+            raise SystemExit(f"the {name} loop stopped")
     ended = time.perf_counter()
     cpu = time.process_time() - cpu_started
     stop.set()
     thread.join(60)
-    reader.close()
     first = loop.stats.first_step_perf
     assert first is not None
-    elapsed = ended - first  # like the ceiling: from the first record, not from start-up
+    elapsed = ended - first
     print(
-        f"app: {elapsed:.1f} s wall from its first record ({first - started:.1f} s start-up before it), "
+        f"{name}: {elapsed:.1f} s wall from its first record ({first - started:.1f} s start-up before it), "
         f"{cpu:.1f} s CPU in this process ({loop.stats.transactions} transactions, {loop.stats.records} records)"
     )
     return total / elapsed
@@ -201,26 +213,7 @@ def plumbing_rate(bootstrap: str, source_prefix: str, total: int, batch_size: in
         dlq_topic=topics.dlq,
         batch_size=batch_size,
     )
-    stop = threading.Event()
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-    thread.start()
-    while not done.wait(0.2):
-        if not thread.is_alive():
-            raise SystemExit("the plumbing loop stopped")
-    ended = time.perf_counter()
-    cpu = time.process_time() - cpu_started
-    stop.set()
-    thread.join(60)
-    first = loop.stats.first_step_perf
-    assert first is not None
-    elapsed = ended - first
-    print(
-        f"plumbing: {elapsed:.1f} s wall from its first record ({first - started:.1f} s start-up before it), "
-        f"{cpu:.1f} s CPU in this process ({loop.stats.transactions} transactions, {loop.stats.records} records)"
-    )
-    return total / elapsed
+    return _measure("plumbing", loop, lambda: done.wait(0.2), total)
 
 
 def restore_time(bootstrap: str, entries: int) -> tuple[float, int]:

@@ -398,29 +398,37 @@ class TransactionalLoop:
                 task = self._tasks.get(key)
                 if task is not None:
                     task.end_batch()
-            for key in self._touched:
-                store = self._stores.get(key)
-                if store is None:
-                    continue
-                for entry, value in store.changes():
-                    self._produce(store.changelog, entry.encode(), value, partition=store.partition)
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    self._consumer.consumer_group_metadata(),
-                    self.transaction_timeout_s,
-                )
-            self._producer.commit_transaction(self.transaction_timeout_s)
+            self._commit_transaction(offsets)
         except KafkaException as exc:
             self._abort(exc, first)
             return
+        self._committed()
+        self.stats.records += len(msgs)
+
+    def _commit_transaction(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Write the touched stores' changes to their changelogs, add ``offsets``, commit."""
+        for key in self._touched:
+            store = self._stores.get(key)
+            if store is None:
+                continue
+            for entry, value in store.changes():
+                self._produce(store.changelog, entry.encode(), value, partition=store.partition)
+        if offsets:
+            self._producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                self._consumer.consumer_group_metadata(),
+                self.transaction_timeout_s,
+            )
+        self._producer.commit_transaction(self.transaction_timeout_s)
+
+    def _committed(self) -> None:
+        """The transaction is in: the stores take its writes."""
         for key in self._touched:
             store = self._stores.get(key)
             if store is not None:
                 store.commit()
         self._touched.clear()
         self.stats.transactions += 1
-        self.stats.records += len(msgs)
         self.stats.outputs += self._step_outputs
         self.stats.last_commit_at = time.time()
 
@@ -450,31 +458,14 @@ class TransactionalLoop:
             for key in quiet:
                 self._tasks[key].on_idle()  # type: ignore[attr-defined]
                 self._touched.add(key)
-            for key in self._touched:
-                store = self._stores.get(key)
-                if store is None:
-                    continue
-                for entry, value in store.changes():
-                    self._produce(store.changelog, entry.encode(), value, partition=store.partition)
             # The partitions' own (unchanged) positions go with it: the group coordinator then
             # refuses the transaction if this instance no longer owns them.
-            self._producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, ends[(t, p)]) for t, p in quiet],
-                self._consumer.consumer_group_metadata(),
-                self.transaction_timeout_s,
-            )
-            self._producer.commit_transaction(self.transaction_timeout_s)
+            self._commit_transaction(ends)
         except KafkaException as exc:
             self._abort(exc, {})
             return
-        for key in self._touched:
-            store = self._stores.get(key)
-            if store is not None:
-                store.commit()
-        self._touched.clear()
+        self._committed()
         self._idle_told.update(quiet)
-        self.stats.transactions += 1
-        self.stats.outputs += self._step_outputs
         log.info(
             "%s: %d quiet partition(s) told they are idle: %s",
             self.app,
