@@ -33,6 +33,7 @@ import confluent_kafka
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors.errors import Backpressure, BrokerError, ConfigError
+from processors.runtime.closing import close_group_consumer
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.tracker import PartitionState
 
@@ -607,10 +608,7 @@ class Engine:
         assert consumer is not None
         if commits:
             self._commit(consumer, commits, asynchronous=False)
-        try:
-            consumer.close()
-        except (confluent_kafka.KafkaException, RuntimeError) as exc:
-            log.warning("app %s: consumer close: %s", self.processor.name, exc)
+        close_group_consumer(consumer, what=f"app {self.processor.name}")
         self._consumer = None
 
 

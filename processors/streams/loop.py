@@ -31,6 +31,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.errors import BrokerError
+from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import dead_letter
 from processors.streams.store import ChangelogStore, restore
 
@@ -261,11 +262,8 @@ class TransactionalLoop:
             self._close()
 
     def _close(self) -> None:
-        try:
-            if self._consumer is not None:
-                self._consumer.close()
-        except KafkaException as exc:
-            log.warning("%s: closing the consumer: %s", self.app, exc)
+        if self._consumer is not None:
+            close_group_consumer(self._consumer, what=self.app)
         if self._restorer is not None:
             self._restorer.close()
         if self._producer is not None:

@@ -34,6 +34,7 @@ class FakeConsumer:
         self.closed = False
         self.consume_calls = 0
         self._assigned = False
+        self._unsubscribed = False
         self._lock = threading.Lock()
         self.callbacks: dict[str, Any] = {}
 
@@ -45,6 +46,11 @@ class FakeConsumer:
 
     def consume(self, num_messages: int, timeout: float) -> list[StaticMessage]:
         self.consume_calls += 1
+        if self._unsubscribed:
+            if self._assigned:  # like librdkafka: the revocation runs in the next consume()
+                self._assigned = False
+                self.callbacks["on_revoke"](self, self.partitions)
+            return []
         if not self._assigned:
             self._assigned = True
             self.callbacks["on_assign"](self, self.partitions)
@@ -79,8 +85,16 @@ class FakeConsumer:
         with self._lock:
             self.commits.extend((tp.partition, tp.offset) for tp in offsets)
 
+    def unsubscribe(self) -> None:
+        self._unsubscribed = True
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.partitions if self._assigned else []
+
     def close(self) -> None:
-        self.callbacks["on_revoke"](self, self.partitions)
+        if self._assigned:
+            self._assigned = False
+            self.callbacks["on_revoke"](self, self.partitions)
         self.closed = True
 
     def last_commit(self, partition: int) -> int | None:
