@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 
 from aiohttp import web
 from pydantic import (
@@ -70,7 +70,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -78,6 +77,7 @@ from pydantic import (
 from processors.adapters import jsonwire
 from processors.errors import ConfigError
 from processors.httpserve import base_url, listen
+from processors.sandbox.common import SandboxConfig
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -122,10 +122,11 @@ _NO_PARTNER_BODY: Final = b'{"error":"not_found","message":"no partner with this
 _RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 
 
-class PartnerBehaviour(BaseModel):
+class PartnerBehaviour(SandboxConfig):
     """How a partner answers.  Frozen; change it with :meth:`PartnerReceivers.update`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    config_name: ClassVar[str] = "partner behaviour"
 
     mode: PartnerMode = "healthy"
     delay_ms: int = Field(default=0, ge=0, le=600_000)
@@ -151,18 +152,6 @@ class PartnerBehaviour(BaseModel):
         if self.mode == "slow" and self.delay_ms <= 0:
             raise ValueError("slow mode needs delay_ms > 0")
         return self
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> PartnerBehaviour:
-        """Validate ``values``; a bad value raises :class:`ConfigError` naming the field."""
-        try:
-            return cls.model_validate(dict(values))
-        except ValidationError as exc:
-            raise ConfigError(f"invalid partner behaviour: {_problems(exc)}") from exc
-
-    def updated(self, changes: Mapping[str, Any]) -> PartnerBehaviour:
-        """A copy with ``changes`` applied and validated (:class:`ConfigError` when invalid)."""
-        return PartnerBehaviour.from_mapping({**self.model_dump(), **changes})
 
 
 class PartnerSpec(BaseModel):
@@ -192,12 +181,6 @@ class PartnersConfig(BaseModel):
     partners: tuple[PartnerSpec, ...] = ()
     record_bodies: bool = True
     """Keep each request's body and headers (``False`` for benchmarks; counts are kept either way)."""
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}" for error in exc.errors()
-    )
 
 
 def _checked_secrets(secrets: Iterable[str | SecretStr]) -> tuple[str, ...]:
