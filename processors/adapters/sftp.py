@@ -35,9 +35,9 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from processors.adapters._asyncssh import asyncssh
 from processors.adapters.http import TimeoutSettings
 from processors.errors import ConfigError, IntegrationError, Permanent, Retriable
 

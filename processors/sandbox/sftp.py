@@ -39,8 +39,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
-import asyncssh
 from pydantic import SecretStr
+
+from processors.adapters._asyncssh import asyncssh
 
 __all__ = [
     "DEFAULT_SFTP_PASSWORD",
