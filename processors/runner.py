@@ -27,13 +27,14 @@ from processors.apps.regulatory import build_regulatory_app
 from processors.apps.reinsurance.app import build_reinsurance_app
 from processors.contract import Codec, ContentType, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
+from processors.kafka import KafkaClients
 from processors.observability.audit import KafkaAuditSink, configure_audit_sink
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy, ResilienceConfig, load_resilience
 from processors.resilience.guard import EndpointGuard, Unguarded
-from processors.runtime.engine import Engine, EngineSettings, Ordering, Processor, consumer_config
+from processors.runtime.engine import Engine, EngineSettings, Ordering, Processor
 from processors.runtime.pending import PendingRecordsReader
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 from processors.settings import Settings
 from processors.streams import TransactionalLoop
 from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
@@ -90,9 +91,7 @@ def build_app(
     if breakers is None:  # (an empty registry is falsy: compare with None)
         breakers = resilience.breakers()
     group = settings.group_prefix + name
-    reader = PendingRecordsReader(
-        settings.bootstrap_servers, group, overrides=_client_overrides(settings, "consumer")
-    )
+    reader = PendingRecordsReader(kafka_clients(settings), group)
     guard_class = EndpointGuard
     if name == "payments":
         endpoint = "payment-gateway"
@@ -257,13 +256,9 @@ def _unguarded(endpoint: str, policy: EndpointPolicy, breakers: BreakerRegistry)
     return Unguarded(endpoint, policy, breakers.get(endpoint))
 
 
-def _client_overrides(settings: Settings, role: str) -> dict[str, str]:
-    out = {}
-    for key, value in settings.client_overrides.items():
-        prefix, _, rest = key.partition(".")
-        if prefix in (role, "client"):
-            out[rest] = value
-    return out
+def kafka_clients(settings: Settings) -> KafkaClients:
+    """Every Kafka client configuration of this process (``Settings.client_overrides`` applied)."""
+    return KafkaClients(settings.bootstrap_servers, settings.client_overrides)
 
 
 class Runner:
@@ -317,7 +312,7 @@ class Runner:
             needed.add(catalogue_topic(self.catalogue, "integrations.reinsurance.deliveries"))
         if "regulatory" in self.app_names:
             needed.add(catalogue_topic(self.catalogue, "regulatory.reports"))
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = AdminClient(kafka_clients(self.settings).admin())
         loop = asyncio.get_running_loop()
         try:
             metadata = await loop.run_in_executor(None, lambda: admin.list_topics(timeout=15))
@@ -386,26 +381,18 @@ class Runner:
             app = build_app(
                 name, self.settings, self.catalogue, codec, resilience=resilience, breakers=self.breakers
             )
+            kafka = kafka_clients(self.settings)
             producer = AsyncProducer(
-                {
-                    **producer_config(self.settings.bootstrap_servers, self.settings.client_overrides),
-                    **getattr(app, "producer_overrides", {}),
-                }
+                kafka.producer(max_message_bytes=getattr(app, "max_message_bytes", None))
             )
             await producer.start()
             self._producers.append(producer)
             if len(self._producers) == 1:
                 self._start_audit(producer)
-            conf = consumer_config(
-                self.settings.bootstrap_servers,
-                self.settings.group_prefix + name,
-                self.settings.client_overrides,
-            )
-            conf.update(getattr(app, "consumer_overrides", {}))
             router = getattr(app, "router", None)
-            if router is not None and router.keep_key_order:
-                # The ordering gate needs source partition n and retry partition n together.
-                conf["partition.assignment.strategy"] = "range"
+            # The ordering gate needs source partition n and retry partition n together.
+            key_ordered = router is not None and router.keep_key_order
+            conf = kafka.group_consumer(self.settings.group_prefix + name, key_ordered=key_ordered)
             self.engines.append(
                 Engine(app, consumer_conf=conf, producer=producer, settings=self._engine_settings(name))
             )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from processors.kafka import KafkaClients
 from processors.resilience.breaker import BreakerRegistry, BreakerState, BreakerStats
 from processors.runtime.engine import EngineStats
 
@@ -165,15 +166,14 @@ class BrokerProbe:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: str | KafkaClients,
         *,
-        client_config: Mapping[str, Any] | None = None,
         timeout_s: float = 2.0,
         cache_s: float = 2.0,
         check: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._config = {"bootstrap.servers": bootstrap_servers, **(client_config or {})}
+        self._config = KafkaClients.of(kafka).admin()
         self.timeout_s = timeout_s
         self.cache_s = cache_s
         self._check = check

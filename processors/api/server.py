@@ -60,10 +60,11 @@ from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
 from processors.httpserve import listen
+from processors.kafka import KafkaClients
 from processors.observability.audit import audit_logger
 from processors.resilience.breaker import BreakerRegistry
 from processors.runtime.message import OutRecord
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 from processors.settings import ApiSettings, Settings
 
 __all__ = [
@@ -188,17 +189,12 @@ class ApiServer:
         )
         self.on_rejected = on_rejected
         self.dedupe = Deduplicator(self.api.dedupe_ttl_s, self.api.dedupe_max_entries)
-        client_config = {
-            key.split(".", 1)[1]: value
-            for key, value in settings.client_overrides.items()
-            if key.startswith("client.")
-        }
+        self.kafka = KafkaClients(settings.bootstrap_servers, settings.client_overrides)
         self.health = HealthMonitor(
             engines=engines,
             breakers=breakers,
             broker=BrokerProbe(
-                settings.bootstrap_servers,
-                client_config=client_config,
+                self.kafka,
                 timeout_s=self.api.broker_check_timeout_s,
                 cache_s=self.api.broker_check_cache_s,
             ),
@@ -239,9 +235,7 @@ class ApiServer:
         # Look up (or register) the schema ids now, not on the first confirmation.
         await loop.run_in_executor(None, self.codec.prepare, ["payment.confirmed"])
         if self._producer is None:
-            self._producer = AsyncProducer(
-                producer_config(self.settings.bootstrap_servers, self.settings.client_overrides)
-            )
+            self._producer = AsyncProducer(self.kafka.producer())
             await self._producer.start()
         await self.health.start()
         try:

@@ -49,8 +49,10 @@ def _topics(settings: Any) -> Any:
     return BordereauxTopics.from_catalogue(load_catalogue(settings.topics_file))
 
 
-def _client_config(settings: Any) -> dict[str, str]:
-    return {k.split(".", 1)[1]: v for k, v in settings.client_overrides.items() if k.startswith("client.")}
+def _kafka(settings: Any) -> Any:
+    from processors.kafka import KafkaClients
+
+    return KafkaClients(settings.bootstrap_servers, settings.client_overrides)
 
 
 def _duration(value: timedelta) -> str:
@@ -82,11 +84,10 @@ def _cmd_close(args: argparse.Namespace) -> int:
     treaty = book.treaty(args.treaty)  # unknown treaty: ConfigError naming the known ones
     period = treaty.period_by_id(args.period)  # malformed or foreign period id: ConfigError
     told = send_close(
-        settings.bootstrap_servers,
+        _kafka(settings),
         _topics(settings),
         treaty=treaty.treaty_number,
         period=period.id,
-        client_config=_client_config(settings),
     )
     print(
         f"close of {treaty.treaty_number} {period.id} sent to {told} ledger partition(s); "
@@ -108,11 +109,10 @@ def _cmd_regulatory_close(args: argparse.Namespace) -> int:
     settings = _settings(args)
     day = _day(args.date)
     told = send_close(
-        settings.bootstrap_servers,
+        _kafka(settings),
         _topics(settings),
         treaty=None,
         period=day.isoformat(),
-        client_config=_client_config(settings),
     )
     print(f"close of regulatory day {day} sent to {told} ledger partition(s)")
     return 0
@@ -124,10 +124,9 @@ def _cmd_regulatory_rerun(args: argparse.Namespace) -> int:
     settings = _settings(args)
     day = _day(args.date)
     found = rerun_day(
-        settings.bootstrap_servers,
+        _kafka(settings),
         _topics(settings).regulatory_files,
         day,
-        client_config=_client_config(settings),
     )
     if not found:
         print(f"no file job for {day}: the day is not closed yet (see `processors regulatory close`)")

@@ -7,32 +7,20 @@ regulator already holds.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
 from datetime import date
-from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 
 __all__ = ["find_job", "rerun_day"]
 
 
-def find_job(
-    bootstrap_servers: str, topic: str, day: date, *, client_config: Mapping[str, Any] | None = None
-) -> bytes | None:
+def find_job(kafka: str | KafkaClients, topic: str, day: date) -> bytes | None:
     """The latest committed file job for ``day``, or None."""
-    consumer = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"regulatory-rerun-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            **(client_config or {}),
-        }
-    )
+    consumer = confluent_kafka.Consumer(KafkaClients.of(kafka).reader("regulatory-rerun"))
     wanted = day.isoformat().encode()
     found: bytes | None = None
     try:
@@ -66,22 +54,14 @@ def find_job(
     return found
 
 
-def rerun_day(
-    bootstrap_servers: str, topic: str, day: date, *, client_config: Mapping[str, Any] | None = None
-) -> bool:
+def rerun_day(kafka: str | KafkaClients, topic: str, day: date) -> bool:
     """Publish ``day``'s file job again; False when there is none (the day is not closed)."""
-    job = find_job(bootstrap_servers, topic, day, client_config=client_config)
+    clients = KafkaClients.of(kafka)
+    job = find_job(clients, topic, day)
     if job is None:
         return False
     producer = confluent_kafka.Producer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "message.max.bytes": 16 * 1024 * 1024,
-            **(client_config or {}),
-        }
+        clients.producer(delivery_timeout_s=30.0, max_message_bytes=16 * 1024 * 1024, java_partitioner=True)
     )
     errors: list[str] = []
     producer.produce(

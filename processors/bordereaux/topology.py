@@ -28,6 +28,7 @@ from processors.bordereaux.ledger import Ledger, PartialOut, RejectOut
 from processors.bordereaux.treaties import TreatyBook
 from processors.contract.codec import Codec
 from processors.errors import ConfigError, ContractError, ProcessorsError, ValidationFailed
+from processors.kafka import KafkaClients
 from processors.streams import ChangelogStore, Emitter, StageSpec, TransactionalLoop
 from processors.streams.driver import MemoryMessage
 from processors.topics.catalogue import Catalogue
@@ -385,15 +386,13 @@ def build_stages(
     ]
 
 
-def partition_counts(
-    bootstrap_servers: str, topics: BordereauxTopics, conf: Mapping[str, Any]
-) -> dict[str, int]:
+def partition_counts(kafka: KafkaClients, topics: BordereauxTopics) -> dict[str, int]:
     """Partitions of every topic the stages need; a missing one is a start-up error."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **conf})
+    admin = AdminClient(kafka.admin())
     try:
         metadata = admin.list_topics(timeout=15)
     except confluent_kafka.KafkaException as exc:
-        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise ConfigError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}") from exc
     needed = [
         topics.policy_events,
         topics.claim_events,
@@ -440,41 +439,22 @@ def build_loop(
 
     ``idle_source_after_s``: a source partition with nothing to read for that long stops
     holding event time back (``None``: never)."""
-    overrides = dict(client_overrides or {})
-    common = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("client.")}
-    counts = partition_counts(bootstrap_servers, topics, common)
+    kafka = KafkaClients(bootstrap_servers, client_overrides or {})
+    counts = partition_counts(kafka, topics)
     instance = instance_id or socket.gethostname()
-    consumer_conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "group.id": group_id,
+    consumer_conf = kafka.group_consumer(
+        group_id,
         # Static membership: a restarted instance takes its partitions back without a rebalance.
-        "group.instance.id": instance,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": 45_000,
-        "max.poll.interval.ms": 600_000,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        **common,
-    }
-    producer_conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "transactional.id": f"{group_id}.{instance}",
-        "transaction.timeout.ms": 30_000,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "message.max.bytes": 16 * 1024 * 1024,
+        static_member=instance,
+        max_poll_interval_s=600.0,
+        max_fetch_bytes=64 * 1024 * 1024,
+    )
+    producer_conf = kafka.transactional(
+        f"{group_id}.{instance}",
+        max_message_bytes=16 * 1024 * 1024,
         # Java clients' partitioner: keys land where any other Kafka client would put them.
-        "partitioner": "murmur2_random",
-        **common,
-    }
-    for key, value in overrides.items():
-        role, _, name = key.partition(".")
-        if role == "consumer":
-            consumer_conf[name] = value
-        elif role == "producer":
-            producer_conf[name] = value
+        java_partitioner=True,
+    )
     stages = build_stages(book=book, codec=codec, topics=topics, partition_counts=counts)
     return TransactionalLoop(
         app="bordereaux",
@@ -492,12 +472,11 @@ def close_command(treaty: str | None, period: str) -> bytes:
 
 
 def send_close(
-    bootstrap_servers: str,
+    kafka: str | KafkaClients,
     topics: BordereauxTopics,
     *,
     treaty: str | None,
     period: str,
-    client_config: Mapping[str, Any] | None = None,
 ) -> int:
     """Ask every ledger partition to close ``period`` of ``treaty`` (``None``: a regulatory day).
 
@@ -508,14 +487,7 @@ def send_close(
             date.fromisoformat(period)
         except ValueError as exc:
             raise ConfigError(f"a regulatory day is written YYYY-MM-DD, not {period!r}") from exc
-    producer = confluent_kafka.Producer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            **(client_config or {}),
-        }
-    )
+    producer = confluent_kafka.Producer(KafkaClients.of(kafka).producer(delivery_timeout_s=30.0))
     metadata = producer.list_topics(topics.by_policy, timeout=15)
     described = metadata.topics.get(topics.by_policy)
     if described is None or described.error is not None or not described.partitions:

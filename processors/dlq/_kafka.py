@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import confluent_kafka
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 
 __all__ = [
     "KafkaConfig",
-    "admin_config",
-    "base_config",
+    "clients",
     "consumer_config",
     "partition_counts",
     "producer_config",
@@ -37,52 +36,34 @@ _TRANSIENT = frozenset(
     }
 )
 
-KafkaConfig = str | Mapping[str, Any]
-"""Bootstrap servers, or a full librdkafka configuration (security settings and the like)."""
+KafkaConfig = str | Mapping[str, Any] | KafkaClients
+"""Bootstrap servers, a full librdkafka property set (security settings and the like, as Kafka's
+own tools read from ``--command-config``), or clients already made."""
 
 _CONSUMER_ONLY = ("group.", "enable.auto", "auto.", "isolation.", "session.", "heartbeat.", "max.poll")
 
 
-def base_config(kafka: KafkaConfig) -> dict[str, Any]:
-    """The common client settings: ``bootstrap.servers`` and whatever else was given."""
-    conf: dict[str, Any] = {"bootstrap.servers": kafka} if isinstance(kafka, str) else dict(kafka)
-    servers = str(conf.get("bootstrap.servers") or "").strip()
-    if not servers:
-        raise ConfigError("no Kafka cluster: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS")
-    conf["bootstrap.servers"] = servers
-    return {k: v for k, v in conf.items() if not k.startswith(_CONSUMER_ONLY)}
+def clients(kafka: KafkaConfig, *, bootstrap_servers: str | None = None) -> KafkaClients:
+    """The client configurations of the dead-letter tooling.  Consumer-only settings in a given
+    property set are left out: each client's role sets its own.  ``bootstrap_servers``, when
+    given, replaces the set's own."""
+    if isinstance(kafka, KafkaClients):
+        return kafka
+    if isinstance(kafka, str):
+        return KafkaClients(bootstrap_servers or kafka)
+    props = {k: v for k, v in kafka.items() if not k.startswith(_CONSUMER_ONLY)}
+    return KafkaClients.from_properties(props, bootstrap_servers=bootstrap_servers)
 
 
 def consumer_config(kafka: KafkaConfig, *, group_id: str | None = None) -> dict[str, Any]:
-    """A consumer that never commits on its own and reads committed records only.
-
-    Without ``group_id`` the consumer gets a throw-away group id that never reaches the
-    broker: it assigns partitions explicitly and never subscribes or commits.
-    """
-    return {
-        **base_config(kafka),
-        "group.id": group_id or f"processors-dlq-reader.{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-    }
+    """A reader of committed records that never commits on its own (``group_id``: the group
+    whose offsets it reads and, asked explicitly, writes; it never joins it)."""
+    return clients(kafka).reader("processors-dlq-reader", group_id=group_id, eof=True)
 
 
 def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
     """Idempotent, acks=all; a delivery that does not succeed within 2 minutes fails."""
-    return {
-        **base_config(kafka),
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "message.timeout.ms": 120_000,
-    }
-
-
-def admin_config(kafka: KafkaConfig) -> dict[str, Any]:
-    return base_config(kafka)
+    return clients(kafka).producer(delivery_timeout_s=120.0, linger_ms=5)
 
 
 def partition_counts(client: Any, topics: set[str], *, timeout_s: float) -> dict[str, int]:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TextIO
 
-from processors.dlq._kafka import KafkaConfig
+from processors.dlq._kafka import KafkaConfig, clients
 from processors.dlq.filters import DlqFilter
 from processors.dlq.lock import ReplayLockHeld, ReplayLockLost
 from processors.dlq.reader import read_dead_letter, scan, stats
@@ -221,15 +221,8 @@ def _filter(args: argparse.Namespace) -> DlqFilter:
 
 
 def _kafka(args: argparse.Namespace) -> KafkaConfig:
-    conf: dict[str, Any] = {}
-    if args.client_config is not None:
-        conf.update(read_client_config(args.client_config))
-    servers = (args.bootstrap_servers or "").strip()
-    if servers:
-        conf["bootstrap.servers"] = servers
-    if not str(conf.get("bootstrap.servers") or "").strip():
-        raise ConfigError(f"no Kafka cluster: pass --bootstrap-servers or set {ENV_BOOTSTRAP}")
-    return conf
+    properties = read_client_config(args.client_config) if args.client_config is not None else {}
+    return clients(properties, bootstrap_servers=args.bootstrap_servers)
 
 
 def read_client_config(path: Path) -> dict[str, str]:

@@ -40,7 +40,7 @@ from typing import Any, Self
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
 
-from processors.dlq._kafka import KafkaConfig, admin_config, base_config, retrying
+from processors.dlq._kafka import KafkaConfig, clients, retrying
 from processors.errors import BrokerError, ConfigError, ProcessorsError
 
 __all__ = ["LOCK_GROUP_PREFIX", "ReplayLock", "ReplayLockHeld", "ReplayLockLost", "lock_group"]
@@ -85,8 +85,8 @@ class ReplayLock:
         self.dlq_topic = dlq_topic
         self.group = lock_group(dlq_topic)
         self.timeout_s = timeout_s
-        self._base = base_config(kafka)
-        self._admin_config = admin_config(kafka)
+        self._kafka = clients(kafka)
+        self._admin_config = self._kafka.admin()
         self._client_id = _holder_id(operator)
         self._session_timeout_ms = session_timeout_ms
         self._consumer: Any = None
@@ -197,16 +197,9 @@ class ReplayLock:
         )
 
     def _join(self) -> None:
-        conf = {
-            **self._base,
-            "group.id": self.group,
-            "client.id": self._client_id,
-            "session.timeout.ms": self._session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self._session_timeout_ms // 10),
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "latest",
-        }
+        conf = self._kafka.member(
+            self.group, client_id=self._client_id, session_timeout_ms=self._session_timeout_ms
+        )
         try:
             self._consumer = confluent_kafka.Consumer(conf)
             self._consumer.subscribe(

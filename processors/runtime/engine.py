@@ -33,6 +33,7 @@ import confluent_kafka
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors.errors import Backpressure, BrokerError, ConfigError
+from processors.kafka import KafkaClients
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.tracker import PartitionState
@@ -45,7 +46,6 @@ __all__ = [
     "Ordering",
     "OutputProducer",
     "Processor",
-    "consumer_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,27 +124,6 @@ class EngineStats:
     partitions: list[TP] = field(default_factory=list)
 
 
-def consumer_config(
-    bootstrap_servers: str, group_id: str, overrides: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "isolation.level": "read_committed",
-        "session.timeout.ms": 45_000,
-        "max.poll.interval.ms": 300_000,
-        "enable.partition.eof": False,
-    }
-    for key, value in (overrides or {}).items():
-        if key.startswith(("consumer.", "client.")):
-            conf[key.split(".", 1)[1]] = value
-    return conf
-
-
 class Engine:
     def __init__(
         self,
@@ -157,7 +136,7 @@ class Engine:
     ) -> None:
         self.processor = processor
         self.settings = settings or EngineSettings()
-        self.group = str(consumer_conf["group.id"])
+        self.group = KafkaClients.group_of(consumer_conf)
         self.stats = EngineStats()
         self._consumer_conf = dict(consumer_conf)
         self._producer = producer

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import confluent_kafka
 
 from processors.errors import BrokerError
+from processors.kafka import KafkaClients
 from processors.runtime.message import KafkaMessage
 
 __all__ = ["PendingRecordsReader"]
@@ -39,22 +38,13 @@ class PendingRecordsReader:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: str | KafkaClients,
         group_id: str,
         *,
-        overrides: Mapping[str, Any] | None = None,
         timeout_s: float = 60.0,
     ) -> None:
-        self._conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "client.id": f"pending-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            **(overrides or {}),
-        }
+        # the group's committed offsets are read, never written: the reader never joins it
+        self._conf = KafkaClients.of(kafka).reader("pending-reader", group_id=group_id)
         self._timeout_s = timeout_s
 
     def __call__(self, partitions: Sequence[TP]) -> Sequence[KafkaMessage]:

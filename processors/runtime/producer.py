@@ -18,27 +18,9 @@ import confluent_kafka
 from processors.errors import BrokerError
 from processors.runtime.message import OutRecord
 
-__all__ = ["AsyncProducer", "producer_config"]
+__all__ = ["AsyncProducer"]
 
 log = logging.getLogger(__name__)
-
-
-def producer_config(bootstrap_servers: str, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "compression.type": "lz4",
-        # Never give up on a record on our own: the runtime does not commit past it, and an
-        # operator sees the broker outage in health and logs.
-        "delivery.timeout.ms": 2_147_483_647,
-        "message.timeout.ms": 0,
-    }
-    for key, value in (overrides or {}).items():
-        if key.startswith(("producer.", "client.")):
-            conf[key.split(".", 1)[1]] = value
-    return conf
 
 
 class AsyncProducer:

@@ -31,6 +31,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.errors import BrokerError
+from processors.kafka import KafkaClients
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import dead_letter
 from processors.streams.store import ChangelogStore, restore
@@ -164,20 +165,15 @@ class TransactionalLoop:
         """``idle_after_s``: see :class:`Task` (``None`` or 0: tasks are never told they are idle)."""
         self.app = app
         self.stages = list(stages)
-        self.group = str(consumer_conf["group.id"])
+        self.group = KafkaClients.group_of(consumer_conf)
         self.dlq_topic = dlq_topic
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.transaction_timeout_s = transaction_timeout_s
         self.stats = LoopStats()
-        self._consumer_conf = {
-            **consumer_conf,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-        }
+        self._consumer_conf = KafkaClients.exactly_once_consumer(consumer_conf)
         self._producer_conf = dict(producer_conf)
-        if "transactional.id" not in self._producer_conf:
+        if not KafkaClients.is_transactional(self._producer_conf):
             raise BrokerError("a transactional loop needs producer transactional.id")
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
@@ -237,13 +233,7 @@ class TransactionalLoop:
         except KafkaException as exc:
             raise BrokerError(f"{self.app}: cannot initialise transactions: {exc}") from exc
         self._consumer = self._consumer_factory(self._consumer_conf)
-        restorer_conf = {
-            key: value
-            for key, value in self._consumer_conf.items()
-            if key not in ("group.id", "partition.assignment.strategy", "group.instance.id")
-        }
-        restorer_conf["group.id"] = f"{self.group}.restore-unused"
-        self._restorer = self._consumer_factory(restorer_conf)
+        self._restorer = self._consumer_factory(KafkaClients.restorer_of(self._consumer_conf))
         self._consumer.subscribe(
             sorted(self._by_topic),
             on_assign=self._on_assign,

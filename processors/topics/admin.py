@@ -40,6 +40,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 from processors.topics.catalogue import Catalogue, TopicSpec
 
 __all__ = ["Change", "Drift", "Survey", "apply", "check", "plan", "survey"]
@@ -88,46 +89,42 @@ class Survey:
 
 
 def plan(
-    admin_conf: Mapping[str, str],
+    kafka: str | Mapping[str, Any] | KafkaClients,
     catalogue: Catalogue,
     *,
     replication_factor: int | None = None,
     timeout_s: float = 30.0,
 ) -> list[Change]:
     """What :func:`apply` would change, in the order it would do it."""
-    return list(
-        survey(admin_conf, catalogue, replication_factor=replication_factor, timeout_s=timeout_s).changes
-    )
+    return list(survey(kafka, catalogue, replication_factor=replication_factor, timeout_s=timeout_s).changes)
 
 
 def check(
-    admin_conf: Mapping[str, str],
+    kafka: str | Mapping[str, Any] | KafkaClients,
     catalogue: Catalogue,
     *,
     replication_factor: int | None = None,
     timeout_s: float = 30.0,
 ) -> list[Drift]:
     """Every difference between the cluster and the catalogue; empty when they match."""
-    return list(
-        survey(admin_conf, catalogue, replication_factor=replication_factor, timeout_s=timeout_s).drift
-    )
+    return list(survey(kafka, catalogue, replication_factor=replication_factor, timeout_s=timeout_s).drift)
 
 
 def survey(
-    admin_conf: Mapping[str, str],
+    kafka: str | Mapping[str, Any] | KafkaClients,
     catalogue: Catalogue,
     *,
     replication_factor: int | None = None,
     timeout_s: float = 30.0,
 ) -> Survey:
     """Changes, drift and unmanaged topics in one look at the cluster."""
-    cluster = _Cluster(admin_conf, timeout_s)
+    cluster = _Cluster(kafka, timeout_s)
     target = catalogue.with_replication_factor(replication_factor)
     return cluster.survey(target, overridden=replication_factor is not None)
 
 
 def apply(
-    admin_conf: Mapping[str, str],
+    kafka: str | Mapping[str, Any] | KafkaClients,
     catalogue: Catalogue,
     *,
     replication_factor: int | None = None,
@@ -140,7 +137,7 @@ def apply(
     topics are still made), or when the cluster does not show the result within
     ``timeout_s``; :class:`ConfigError` when the replication factor is impossible.
     """
-    cluster = _Cluster(admin_conf, timeout_s)
+    cluster = _Cluster(kafka, timeout_s)
     target = catalogue.with_replication_factor(replication_factor)
     found = cluster.survey(target, overridden=replication_factor is not None)
     if dry_run or not found.changes:
@@ -212,15 +209,14 @@ class _ClientLog(logging.Handler):
 class _Cluster:
     """One admin client, one deadline, and the operations on them."""
 
-    def __init__(self, admin_conf: Mapping[str, str], timeout_s: float) -> None:
-        conf: dict[str, str | int | float | bool] = dict(admin_conf)
-        self.bootstrap = str(conf.get("bootstrap.servers", ""))
-        if not self.bootstrap:
-            raise ConfigError("the Kafka admin config needs 'bootstrap.servers'")
+    def __init__(self, kafka: str | Mapping[str, Any] | KafkaClients, timeout_s: float) -> None:
+        clients = KafkaClients.of(kafka)
+        conf = clients.admin()
+        self.bootstrap = clients.bootstrap_servers
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.client_log = _ClientLog()
-        conf.setdefault("logger", self.client_log.logger())  # type: ignore[arg-type]  # accepted by the client
+        conf.setdefault("logger", self.client_log.logger())  # accepted by the Python client
         try:
             self.admin = AdminClient(conf)
         except (KafkaException, ValueError, TypeError) as exc:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 from processors.topics import admin
 from processors.topics.catalogue import Catalogue, CatalogueError, load_catalogue
 from processors.topics.durations import format_duration
@@ -107,11 +108,8 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _admin_conf(args: argparse.Namespace) -> dict[str, str]:
-    servers = (args.bootstrap_servers or "").strip()
-    if not servers:
-        raise ConfigError(f"no Kafka cluster: pass --bootstrap-servers or set {ENV_BOOTSTRAP}")
-    return {"bootstrap.servers": servers}
+def _admin_conf(args: argparse.Namespace) -> KafkaClients:
+    return KafkaClients((args.bootstrap_servers or "").strip())
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

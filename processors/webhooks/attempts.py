@@ -23,7 +23,6 @@ import heapq
 import logging
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 from processors.runtime.engine import OutputProducer
 from processors.runtime.failures import PROVENANCE_HEADERS
 from processors.runtime.message import HeaderList, OutRecord, header_value
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT",
@@ -373,29 +373,6 @@ def _require_aware(value: datetime | None) -> None:
 # --------------------------------------------------------------------------------- feed
 
 
-def _client_conf(overrides: Mapping[str, str] | None, role: str) -> dict[str, str]:
-    """librdkafka settings from ``<role>.<key>`` and ``client.<key>`` overrides."""
-    return {
-        key.split(".", 1)[1]: value
-        for key, value in (overrides or {}).items()
-        if key.startswith((f"{role}.", "client."))
-    }
-
-
-def _reader_conf(bootstrap_servers: str, name: str, overrides: Mapping[str, str] | None) -> dict[str, Any]:
-    """A consumer that is only assigned partitions: it never joins its group nor commits."""
-    return {
-        "bootstrap.servers": bootstrap_servers,
-        "group.id": f"{name}-{uuid.uuid4().hex}",
-        "client.id": f"{name}-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        **_client_conf(overrides, "consumer"),
-    }
-
-
 @dataclass(slots=True)
 class _Step:
     """What one turn of the poll thread brings back to the event loop."""
@@ -443,11 +420,9 @@ class AttemptsFeed:
     ) -> None:
         self.topic = topic
         self.view = view
-        self._conf = _reader_conf(bootstrap_servers, "webhook-attempts", client_overrides)
-        self._admin_conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            **_client_conf(client_overrides, "admin"),
-        }
+        kafka = KafkaClients(bootstrap_servers, client_overrides or {})
+        self._conf = kafka.reader("webhook-attempts")
+        self._admin_conf = kafka.admin()
         self._poll_batch = poll_batch
         self._poll_timeout_s = poll_timeout_ms / 1000
         self._metadata_refresh_s = metadata_refresh_s
@@ -775,8 +750,7 @@ class Redeliverer:
         producer: OutputProducer | None = None,
     ) -> None:
         self.dispatch_topic = dispatch_topic
-        self._bootstrap_servers = bootstrap_servers
-        self._overrides = dict(client_overrides or {})
+        self._kafka = KafkaClients(bootstrap_servers, client_overrides or {})
         self._fetch_timeout_s = fetch_timeout_s
         self._produce_timeout_s = produce_timeout_s
         self._clock = clock
@@ -788,11 +762,8 @@ class Redeliverer:
         """Create the producer (unless one was given)."""
         if self._producer is not None:
             return
-        conf = producer_config(self._bootstrap_servers, self._overrides)
         # An operator waits for the answer: a copy that cannot be written fails, it does not linger.
-        conf.pop("delivery.timeout.ms", None)
-        conf["message.timeout.ms"] = max(1, int(self._produce_timeout_s * 1000))
-        producer = AsyncProducer(conf)
+        producer = AsyncProducer(self._kafka.producer(delivery_timeout_s=self._produce_timeout_s))
         await producer.start()
         self._producer = self._owned = producer
 
@@ -882,8 +853,7 @@ class Redeliverer:
             backoff_s = min(backoff_s * 2, 2.0)
 
     def _fetch_once(self, jobs: Sequence[JobRef], deadline: float) -> tuple[list[_Fetched], list[JobRef]]:
-        conf = _reader_conf(self._bootstrap_servers, "webhook-redeliver", self._overrides)
-        conf["enable.partition.eof"] = True
+        conf = self._kafka.reader("webhook-redeliver", eof=True)
         try:
             consumer = self._consumer_factory(conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:

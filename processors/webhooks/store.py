@@ -23,16 +23,16 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import confluent_kafka
 
 from processors.errors import BrokerError, ConfigError
+from processors.kafka import KafkaClients
 from processors.runtime.message import OutRecord
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 from processors.webhooks.subscriptions import Subscription, SubscriptionTable
 
 __all__ = ["Listener", "SubscriptionStore"]
@@ -79,30 +79,13 @@ class SubscriptionStore:
         self.write_timeout_s = write_timeout_s
         self.start_timeout_s = start_timeout_s
         self._poll_timeout_s = poll_timeout_s
-        overrides = dict(client_overrides or {})
-        self._consumer_conf: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            # Never used to join or commit: partitions are assigned and nothing is committed.
-            "group.id": f"webhook-subscriptions-{uuid.uuid4().hex[:12]}",
-            "client.id": "webhook-subscriptions-reader",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # A put() returns once its record is read back: do not let an idle fetch sit on the
-            # broker for the default 500 ms (the topic is small; the extra fetches are cheap).
-            "fetch.wait.max.ms": 100,
-        }
-        for key, value in overrides.items():
-            if key.startswith(("consumer.", "client.")):
-                self._consumer_conf[key.split(".", 1)[1]] = value
-        self._producer_conf = producer_config(bootstrap_servers, overrides)
+        kafka = KafkaClients(bootstrap_servers, client_overrides or {})
+        # Never used to join or commit: partitions are assigned and nothing is committed.  A put()
+        # returns once its record is read back: an idle fetch does not sit on the broker for the
+        # default 500 ms (the topic is small; the extra fetches are cheap).
+        self._consumer_conf = kafka.reader("webhook-subscriptions", fetch_wait_ms=100)
         # A partner waits on put(): a broker outage fails it instead of queueing for ever.
-        timeout_ms = str(max(1, int(write_timeout_s * 1000)))
-        self._producer_conf["delivery.timeout.ms"] = timeout_ms
-        self._producer_conf["message.timeout.ms"] = timeout_ms
-        self._producer_conf["linger.ms"] = 0
+        self._producer_conf = kafka.producer(delivery_timeout_s=write_timeout_s, linger_ms=0)
         self._table = SubscriptionTable()
         self._listeners: list[Listener] = []
         self._producer: AsyncProducer | None = None

@@ -19,11 +19,12 @@ from pydantic import SecretStr
 from processors.apps.regulatory import RegulatoryApp, RegulatorySettings, build_regulatory_app
 from processors.apps.regulatory.files import CSV_HEADER
 from processors.contract import Codec, LocalSchemaIds
+from processors.kafka import KafkaClients
 from processors.resilience.config import EndpointPolicy, ResilienceConfig, TimeoutPolicy
 from processors.resilience.retry import RetryPolicy
-from processors.runtime.engine import Engine, consumer_config
+from processors.runtime.engine import Engine
 from processors.runtime.failures import H
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 from processors.sandbox.sftp import SftpRegulator
 from processors.topics.admin import apply
 from processors.topics.catalogue import Catalogue, load_catalogue
@@ -96,10 +97,12 @@ def announcement(msg: confluent_kafka.Message) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def running(app: RegulatoryApp, bootstrap: str, group: str) -> AsyncIterator[Engine]:
-    producer = AsyncProducer(producer_config(bootstrap))
+    kafka = KafkaClients(bootstrap)
+    producer = AsyncProducer(kafka.producer())
     await producer.start()
-    conf = consumer_config(bootstrap, group)
-    conf["partition.assignment.strategy"] = "range"  # key order across retry tiers, as the runner sets it
+    conf = kafka.group_consumer(
+        group, key_ordered=True
+    )  # key order across retry tiers, as the runner sets it
     engine = Engine(app, consumer_conf=conf, producer=producer)
     task = asyncio.create_task(engine.run())
     try:

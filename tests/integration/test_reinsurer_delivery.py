@@ -24,18 +24,18 @@ from processors.adapters.http import AiohttpTransport, TimeoutSettings
 from processors.adapters.reinsurer import ReinsurerClient, ReinsurerSettings, ReportConflict
 from processors.apps.reinsurance import (
     APP,
-    CONSUMER_OVERRIDES,
-    PRODUCER_OVERRIDES,
+    MAX_MESSAGE_BYTES,
     ReinsuranceSettings,
     build_reinsurance_app,
 )
+from processors.kafka import KafkaClients
 from processors.resilience.classify import PermanentHttpStatus, RetriableHttpStatus
 from processors.resilience.config import EndpointPolicy, parse_resilience
 from processors.resilience.guard import EndpointGuard
 from processors.resilience.retry import RetryPolicy
-from processors.runtime.engine import Engine, EngineSettings, consumer_config
+from processors.runtime.engine import Engine, EngineSettings
 from processors.runtime.failures import H
-from processors.runtime.producer import AsyncProducer, producer_config
+from processors.runtime.producer import AsyncProducer
 from processors.sandbox.reinsurer import ReinsurerConfig
 from processors.sandbox.server import SandboxServer
 from processors.topics.admin import apply
@@ -308,10 +308,9 @@ async def test_the_app_delivers_committed_reports_once_and_dead_letters_what_it_
         app = build_reinsurance_app(
             settings, catalogue.app(APP), resilience=resilience, breakers=resilience.breakers()
         )
-        conf = consumer_config(kafka_bootstrap, f"{prefix}{APP}")
-        conf.update(CONSUMER_OVERRIDES)
-        conf["partition.assignment.strategy"] = "range"
-        producer = AsyncProducer({**producer_config(kafka_bootstrap), **PRODUCER_OVERRIDES})
+        kafka = KafkaClients(kafka_bootstrap)
+        conf = kafka.group_consumer(f"{prefix}{APP}", key_ordered=True)
+        producer = AsyncProducer(kafka.producer(max_message_bytes=MAX_MESSAGE_BYTES))
         await producer.start()
         engine = Engine(
             app, consumer_conf=conf, producer=producer, settings=EngineSettings(commit_interval_ms=100)

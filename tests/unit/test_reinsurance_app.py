@@ -13,9 +13,8 @@ from processors.adapters.http import HttpRequest, HttpResponse, TimeoutSettings
 from processors.adapters.reinsurer import ReinsurerSettings, ReportConflict, SubmitResult
 from processors.apps.reinsurance import (
     APP,
-    CONSUMER_OVERRIDES,
+    MAX_MESSAGE_BYTES,
     MAX_REPORT_BYTES,
-    PRODUCER_OVERRIDES,
     ReinsuranceApp,
     ReinsuranceSettings,
     ReportRef,
@@ -25,12 +24,12 @@ from processors.apps.reinsurance import (
     endpoint_of,
     read_report,
 )
-from processors.errors import ContractError, DecodeError, Retriable, ValidationFailed
+from processors.errors import ConfigError, ContractError, DecodeError, Retriable, ValidationFailed
+from processors.kafka import KafkaClients
 from processors.observability.audit import MemoryAuditSink, configure_audit_sink
 from processors.resilience.config import EndpointPolicy, parse_resilience
 from processors.resilience.guard import EndpointGuard, Unguarded
 from processors.resilience.retry import RetryPolicy
-from processors.runtime.engine import consumer_config
 from processors.runtime.failures import H
 from processors.runtime.message import StaticMessage, header_value
 from processors.topics.catalogue import AppTopics, parse_catalogue
@@ -391,19 +390,20 @@ def test_the_builder_takes_the_reinsurer_endpoints_policy(enabled: bool, guard_t
 
 
 def test_the_app_reads_committed_reports_only() -> None:
-    assert CONSUMER_OVERRIDES == {"isolation.level": "read_committed"}
-    assert ReinsuranceApp.consumer_overrides == CONSUMER_OVERRIDES
-    # The engine's consumer config reads committed records already; the app's requirement wins
-    # over an operator override that would weaken it.
-    conf = consumer_config("b:9092", "g", {"consumer.isolation.level": "read_uncommitted"})
-    assert consumer_config("b:9092", "g")["isolation.level"] == "read_committed"
-    assert {**conf, **CONSUMER_OVERRIDES}["isolation.level"] == "read_committed"
+    # Every consumer of the processors reads committed records; an operator override that
+    # would weaken it is refused at start-up instead of applied.
+    assert KafkaClients("b:9092").group_consumer("g")["isolation.level"] == "read_committed"
+    weakened = KafkaClients("b:9092", {"consumer.isolation.level": "read_uncommitted"})
+    with pytest.raises(ConfigError, match=r"consumer\.isolation\.level"):
+        weakened.group_consumer("g")
 
 
 def test_a_report_of_the_largest_size_fits_every_topic_it_may_move_to() -> None:
     catalogue = parse_catalogue(CATALOGUE)
-    assert {"message.max.bytes": str(MAX_REPORT_BYTES)} == PRODUCER_OVERRIDES
-    assert ReinsuranceApp.producer_overrides == PRODUCER_OVERRIDES
+    assert MAX_MESSAGE_BYTES == MAX_REPORT_BYTES
+    assert ReinsuranceApp.max_message_bytes == MAX_REPORT_BYTES
+    conf = KafkaClients("b:9092").producer(max_message_bytes=MAX_MESSAGE_BYTES)
+    assert conf["message.max.bytes"] == MAX_REPORT_BYTES
     topics = app_topics()
     for name in (SOURCE, *topics.failure_topics):
         assert catalogue.topic(name).config["max.message.bytes"] == str(MAX_REPORT_BYTES), name

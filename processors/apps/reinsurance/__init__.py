@@ -2,10 +2,9 @@
 
 from processors.apps.reinsurance.app import (
     APP,
-    CONSUMER_OVERRIDES,
     DELIVERIES_TOPIC,
+    MAX_MESSAGE_BYTES,
     MAX_REPORT_BYTES,
-    PRODUCER_OVERRIDES,
     ReinsuranceApp,
     ReinsuranceSettings,
     ReportRef,
@@ -18,10 +17,9 @@ from processors.apps.reinsurance.app import (
 
 __all__ = [
     "APP",
-    "CONSUMER_OVERRIDES",
     "DELIVERIES_TOPIC",
+    "MAX_MESSAGE_BYTES",
     "MAX_REPORT_BYTES",
-    "PRODUCER_OVERRIDES",
     "ReinsuranceApp",
     "ReinsuranceSettings",
     "ReportRef",

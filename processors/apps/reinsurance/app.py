@@ -37,7 +37,7 @@ With key order kept, a treaty's later reports wait behind one in a retry tier, s
 receives a treaty's periods in the order they closed.
 
 A bordereau is one record of up to 16 MiB (:data:`MAX_REPORT_BYTES`): the app's producer
-needs :data:`PRODUCER_OVERRIDES` and its retry, DLQ and parking topics the same
+needs :data:`MAX_MESSAGE_BYTES` and its retry, DLQ and parking topics the same
 ``max.message.bytes`` as ``reinsurance.bordereaux``, or a failed large report could not move on.
 
 Nothing here logs or audits a report body (policy numbers, amounts): only the report id.
@@ -78,10 +78,9 @@ from processors.topics.catalogue import AppTopics
 
 __all__ = [
     "APP",
-    "CONSUMER_OVERRIDES",
     "DELIVERIES_TOPIC",
+    "MAX_MESSAGE_BYTES",
     "MAX_REPORT_BYTES",
-    "PRODUCER_OVERRIDES",
     "REPORT_TYPES",
     "ReinsuranceApp",
     "ReinsuranceSettings",
@@ -101,13 +100,11 @@ APP: Final = "bordereaux-delivery"
 
 DELIVERIES_TOPIC: Final = "integrations.reinsurance.deliveries"
 
-CONSUMER_OVERRIDES: Final[Mapping[str, str]] = {"isolation.level": "read_committed"}
-"""Consumer settings this app cannot do without, applied after any operator override."""
-
 MAX_REPORT_BYTES: Final = 16 * 1024 * 1024
 """A bordereau is one record of up to this size (``max.message.bytes`` of ``reinsurance.bordereaux``)."""
 
-PRODUCER_OVERRIDES: Final[Mapping[str, str]] = {"message.max.bytes": str(MAX_REPORT_BYTES)}
+MAX_MESSAGE_BYTES: Final = MAX_REPORT_BYTES
+"""The largest record this app's producer sends (a report moving to a retry tier or the DLQ)."""
 """Producer settings this app needs: a failed report moves whole to a retry tier or the DLQ."""
 
 REPORT_TYPES: Final[Mapping[str, str]] = {"PREMIUM_BORDEREAUX": "P", "CLAIMS_BORDEREAUX": "C"}
@@ -272,8 +269,7 @@ class ReinsuranceApp(RetryGateMixin):
     """Delivers closed bordereaux to the reinsurer; a :class:`~processors.runtime.engine.Processor`."""
 
     name: ClassVar[str] = APP
-    consumer_overrides: ClassVar[Mapping[str, str]] = CONSUMER_OVERRIDES
-    producer_overrides: ClassVar[Mapping[str, str]] = PRODUCER_OVERRIDES
+    max_message_bytes: ClassVar[int] = MAX_MESSAGE_BYTES
 
     def __init__(
         self,
