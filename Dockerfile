@@ -17,6 +17,8 @@ WORKDIR /src
 COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN uv sync --frozen --no-install-project --no-editable --python /usr/local/bin/python3
 COPY processors ./processors
+# the development tooling: the sandbox services and the development broker (docker-compose.yml)
+COPY processors_dev ./processors_dev
 RUN uv sync --frozen --no-editable --python /usr/local/bin/python3
 
 FROM python:3.11-slim

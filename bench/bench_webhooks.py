@@ -35,10 +35,7 @@ import aiohttp
 
 from bench.common import broker, isolated_catalogue
 from processors.adapters.http import HttpRequest
-from processors.demo import publish_events
-from processors.devbroker import BrokerInfo
 from processors.runner import Runner
-from processors.samples import MIXED_TYPES, mixed_events
 from processors.settings import Settings, load_settings
 from processors.webhooks.secrets import SecretBox, StoredSecret
 from processors.webhooks.signing import signature_headers
@@ -46,6 +43,9 @@ from processors.webhooks.ssrf import SsrfPolicy
 from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.subscriptions import Subscription
 from processors.webhooks.transport import PinnedTransport
+from processors_dev.demo import publish_events
+from processors_dev.devbroker import BrokerInfo
+from processors_dev.samples import MIXED_TYPES, mixed_events
 
 ENDPOINTS = 100
 SECRET = "whsec_" + base64.b64encode(b"bench-partner-secret-32-bytes!!!").decode()
@@ -146,7 +146,7 @@ async def pipeline_rate(
     info: BrokerInfo, base: str, *, events: int, concurrency: int, dead: int, resilience: bool = True
 ) -> tuple[float, int]:
     """Deliveries/s to the healthy endpoints, and how many that was."""
-    from processors.sandbox.partners import closed_port_url
+    from processors_dev.sandbox.partners import closed_port_url
 
     with tempfile.TemporaryDirectory() as tmp:
         catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))

@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 
 from processors.adapters import jsonwire
-from processors.devbroker import BrokerInfo, BrokerKind, provide_broker
 from processors.runner import Runner
-from processors.samples import premium_due_stream
 from processors.settings import load_settings
 from processors.topics.admin import apply
 from processors.topics.catalogue import Catalogue, load_catalogue
+from processors_dev.devbroker import BrokerInfo, BrokerKind, provide_broker
+from processors_dev.samples import premium_due_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ async def payments_rate(
     resilience: bool = True,
 ) -> float:
     """Events/s of the payments app over ``events`` pre-published premium.due (key order on)."""
-    from processors.demo import publish_events
+    from processors_dev.demo import publish_events
 
     with tempfile.TemporaryDirectory() as tmp:
         catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))

@@ -14,7 +14,7 @@ from processors.contract import Codec, LocalSchemaIds
 from processors.dlq import DlqFilter, replay
 from processors.runtime.failures import dead_letter
 from processors.runtime.message import StaticMessage
-from processors.samples import premium_due_stream
+from processors_dev.samples import premium_due_stream
 
 
 def _fill_dlq(bootstrap: str, dlq: str, source: str, count: int) -> None:

@@ -4,12 +4,17 @@
 
     processors run payments              run apps (each its own consumer group) until SIGTERM
                   [--api [--api-port N]]  ... with the HTTP API (webhooks, health, metrics)
-    processors demo                      broker + sandbox + payments + sample events, live
     processors topics apply|check|list   make a cluster match topics.yaml
-    processors sandbox                   simulated external services
-    processors broker start|fetch        a Kafka broker for development
+    processors dlq list|show|stats|replay  inspect and replay dead letters
     processors bordereaux treaties|close reinsurance treaties, close a period on command
     processors regulatory close|rerun    close a regulatory day, send a day's files again
+
+With the development tooling installed (``processors_dev``, entry-point group
+``processors.commands``)::
+
+    processors demo                      broker + sandbox + apps + sample events, live
+    processors sandbox                   simulated external services
+    processors broker start|fetch        a Kafka broker for development
     processors samples publish           publish sample events
 """
 
@@ -22,7 +27,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from processors.errors import ConfigError, ProcessorsError
@@ -111,38 +116,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from processors.demo import run_demo
-
-    if not args.verbose:  # the live view is the output; logs only for errors
-        logging.getLogger().setLevel(logging.ERROR)
-    return asyncio.run(run_demo(events=args.events, policies=args.policies, broker=args.broker))
-
-
-def _cmd_samples(args: argparse.Namespace) -> int:
-    from processors.demo import publish_samples
-    from processors.settings import load_settings
-
-    settings = load_settings(
-        **({"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {})
-    )
-    if args.kind == "bordereaux":
-        from processors.bordereaux.samples import bordereaux_stream
-        from processors.demo import publish_events
-
-        events = list(bordereaux_stream(args.policies, months=args.months))
-        for topic, prefix in (("insurance.policy.events", "policy."), ("insurance.claim.events", "claim.")):
-            chosen = [e for e in events if e.event_type.startswith(prefix)]
-            sent = publish_events(settings.bootstrap_servers, chosen, fmt=args.format, topic=topic)
-            print(f"published {sent} {prefix}* events to {topic}")
-        return 0
-    sent = publish_samples(
-        settings.bootstrap_servers, count=args.count, policies=args.policies, fmt=args.format
-    )
-    print(f"published {sent} premium.due events to insurance.billing.events")
-    return 0
-
-
 def _version() -> str:
     """The installed distribution's version (pyproject.toml), or a plain marker from a bare tree."""
     try:
@@ -174,47 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="end-to-end demo on embedded defaults")
-    demo.add_argument("--events", type=int, default=300)
-    demo.add_argument("--policies", type=int, default=60)
-    demo.add_argument(
-        "--broker",
-        choices=["auto", "external", "docker", "apache", "embedded"],
-        default="auto",
-        help="auto: $KAFKA_BOOTSTRAP_SERVERS if set, else the embedded broker",
-    )
-    demo.set_defaults(func=_cmd_demo)
-
-    samples = sub.add_parser("samples", help="sample events")
-    samples_sub = samples.add_subparsers(dest="samples_command", required=True)
-    publish = samples_sub.add_parser(
-        "publish", help="publish sample events: premium.due (default) or policy and claim events"
-    )
-    publish.add_argument(
-        "--kind",
-        choices=["premium", "bordereaux"],
-        default="premium",
-        help="bordereaux: policies and claims over --months months for the shipped treaties.yaml",
-    )
-    publish.add_argument("--months", type=int, default=3, choices=range(1, 12), metavar="1-11")
-    publish.add_argument("--count", type=int, default=100)
-    publish.add_argument("--policies", type=int, default=20)
-    publish.add_argument("--format", choices=["avro", "json"], default="avro")
-    publish.add_argument("--bootstrap-servers")
-    publish.set_defaults(func=_cmd_samples)
-
     from processors.bordereaux.cli import register_cli as register_bordereaux
-    from processors.devbroker.cli import register_cli as register_broker
     from processors.dlq.cli import register_cli as register_dlq
-    from processors.sandbox.cli import register_cli as register_sandbox
     from processors.topics.cli import register_cli as register_topics
 
     register_topics(sub)
-    register_sandbox(sub)
-    register_broker(sub)
     register_dlq(sub)
     register_bordereaux(sub)
+    for plugin in _command_plugins():
+        plugin(sub)
     return parser
+
+
+COMMANDS_GROUP = "processors.commands"
+"""Entry-point group of extra subcommands: the development tooling (``processors_dev``) adds
+``demo``, ``samples``, ``sandbox`` and ``broker`` there, so the product never imports it."""
+
+
+def _command_plugins() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+    found = []
+    for entry in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ModuleNotFoundError as exc:  # an image built without the development tooling
+            log.debug("subcommands %s not installed: %s", entry.value, exc)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-Integration tests get a real Kafka broker from ``processors.devbroker``: an external cluster
+Integration tests get a real Kafka broker from ``processors_dev.devbroker``: an external cluster
 (``KAFKA_BOOTSTRAP_SERVERS``), Docker, or Apache Kafka run from its Maven Central jars.  The
 embedded broker is refused unless ``PROCESSORS_TEST_ALLOW_EMBEDDED=1``: it does not honour
 transaction aborts, and a suite that silently fell back to it would hide bugs.
@@ -47,7 +47,7 @@ def _logging_as_it_was() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[object]:
-    from processors.devbroker import BrokerKind, provide_broker
+    from processors_dev.devbroker import BrokerKind, provide_broker
 
     allow = [BrokerKind.EXTERNAL, BrokerKind.DOCKER, BrokerKind.APACHE]
     if os.environ.get("PROCESSORS_TEST_ALLOW_EMBEDDED") == "1":

@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processors.devbroker import BrokerKind, provide_broker
 from processors.runner import Runner
-from processors.samples import premium_due_stream
-from processors.sandbox.gateway import GatewayConfig
-from processors.sandbox.server import SandboxServer
 from processors.settings import load_settings
 from processors.topics.admin import apply
 from processors.topics.catalogue import load_catalogue
+from processors_dev.devbroker import BrokerKind, provide_broker
+from processors_dev.samples import premium_due_stream
+from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.conftest import ROOT
 from tests.integration.helpers import publish
 

@@ -23,10 +23,10 @@ from pydantic import SecretStr
 from processors.adapters import jsonwire
 from processors.api.server import ApiServer, RejectedRequest
 from processors.contract import PaymentConfirmed
-from processors.samples import premium_due
-from processors.sandbox.gateway import GatewayConfig
-from processors.sandbox.server import SandboxServer
 from processors.settings import load_settings
+from processors_dev.samples import premium_due
+from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import Collector, decode, header
 
 pytestmark = pytest.mark.timeout(180)

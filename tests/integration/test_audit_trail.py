@@ -38,12 +38,12 @@ from processors.contract import (
 )
 from processors.observability.logs import JsonFormatter, RedactingFilter
 from processors.runner import Runner
-from processors.samples import premium_due
-from processors.sandbox.gateway import GatewayConfig
-from processors.sandbox.kyc import KycConfig
-from processors.sandbox.server import SandboxServer
 from processors.settings import load_settings
 from processors.topics.catalogue import load_catalogue
+from processors_dev.samples import premium_due
+from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.kyc import KycConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import Collector, decode, publish
 from tests.integration.test_failure_path import FAST_TIERS, _resilience, running_payments
 

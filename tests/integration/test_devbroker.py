@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from processors.devbroker import (
+from processors_dev.devbroker import (
     ApacheKafkaBroker,
     BrokerInfo,
     BrokerKind,
@@ -30,9 +30,9 @@ from processors.devbroker import (
     DevBroker,
     EmbeddedBroker,
 )
-from processors.devbroker._jars import cached_kafka_jars
-from processors.devbroker._java import find_java
-from processors.devbroker._probe import fetch_broker_count
+from processors_dev.devbroker._jars import cached_kafka_jars
+from processors_dev.devbroker._java import find_java
+from processors_dev.devbroker._probe import fetch_broker_count
 
 CONSUME_DEADLINE_S = 30.0
 
@@ -49,7 +49,7 @@ def _apache_unavailable() -> str | None:
 
 def _embedded_unavailable() -> str | None:
     try:
-        from processors.devbroker._embedded import resolve_tansu
+        from processors_dev.devbroker._embedded import resolve_tansu
 
         resolve_tansu()
     except BrokerUnavailableError as exc:
@@ -219,7 +219,7 @@ def test_embedded_broker_round_trips_through_a_consumer_group() -> None:
 
 @needs_embedded
 def test_broker_start_command_serves_until_sigterm() -> None:
-    command = [sys.executable, "-m", "processors.devbroker.cli", "broker", "start", "--kind", "embedded"]
+    command = [sys.executable, "-m", "processors_dev.devbroker.cli", "broker", "start", "--kind", "embedded"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
         try:
             assert process.stdout is not None

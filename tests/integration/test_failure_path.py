@@ -22,11 +22,11 @@ from processors.contract import Event
 from processors.resilience.breaker import BreakerState
 from processors.runner import Runner
 from processors.runtime.failures import H
-from processors.samples import premium_due, premium_due_stream
-from processors.sandbox.gateway import GatewayConfig, PaymentGatewaySim
-from processors.sandbox.server import SandboxServer
 from processors.settings import load_settings
 from processors.topics.catalogue import load_catalogue
+from processors_dev.samples import premium_due, premium_due_stream
+from processors_dev.sandbox.gateway import GatewayConfig, PaymentGatewaySim
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import Collector, decode, header, publish, sandbox_env, start_processor
 
 pytestmark = pytest.mark.timeout(300)

@@ -38,10 +38,10 @@ from processors.contract import (
     KycRequested,
 )
 from processors.runner import Runner
-from processors.sandbox.kyc import KycConfig
-from processors.sandbox.server import SandboxServer
 from processors.settings import load_settings
 from processors.topics.catalogue import load_catalogue
+from processors_dev.sandbox.kyc import KycConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import Collector, decode, publish
 
 pytestmark = pytest.mark.timeout(300)

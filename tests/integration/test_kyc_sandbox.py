@@ -18,9 +18,9 @@ from processors.adapters.http import AiohttpTransport
 from processors.adapters.kyc_provider import KycOutcome, KycProvider, KycProviderSettings, KycRequest
 from processors.errors import Permanent, Retriable
 from processors.resilience.classify import PermanentHttpStatus, RetriableHttpStatus
-from processors.sandbox import SandboxProcess
-from processors.sandbox.kyc import KycConfig
-from processors.sandbox.server import SandboxServer
+from processors_dev.sandbox import SandboxProcess
+from processors_dev.sandbox.kyc import KycConfig
+from processors_dev.sandbox.server import SandboxServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,9 +13,9 @@ import pytest
 
 from processors.contract import ContentType
 from processors.runtime.failures import H
-from processors.samples import CARD_TOKENS, premium_due, premium_due_stream
-from processors.sandbox.gateway import GatewayConfig
-from processors.sandbox.server import SandboxServer
+from processors_dev.samples import CARD_TOKENS, premium_due, premium_due_stream
+from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import (
     Collector,
     committed_offsets,

@@ -25,9 +25,9 @@ from processors.resilience.retry import RetryPolicy
 from processors.runtime.engine import Engine
 from processors.runtime.failures import H
 from processors.runtime.producer import AsyncProducer
-from processors.sandbox.sftp import SftpRegulator
 from processors.topics.admin import apply
 from processors.topics.catalogue import Catalogue, load_catalogue
+from processors_dev.sandbox.sftp import SftpRegulator
 from tests.integration.helpers import Collector, header, publish
 
 pytestmark = pytest.mark.timeout(240)

@@ -36,10 +36,10 @@ from processors.resilience.retry import RetryPolicy
 from processors.runtime.engine import Engine, EngineSettings
 from processors.runtime.failures import H
 from processors.runtime.producer import AsyncProducer
-from processors.sandbox.reinsurer import ReinsurerConfig
-from processors.sandbox.server import SandboxServer
 from processors.topics.admin import apply
 from processors.topics.catalogue import parse_catalogue
+from processors_dev.sandbox.reinsurer import ReinsurerConfig
+from processors_dev.sandbox.server import SandboxServer
 from tests.integration.helpers import Collector, header
 from tests.unit.test_reinsurance_app import CATALOGUE, app_topics, message, report, report_bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from processors.adapters import jsonwire
-from processors.sandbox.server import SandboxServer
+from processors_dev.sandbox.server import SandboxServer
 
 
 async def _pay(session: aiohttp.ClientSession, url: str, key: str, token: str) -> int:

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from processors.adapters import jsonwire
-from processors.sandbox import GatewayConfig, SandboxProcess, SandboxServer
+from processors_dev.sandbox import GatewayConfig, SandboxProcess, SandboxServer
 
 pytestmark = pytest.mark.integration
 
@@ -573,7 +573,7 @@ async def test_cli_prints_the_url_and_exits_0_on_sigterm(client: aiohttp.ClientS
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "processors.sandbox.cli",
+        "processors_dev.sandbox.cli",
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,
@@ -596,7 +596,7 @@ async def test_cli_refuses_bad_knobs_with_exit_code_2() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "processors.sandbox.cli",
+        "processors_dev.sandbox.cli",
         "--error-rate",
         "2",
         stderr=asyncio.subprocess.PIPE,

@@ -20,8 +20,8 @@ import pytest
 from pydantic import SecretStr
 
 from processors.errors import ConfigError
-from processors.sandbox.cli import READY_PREFIX, partners_config_from_args, register_cli
-from processors.sandbox.partners import (
+from processors_dev.sandbox.cli import READY_PREFIX, partners_config_from_args, register_cli
+from processors_dev.sandbox.partners import (
     CONTROL_PREFIX,
     DEFAULT_PARTNER_SECRET,
     PARTNER_SECRET_ENV,
@@ -31,7 +31,7 @@ from processors.sandbox.partners import (
     PartnerSpec,
     closed_port_url,
 )
-from processors.sandbox.server import SandboxServer
+from processors_dev.sandbox.server import SandboxServer
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 OLD_SECRET = "whsec_" + base64.b64encode(bytes(range(100, 132))).decode()
@@ -553,7 +553,7 @@ def test_cli_flags_create_demo_partners(monkeypatch: pytest.MonkeyPatch) -> None
 async def test_processors_sandbox_command_serves_demo_partners(client: aiohttp.ClientSession) -> None:
     env = {**os.environ, PARTNER_SECRET_ENV: SECRET}
     process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "processors.sandbox.cli", "--port", "0", "--partner", "acme"],
+        *[sys.executable, "-m", "processors_dev.sandbox.cli", "--port", "0", "--partner", "acme"],
         stdout=asyncio.subprocess.PIPE,
         env=env,
     )

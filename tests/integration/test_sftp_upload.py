@@ -29,7 +29,7 @@ from processors.errors import ConfigError, Permanent, Retriable
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import ATTEMPTS, CallContext, EndpointGuard
 from processors.resilience.retry import RetryPolicy
-from processors.sandbox.sftp import SFTP_PASSWORD_ENV, SftpRegulator
+from processors_dev.sandbox.sftp import SFTP_PASSWORD_ENV, SftpRegulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,7 +225,7 @@ async def test_an_unpinned_or_unreadable_host_key_stops_the_start(regulator: Sft
 async def test_the_sandbox_command_line_runs_the_regulator(tmp_path: Path) -> None:
     key_file = tmp_path / "host_key"
     command = [
-        sys.executable, "-m", "processors.sandbox.cli", "--port", "0",
+        sys.executable, "-m", "processors_dev.sandbox.cli", "--port", "0",
         "--sftp", "--sftp-port", "0", "--sftp-root", str(tmp_path / "root"), "--sftp-host-key", str(key_file),
     ]  # fmt: skip
     env = {**os.environ, SFTP_PASSWORD_ENV: PASSWORD}

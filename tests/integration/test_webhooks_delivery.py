@@ -20,13 +20,13 @@ import pytest
 from aiohttp import web
 
 from processors.runner import Runner
-from processors.samples import mixed_events
-from processors.sandbox.partners import PartnerBehaviour, PartnerSandbox
 from processors.topics.catalogue import load_catalogue
 from processors.webhooks.secrets import StoredSecret, generate_secret
 from processors.webhooks.signing import webhook_id_for
 from processors.webhooks.subscriptions import Subscription
 from processors.webhooks.verify import verify_webhook
+from processors_dev.samples import mixed_events
+from processors_dev.sandbox.partners import PartnerBehaviour, PartnerSandbox
 from tests.integration.helpers import Collector, header, publish, read_topics
 from tests.integration.test_webhooks_fanout import TIERS, Api, started, webhook_settings
 

@@ -24,13 +24,13 @@ import pytest
 
 from processors.contract import Event
 from processors.runner import Runner
-from processors.samples import mixed_events
-from processors.sandbox.partners import Partner, PartnerBehaviour, PartnerSandbox, closed_port_url
 from processors.settings import Settings, load_settings
 from processors.topics.catalogue import load_catalogue
 from processors.webhooks.secrets import generate_secret
 from processors.webhooks.signing import webhook_id_for
 from processors.webhooks.subscriptions import filter_matches
+from processors_dev.samples import mixed_events
+from processors_dev.sandbox.partners import Partner, PartnerBehaviour, PartnerSandbox, closed_port_url
 from tests.integration.helpers import Collector, header, publish, read_topics
 
 pytestmark = pytest.mark.timeout(540)

@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from processors.adapters import jsonwire
 from processors.api.inbound import verify_signature
 from processors.errors import ConfigError
-from processors.sandbox.gateway import DEFAULT_WEBHOOK_SECRET, GatewayConfig
-from processors.sandbox.server import SandboxServer
+from processors_dev.sandbox.gateway import DEFAULT_WEBHOOK_SECRET, GatewayConfig
+from processors_dev.sandbox.server import SandboxServer
 
 SECRET = "whsec_sandbox_unit"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from processors import demo_bordereaux
 from processors.bordereaux.treaties import load_treaty_book
+from processors_dev import demo_bordereaux
 
 
 def test_the_demo_sample_closes_a_premium_and_a_claims_bordereau_per_treaty_and_month() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.devbroker import ApacheKafkaBroker, BrokerStartError, BrokerUnavailableError
-from processors.devbroker._apache import new_cluster_id
-from processors.devbroker._java import find_java, parse_java_major
+from processors_dev.devbroker import ApacheKafkaBroker, BrokerStartError, BrokerUnavailableError
+from processors_dev.devbroker._apache import new_cluster_id
+from processors_dev.devbroker._java import find_java, parse_java_major
 
 # A stand-in for the java launcher.  `-version` answers like a JDK; the storage tool and the
 # broker do what FAKE_STORAGE / FAKE_BROKER say.

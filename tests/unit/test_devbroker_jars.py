@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from processors.devbroker import BrokerUnavailableError, JarFetchError, ensure_kafka_jars
-from processors.devbroker._jars import cached_kafka_jars, render_pom
-from processors.devbroker.cli import main as cli_main
 from processors.errors import ConfigError
+from processors_dev.devbroker import BrokerUnavailableError, JarFetchError, ensure_kafka_jars
+from processors_dev.devbroker._jars import cached_kafka_jars, render_pom
+from processors_dev.devbroker.cli import main as cli_main
 
 FAKE_MVN = """#!@PYTHON@
 import os, re, sys
@@ -143,8 +143,8 @@ def test_a_fetch_waits_for_the_lock_holder_and_uses_its_result(
                 waiting.set()
 
     handler = Signal()
-    logging.getLogger("processors.devbroker").addHandler(handler)
-    caplog.set_level(logging.INFO, logger="processors.devbroker")
+    logging.getLogger("processors_dev.devbroker").addHandler(handler)
+    caplog.set_level(logging.INFO, logger="processors_dev.devbroker")
     results: list[Path] = []
     try:
         with (home / ".lock").open("a") as lock:
@@ -158,7 +158,7 @@ def test_a_fetch_waits_for_the_lock_holder_and_uses_its_result(
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         worker.join(timeout=30)
     finally:
-        logging.getLogger("processors.devbroker").removeHandler(handler)
+        logging.getLogger("processors_dev.devbroker").removeHandler(handler)
     assert results == [home / "libs"]
     assert maven.calls == []
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from processors.devbroker import BrokerKind, BrokerStartError, ExternalBroker
-from processors.devbroker._docker import docker_engine_problem
-from processors.devbroker._ports import pick_free_ports
-from processors.devbroker._process import log_tail
-from processors.devbroker.cli import register_cli
 from processors.errors import BrokerError
+from processors_dev.devbroker import BrokerKind, BrokerStartError, ExternalBroker
+from processors_dev.devbroker._docker import docker_engine_problem
+from processors_dev.devbroker._ports import pick_free_ports
+from processors_dev.devbroker._process import log_tail
+from processors_dev.devbroker.cli import register_cli
 
 
 @pytest.fixture

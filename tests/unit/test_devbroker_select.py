@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from processors.devbroker import (
+from processors.errors import ConfigError
+from processors_dev.devbroker import (
     Availability,
     BrokerInfo,
     BrokerKind,
@@ -16,7 +17,6 @@ from processors.devbroker import (
     DevBroker,
     provide_broker,
 )
-from processors.errors import ConfigError
 
 ORDER = (BrokerKind.EXTERNAL, BrokerKind.DOCKER, BrokerKind.APACHE, BrokerKind.EMBEDDED)
 
@@ -149,7 +149,7 @@ def test_nothing_available_lists_every_reason() -> None:
 
 
 def test_the_choice_and_the_skips_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="processors.devbroker")
+    caplog.set_level(logging.INFO, logger="processors_dev.devbroker")
     provide_broker(options=table(BrokerKind.APACHE).options())
     text = caplog.text
     assert "skipping the external broker: no external on this machine" in text
@@ -173,7 +173,7 @@ def test_only_the_embedded_broker_needs_client_overrides(kind: BrokerKind) -> No
 
 
 def test_default_probes_never_hang_and_report_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    from processors.devbroker import default_options
+    from processors_dev.devbroker import default_options
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     options = default_options()

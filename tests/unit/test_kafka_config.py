@@ -92,7 +92,7 @@ def test_an_override_equal_to_the_invariant_is_accepted() -> None:
 
 @pytest.mark.parametrize("key", ["linger.ms", "consumr.fetch.min.bytes", "consumer.", ".x"])
 def test_overrides_must_name_their_role(key: str) -> None:
-    with pytest.raises(ConfigError, match="consumer.<key>, producer.<key>"):
+    with pytest.raises(ConfigError, match=r"consumer\.<key>, producer\.<key>"):
         KafkaClients("b:9092", {key: "1"})
 
 

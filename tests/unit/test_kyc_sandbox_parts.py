@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, DecodeError, ValidationFailed
-from processors.sandbox.cli import kyc_config_from_args, kyc_config_to_argv, register_cli
-from processors.sandbox.kyc import (
+from processors_dev.sandbox.cli import kyc_config_from_args, kyc_config_to_argv, register_cli
+from processors_dev.sandbox.kyc import (
     KYC_APP_KEY,
     WEBHOOK_SECRET_ENV,
     KycConfig,
@@ -23,7 +23,7 @@ from processors.sandbox.kyc import (
     parse_verification_request,
     sign_callback,
 )
-from processors.sandbox.server import build_sandbox_app
+from processors_dev.sandbox.server import build_sandbox_app
 
 
 def body(**changes: Any) -> bytes:

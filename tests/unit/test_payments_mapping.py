@@ -11,7 +11,7 @@ import pytest
 from processors.adapters.payment_gateway import PaymentOutcome
 from processors.apps.payments import mapping
 from processors.contract import PaymentCompleted, PaymentFailed, PaymentPending
-from processors.samples import CARD_TOKENS, premium_due, refund_requested
+from processors_dev.samples import CARD_TOKENS, premium_due, refund_requested
 
 WHEN = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 

@@ -12,14 +12,14 @@ from pydantic import SecretStr, ValidationError
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, DecodeError, ValidationFailed
-from processors.sandbox.cli import TOKEN_ENV, config_to_argv, gateway_config_from_args, register_cli
-from processors.sandbox.gateway import (
+from processors_dev.sandbox.cli import TOKEN_ENV, config_to_argv, gateway_config_from_args, register_cli
+from processors_dev.sandbox.gateway import (
     GATEWAY_APP_KEY,
     GatewayConfig,
     PaymentGatewaySim,
     parse_payment_request,
 )
-from processors.sandbox.server import build_sandbox_app
+from processors_dev.sandbox.server import build_sandbox_app
 
 
 def body(**changes: Any) -> bytes:

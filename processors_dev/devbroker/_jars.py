@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from processors.devbroker._model import BrokerUnavailableError, JarFetchError
 from processors.errors import ConfigError
+from processors_dev.devbroker._model import BrokerUnavailableError, JarFetchError
 
 __all__ = [
     "KAFKA_VERSION",
@@ -40,7 +40,7 @@ __all__ = [
     "render_pom",
 ]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 #: The Apache Kafka release the harness runs; ``$PROCESSORS_KAFKA_VERSION`` overrides it.
 KAFKA_VERSION = "4.1.1"
@@ -91,7 +91,7 @@ def cached_kafka_jars(version: str | None = None) -> Path | None:
 
 def render_pom(version: str, *, slf4j_binding: str, log4j_version: str) -> str:
     """The Maven project whose runtime dependencies are the Kafka broker's classpath."""
-    template = resources.files("processors.devbroker").joinpath("resources", "pom.xml.tmpl").read_text()
+    template = resources.files("processors_dev.devbroker").joinpath("resources", "pom.xml.tmpl").read_text()
     return Template(template).substitute(
         kafka_version=version,
         slf4j_binding=slf4j_binding,

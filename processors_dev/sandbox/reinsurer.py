@@ -61,7 +61,7 @@ from pydantic import ConfigDict, Field, SecretStr
 
 from processors.adapters import jsonwire
 from processors.errors import ContractError, DecodeError, ValidationFailed
-from processors.sandbox.common import (
+from processors_dev.sandbox.common import (
     ControlApi,
     InjectedLatency,
     SandboxConfig,

@@ -69,7 +69,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
-from processors.sandbox.common import (
+from processors_dev.sandbox.common import (
     ControlApi,
     InjectedLatency,
     SandboxConfig,

@@ -20,7 +20,7 @@ __all__ = [
     "JarFetchError",
 ]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 #: The consumer session timeout the embedded broker needs: with the client default (45 s) the
 #: first group join waits about 23 s for the rebalance to settle.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaException
 
-from processors.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
-from processors.devbroker._probe import fetch_broker_count
 from processors.errors import BrokerError
+from processors_dev.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
+from processors_dev.devbroker._probe import fetch_broker_count
 
 __all__ = ["ENV_BOOTSTRAP_SERVERS", "ExternalBroker"]
 

@@ -15,7 +15,7 @@ from typing import IO
 
 __all__ = ["LOG_TAIL_LINES", "BrokerProcess", "log_tail", "run_to_log"]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 #: How many log lines a start-failure message carries.
 LOG_TAIL_LINES = 60

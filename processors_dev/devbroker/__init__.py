@@ -18,12 +18,12 @@ has the same synchronous life cycle::
 
 from __future__ import annotations
 
-from processors.devbroker._apache import ApacheKafkaBroker
-from processors.devbroker._docker import DockerKafkaBroker
-from processors.devbroker._embedded import EmbeddedBroker
-from processors.devbroker._external import ExternalBroker
-from processors.devbroker._jars import KAFKA_VERSION, ensure_kafka_jars
-from processors.devbroker._model import (
+from processors_dev.devbroker._apache import ApacheKafkaBroker
+from processors_dev.devbroker._docker import DockerKafkaBroker
+from processors_dev.devbroker._embedded import EmbeddedBroker
+from processors_dev.devbroker._external import ExternalBroker
+from processors_dev.devbroker._jars import KAFKA_VERSION, ensure_kafka_jars
+from processors_dev.devbroker._model import (
     BrokerInfo,
     BrokerKind,
     BrokerStartError,
@@ -31,7 +31,7 @@ from processors.devbroker._model import (
     DevBroker,
     JarFetchError,
 )
-from processors.devbroker._select import Availability, BrokerOption, default_options, provide_broker
+from processors_dev.devbroker._select import Availability, BrokerOption, default_options, provide_broker
 
 __all__ = [
     "KAFKA_VERSION",

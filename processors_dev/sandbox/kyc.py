@@ -86,7 +86,7 @@ from pydantic import (
 
 from processors.adapters import jsonwire
 from processors.errors import ContractError, DecodeError, ValidationFailed
-from processors.sandbox.common import ControlApi, SandboxConfig, error_response, refusal
+from processors_dev.sandbox.common import ControlApi, SandboxConfig, error_response, refusal
 
 __all__ = [
     "CALLBACK_EVENT_TYPE",

@@ -15,20 +15,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from processors.devbroker._model import (
+from processors_dev.devbroker._model import (
     BrokerInfo,
     BrokerKind,
     BrokerStartError,
     BrokerUnavailableError,
     DevBroker,
 )
-from processors.devbroker._ports import pick_free_ports
-from processors.devbroker._probe import NotReady, wait_until_ready
-from processors.devbroker._process import LOG_TAIL_LINES, BrokerProcess, log_tail
+from processors_dev.devbroker._ports import pick_free_ports
+from processors_dev.devbroker._probe import NotReady, wait_until_ready
+from processors_dev.devbroker._process import LOG_TAIL_LINES, BrokerProcess, log_tail
 
 __all__ = ["EmbeddedBroker", "resolve_tansu"]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 _LOG_FILE = "tansu.log"
 # Tansu reads these from the environment; the harness passes its own settings as arguments and

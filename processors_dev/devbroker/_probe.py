@@ -23,7 +23,7 @@ class _DebugLevel(logging.LoggerAdapter[logging.Logger]):
 
 # librdkafka's own log lines (connection refused while a broker boots, coordinator loading, ...)
 # go to this logger at DEBUG instead of the process's standard error.
-_client_logger = _DebugLevel(logging.getLogger("processors.devbroker.client"), {})
+_client_logger = _DebugLevel(logging.getLogger("processors_dev.devbroker.client"), {})
 
 _PROBE_SETTINGS: dict[str, Any] = {
     "reconnect.backoff.ms": 50,

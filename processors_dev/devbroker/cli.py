@@ -16,10 +16,10 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from processors.devbroker._jars import ensure_kafka_jars
-from processors.devbroker._model import BrokerKind
-from processors.devbroker._select import provide_broker
 from processors.errors import ProcessorsError
+from processors_dev.devbroker._jars import ensure_kafka_jars
+from processors_dev.devbroker._model import BrokerKind
+from processors_dev.devbroker._select import provide_broker
 
 __all__ = ["main", "register_cli"]
 
@@ -114,9 +114,9 @@ def _serve(kind: BrokerKind | None, starting: threading.Event, stop_requested: t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``broker`` command on its own: ``python -m processors.devbroker.cli broker start``."""
+    """Run the ``broker`` command on its own: ``python -m processors_dev.devbroker.cli broker start``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m processors.devbroker.cli")
+    parser = argparse.ArgumentParser(prog="python -m processors_dev.devbroker.cli")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     status: int = args.func(args)

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from processors.devbroker._model import BrokerUnavailableError
+from processors_dev.devbroker._model import BrokerUnavailableError
 
 __all__ = ["MIN_JAVA_MAJOR", "JavaRuntime", "find_java", "parse_java_major"]
 

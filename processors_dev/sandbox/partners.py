@@ -38,7 +38,7 @@ In the caller's event loop (tests)::
         await partners.partner("acme").wait_for(10)
         partners.partner("acme").accepted()
 
-:class:`processors.sandbox.server.SandboxServer` mounts the same routes (``sandbox.partners``), so
+:class:`processors_dev.sandbox.server.SandboxServer` mounts the same routes (``sandbox.partners``), so
 ``processors sandbox`` serves partners too.
 
 The control API under ``/_control/partners`` (no auth; sandbox only): ``GET`` (every partner with
@@ -77,7 +77,7 @@ from pydantic import (
 from processors.adapters import jsonwire
 from processors.errors import ConfigError
 from processors.httpserve import base_url, listen
-from processors.sandbox.common import SandboxConfig
+from processors_dev.sandbox.common import SandboxConfig
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -497,7 +497,7 @@ def _ids_from_body(body: bytes) -> tuple[str | None, str | None]:
 
 class PartnerReceivers:
     """State and HTTP routes of the simulated partners (mounted by :class:`PartnerSandbox` and
-    :class:`~processors.sandbox.server.SandboxServer`).
+    :class:`~processors_dev.sandbox.server.SandboxServer`).
 
     All state lives on one event loop.  ``unknown_requests`` counts requests for partners that do
     not exist (answered 404, not recorded).  :meth:`url` needs ``base_url``, which the server

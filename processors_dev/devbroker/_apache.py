@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from processors.devbroker._jars import ensure_kafka_jars, kafka_version
-from processors.devbroker._java import JavaRuntime, find_java
-from processors.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
-from processors.devbroker._ports import pick_free_ports
-from processors.devbroker._probe import NotReady, wait_until_ready
-from processors.devbroker._process import LOG_TAIL_LINES, BrokerProcess, log_tail, run_to_log
 from processors.errors import ConfigError
+from processors_dev.devbroker._jars import ensure_kafka_jars, kafka_version
+from processors_dev.devbroker._java import JavaRuntime, find_java
+from processors_dev.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
+from processors_dev.devbroker._ports import pick_free_ports
+from processors_dev.devbroker._probe import NotReady, wait_until_ready
+from processors_dev.devbroker._process import LOG_TAIL_LINES, BrokerProcess, log_tail, run_to_log
 
 __all__ = ["ApacheKafkaBroker", "new_cluster_id"]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 _PORT_IN_USE = "Address already in use"
 _FRESH_START_ATTEMPTS = 3
@@ -209,7 +209,7 @@ class ApacheKafkaBroker(DevBroker):
             for key, value in self._settings(run_dir).items()
         ]
         (run_dir / "server.properties").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        log4j = resources.files("processors.devbroker").joinpath("resources", "log4j2.xml").read_text()
+        log4j = resources.files("processors_dev.devbroker").joinpath("resources", "log4j2.xml").read_text()
         (run_dir / "log4j2.xml").write_text(log4j, encoding="utf-8")
 
     def _java_command(
@@ -221,7 +221,7 @@ class ApacheKafkaBroker(DevBroker):
             "-Djava.awt.headless=true",
             "-XX:+ExitOnOutOfMemoryError",
             f"-Dlog4j2.configurationFile={run_dir / 'log4j2.xml'}",
-            f"-Dprocessors.devbroker.level={level}",
+            f"-Dprocessors_dev.devbroker.level={level}",
             "-cp",
             f"{libs}{os.sep}*",
         ]

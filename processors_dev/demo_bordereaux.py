@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processors.bordereaux.samples import bordereaux_stream
 from processors.bordereaux.topology import BordereauxTopics, build_stages
 from processors.bordereaux.treaties import TreatyBook
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.streams.driver import MemoryDriver
+from processors_dev.bordereaux_samples import bordereaux_stream
 
 __all__ = ["DEMO_MONTHS", "DEMO_POLICIES", "Expected", "expected", "sample", "summary", "treaties_file"]
 

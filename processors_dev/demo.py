@@ -10,7 +10,7 @@ Alongside, the webhooks app delivers the same events to three sandbox partners (
 slow, and one answering 410 Gone); the summary shows what each received and that the 410
 endpoint was disabled at its first request.
 
-And the reinsurance path (``processors.demo_bordereaux``): sample policy and claim events become
+And the reinsurance path (``processors_dev.demo_bordereaux``): sample policy and claim events become
 premium and claims bordereaux at the sandbox reinsurer and daily regulatory files on the
 sandbox SFTP regulator.  The embedded broker commits transactions but does not honour aborts;
 exactly-once across crashes needs Apache Kafka (``docs/bordereaux.md``).
@@ -43,7 +43,7 @@ from processors.contract import (
 )
 from processors.runtime.failures import H
 from processors.runtime.message import header_value
-from processors.samples import premium_due_stream
+from processors_dev.samples import premium_due_stream
 
 __all__ = ["POISON", "poison_records", "publish_events", "publish_samples", "run_demo"]
 
@@ -115,18 +115,18 @@ def publish_samples(bootstrap: str, *, count: int, policies: int, fmt: str = "av
 
 
 async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto") -> int:
-    from processors import demo_bordereaux
     from processors.bordereaux.treaties import load_treaty_book
-    from processors.devbroker import BrokerKind, provide_broker
     from processors.runner import Runner
-    from processors.sandbox.gateway import GatewayConfig
-    from processors.sandbox.partners import PartnerSandbox
-    from processors.sandbox.reinsurer import ReinsurerConfig
-    from processors.sandbox.server import SandboxServer
-    from processors.sandbox.sftp import SftpRegulator
     from processors.settings import load_settings
     from processors.topics.admin import apply
     from processors.topics.catalogue import load_catalogue
+    from processors_dev import demo_bordereaux
+    from processors_dev.devbroker import BrokerKind, provide_broker
+    from processors_dev.sandbox.gateway import GatewayConfig
+    from processors_dev.sandbox.partners import PartnerSandbox
+    from processors_dev.sandbox.reinsurer import ReinsurerConfig
+    from processors_dev.sandbox.server import SandboxServer
+    from processors_dev.sandbox.sftp import SftpRegulator
 
     t0 = time.monotonic()
     if broker == "auto":
@@ -327,10 +327,10 @@ async def _subscribe_partners(runner: Any, partners: Any) -> None:
     """Three partner subscriptions, written to the subscriptions topic like the API does."""
     from datetime import UTC, datetime
 
-    from processors.sandbox.partners import PartnerBehaviour
     from processors.webhooks.app import WebhooksApp
     from processors.webhooks.secrets import StoredSecret, generate_secret
     from processors.webhooks.subscriptions import Subscription, new_subscription_id
+    from processors_dev.sandbox.partners import PartnerBehaviour
 
     app = next(e.processor for e in runner.engines if isinstance(e.processor, WebhooksApp))
     await app.start_store()

@@ -35,12 +35,12 @@ from aiohttp import web
 
 from processors.errors import ProcessorsError
 from processors.httpserve import listen
-from processors.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig, PaymentGatewaySim
-from processors.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
-from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
-from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
-from processors.sandbox.partners import PARTNERS_APP_KEY, PartnerReceivers, PartnersConfig
-from processors.sandbox.reinsurer import REINSURER_APP_KEY, ReinsurerConfig, ReinsurerSim
+from processors_dev.sandbox.gateway import GATEWAY_APP_KEY, TOKEN_ENV, GatewayConfig, PaymentGatewaySim
+from processors_dev.sandbox.kyc import KYC_APP_KEY, KycConfig, KycProviderSim
+from processors_dev.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
+from processors_dev.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
+from processors_dev.sandbox.partners import PARTNERS_APP_KEY, PartnerReceivers, PartnersConfig
+from processors_dev.sandbox.reinsurer import REINSURER_APP_KEY, ReinsurerConfig, ReinsurerSim
 
 __all__ = [
     "HEALTH_PATH",
@@ -227,7 +227,7 @@ async def _serve_until_signalled(
 
 
 class SandboxProcess:
-    """The sandbox in a child process (``python -m processors.sandbox.cli``), for benchmarks.
+    """The sandbox in a child process (``python -m processors_dev.sandbox.cli``), for benchmarks.
 
     The child has its own interpreter and event loop, so it never shares a loop (or the GIL) with
     the caller.  ``start()`` returns the base URL once the child listens; ``stop()`` sends SIGTERM
@@ -268,14 +268,14 @@ class SandboxProcess:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> str:
-        from processors.sandbox.cli import READY_PREFIX, config_to_argv, kyc_config_to_argv
+        from processors_dev.sandbox.cli import READY_PREFIX, config_to_argv, kyc_config_to_argv
 
         if self._process is not None:
             raise RuntimeError("the sandbox process is already started")
         command = [
             sys.executable,
             "-m",
-            "processors.sandbox.cli",
+            "processors_dev.sandbox.cli",
             "--host",
             self.host,
             "--port",

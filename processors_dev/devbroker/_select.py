@@ -8,18 +8,18 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from processors.devbroker._apache import ApacheKafkaBroker
-from processors.devbroker._docker import DockerKafkaBroker, docker_engine_problem
-from processors.devbroker._embedded import EmbeddedBroker, resolve_tansu
-from processors.devbroker._external import ENV_BOOTSTRAP_SERVERS, ExternalBroker
-from processors.devbroker._jars import cached_kafka_jars
-from processors.devbroker._java import find_java
-from processors.devbroker._model import BrokerKind, BrokerUnavailableError, DevBroker
 from processors.errors import ConfigError
+from processors_dev.devbroker._apache import ApacheKafkaBroker
+from processors_dev.devbroker._docker import DockerKafkaBroker, docker_engine_problem
+from processors_dev.devbroker._embedded import EmbeddedBroker, resolve_tansu
+from processors_dev.devbroker._external import ENV_BOOTSTRAP_SERVERS, ExternalBroker
+from processors_dev.devbroker._jars import cached_kafka_jars
+from processors_dev.devbroker._java import find_java
+from processors_dev.devbroker._model import BrokerKind, BrokerUnavailableError, DevBroker
 
 __all__ = ["ALL_KINDS", "ENV_FORCE_KIND", "Availability", "BrokerOption", "default_options", "provide_broker"]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 ALL_KINDS: tuple[BrokerKind, ...] = (
     BrokerKind.EXTERNAL,

@@ -33,21 +33,21 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from processors.errors import ConfigError
-from processors.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
-from processors.sandbox.kyc import DEFAULT_TOKEN as KYC_DEFAULT_TOKEN
-from processors.sandbox.kyc import DEFAULT_WEBHOOK_SECRET as KYC_DEFAULT_WEBHOOK_SECRET
-from processors.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
-from processors.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
-from processors.sandbox.kyc import KycConfig
-from processors.sandbox.partners import (
+from processors_dev.sandbox.gateway import DEFAULT_TOKEN, TOKEN_ENV, GatewayConfig
+from processors_dev.sandbox.kyc import DEFAULT_TOKEN as KYC_DEFAULT_TOKEN
+from processors_dev.sandbox.kyc import DEFAULT_WEBHOOK_SECRET as KYC_DEFAULT_WEBHOOK_SECRET
+from processors_dev.sandbox.kyc import TOKEN_ENV as KYC_TOKEN_ENV
+from processors_dev.sandbox.kyc import WEBHOOK_SECRET_ENV as KYC_WEBHOOK_SECRET_ENV
+from processors_dev.sandbox.kyc import KycConfig
+from processors_dev.sandbox.partners import (
     DEFAULT_PARTNER_SECRET,
     PARTNER_SECRET_ENV,
     PartnerBehaviour,
     PartnersConfig,
     PartnerSpec,
 )
-from processors.sandbox.server import SandboxServer, run_sandbox_forever
-from processors.sandbox.sftp import (
+from processors_dev.sandbox.server import SandboxServer, run_sandbox_forever
+from processors_dev.sandbox.sftp import (
     DEFAULT_SFTP_PASSWORD,
     DEFAULT_SFTP_USERNAME,
     SFTP_PASSWORD_ENV,
@@ -377,8 +377,8 @@ async def _serve_with_regulator(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m processors.sandbox.cli``: the ``sandbox`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="python -m processors.sandbox.cli")
+    """``python -m processors_dev.sandbox.cli``: the ``sandbox`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m processors_dev.sandbox.cli")
     sub = parser.add_subparsers(dest="command")
     register_cli(sub)
     args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])

@@ -3,8 +3,13 @@
 Tests, the demo and the benchmarks talk to them over real HTTP.
 """
 
-from processors.sandbox.gateway import GatewayConfig, PaymentGatewaySim
-from processors.sandbox.server import SandboxProcess, SandboxServer, build_sandbox_app, run_sandbox_forever
+from processors_dev.sandbox.gateway import GatewayConfig, PaymentGatewaySim
+from processors_dev.sandbox.server import (
+    SandboxProcess,
+    SandboxServer,
+    build_sandbox_app,
+    run_sandbox_forever,
+)
 
 __all__ = [
     "GatewayConfig",

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from processors.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
-from processors.devbroker._ports import pick_free_ports
-from processors.devbroker._probe import NotReady, wait_until_ready
+from processors_dev.devbroker._model import BrokerInfo, BrokerKind, BrokerStartError, DevBroker
+from processors_dev.devbroker._ports import pick_free_ports
+from processors_dev.devbroker._probe import NotReady, wait_until_ready
 
 __all__ = ["DEFAULT_KAFKA_IMAGE", "DockerKafkaBroker", "docker_engine_problem"]
 
-logger = logging.getLogger("processors.devbroker")
+logger = logging.getLogger("processors_dev.devbroker")
 
 #: The image testcontainers' Kafka module runs in KRaft mode.  The module drives the Confluent
 #: image's start scripts, so an override (``$PROCESSORS_KAFKA_IMAGE``) must be
