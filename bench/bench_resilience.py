@@ -1,14 +1,16 @@
-"""The cost of the resilience layer on the happy path, measured in the same run.
+"""Dead-letter replay against a plain copy of the same records, measured in the same run.
 
-The payments pipeline runs twice over fresh topics against the same sandbox: once with its
-endpoint guard (circuit breaker, in-place retry, per-message deadline, retry-topic routing
-and the key-order gate) and once calling the gateway bare.  Prints both rates and the ratio;
-then the dead-letter replay rate against a plain consume-and-produce copy of the same records
-(the ceiling for moving records between topics), in the same run.
+Stages, interleaved after a warm-up (medians of ``--rounds`` runs each), each over fresh topics:
 
+* ``copy``: a plain consume-and-produce copy of the dead letters (the ceiling for moving records
+  between topics);
+* ``replay``: ``processors dlq replay`` of the same number of dead letters, with no rate limit.
+
+The cost of the resilience layer on the payments happy path is measured by
+``bench/bench_payments.py`` (stages ``payments`` and ``payments-bare``).
 Usage::
 
-    python bench/bench_resilience.py [--events 10000] [--replay 5000]
+    python bench/bench_resilience.py [--replay 5000] [--json F]
 """
 
 from __future__ import annotations
@@ -20,38 +22,34 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import broker, payments_rate, sandbox_process, wait_http
+from bench.common import broker
+from bench.harness import Comparison, Report, Run, interleaved, json_argument
+from bench.replay import copy_stage, replay_stage
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--policies", type=int, default=1_000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--latency-ms", type=int, default=20)
-    parser.add_argument("--replay", type=int, default=5_000, help="dead letters to replay (0: skip)")
+    parser.add_argument("--replay", type=int, default=5_000, help="dead letters per run")
+    json_argument(parser)
     args = parser.parse_args()
 
-    with broker() as info, sandbox_process(args.latency_ms) as url:
-        await wait_http(url + "/_sandbox/health")
-        common = {"events": args.events, "policies": args.policies, "concurrency": args.concurrency}
-        bare = await payments_rate(info, url, resilience=False, **common)
-        guarded = await payments_rate(info, url, resilience=True, **common)
-        replay = None
-        if args.replay:
-            from bench.replay import replay_rates
+    with broker() as info:
+        loop = asyncio.get_running_loop()
 
-            replay = await asyncio.get_running_loop().run_in_executor(
-                None, replay_rates, info.bootstrap_servers, args.replay
-            )
-    print(f"with resilience    : {guarded:8.0f} events/s")
-    print(f"without resilience : {bare:8.0f} events/s   (same run, same sandbox)")
-    print(f"ratio              : {guarded / bare:8.2f}              (1.00 = no cost)")
-    if replay is not None:
-        rate, ceiling = replay
-        print(f"dlq replay         : {rate:8.0f} records/s  ({args.replay} dead letters, no rate limit)")
-        print(f"ceiling (copy)     : {ceiling:8.0f} records/s  (plain consume + produce of the same records)")
-        print(f"ratio              : {rate / ceiling:8.2f}")
+        async def copy() -> Run:
+            return await loop.run_in_executor(None, copy_stage, info.bootstrap_servers, args.replay)
+
+        async def replay() -> Run:
+            return await loop.run_in_executor(None, replay_stage, info.bootstrap_servers, args.replay)
+
+        runs = await interleaved({"copy": copy, "replay": replay}, rounds=args.rounds)
+    Report(
+        bench="dlq-replay",
+        units={"copy": "record", "replay": "record"},
+        runs=runs,
+        comparisons=[Comparison("replay/copy", "replay", "copy")],
+        notes=[f"{args.replay} dead letters per run, no rate limit"],
+    ).emit(args.json)
 
 
 if __name__ == "__main__":

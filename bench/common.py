@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.harness import Run, Stopwatch
 from processors.adapters import jsonwire
 from processors.runner import Runner
 from processors.settings import load_settings
@@ -90,12 +91,12 @@ def isolated_catalogue(bootstrap: str, directory: Path) -> tuple[Catalogue, Path
     path = directory / f"{prefix}topics.yaml"
     path.write_text(text)
     catalogue = load_catalogue(path)
-    apply({"bootstrap.servers": bootstrap}, catalogue, replication_factor=1)
+    apply(bootstrap, catalogue, replication_factor=1)
     return catalogue, path, prefix
 
 
-async def raw_http_rate(url: str, *, requests: int, concurrency: int) -> float:
-    """Raw aiohttp requests/s against the sandbox payment endpoint: the ceiling."""
+async def raw_http_rate(url: str, *, requests: int, concurrency: int) -> Run:
+    """Raw aiohttp requests against the sandbox payment endpoint: the ceiling."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     run_id = uuid.uuid4().hex[:8]
     headers = {"Authorization": "Bearer sandbox-token", "Content-Type": "application/json"}
@@ -122,9 +123,9 @@ async def raw_http_rate(url: str, *, requests: int, concurrency: int) -> float:
                     await resp.read()
                     assert resp.status == 200, resp.status
 
-        t0 = time.perf_counter()
+        watch = Stopwatch()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - t0)
+        return watch.stop(requests)
 
 
 async def payments_rate(
@@ -135,8 +136,9 @@ async def payments_rate(
     policies: int,
     concurrency: int,
     resilience: bool = True,
-) -> float:
-    """Events/s of the payments app over ``events`` pre-published premium.due (key order on)."""
+) -> Run:
+    """The payments app over ``events`` pre-published premium.due (key order on), timed from
+    its first assignment to its last result (start-up and publishing are not counted)."""
     from processors_dev.demo import publish_events
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,13 +167,12 @@ async def payments_rate(
                 task.result()
         engine = runner.engines[0]
         await engine.wait_assigned()
-        t0 = time.perf_counter()
+        watch = Stopwatch()
         while engine.stats.outputs < events:
             await asyncio.sleep(0.02)
             if task.done():
                 task.result()
-        elapsed = time.perf_counter() - t0
-        done = engine.stats.outputs
+        run = watch.stop(engine.stats.outputs)
         stop.set()
         await task
-        return done / elapsed
+        return run

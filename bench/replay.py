@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import confluent_kafka
 
 from bench.common import isolated_catalogue
+from bench.harness import Run, Stopwatch
 from processors.contract import Codec, LocalSchemaIds
 from processors.dlq import DlqFilter, replay
 from processors.runtime.failures import dead_letter
@@ -32,7 +32,7 @@ def _fill_dlq(bootstrap: str, dlq: str, source: str, count: int) -> None:
     assert producer.flush(60) == 0
 
 
-def _copy(bootstrap: str, source: str, target: str, count: int) -> float:
+def _copy(bootstrap: str, source: str, target: str, count: int) -> Run:
     consumer = confluent_kafka.Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"copy-{uuid.uuid4().hex}", "enable.auto.commit": False}
     )
@@ -43,7 +43,7 @@ def _copy(bootstrap: str, source: str, target: str, count: int) -> float:
         [confluent_kafka.TopicPartition(source, p, confluent_kafka.OFFSET_BEGINNING) for p in range(6)]
     )
     copied = 0
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     while copied < count:
         for msg in consumer.consume(500, 1.0):
             if msg.error() is None:
@@ -53,22 +53,30 @@ def _copy(bootstrap: str, source: str, target: str, count: int) -> float:
                 copied += 1
         producer.poll(0)
     producer.flush(60)
-    elapsed = time.perf_counter() - t0
+    run = watch.stop(copied)
     consumer.close()
-    return copied / elapsed
+    return run
 
 
-def replay_rates(bootstrap: str, count: int) -> tuple[float, float]:
+def copy_stage(bootstrap: str, count: int) -> Run:
+    """The ceiling: a plain consume-and-produce copy of ``count`` dead letters (fresh topics)."""
     with tempfile.TemporaryDirectory() as tmp:
         catalogue, _path, prefix = isolated_catalogue(bootstrap, Path(tmp))
         app = catalogue.app("payments")
-        source = f"{prefix}insurance.billing.events"
-        _fill_dlq(bootstrap, app.dlq, source, count)
-        ceiling = _copy(bootstrap, app.dlq, app.retry_tiers[1].topic, count)
-        t0 = time.perf_counter()
+        _fill_dlq(bootstrap, app.dlq, f"{prefix}insurance.billing.events", count)
+        return _copy(bootstrap, app.dlq, app.retry_tiers[1].topic, count)
+
+
+def replay_stage(bootstrap: str, count: int) -> Run:
+    """``processors dlq replay`` of ``count`` dead letters with no rate limit (fresh topics)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue, _path, prefix = isolated_catalogue(bootstrap, Path(tmp))
+        app = catalogue.app("payments")
+        _fill_dlq(bootstrap, app.dlq, f"{prefix}insurance.billing.events", count)
+        watch = Stopwatch()
         report = replay(
             bootstrap, catalogue, "payments", DlqFilter.build(), operator="bench", rate_per_s=1_000_000
         )
-        elapsed = time.perf_counter() - t0
+        run = watch.stop(report.replayed)
         assert report.replayed == count, report
-        return report.replayed / elapsed, ceiling
+        return run
