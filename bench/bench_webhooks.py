@@ -1,20 +1,37 @@
-"""Partner webhook delivery throughput against its ceiling, measured in the same run.
+"""Partner webhook delivery throughput against its ceiling, and the latency a partner sees.
 
-* ceiling: the raw HTTP client (aiohttp) posting signed deliveries to the same 100 sandbox
-  partner receivers at the same concurrency;
-* pipeline: the webhooks app fanning events out from Kafka to the 100 endpoints (each event
-  matches about 11 of them), signing, delivering through the SSRF-pinned transport under each
+Stages, run interleaved after a warm-up (medians of ``--rounds`` runs each; one unit is one
+delivery):
+
+* ``ceiling``: the raw HTTP client (aiohttp) posting signed deliveries to the same 100 sandbox
+  partner receivers, with the pipeline's connection budget (``--concurrency`` in all, the
+  webhooks app's ``max_connections_per_host`` per host: every receiver is on one host:port) and
+  the pipeline's bodies (the same sample events fanned out to the same endpoints and serialised
+  by the same function, so each body is what the pipeline sends), signed the same way;
+* ``webhooks``: the webhooks app fanning events out from Kafka to the 100 endpoints (each event
+  matches 11 or 12 of them), signing, delivering through the SSRF-pinned transport under each
   endpoint's breaker and limits, and writing the delivery log;
-* isolation: the same pipeline with 10 of the 100 endpoints dead (connection refused):
-  deliveries/s to the 90 healthy endpoints against the all-healthy run;
-* for comparison, the pipeline without the resilience layer (no breaker, retry, deadline or
+* ``webhooks-dead10``: the same with 10 of the 100 endpoints dead (connection refused):
+  deliveries to the 90 healthy endpoints;
+* ``webhooks-bare``: the pipeline without the resilience layer (no breaker, retry, deadline or
   audit record per attempt): what the Kafka path alone (fan-out, dispatch records, delivery
   log) costs on top of the raw client.
 
-The receivers answer after ``--latency-ms`` (default 20 ms) and run in their own process.
-Usage::
+Ratios: webhooks/ceiling (throughput and CPU per delivery, target ≥ 0.70), isolation
+(webhooks-dead10 against webhooks, throughput, target ≥ 0.90) and bare/ceiling (no target).
 
-    python bench/bench_webhooks.py [--events 2000] [--concurrency 200]
+Then the latency a partner feels: events are produced at a paced rate, so that the 100
+endpoints (same layout, all healthy, answering at once) receive ``--latency-rate``
+deliveries/s (default 500) for ``--latency-seconds`` (default 20) after a short warm-up; each
+delivery's latency is the partner's receive time (recorded by the sandbox receiver per
+delivery, ``time.time()``) minus its event's produce time (``time.time()`` in this process,
+just before ``Producer.produce``, ``linger.ms`` 0), matched through the delivery's
+``webhook-id`` (a hash of the subscription and event ids).  p50 and p99 are reported.
+
+The receivers answer after ``--latency-ms`` (default 20 ms) in the throughput stages and at once
+in the latency phase, and run in their own process.  Usage::
+
+    python bench/bench_webhooks.py [--events 2000] [--concurrency 1000] [--rounds 3] [--json F]
 """
 
 from __future__ import annotations
@@ -22,192 +39,77 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiohttp
+import confluent_kafka
 
 from bench.common import broker, isolated_catalogue
-from processors.adapters.http import HttpRequest
+from bench.harness import Comparison, Report, Run, Stopwatch, interleaved, json_argument
+from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.runner import Runner
+from processors.runtime.engine import Engine
 from processors.settings import Settings, load_settings
+from processors.topics.catalogue import Catalogue
+from processors.webhooks.app import USER_AGENT
+from processors.webhooks.config import WebhooksSettings
+from processors.webhooks.delivery import delivery_body, event_data_json
 from processors.webhooks.secrets import SecretBox, StoredSecret
-from processors.webhooks.signing import signature_headers
-from processors.webhooks.ssrf import SsrfPolicy
+from processors.webhooks.signing import signature_headers, webhook_id_for
 from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.subscriptions import Subscription
-from processors.webhooks.transport import PinnedTransport
 from processors_dev.demo import publish_events
 from processors_dev.devbroker import BrokerInfo
 from processors_dev.samples import MIXED_TYPES, mixed_events
 
 ENDPOINTS = 100
+DEAD = 10
+ENTITIES = 500
 SECRET = "whsec_" + base64.b64encode(b"bench-partner-secret-32-bytes!!!").decode()
 KEY = base64.b64encode(b"k" * 32).decode()
 TYPES = MIXED_TYPES
+SAMPLED = range(ENDPOINTS - len(TYPES), ENDPOINTS)
+"""Receivers that keep bodies (one per event type, all healthy in every stage): body sizes."""
+
+_DEFAULTS = WebhooksSettings()
+PER_HOST = _DEFAULTS.max_connections_per_host
+"""The webhooks app's per-host connection limit; every receiver is on one host:port."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- the subscription layout ------------------------------------------------------------------
 
 
-async def start_partners(latency_ms: int) -> tuple[asyncio.subprocess.Process, str]:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processors.cli", "sandbox", "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "SANDBOX_PARTNER_SECRET": SECRET},
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                async with session.get(base + "/_control/partners") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the partner sandbox did not start")
-            await asyncio.sleep(0.1)
-        for i in range(ENDPOINTS):
-            body = {
-                "name": f"bench{i:03d}",
-                "behaviour": {"mode": "healthy", "delay_ms": latency_ms},
-                "secrets": [SECRET],
-                "record_bodies": False,
-            }
-            async with session.post(base + "/_control/partners", json=body) as r:
-                assert r.status == 201, await r.text()
-    return proc, base
+def sub_id(i: int) -> str:
+    return f"ep_{i:024x}"
 
 
-async def accepted_total(base: str, names: set[str]) -> int:
-    async with aiohttp.ClientSession() as session, session.get(base + "/_control/partners") as r:
-        listing = await r.json()
-    rows = listing["partners"] if isinstance(listing, dict) else listing
-    return sum(int(row["accepted"]) for row in rows if row["name"] in names)
+def partner_name(i: int) -> str:
+    return f"bench{i:03d}"
 
 
-async def reset_partners(base: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for i in range(ENDPOINTS):
-            async with session.delete(f"{base}/_control/partners/bench{i:03d}/deliveries") as r:
-                assert r.status in (200, 204), await r.text()
+_MATCHING = {t: [i for i in range(ENDPOINTS) if TYPES[i % len(TYPES)] == t] for t in TYPES}
+"""Endpoint i subscribes to ``TYPES[i % 9]``: each event matches 11 or 12 endpoints."""
 
 
-async def raw_rate(base: str, *, requests: int, concurrency: int) -> float:
-    """Signed POSTs straight to the receivers, round robin over the 100 endpoints."""
-    body = b'{"webhook_id":"x","event_type":"policy.issued","timestamp":"2024-01-15T10:30:00.000Z","data":{}}'
-    counter = iter(range(requests))
-    transport = PinnedTransport(
-        policy=SsrfPolicy(allow=("127.0.0.0/8",)),
-        max_connections=concurrency,
-        max_connections_per_host=concurrency,
-    )
-    await transport.start()
-    try:
-
-        async def worker() -> None:
-            for i in counter:
-                webhook_id = f"msg_raw{i}"
-                headers = signature_headers(
-                    webhook_id=webhook_id, event_type="policy.issued", timestamp_s=int(time.time()),
-                    body=body, secrets=[SECRET],
-                )  # fmt: skip
-                headers["Content-Type"] = "application/json"
-                url = f"{base}/partners/bench{i % ENDPOINTS:03d}"
-                response = await transport.send(HttpRequest("POST", url, headers, body))
-                assert response.status == 200, response.status
-
-        t0 = time.perf_counter()
-        cpu0 = time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        print(f"  raw client: {elapsed:.1f} s wall, {cpu:.1f} s CPU in this process, {requests} requests")
-        return requests / elapsed
-    finally:
-        await transport.close()
+def matching(event_type: str) -> list[int]:
+    return _MATCHING[event_type]
 
 
-async def pipeline_rate(
-    info: BrokerInfo, base: str, *, events: int, concurrency: int, dead: int, resilience: bool = True
-) -> tuple[float, int]:
-    """Deliveries/s to the healthy endpoints, and how many that was."""
-    from processors_dev.sandbox.partners import closed_port_url
-
-    with tempfile.TemporaryDirectory() as tmp:
-        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
-        settings: Settings = load_settings(
-            bootstrap_servers=info.bootstrap_servers,
-            topics_file=path,
-            group_prefix=prefix,
-            client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
-            resilience_enabled=resilience,
-            webhooks={
-                "allow": ["127.0.0.0/8"],
-                "encryption_key": KEY,
-                "engine": {"max_concurrency": concurrency, "max_buffered_per_partition": 5000,
-                           "max_buffered": 30000},
-            },
-        )  # fmt: skip
-        box = SecretBox(base64.b64decode(KEY))
-        store = SubscriptionStore(info.bootstrap_servers, f"{prefix}integrations.webhook.subscriptions")
-        await store.start()
-        healthy: dict[str, str] = {}
-        for i in range(ENDPOINTS):
-            sub_id = f"ep_{i:024x}"
-            url = closed_port_url() if i < dead else f"{base}/partners/bench{i:03d}"
-            secret = StoredSecret(box.encrypt(SECRET, associated=sub_id), created_at=_now(), expires_at=None)
-            sub = Subscription.create(id=sub_id, url=url, events=[TYPES[i % len(TYPES)]], secrets=[secret])
-            await store.put(sub)
-            if i >= dead:
-                healthy[sub_id] = f"bench{i:03d}"
-        await store.stop()
-        sample = list(mixed_events(events, 500, seed=int(time.time())))
-        expected = sum(
-            1 for e in sample for i in range(dead, ENDPOINTS) if TYPES[i % len(TYPES)] == e.event_type
-        )
-        loop = asyncio.get_running_loop()
-        for family in ("policy", "billing", "claim"):
-            batch = [e for e in sample if _family(e.event_type) == family]
-            topic = f"{prefix}insurance.{family}.events"
-            await loop.run_in_executor(
-                None, lambda b=batch, t=topic: publish_events(info.bootstrap_servers, b, topic=t)
-            )
-        runner = Runner(settings, ["webhooks"], catalogue=catalogue)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        while not runner.engines:
-            await asyncio.sleep(0.01)
-            if task.done():
-                task.result()
-        await runner.engines[0].wait_assigned()
-        names = set(healthy.values())
-        t0 = time.perf_counter()
-        cpu0 = time.process_time()
-        while (done := await accepted_total(base, names)) < expected:
-            await asyncio.sleep(0.25)
-            if task.done():
-                task.result()
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        print(f"  pipeline run: {elapsed:.1f} s wall, {cpu:.1f} s CPU in this process, {done} deliveries")
-        stop.set()
-        await task
-        return done / elapsed, done
+def sample(events: int) -> list[Event]:
+    return list(mixed_events(events, ENTITIES, seed=time.time_ns()))
 
 
 def _family(event_type: str) -> str:
@@ -218,68 +120,475 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _publish(bootstrap: str, prefix: str, events: Sequence[Event]) -> None:
+    for family in ("policy", "billing", "claim"):
+        batch = [e for e in events if _family(e.event_type) == family]
+        publish_events(bootstrap, batch, topic=f"{prefix}insurance.{family}.events")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the partner receivers (their own process) ------------------------------------------------
+
+
+@dataclass
+class Partners:
+    """The sandbox partner receivers and a control session to them."""
+
+    base: str
+    session: aiohttp.ClientSession
+    bodies: dict[str, list[float]] = field(default_factory=dict)
+    """Per stage, the mean body size received at the sampled receivers, per run."""
+
+    async def reset(self) -> None:
+        for i in range(ENDPOINTS):
+            async with self.session.delete(
+                f"{self.base}/_control/partners/{partner_name(i)}/deliveries"
+            ) as r:
+                assert r.status in (200, 204), await r.text()
+
+    async def set_delay(self, delay_ms: int) -> None:
+        for i in range(ENDPOINTS):
+            body = {"behaviour": {"delay_ms": delay_ms}}
+            async with self.session.patch(f"{self.base}/_control/partners/{partner_name(i)}", json=body) as r:
+                assert r.status == 200, await r.text()
+
+    async def accepted(self, names: set[str]) -> int:
+        async with self.session.get(self.base + "/_control/partners") as r:
+            listing = await r.json()
+        return sum(int(row["accepted"]) for row in listing["partners"] if row["name"] in names)
+
+    async def wait_accepted(self, expected: int, names: set[str], task: asyncio.Task[None] | None) -> int:
+        """Until the receivers accepted ``expected``: polled often only near the end (each poll
+        costs CPU on both sides)."""
+        t0 = time.perf_counter()
+        while (done := await self.accepted(names)) < expected:
+            rate = done / max(time.perf_counter() - t0, 1e-3)
+            left = (expected - done) / rate if rate > 0 else 0.25
+            await asyncio.sleep(min(0.25, max(0.01, left / 2)))
+            if task is not None and task.done():
+                task.result()
+                raise RuntimeError("the pipeline stopped before delivering everything")
+        return done
+
+    async def deliveries(self, i: int) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.base}/_control/partners/{partner_name(i)}/deliveries") as r:
+            assert r.status == 200, await r.text()
+            return list((await r.json())["deliveries"])
+
+    async def note_bodies(self, stage: str) -> float:
+        sizes = [
+            len(d["body"].encode())
+            for i in SAMPLED
+            for d in await self.deliveries(i)
+            if d["body"] is not None
+        ]
+        mean = statistics.fmean(sizes) if sizes else 0.0
+        self.bodies.setdefault(stage, []).append(mean)
+        return mean
+
+
+@contextlib.asynccontextmanager
+async def partner_receivers(latency_ms: int) -> AsyncIterator[Partners]:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processors.cli", "sandbox", "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "SANDBOX_PARTNER_SECRET": SECRET, "PROCESSORS_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    async with session.get(base + "/_control/partners") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the partner sandbox did not start")
+                await asyncio.sleep(0.1)
+            for i in range(ENDPOINTS):
+                body = {
+                    "name": partner_name(i),
+                    "behaviour": {"mode": "healthy", "delay_ms": latency_ms},
+                    "secrets": [SECRET],
+                    "record_bodies": i in SAMPLED,
+                }
+                async with session.post(base + "/_control/partners", json=body) as r:
+                    assert r.status == 201, await r.text()
+            yield Partners(base, session)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+# -- the ceiling ------------------------------------------------------------------------------
+
+
+async def ceiling_run(partners: Partners, *, events: int, concurrency: int, per_host: int) -> Run:
+    """The pipeline's deliveries of ``events`` sample events, posted and signed by raw aiohttp.
+
+    Same bodies (``delivery_body`` of the same sample events, fanned out to the same
+    endpoints), same headers and signatures, same connection limits; bodies are built before
+    the clock starts (the pipeline builds its own inside: that is pipeline work).
+    """
+    jobs: list[tuple[str, str, str, bytes]] = []
+    for event in sample(events):
+        data_json = event_data_json(event)
+        for i in matching(event.event_type):
+            webhook_id = webhook_id_for(sub_id(i), str(event.event_id))
+            url = f"{partners.base}/partners/{partner_name(i)}"
+            jobs.append((url, webhook_id, event.event_type, delivery_body(webhook_id, event, data_json)))
+    await partners.reset()
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        todo = iter(jobs)
+
+        async def worker() -> None:
+            for url, webhook_id, event_type, body in todo:
+                headers = signature_headers(
+                    webhook_id=webhook_id, event_type=event_type, timestamp_s=int(time.time()),
+                    body=body, secrets=[SECRET],
+                )  # fmt: skip
+                headers["Content-Type"] = "application/json"
+                headers["User-Agent"] = USER_AGENT
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+
+        watch = Stopwatch()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        run = watch.stop(len(jobs))
+    mean = await partners.note_bodies("ceiling")
+    print(
+        f"    ceiling: mean body {mean:.0f} B at the receivers ({statistics.fmean(len(j[3]) for j in jobs):.0f} B sent)"
+    )
+    return run
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+def pipeline_settings(
+    info: BrokerInfo, path: Path, prefix: str, *, concurrency: int, per_host: int, resilience: bool
+) -> Settings:
+    return load_settings(
+        bootstrap_servers=info.bootstrap_servers,
+        topics_file=path,
+        group_prefix=prefix,
+        client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
+        resilience_enabled=resilience,
+        webhooks={
+            "allow": ["127.0.0.0/8"],
+            "encryption_key": KEY,
+            "max_connections_per_host": per_host,
+            "engine": {"max_concurrency": concurrency, "max_buffered_per_partition": 5000,
+                       "max_buffered": 30000},
+        },
+    )  # fmt: skip
+
+
+async def subscribe(info: BrokerInfo, prefix: str, base: str, *, dead: int) -> set[str]:
+    """The 100 subscriptions (the first ``dead`` on a closed port); the healthy receivers' names."""
+    from processors_dev.sandbox.partners import closed_port_url
+
+    box = SecretBox(base64.b64decode(KEY))
+    store = SubscriptionStore(info.bootstrap_servers, f"{prefix}integrations.webhook.subscriptions")
+    await store.start()
+    try:
+        for i in range(ENDPOINTS):
+            url = closed_port_url() if i < dead else f"{base}/partners/{partner_name(i)}"
+            secret = StoredSecret(
+                box.encrypt(SECRET, associated=sub_id(i)), created_at=_now(), expires_at=None
+            )
+            sub = Subscription.create(id=sub_id(i), url=url, events=[TYPES[i % len(TYPES)]], secrets=[secret])
+            await store.put(sub)
+    finally:
+        await store.stop()
+    return {partner_name(i) for i in range(dead, ENDPOINTS)}
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, catalogue: Catalogue
+) -> AsyncIterator[tuple[Engine, asyncio.Task[None]]]:
+    """The webhooks app, from its first assignment until stopped."""
+    runner = Runner(settings, ["webhooks"], catalogue=catalogue)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        while not runner.engines:
+            await asyncio.sleep(0.01)
+            if task.done():
+                task.result()
+        await runner.engines[0].wait_assigned()
+        yield runner.engines[0], task
+    finally:
+        stop.set()
+        await task
+
+
+async def pipeline_run(
+    info: BrokerInfo,
+    partners: Partners,
+    *,
+    stage: str,
+    events: int,
+    concurrency: int,
+    per_host: int,
+    dead: int,
+    resilience: bool = True,
+) -> Run:
+    """Deliveries to the healthy endpoints of ``events`` pre-published events, timed from the
+    app's first assignment to the last delivery accepted (start-up and publishing not counted)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
+        settings = pipeline_settings(
+            info, path, prefix, concurrency=concurrency, per_host=per_host, resilience=resilience
+        )
+        names = await subscribe(info, prefix, partners.base, dead=dead)
+        events_ = sample(events)
+        expected = sum(1 for e in events_ for i in matching(e.event_type) if i >= dead)
+        await asyncio.to_thread(_publish, info.bootstrap_servers, prefix, events_)
+        await partners.reset()
+        async with running(settings, catalogue) as (_engine, task):
+            watch = Stopwatch()
+            done = await partners.wait_accepted(expected, names, task)
+            run = watch.stop(done)
+    mean = await partners.note_bodies(stage)
+    print(f"    {stage}: mean body {mean:.0f} B at the receivers")
+    return run
+
+
+# -- end-to-end latency -----------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    rate_per_s: float
+    measured: int
+    missing: int
+    events_per_s: float
+    cpu: Run
+
+
+def _produce_paced(
+    bootstrap: str, prefix: str, events: Sequence[Event], *, rate: float, total_s: float
+) -> tuple[float, list[tuple[Event, float]]]:
+    """Produce ``events`` so that their deliveries come at ``rate``/s, for ``total_s``: the wall
+    time it started and each event with its produce time (``time.time()``)."""
+    codec = Codec(LocalSchemaIds())
+    encoded: list[tuple[str, bytes, bytes, Any, Event]] = []
+    for event in events:
+        value, headers = codec.encode(event, ContentType.AVRO)
+        topic = f"{prefix}insurance.{_family(event.event_type)}.events"
+        encoded.append((topic, event.subject.encode(), value, list(headers), event))
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
+    )
+    sent: list[tuple[Event, float]] = []
+    start = time.monotonic()
+    started_at = time.time()
+    due = 0.0
+    for topic, key, value, headers, event in encoded:
+        if due >= total_s:
+            break
+        wait = start + due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        produced_at = time.time()
+        producer.produce(topic, key=key, value=value, headers=headers)
+        producer.poll(0)
+        sent.append((event, produced_at))
+        due += len(matching(event.event_type)) / rate
+    left = producer.flush(30)
+    if left:
+        raise RuntimeError(f"{left} events not acknowledged by the broker")
+    return started_at, sent
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest rank."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+async def e2e_latency(
+    info: BrokerInfo,
+    partners: Partners,
+    *,
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    concurrency: int,
+    per_host: int,
+) -> Latency:
+    """Event produced → partner received, at a steady ``rate`` deliveries/s, receivers answering at once."""
+    await partners.set_delay(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
+        settings = pipeline_settings(
+            info, path, prefix, concurrency=concurrency, per_host=per_host, resilience=True
+        )
+        names = await subscribe(info, prefix, partners.base, dead=0)
+        total_s = warmup_s + seconds
+        min_fanout = min(len(v) for v in _MATCHING.values())
+        events = sample(math.ceil(total_s * rate / min_fanout) + 1)
+        await partners.reset()
+        loop = asyncio.get_running_loop()
+        async with running(settings, catalogue) as (_engine, task):
+            producing = loop.run_in_executor(
+                None,
+                lambda: _produce_paced(info.bootstrap_servers, prefix, events, rate=rate, total_s=total_s),
+            )
+            await asyncio.sleep(warmup_s)
+            watch = Stopwatch()
+            started_at, sent = await producing
+            ended_at = sent[-1][1]
+            expected = sum(len(matching(e.event_type)) for e, _ in sent)
+            await asyncio.wait_for(partners.wait_accepted(expected, names, task), timeout=60 + seconds)
+            cpu = watch.stop(0)
+    received: dict[str, float] = {}
+    for i in range(ENDPOINTS):
+        for d in await partners.deliveries(i):
+            wid, at = d["webhook_id"], float(d["received_at"])
+            if wid is not None and (wid not in received or at < received[wid]):
+                received[wid] = at
+    window_start = started_at + warmup_s
+    produced: dict[str, float] = {
+        webhook_id_for(sub_id(i), str(event.event_id)): at
+        for event, at in sent
+        if at >= window_start
+        for i in matching(event.event_type)
+    }
+    latencies = sorted((received[w] - at) * 1000 for w, at in produced.items() if w in received)
+    in_window = sum(1 for at in received.values() if window_start <= at <= ended_at)
+    measured_events = sum(1 for _, at in sent if at >= window_start)
+    span = max(ended_at - window_start, 1e-3)
+    return Latency(
+        p50_ms=_percentile(latencies, 0.50) if latencies else math.nan,
+        p99_ms=_percentile(latencies, 0.99) if latencies else math.nan,
+        rate_per_s=in_window / span,
+        measured=len(latencies),
+        missing=len(produced) - len(latencies),
+        events_per_s=measured_events / span,
+        cpu=Run(len(latencies), cpu.wall_s, cpu.cpu_s),
+    )
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=2_000)
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--latency-ms", type=int, default=20)
-    parser.add_argument("--ceiling-requests", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=2, help="pipeline runs of each kind (best kept)")
     parser.add_argument(
-        "--pipeline-only", action="store_true", help="skip the ceiling and the dead run (profiling)"
+        "--events", type=int, default=2_000, help="events per pipeline run (×11.1 deliveries)"
     )
-    parser.add_argument("--dead", type=int, default=0, help="dead endpoints in the --pipeline-only run")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=_DEFAULTS.engine.max_concurrency,
+        help="the app's max_concurrency and connection limit; the raw client's workers and connection limit",
+    )
+    parser.add_argument("--latency-ms", type=int, default=20, help="receivers' answer delay (throughput)")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="measured e2e latency phase (0: skip)"
+    )
+    parser.add_argument("--latency-warmup", type=float, default=3.0, help="seconds before it is measured")
+    parser.add_argument("--latency-rate", type=float, default=500.0, help="deliveries/s in the latency phase")
+    json_argument(parser)
     args = parser.parse_args()
+    per_host = PER_HOST
+    print(
+        f"connections: {args.concurrency} in all, {per_host} per host, on both sides "
+        f"(every receiver is on one host:port, so at most {min(args.concurrency, per_host)} at once)"
+    )
 
+    latency: Latency | None = None
     with broker() as info:
-        proc, base = await start_partners(args.latency_ms)
-        try:
-            if args.pipeline_only:
-                rate, count = await pipeline_rate(
-                    info, base, events=args.events, concurrency=args.concurrency, dead=args.dead
+        async with partner_receivers(args.latency_ms) as partners:
+            limits = {"concurrency": args.concurrency, "per_host": per_host}
+
+            def pipeline(stage: str, dead: int, resilience: bool = True) -> Callable[[], Awaitable[Run]]:
+                return lambda: pipeline_run(
+                    info,
+                    partners,
+                    stage=stage,
+                    events=args.events,
+                    dead=dead,
+                    resilience=resilience,
+                    **limits,
                 )
-                print(f"webhooks pipeline     : {rate:8.0f} deliveries/s ({count} deliveries)")
-                return
-            ceiling = await raw_rate(base, requests=args.ceiling_requests, concurrency=args.concurrency)
-            # The machine is shared and noisy: the all-healthy and the 10-dead runs alternate,
-            # and each keeps its best, so neither gains from running first or later.
-            rate = rate_dead = 0.0
-            count = count_dead = 0
-            for _ in range(args.repeat):
-                await reset_partners(base)
-                r, c = await pipeline_rate(
-                    info, base, events=args.events, concurrency=args.concurrency, dead=0
-                )
-                if r > rate:
-                    rate, count = r, c
-                await reset_partners(base)
-                r, c = await pipeline_rate(
-                    info, base, events=args.events, concurrency=args.concurrency, dead=10
-                )
-                if r > rate_dead:
-                    rate_dead, count_dead = r, c
-            await reset_partners(base)
-            bare, _ = await pipeline_rate(
-                info, base, events=args.events, concurrency=args.concurrency, dead=0, resilience=False
+
+            runs = await interleaved(
+                {
+                    "ceiling": lambda: ceiling_run(partners, events=args.events, **limits),
+                    "webhooks": pipeline("webhooks", 0),
+                    "webhooks-dead10": pipeline("webhooks-dead10", DEAD),
+                    "webhooks-bare": pipeline("webhooks-bare", 0, resilience=False),
+                },
+                rounds=args.rounds,
             )
-        finally:
-            proc.terminate()
-            await proc.wait()
-    print(
-        f"webhooks pipeline     : {rate:8.0f} deliveries/s ({count} deliveries, {args.events} events, 100 endpoints)"
-    )
-    print(
-        f"ceiling (raw client)  : {ceiling:8.0f} req/s        (same receivers, {args.concurrency} concurrent)"
-    )
-    print(f"ratio                 : {rate / ceiling:8.2f}              (target ≥ 0.70)")
-    print(
-        f"10 of 100 dead        : {rate_dead:8.0f} deliveries/s to the 90 healthy ({count_dead} deliveries)"
-    )
-    print(f"isolation ratio       : {rate_dead / rate:8.2f}              (target ≥ 0.90)")
-    print(
-        f"without resilience    : {bare:8.0f} deliveries/s (no breaker, retry, deadline or audit; "
-        f"{bare / ceiling:.2f} of the ceiling)"
-    )
+            if args.latency_seconds > 0:
+                print(
+                    f"  e2e latency: {args.latency_rate:.0f} deliveries/s, receivers answering at once, "
+                    f"{args.latency_warmup:.0f} s warm-up + {args.latency_seconds:.0f} s measured"
+                )
+                latency = await e2e_latency(
+                    info,
+                    partners,
+                    rate=args.latency_rate,
+                    seconds=args.latency_seconds,
+                    warmup_s=args.latency_warmup,
+                    **limits,
+                )
+            bodies = partners.bodies
+
+    figures: dict[str, float] = {}
+    targets: dict[str, str] = {}
+    sizes = ", ".join(f"{stage} {statistics.fmean(v):.0f} B" for stage, v in bodies.items())
+    notes = [
+        f"{args.events} events per run over 100 endpoints (11 or 12 per event), receivers answer after "
+        f"{args.latency_ms} ms; connections {args.concurrency} in all and {per_host} per host on both sides",
+        f"mean delivery body at the receivers: {sizes}",
+    ]
+    if latency is not None:
+        figures = {
+            "e2e_p50_ms": round(latency.p50_ms, 2),
+            "e2e_p99_ms": round(latency.p99_ms, 2),
+            "e2e_rate_per_s": round(latency.rate_per_s, 1),
+        }
+        targets = {"e2e_p50_ms": "<= 10", "e2e_p99_ms": "<= 50"}
+        notes.append(
+            f"e2e latency: event produced (time.time() before Producer.produce, linger.ms 0) → partner received "
+            f"(sandbox receiver's time.time()), same machine; {latency.events_per_s:.1f} events/s fanned out "
+            f"to 11-12 endpoints each, {latency.measured} deliveries measured over {args.latency_seconds:.0f} s"
+            + (f", {latency.missing} never received" if latency.missing else "")
+            + f"; this process kept {latency.cpu.cpu_share:.2f} cores busy"
+        )
+    Report(
+        bench="webhooks",
+        units=dict.fromkeys(runs, "delivery"),
+        runs=runs,
+        comparisons=[
+            Comparison("webhooks/ceiling", "webhooks", "ceiling", target=0.70),
+            Comparison("isolation", "webhooks-dead10", "webhooks", target=0.90, cpu=False),
+            Comparison("bare/ceiling", "webhooks-bare", "ceiling"),
+        ],
+        figures=figures,
+        targets=targets,
+        notes=notes,
+    ).emit(args.json)
 
 
 if __name__ == "__main__":

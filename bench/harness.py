@@ -194,7 +194,7 @@ class Report:
         for name in self.runs:
             s = self.stage(name)
             write(
-                f"  {name:<28} {s['rate_median']:>10,.0f} {s['unit']}s/s   "
+                f"  {name:<28} {s['rate_median']:>10,.0f} {_plural(s['unit'])}/s   "
                 f"{s['cpu_us_median']:>8,.0f} µs CPU/{s['unit']}   {s['cpu_share_median']:.2f} cores"
             )
         for name, r in self.ratios().items():
@@ -215,6 +215,10 @@ class Report:
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(self.as_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _plural(unit: str) -> str:
+    return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
 
 
 def _ratio(numerator: float, denominator: float) -> float:
