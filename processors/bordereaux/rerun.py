@@ -14,6 +14,7 @@ from confluent_kafka import TopicPartition
 
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 
 __all__ = ["find_job", "rerun_day"]
 
@@ -39,7 +40,7 @@ def find_job(kafka: str | KafkaClients, topic: str, day: date) -> bytes | None:
         left = dict(ends)
         idle = 0
         while left and idle < 20:
-            msgs = consumer.consume(1_000, timeout=0.5)
+            msgs = fetch(consumer, 1_000, 0.5)
             idle = 0 if msgs else idle + 1
             for msg in msgs:
                 if msg.error() is not None:

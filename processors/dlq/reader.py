@@ -29,6 +29,7 @@ from processors.dlq.filters import DlqFilter
 from processors.dlq.records import DeadLetter
 from processors.dlq.summary import DlqStats
 from processors.errors import BrokerError, ConfigError
+from processors.kafka.consume import fetch
 
 __all__ = ["Committed", "DlqReader", "Scan", "read_dead_letter", "scan", "stats"]
 
@@ -198,7 +199,7 @@ class DlqReader:
         try:
             while pending:
                 try:
-                    batch = consumer.consume(_BATCH, _POLL_S)
+                    batch = fetch(consumer, _BATCH, _POLL_S)
                 except confluent_kafka.KafkaException as exc:
                     raise BrokerError(f"cannot read {self.topic}: {exc}") from exc
                 if batch:

@@ -64,7 +64,7 @@ _READER: Final[Mapping[str, Any]] = {
     "enable.partition.eof": False,
 }
 _PRODUCER: Final[Mapping[str, Any]] = {
-    "linger.ms": 20,
+    "linger.ms": 5,
     "compression.type": "lz4",
     "delivery.timeout.ms": _FOREVER_MS,
     "message.timeout.ms": 0,
@@ -204,7 +204,7 @@ class KafkaClients:
 
         ``delivery_timeout_s``: a record not acknowledged in that time fails (someone waits on
         the answer); ``None``: the client never gives up on it.  ``linger_ms``: batching delay
-        (default 20).  ``max_message_bytes``: the largest record this producer must send.
+        (default 5).  ``max_message_bytes``: the largest record this producer must send.
         ``java_partitioner``: murmur2, so keys land where any other Kafka client puts them.
         """
         tuning = _producer_tuning(linger_ms, max_message_bytes, java_partitioner)

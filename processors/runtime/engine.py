@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors.errors import Backpressure, BrokerError, ConfigError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.tracker import PartitionState
@@ -239,9 +240,7 @@ class Engine:
             _pause_resume(consumer.resume, resume)
         if commits:
             self._commit(consumer, commits, asynchronous=True)
-        msgs = consumer.consume(
-            num_messages=self.settings.poll_batch, timeout=self.settings.poll_timeout_ms / 1000
-        )
+        msgs = fetch(consumer, self.settings.poll_batch, self.settings.poll_timeout_ms / 1000)
         # confluent_kafka.Message satisfies KafkaMessage; its stub types headers more loosely.
         return cast(Sequence[KafkaMessage], msgs)
 

@@ -9,6 +9,7 @@ import confluent_kafka
 
 from processors.errors import BrokerError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 from processors.runtime.message import KafkaMessage
 
 __all__ = ["PendingRecordsReader"]
@@ -88,7 +89,7 @@ class PendingRecordsReader:
         while end:
             if time.monotonic() > deadline:
                 raise BrokerError(f"pending records of {sorted(end)} not read within {self._timeout_s:g} s")
-            for msg in consumer.consume(500, 0.5):
+            for msg in fetch(consumer, 500, 0.5):
                 if msg.error() is not None:
                     continue
                 key = (msg.topic() or "", msg.partition() or 0)
@@ -96,7 +97,7 @@ class PendingRecordsReader:
                 offset = msg.offset() or 0
                 if last is None or offset >= last:
                     continue
-                records.append(msg)  # type: ignore[arg-type]
+                records.append(msg)
                 if offset >= last - 1:
                     del end[key]
             # Transaction markers occupy offsets too: stop at the position, not the last record.

@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.errors import BrokerError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import dead_letter
 from processors.streams.store import ChangelogStore, restore
@@ -242,7 +243,7 @@ class TransactionalLoop:
         )
         try:
             while not stop.is_set():
-                msgs = self._consumer.consume(self.batch_size, timeout=self.poll_timeout_s)
+                msgs = fetch(self._consumer, self.batch_size, self.poll_timeout_s)
                 if msgs:
                     self._step(msgs)
                 if self.idle_after_s is not None and self._clock() >= self._next_idle_check:

@@ -21,6 +21,7 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from processors.errors import BrokerError
+from processors.kafka.consume import fetch
 
 __all__ = ["ChangelogStore", "RestoreStats", "restore"]
 
@@ -166,7 +167,7 @@ def restore(
             if time.monotonic() > deadline:
                 names = ", ".join(f"{t}[{p}]" for t, p in todo)
                 raise BrokerError(f"restoring {names} took longer than {timeout_s:.0f} s")
-            for msg in consumer.consume(batch, timeout=0.5):
+            for msg in fetch(consumer, batch, 0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:

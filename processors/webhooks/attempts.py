@@ -38,6 +38,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 from processors.runtime.engine import OutputProducer
 from processors.runtime.failures import PROVENANCE_HEADERS
 from processors.runtime.message import HeaderList, OutRecord, header_value
@@ -623,7 +624,7 @@ class AttemptsFeed:
             return _Step([], 0, {})
         attempts: list[DeliveryAttempt] = []
         skipped = 0
-        for msg in consumer.consume(self._poll_batch, self._poll_timeout_s):
+        for msg in fetch(consumer, self._poll_batch, self._poll_timeout_s):
             error = msg.error()
             if error is not None:
                 if error.fatal():
@@ -909,7 +910,7 @@ class Redeliverer:
                     raise BrokerError(
                         f"redelivery: {topic}[{partition}] not read within {self._fetch_timeout_s:g} s"
                     )
-                for msg in consumer.consume(500, min(0.5, _remaining(deadline))):
+                for msg in fetch(consumer, 500, min(0.5, _remaining(deadline))):
                     error = msg.error()
                     if error is not None:
                         if error.code() == confluent_kafka.KafkaError._PARTITION_EOF:

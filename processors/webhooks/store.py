@@ -31,6 +31,7 @@ import confluent_kafka
 
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer
 from processors.webhooks.subscriptions import Subscription, SubscriptionTable
@@ -217,7 +218,7 @@ class SubscriptionStore:
                     fresh, self._new_waiters = self._new_waiters, []
                 self._waiters.extend(fresh)
                 self._read_targets(consumer, partitions)
-                for msg in consumer.consume(_BATCH, self._poll_timeout_s):
+                for msg in fetch(consumer, _BATCH, self._poll_timeout_s):
                     self._handle(msg)
                 self._release_caught_up(consumer, partitions)
         except (BrokerError, ConfigError) as exc:

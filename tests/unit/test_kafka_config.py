@@ -6,6 +6,7 @@ import pytest
 
 from processors.errors import ConfigError
 from processors.kafka import KafkaClients
+from processors.kafka.consume import fetch
 
 SECURITY = {"client.security.protocol": "SASL_SSL", "client.sasl.mechanism": "PLAIN"}
 
@@ -153,3 +154,44 @@ def test_property_sets_as_kafkas_own_tools_read_them() -> None:
     assert replaced.bootstrap_servers == "b:9092"
     assert KafkaClients.of("c:9092").bootstrap_servers == "c:9092"
     assert KafkaClients.of(kafka) is kafka
+
+
+class _Arrivals:
+    """A consumer whose records arrive over time: ``arrivals`` per call, as librdkafka hands them."""
+
+    def __init__(self, ready: list[int], arriving: list[int]) -> None:
+        self.ready = ready
+        self.arriving = arriving
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[int]:
+        self.calls.append((num_messages, timeout))
+        if not self.ready and timeout > 0 and self.arriving:
+            self.ready.append(self.arriving.pop(0))  # the first arrival ends a blocking wait
+            self.ready.extend(self.arriving)
+            self.arriving.clear()
+        taken, self.ready = self.ready[:num_messages], self.ready[num_messages:]
+        return taken
+
+
+def test_fetch_takes_what_is_there_without_waiting() -> None:
+    consumer = _Arrivals(ready=[1, 2, 3], arriving=[])
+    assert fetch(consumer, 500, 0.1) == [1, 2, 3]
+    assert consumer.calls == [(500, 0)]
+
+
+def test_fetch_waits_only_for_the_first_record_then_drains() -> None:
+    consumer = _Arrivals(ready=[], arriving=[7, 8, 9])
+    assert fetch(consumer, 500, 0.1) == [7, 8, 9]
+    assert consumer.calls == [(500, 0), (1, 0.1), (499, 0)]
+
+
+def test_fetch_returns_nothing_after_the_timeout_when_nothing_came() -> None:
+    consumer = _Arrivals(ready=[], arriving=[])
+    assert fetch(consumer, 500, 0.1) == []
+    assert consumer.calls == [(500, 0), (1, 0.1)]
+
+
+def test_fetch_keeps_the_batch_bound() -> None:
+    consumer = _Arrivals(ready=list(range(10)), arriving=[])
+    assert fetch(consumer, 4, 0.1) == [0, 1, 2, 3]
