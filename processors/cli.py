@@ -130,8 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run integration apps until SIGTERM/SIGINT")
-    run.add_argument("apps", nargs="+", help="apps to run (payments, kyc, webhooks, bordereaux)")
+    from processors.apps.registry import app_names, app_spec
+
+    listing = "\n".join(f"  {name:<20} {app_spec(name).summary}" for name in app_names())
+    run = sub.add_parser(
+        "run",
+        help="run integration apps until SIGTERM/SIGINT",
+        description="Run integration apps, each its own consumer group, until SIGTERM/SIGINT.",
+        epilog=f"apps:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("apps", nargs="+", metavar="APP", help=f"one or more of: {', '.join(app_names())}")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--topics-file", help="default: ./topics.yaml")
     run.add_argument(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import inspect
 import logging
 import math
@@ -55,7 +54,6 @@ __all__ = [
     "PaymentConfirmationHandler",
     "SignatureError",
     "SignatureProblem",
-    "default_handlers",
     "derived_uuid",
     "provider_event_id",
     "sign",
@@ -338,15 +336,12 @@ def _reason(exc: ValidationError, *, prefix: str) -> str:
 
 # -- KYC provider ----------------------------------------------------------------------------------
 
-KYC_MAPPING_MODULE: Final = "processors.apps.kyc.mapping"
-KYC_MAPPING_FUNCTION: Final = "decision_from_callback"
-
 
 class KycCallbackHandler:
     """The KYC provider's result callback, mapped by the KYC app's pure mapping function.
 
-    ``processors.apps.kyc.mapping.decision_from_callback(payload)`` (or, if it takes one,
-    ``decision_from_callback(payload, provider_event_id=...)``) returns the KYC decision
+    ``function(payload)`` (or, if it takes one, ``function(payload, provider_event_id=...)``;
+    the KYC app registers ``processors.apps.kyc.mapping.decision_from_callback``) returns the KYC decision
     :class:`Event` (subject = customer_id), an :class:`InboundMessage`, or ``None`` to ignore
     the callback, and raises a ``ContractError`` for a malformed one.  An :class:`Event` is
     published on ``results_topic`` keyed by its subject.
@@ -379,35 +374,4 @@ class KycCallbackHandler:
                 value=result,
                 headers=(("x-inbound-provider", KYC_PROVIDER.encode()),),
             )
-        raise TypeError(f"{KYC_MAPPING_FUNCTION} returned {type(result).__name__}, not an Event")
-
-
-def load_kyc_handler(results_topic: str) -> KycCallbackHandler | None:
-    """The KYC handler if the KYC app's mapping provides ``decision_from_callback``, else None."""
-    try:
-        module = importlib.import_module(KYC_MAPPING_MODULE)
-    except ImportError:
-        return None
-    function = getattr(module, KYC_MAPPING_FUNCTION, None)
-    if not callable(function):
-        return None
-    return KycCallbackHandler(function, results_topic)
-
-
-def default_handlers(
-    *, payment_results_topic: str, kyc_results_topic: str
-) -> dict[str, Callable[[], InboundHandler | None]]:
-    """The handler factories of the providers this project knows."""
-    payments = PaymentConfirmationHandler(payment_results_topic)
-    kyc_cache: list[KycCallbackHandler] = []
-
-    def kyc() -> InboundHandler | None:
-        # Imported lazily, on the first callback, and remembered once found.
-        if not kyc_cache:
-            handler = load_kyc_handler(kyc_results_topic)
-            if handler is None:
-                return None
-            kyc_cache.append(handler)
-        return kyc_cache[0]
-
-    return {PAYMENT_GATEWAY: lambda: payments, KYC_PROVIDER: kyc}
+        raise TypeError(f"the KYC callback mapping returned {type(result).__name__}, not an Event")

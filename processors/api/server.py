@@ -52,11 +52,11 @@ from processors.api.inbound import (
     InboundHandler,
     InboundMessage,
     SignatureError,
-    default_handlers,
     provider_event_id,
     verify_signature,
 )
 from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
+from processors.apps.registry import inbound_handlers
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
 from processors.httpserve import listen
@@ -179,14 +179,7 @@ class ApiServer:
         self.port = port if port is not None else self.api.port
         self.codec = codec if codec is not None else Codec(LocalSchemaIds())
         self.content_type = ContentType.AVRO if settings.output_format == "avro" else ContentType.JSON
-        self.handlers: HandlerRegistry = (
-            handlers
-            if handlers is not None
-            else default_handlers(
-                payment_results_topic=settings.payments.results_topic,
-                kyc_results_topic=self.api.kyc_results_topic or settings.kyc.results_topic,
-            )
-        )
+        self.handlers: HandlerRegistry = handlers if handlers is not None else inbound_handlers(settings)
         self.on_rejected = on_rejected
         self.dedupe = Deduplicator(self.api.dedupe_ttl_s, self.api.dedupe_max_entries)
         self.kafka = KafkaClients(settings.bootstrap_servers, settings.client_overrides)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,13 +15,14 @@ from processors.api.inbound import (
     KYC_PROVIDER,
     PAYMENT_GATEWAY,
     InboundMessage,
+    KycCallbackHandler,
     PaymentConfirmationHandler,
-    default_handlers,
     derived_uuid,
-    load_kyc_handler,
 )
+from processors.apps.registry import inbound_handlers
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds, PaymentConfirmed
 from processors.errors import ValidationFailed
+from processors.settings import Settings
 
 RESULTS = "integrations.payment.results"
 
@@ -159,31 +158,24 @@ def test_the_reason_never_quotes_the_values() -> None:
 # -- KYC ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kyc_mapping(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """A stand-in for ``processors.apps.kyc.mapping`` (the real one belongs to the KYC app)."""
-    package = types.ModuleType("processors.apps.kyc")
-    package.__path__ = []
-    module = types.ModuleType("processors.apps.kyc.mapping")
-    monkeypatch.setitem(sys.modules, "processors.apps.kyc", package)
-    monkeypatch.setitem(sys.modules, "processors.apps.kyc.mapping", module)
-    return module
+def test_the_registry_serves_the_kyc_apps_own_mapping_on_its_results_topic() -> None:
+    settings = Settings(kyc={"results_topic": "kyc.results"})
+    handler = inbound_handlers(settings)[KYC_PROVIDER]()
+    assert isinstance(handler, KycCallbackHandler)
+    assert handler.results_topic == "kyc.results"
+    payments = inbound_handlers(settings)[PAYMENT_GATEWAY]()
+    assert isinstance(payments, PaymentConfirmationHandler)
+    assert payments.results_topic == settings.payments.results_topic
 
 
-def test_without_the_kyc_mapping_there_is_no_kyc_handler(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "processors.apps.kyc.mapping", None)  # import fails
-
-    assert load_kyc_handler("integrations.kyc.results") is None
-    assert default_handlers(payment_results_topic=RESULTS, kyc_results_topic="k")[KYC_PROVIDER]() is None
-
-
-def test_a_mapping_module_without_the_function_gives_no_handler(kyc_mapping: types.ModuleType) -> None:
-    assert load_kyc_handler("integrations.kyc.results") is None
+def test_the_kyc_results_topic_of_the_api_settings_wins() -> None:
+    settings = Settings(kyc={"results_topic": "kyc.results"}, api={"kyc_results_topic": "elsewhere"})
+    handler = inbound_handlers(settings)[KYC_PROVIDER]()
+    assert isinstance(handler, KycCallbackHandler)
+    assert handler.results_topic == "elsewhere"
 
 
-def test_the_kyc_mapping_is_called_and_its_event_published_keyed_by_its_subject(
-    kyc_mapping: types.ModuleType,
-) -> None:
+def test_the_kyc_mapping_is_called_and_its_event_published_keyed_by_its_subject() -> None:
     decision = convert(callback())
     assert decision is not None
     assert isinstance(decision.value, Event)
@@ -194,9 +186,7 @@ def test_the_kyc_mapping_is_called_and_its_event_published_keyed_by_its_subject(
         assert isinstance(decision.value, Event)
         return decision.value
 
-    kyc_mapping.decision_from_callback = decision_from_callback  # type: ignore[attr-defined]
-    handler = default_handlers(payment_results_topic=RESULTS, kyc_results_topic="kyc.results")[KYC_PROVIDER]()
-    assert handler is not None
+    handler = KycCallbackHandler(decision_from_callback, "kyc.results")
 
     message = handler({"event_id": "kyc_1"}, provider_event_id="kyc_1")
 
@@ -207,22 +197,18 @@ def test_the_kyc_mapping_is_called_and_its_event_published_keyed_by_its_subject(
     assert ("x-inbound-provider", b"kyc-provider") in message.headers
 
 
-def test_a_kyc_mapping_that_takes_only_the_payload_is_supported(kyc_mapping: types.ModuleType) -> None:
+def test_a_kyc_mapping_that_takes_only_the_payload_is_supported() -> None:
     raw = InboundMessage(topic="kyc.results", key=b"CUST-1", value=b"{}")
-    kyc_mapping.decision_from_callback = lambda payload: raw  # type: ignore[attr-defined]
-    handler = load_kyc_handler("kyc.results")
-    assert handler is not None
+    handler = KycCallbackHandler(lambda payload: raw, "kyc.results")
 
     assert handler({"x": 1}, provider_event_id="kyc_1") is raw
 
 
-def test_a_kyc_mapping_error_is_a_malformed_callback(kyc_mapping: types.ModuleType) -> None:
+def test_a_kyc_mapping_error_is_a_malformed_callback() -> None:
     def decision_from_callback(payload: Mapping[str, Any]) -> Event:
         raise ValidationFailed("customer_id is required")
 
-    kyc_mapping.decision_from_callback = decision_from_callback  # type: ignore[attr-defined]
-    handler = load_kyc_handler("kyc.results")
-    assert handler is not None
+    handler = KycCallbackHandler(decision_from_callback, "kyc.results")
 
     with pytest.raises(ValidationFailed, match="customer_id is required"):
         handler({}, provider_event_id="kyc_1")
