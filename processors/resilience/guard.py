@@ -18,18 +18,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from processors import context as record_context
 from processors.errors import Backpressure, Retriable
 from processors.observability.audit import AuditLogger, audit_logger, status_for_error
 from processors.resilience.breaker import CircuitBreaker, CircuitOpen
 from processors.resilience.config import EndpointPolicy
 
 __all__ = [
-    "ATTEMPTS",
-    "TRACEPARENT",
     "CallContext",
     "DeadlineExceeded",
     "EndpointGuard",
@@ -38,9 +36,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-TRACEPARENT: ContextVar[str | None] = ContextVar("processors_traceparent", default=None)
-"""The W3C trace context of the record being processed (set by the runtime, read for audit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +52,6 @@ class CallContext:
     correlation_id: str | None = None
     request_summary: Any = None
     describe: Callable[[Any], tuple[str, Any]] | None = None
-
-
-ATTEMPTS: ContextVar[int] = ContextVar("processors_attempts", default=0)
-"""Calls made for the message being processed (incremented per attempt, across backpressure
-waits; the runtime resets it when it starts a new message; read for the ``x-attempts`` header)."""
 
 
 class EndpointUnavailable(Backpressure):
@@ -91,7 +81,7 @@ class EndpointGuard:
         breaker = self.breaker
 
         async def counted() -> T:  # runs only when the breaker admitted the call
-            _count_attempt()
+            attempt = record_context.count_call()
             if context is None:
                 return await operation()
             started = time.perf_counter()
@@ -100,10 +90,10 @@ class EndpointGuard:
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     status, outcome = status_for_error(exc)
-                    self._audit(context, status, outcome, started, error=exc)
+                    self._audit(context, attempt, status, outcome, started, error=exc)
                 raise
             status, response = context.describe(result) if context.describe else ("ok", None)
-            self._audit(context, status, "success", started, response=response)
+            self._audit(context, attempt, status, "success", started, response=response)
             return result
 
         async def attempt(_n: int) -> T:
@@ -124,6 +114,7 @@ class EndpointGuard:
     def _audit(
         self,
         context: CallContext,
+        attempt: int,
         status: str,
         outcome: Any,
         started: float,
@@ -141,11 +132,11 @@ class EndpointGuard:
             status=status,
             outcome=outcome,
             latency_ms=(time.perf_counter() - started) * 1000,
-            attempt=ATTEMPTS.get(),
+            attempt=attempt,
             idempotency_key=context.idempotency_key,
             breaker_state=self.breaker.state.value,
             correlation_id=context.correlation_id,
-            traceparent=TRACEPARENT.get(),
+            traceparent=_traceparent(),
             request_summary=context.request_summary,
             response_summary=response,
             error=error,
@@ -159,9 +150,10 @@ class Unguarded(EndpointGuard):
     """
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
-        _count_attempt()
+        record_context.count_call()
         return await operation()
 
 
-def _count_attempt() -> None:
-    ATTEMPTS.set(ATTEMPTS.get() + 1)
+def _traceparent() -> str | None:
+    context = record_context.current()
+    return context.traceparent if context is not None else None

@@ -1,41 +1,42 @@
-"""Base class for integration apps that consume contract events.
+"""The app template: the per-record pipeline every engine app shares, written once.
 
-An ``EventApp`` decodes each record with the contract codec, checks that the Kafka key is the
-event's subject, keeps one key's events in order across retries (see ``routing``), hands
-events of the types it handles to ``handle()`` and encodes what it returns.  Everything that
-goes wrong ends in ``failure()``: the next retry tier, the dead-letter topic or the parking
-topic, with the reason in the headers.
+:class:`RecordApp` owns the pipeline: decode, skip what is not for the app, the key-order
+gate across retry tiers (see ``routing``), the record context (:mod:`processors.context`:
+calls, attempts, traceparent), outputs stamped with ``x-attempts`` and ``traceparent``, and
+the failure route (the next retry tier, the dead-letter topic or the parking topic, with the
+reason in the headers).  An app supplies only ``decode`` and ``handle`` (and, if it answers
+for failures on a topic of its own, ``on_failed``).
 
-Subclasses implement ``handle`` only; the mapping they call (event → request, response →
-result) lives in modules that import neither Kafka nor an HTTP library.
+:class:`EventApp` is the template for apps that consume contract events: it decodes with the
+contract codec, checks that the Kafka key is the event's subject, hands events of the types it
+handles to ``handle()`` and encodes what it returns.  The mapping apps call (event → request,
+response → result) lives in modules that import neither Kafka nor an HTTP library.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
+from processors import context as record_context
+from processors.context import RecordContext
 from processors.contract import Codec, ContentType, Event
 from processors.errors import ValidationFailed
-from processors.resilience.guard import ATTEMPTS, TRACEPARENT
 from processors.runtime.failures import H
-from processors.runtime.message import KafkaMessage, OutRecord, header_value
+from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.routing import RetryRouter, pending_from_tiers
 from processors.topics.catalogue import AppTopics
 
-__all__ = ["ATTEMPTS", "Emit", "EventApp", "PendingReader", "RetryGateMixin"]
+__all__ = ["Emit", "EventApp", "PendingReader", "RecordApp", "RetryGateMixin"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 Emit = tuple[str, Event]
 """(topic, event) an app wants published, keyed by the event's subject."""
 
 TP = tuple[str, int]
-
-_CURRENT: ContextVar[tuple[str | None, int | None, int | None] | None] = ContextVar(
-    "processors_record", default=None
-)
-"""The record the current lane is processing (so attempts add up across backpressure waits)."""
 
 PendingReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
 """Reads the records still pending (past the group's committed offsets) in the given partitions."""
@@ -82,27 +83,27 @@ class RetryGateMixin:
         return self.router.due_at(msg)
 
 
-class EventApp(RetryGateMixin):
-    name: ClassVar[str]
-    handles: ClassVar[frozenset[str]]
+class RecordApp(RetryGateMixin, Generic[In, Out]):
+    """The per-record pipeline of an engine app; see the module doc.
 
-    def __init__(
+    A subclass sets ``name``, builds ``router``/``topics``/``_pending_reader``/``_sources`` by
+    calling :meth:`setup`, and implements :meth:`decode`, :meth:`handle` and :meth:`records`.
+    """
+
+    name: ClassVar[str]
+
+    def setup(
         self,
-        *,
-        codec: Codec,
         topics: AppTopics,
-        output_content_type: ContentType = ContentType.AVRO,
-        replay_limit: int = 3,
-        keep_key_order: bool = True,
-        pending_reader: PendingReader | None = None,
+        *,
+        replay_limit: int,
+        keep_key_order: bool,
+        pending_reader: PendingReader | None,
     ) -> None:
-        self.codec = codec
         self.topics = topics
         self.router = RetryRouter(
             topics, app=self.name, replay_limit=replay_limit, keep_key_order=keep_key_order
         )
-        self.output_content_type = output_content_type
-        self.source = f"processors/{self.name}"
         self._sources = (*topics.sources, *(tier.topic for tier in topics.retry_tiers))
         self._pending_reader = pending_reader
 
@@ -117,44 +118,98 @@ class EventApp(RetryGateMixin):
     async def stop(self) -> None:
         """Close what ``start`` opened."""
 
-    async def handle(self, event: Event) -> Sequence[Emit]:
+    # --- what an app supplies ---------------------------------------------------------------
+
+    def decode(self, msg: KafkaMessage) -> In | None:
+        """The record's content, or None when it is not for this app (skipped, committed).
+        Raises a ``ContractError`` for an invalid record (dead-lettered with the reason)."""
         raise NotImplementedError
 
+    async def handle(self, item: In) -> Sequence[Out]:
+        raise NotImplementedError
+
+    def records(self, msg: KafkaMessage, outputs: Sequence[Out], context: RecordContext) -> list[OutRecord]:
+        """The Kafka records for what ``handle`` returned (stamped afterwards)."""
+        raise NotImplementedError
+
+    def on_failed(self, msg: KafkaMessage, exc: Exception, moved: OutRecord) -> Sequence[OutRecord]:
+        """What to publish for a record that failed: ``moved`` (its retry-tier, dead-letter or
+        parking copy) and anything the app answers for failures with."""
+        return [moved]
+
+    def counts_as_attempt(self, exc: Exception) -> bool:
+        """Whether a failure without any external call still counts one attempt."""
+        return True
+
+    # --- the pipeline -----------------------------------------------------------------------
+
     async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
-        headers = msg.headers()
-        event = self.codec.decode(msg.value(), headers)
-        key = msg.key()
-        if key is None:
-            raise ValidationFailed(f"message key is missing; it must be the subject ({event.event_type})")
-        if key != event.subject.encode():
-            raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
-        if event.event_type not in self.handles:
+        item = self.decode(msg)
+        if item is None:
             return ()
         if self.router.already_in_retry(msg):
             return ()
         forward = self.router.follow(msg)
         if forward is not None:
             return [forward]
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        if _CURRENT.get() != identity:  # a new record, not the same one again after a backpressure wait
-            _CURRENT.set(identity)
-            ATTEMPTS.set(0)
-        TRACEPARENT.set(header_value(headers, "traceparent"))
-        emitted = await self.handle(event)
+        context = record_context.enter(msg, attempts_header=H.ATTEMPTS)
+        outputs = await self.handle(item)
         self.router.succeeded(msg)
-        previous = header_value(headers, H.ATTEMPTS)
-        attempts = (int(previous) if previous and previous.isdigit() else 0) + max(ATTEMPTS.get(), 1)
-        traceparent = header_value(headers, "traceparent")
-        return [self.record(topic, out, traceparent=traceparent, attempts=attempts) for topic, out in emitted]
-
-    def record(
-        self, topic: str, event: Event, *, traceparent: str | None = None, attempts: int = 1
-    ) -> OutRecord:
-        value, headers = self.codec.encode(event, self.output_content_type, traceparent=traceparent)
-        headers.append((H.ATTEMPTS, str(attempts).encode()))
-        return OutRecord(topic=topic, key=event.subject.encode(), value=value, headers=headers)
+        return [_stamp(record, context) for record in self.records(msg, outputs, context)]
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        attempts = ATTEMPTS.get() if _CURRENT.get() == identity else 0
-        return [self.router.failed(msg, exc, group=group, attempts=max(attempts, 1))]
+        attempts = record_context.calls_for(msg)
+        if self.counts_as_attempt(exc):
+            attempts = max(attempts, 1)
+        moved = self.router.failed(msg, exc, group=group, attempts=attempts)
+        return self.on_failed(msg, exc, moved)
+
+
+def _stamp(record: OutRecord, context: RecordContext) -> OutRecord:
+    """``record`` with ``x-attempts`` (replaced) and the record's ``traceparent`` (kept if set)."""
+    headers = [(k, v) for k, v in record.headers if k != H.ATTEMPTS]
+    headers.append((H.ATTEMPTS, str(context.attempts).encode()))
+    if context.traceparent is not None and not any(k == "traceparent" for k, _ in headers):
+        headers.append(("traceparent", context.traceparent.encode()))
+    return OutRecord(topic=record.topic, key=record.key, value=record.value, headers=headers)
+
+
+class EventApp(RecordApp[Event, Emit]):
+    """An app of contract events: decoded by the codec, keyed by their subject."""
+
+    handles: ClassVar[frozenset[str]]
+
+    def __init__(
+        self,
+        *,
+        codec: Codec,
+        topics: AppTopics,
+        output_content_type: ContentType = ContentType.AVRO,
+        replay_limit: int = 3,
+        keep_key_order: bool = True,
+        pending_reader: PendingReader | None = None,
+    ) -> None:
+        self.codec = codec
+        self.output_content_type = output_content_type
+        self.source = f"processors/{self.name}"
+        self.setup(
+            topics, replay_limit=replay_limit, keep_key_order=keep_key_order, pending_reader=pending_reader
+        )
+
+    def decode(self, msg: KafkaMessage) -> Event | None:
+        event = self.codec.decode(msg.value(), msg.headers())
+        key = msg.key()
+        if key is None:
+            raise ValidationFailed(f"message key is missing; it must be the subject ({event.event_type})")
+        if key != event.subject.encode():
+            raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
+        if event.event_type not in self.handles:
+            return None
+        return event
+
+    def records(self, msg: KafkaMessage, outputs: Sequence[Emit], context: RecordContext) -> list[OutRecord]:
+        return [self.record(topic, event, traceparent=context.traceparent) for topic, event in outputs]
+
+    def record(self, topic: str, event: Event, *, traceparent: str | None = None) -> OutRecord:
+        value, headers = self.codec.encode(event, self.output_content_type, traceparent=traceparent)
+        return OutRecord(topic=topic, key=event.subject.encode(), value=value, headers=headers)

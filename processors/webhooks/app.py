@@ -30,12 +30,13 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from processors import __version__
+from processors import context as record_context
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport
 from processors.contract import Codec
 from processors.errors import ContractError, Permanent, Retriable, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy
-from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, EndpointUnavailable
+from processors.resilience.guard import CallContext, EndpointGuard, EndpointUnavailable
 from processors.resilience.retry import RetriesExhausted
 from processors.runtime.app import PendingReader, RetryGateMixin
 from processors.runtime.failures import H, describe_error
@@ -321,8 +322,10 @@ class WebhooksApp(RetryGateMixin):
             )
             return self._failed(msg, job, coordinates, busy, attempt=0, host=host, sent=False)
 
-        TRACEPARENT.set(header_value(msg.headers(), "traceparent"))
-        ATTEMPTS.set(previous)
+        # this delivery's own context: calls add up from the attempts made before it
+        record_context.enter_new(
+            traceparent=header_value(msg.headers(), "traceparent"), previous_attempts=previous
+        )
         attempt = previous + 1
         endpoint.waiting += 1
         try:

@@ -103,3 +103,40 @@ def test_the_development_tooling_is_really_apart() -> None:
     assert not (PRODUCT / "bordereaux" / "samples.py").exists()
     tooling = {name for _, tree in _modules(ROOT / "processors_dev") for _, name in _imported(tree)}
     assert "processors.runner" in tooling  # the rule's direction: tooling uses the product
+
+
+#: The webhooks app still runs its own two-stage pipeline (fan-out, then delivery with the
+#: delivery log); it moves onto the template with the webhook hot-path redesign.
+PIPELINE_NOT_YET_ON_THE_TEMPLATE = frozenset({"processors/webhooks/app.py"})
+
+
+def test_no_app_reimplements_the_per_record_pipeline() -> None:
+    """The retry gate's steps are called from the app template only."""
+    steps = {"already_in_retry", "follow"}
+    found = []
+    for path, tree in _modules(PRODUCT):
+        name = str(path.relative_to(ROOT))
+        if name in ("processors/runtime/app.py", "processors/runtime/routing.py"):
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in steps
+                and name not in PIPELINE_NOT_YET_ON_THE_TEMPLATE
+            ):
+                found.append(f"{name}:{node.lineno}: .{node.attr}")
+    assert not found, "per-record pipeline outside the app template:\n" + "\n".join(found)
+
+
+def test_one_context_variable_carries_the_record_state() -> None:
+    """Per-record state lives in processors/context.py (the SSRF pin of one request is not per record)."""
+    allowed = {"processors/context.py", "processors/webhooks/transport.py"}
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, tree in _modules(PRODUCT)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ContextVar"
+        and str(path.relative_to(ROOT)) not in allowed
+    ]
+    assert not found, found

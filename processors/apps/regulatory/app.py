@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Protocol
@@ -30,14 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from processors.adapters.sftp import ENDPOINT, SftpSettings, SftpUploader, UploadResult
 from processors.apps.regulatory.files import FileJob, Manifest, Outbox
+from processors.context import RecordContext
 from processors.contract import Codec
 from processors.errors import ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig
-from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, Unguarded
-from processors.runtime.app import EventApp, PendingReader
-from processors.runtime.failures import H
-from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
+from processors.resilience.guard import CallContext, EndpointGuard, Unguarded
+from processors.runtime.app import PendingReader, RecordApp
+from processors.runtime.message import HeaderList, KafkaMessage, OutRecord
 from processors.topics.catalogue import AppTopics
 
 __all__ = [
@@ -51,11 +50,6 @@ __all__ = [
 ]
 
 APP_NAME: Final = "regulatory"
-
-_RECORD: ContextVar[tuple[str | None, int | None, int | None] | None] = ContextVar(
-    "processors_regulatory_record", default=None
-)
-"""The record the current lane is processing (attempts add up across backpressure waits)."""
 
 
 class RegulatorySettings(BaseModel):
@@ -85,9 +79,10 @@ class Uploader(Protocol):
     async def upload(self, name: str, data: bytes) -> UploadResult: ...
 
 
-class RegulatoryApp(EventApp):
+class RegulatoryApp(RecordApp[FileJob, bytes]):
+    """File jobs → the day's CSV and manifest on the regulator's SFTP → a report announcement."""
+
     name = APP_NAME
-    handles = frozenset[str]()  # file jobs, not contract events: ``process`` reads them itself
 
     def __init__(
         self,
@@ -101,9 +96,9 @@ class RegulatoryApp(EventApp):
         keep_key_order: bool = True,
         pending_reader: PendingReader | None = None,
     ) -> None:
-        super().__init__(
-            codec=codec,
-            topics=topics,
+        self.codec = codec
+        self.setup(
+            topics,
             replay_limit=settings.replay_limit,
             keep_key_order=keep_key_order,
             pending_reader=pending_reader,
@@ -119,7 +114,7 @@ class RegulatoryApp(EventApp):
     async def stop(self) -> None:
         await self.uploader.close()
 
-    async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
+    def decode(self, msg: KafkaMessage) -> FileJob:
         job = FileJob.from_bytes(msg.value())
         key = msg.key()
         report_date = job.report_date.isoformat()
@@ -127,19 +122,10 @@ class RegulatoryApp(EventApp):
             raise ValidationFailed("file job: the message key is missing; it must be the report date")
         if key != report_date.encode():
             raise ValidationFailed(f"file job: the message key does not match report_date {report_date}")
-        if self.router.already_in_retry(msg):
-            return ()
-        forward = self.router.follow(msg)
-        if forward is not None:
-            return [forward]
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        if _RECORD.get() != identity:  # a new record, not the same one again after a backpressure wait
-            _RECORD.set(identity)
-            ATTEMPTS.set(0)
-        headers = msg.headers()
-        traceparent = header_value(headers, "traceparent")
-        TRACEPARENT.set(traceparent)
+        return job
 
+    async def handle(self, item: FileJob) -> Sequence[bytes]:
+        job = item
         staged = await asyncio.to_thread(self.outbox.stage, job)
         uploaded = [
             await self._upload(job, name, data, operation)
@@ -148,23 +134,21 @@ class RegulatoryApp(EventApp):
                 (job.manifest_name, staged.manifest, "upload_manifest"),
             )
         ]
-        self.router.succeeded(msg)
-
-        previous = header_value(headers, H.ATTEMPTS)
-        attempts = (int(previous) if previous and previous.isdigit() else 0) + max(ATTEMPTS.get(), 1)
-        out_headers: HeaderList = [
-            ("content-type", b"application/json"),
-            (H.ATTEMPTS, str(attempts).encode()),
+        return [
+            announcement(
+                staged.facts,
+                manifest_name=job.manifest_name,
+                uploaded_at=datetime.now(UTC),
+                already_present=all(result.already_present for result in uploaded),
+            )
         ]
-        if traceparent is not None:
-            out_headers.append(("traceparent", traceparent.encode()))
-        value = announcement(
-            staged.facts,
-            manifest_name=job.manifest_name,
-            uploaded_at=datetime.now(UTC),
-            already_present=all(result.already_present for result in uploaded),
-        )
-        return [OutRecord(topic=self.settings.reports_topic, key=key, value=value, headers=out_headers)]
+
+    def records(self, msg: KafkaMessage, outputs: Sequence[bytes], context: RecordContext) -> list[OutRecord]:
+        headers: HeaderList = [("content-type", b"application/json")]
+        return [
+            OutRecord(topic=self.settings.reports_topic, key=msg.key(), value=v, headers=headers)
+            for v in outputs
+        ]
 
     async def _upload(self, job: FileJob, name: str, data: bytes, operation: str) -> UploadResult:
         async def upload() -> UploadResult:
@@ -183,11 +167,6 @@ class RegulatoryApp(EventApp):
             describe=_describe,
         )
         return await self.guard.call(upload, context=context)
-
-    def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        attempts = ATTEMPTS.get() if _RECORD.get() == identity else 0
-        return [self.router.failed(msg, exc, group=group, attempts=max(attempts, 1))]
 
 
 def announcement(

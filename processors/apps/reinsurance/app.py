@@ -49,7 +49,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
@@ -66,14 +65,14 @@ from processors.adapters.reinsurer import (
     SubmitResult,
     check_report_id,
 )
+from processors.context import RecordContext
 from processors.errors import ContractError, DecodeError, Permanent, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import ResilienceConfig
-from processors.resilience.guard import ATTEMPTS, TRACEPARENT, CallContext, EndpointGuard, Unguarded
-from processors.runtime.app import PendingReader, RetryGateMixin
-from processors.runtime.failures import H, describe_error
+from processors.resilience.guard import CallContext, EndpointGuard, Unguarded
+from processors.runtime.app import PendingReader, RecordApp
+from processors.runtime.failures import describe_error
 from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, header_value
-from processors.runtime.routing import RetryRouter
 from processors.topics.catalogue import AppTopics
 
 __all__ = [
@@ -109,12 +108,6 @@ MAX_MESSAGE_BYTES: Final = MAX_REPORT_BYTES
 
 REPORT_TYPES: Final[Mapping[str, str]] = {"PREMIUM_BORDEREAUX": "P", "CLAIMS_BORDEREAUX": "C"}
 """Report types and the suffix of their report ids."""
-
-_CURRENT: ContextVar[tuple[str | None, int | None, int | None] | None] = ContextVar(
-    "processors_reinsurance_record", default=None
-)
-"""The record the current lane is processing (so attempts add up across backpressure waits)."""
-
 
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -265,7 +258,7 @@ def _utc_text(when: datetime) -> str:
 # -- the app -------------------------------------------------------------------------------------
 
 
-class ReinsuranceApp(RetryGateMixin):
+class ReinsuranceApp(RecordApp[tuple[ReportRef, bytes], tuple[ReportRef, SubmitResult]]):
     """Delivers closed bordereaux to the reinsurer; a :class:`~processors.runtime.engine.Processor`."""
 
     name: ClassVar[str] = APP
@@ -290,17 +283,12 @@ class ReinsuranceApp(RetryGateMixin):
         self.guard = guard
         self.routes = {code.upper(): route for code, route in (routes or {}).items()}
         self.settings = settings
-        self.topics = topics
-        self.router = RetryRouter(
-            topics, app=self.name, replay_limit=settings.replay_limit, keep_key_order=keep_key_order
+        self.setup(
+            topics,
+            replay_limit=settings.replay_limit,
+            keep_key_order=keep_key_order,
+            pending_reader=pending_reader,
         )
-        self._sources = (*topics.sources, *(tier.topic for tier in topics.retry_tiers))
-        self._pending_reader = pending_reader
-
-    @property
-    def sources(self) -> Sequence[str]:
-        """``reinsurance.bordereaux`` and the app's retry tiers: one consumer group reads them all."""
-        return self._sources
 
     def _clients(self) -> list[ReinsurerClient]:
         return [self.client] if self.client is not None else [c for c, _ in self.routes.values()]
@@ -322,34 +310,25 @@ class ReinsuranceApp(RetryGateMixin):
         for client in self._clients():
             await client.close()
 
-    async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
-        ref = read_report(msg.key(), msg.value())
-        if self.router.already_in_retry(msg):
-            return ()
-        forward = self.router.follow(msg)
-        if forward is not None:
-            return [forward]
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        if _CURRENT.get() != identity:  # a new record, not the same one again after a backpressure wait
-            _CURRENT.set(identity)
-            ATTEMPTS.set(0)
-        headers = msg.headers()
-        traceparent = header_value(headers, "traceparent")
-        TRACEPARENT.set(traceparent)
-        result = await self.deliver(ref, msg.value() or b"")
-        self.router.succeeded(msg)
-        previous = header_value(headers, H.ATTEMPTS)
-        attempts = (int(previous) if previous and previous.isdigit() else 0) + max(ATTEMPTS.get(), 1)
-        out: HeaderList = [("content-type", b"application/json"), (H.ATTEMPTS, str(attempts).encode())]
-        if traceparent is not None:
-            out.append(("traceparent", traceparent.encode()))
+    def decode(self, msg: KafkaMessage) -> tuple[ReportRef, bytes]:
+        return read_report(msg.key(), msg.value()), msg.value() or b""
+
+    async def handle(self, item: tuple[ReportRef, bytes]) -> Sequence[tuple[ReportRef, SubmitResult]]:
+        ref, body = item
+        return [(ref, await self.deliver(ref, body))]
+
+    def records(
+        self, msg: KafkaMessage, outputs: Sequence[tuple[ReportRef, SubmitResult]], context: RecordContext
+    ) -> list[OutRecord]:
+        headers: HeaderList = [("content-type", b"application/json")]
         return [
             OutRecord(
                 topic=self.settings.deliveries_topic,
                 key=ref.treaty_number.encode(),
                 value=delivery_result(result),
-                headers=out,
+                headers=headers,
             )
+            for ref, result in outputs
         ]
 
     async def deliver(self, ref: ReportRef, body: bytes) -> SubmitResult:
@@ -386,12 +365,10 @@ class ReinsuranceApp(RetryGateMixin):
         )
         return await guard.call(submit, context=context)
 
-    def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
-        identity = (msg.topic(), msg.partition(), msg.offset())
-        attempts = ATTEMPTS.get() if _CURRENT.get() == identity else 0
-        if not isinstance(exc, ContractError):
-            attempts = max(attempts, 1)
-        moved = self.router.failed(msg, exc, group=group, attempts=attempts)
+    def counts_as_attempt(self, exc: Exception) -> bool:
+        return not isinstance(exc, ContractError)  # an unreadable report was never attempted
+
+    def on_failed(self, msg: KafkaMessage, exc: Exception, moved: OutRecord) -> Sequence[OutRecord]:
         if moved.topic in self.router.tier_topics:
             return [moved]
         try:
