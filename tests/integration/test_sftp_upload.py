@@ -16,6 +16,7 @@ import asyncssh
 import pytest
 from pydantic import SecretStr
 
+from processors import context as record_context
 from processors.adapters.sftp import (
     SftpAuthFailed,
     SftpHostKeyMismatch,
@@ -27,7 +28,7 @@ from processors.adapters.sftp import (
 )
 from processors.errors import ConfigError, Permanent, Retriable
 from processors.resilience.config import EndpointPolicy
-from processors.resilience.guard import ATTEMPTS, CallContext, EndpointGuard
+from processors.resilience.guard import CallContext, EndpointGuard
 from processors.resilience.retry import RetryPolicy
 from processors_dev.sandbox.sftp import SFTP_PASSWORD_ENV, SftpRegulator
 
@@ -111,10 +112,10 @@ async def test_a_truncated_upload_is_detected_and_redone_by_the_guard(regulator:
     assert NAME not in regulator.received()  # a bad upload never gets the final name
 
     regulator.truncate_next(1)
-    ATTEMPTS.set(0)
+    calls = record_context.enter_new()
     result = await guard().call(lambda: client.upload(NAME, DATA))
     assert result.already_present is False
-    assert ATTEMPTS.get() == 2
+    assert calls.calls == 2
     assert regulator.received()[NAME] == DATA
     assert [u.fault for u in regulator.uploads] == ["truncated", "truncated", None]
 
