@@ -76,8 +76,10 @@ def generate_secret() -> SecretStr:
 def validate_secret(value: str) -> None:
     """Accept a partner-given secret or raise :class:`InvalidSecret` saying why.
 
-    24..256 printable ASCII characters, no whitespace.  A ``whsec_`` secret whose rest is valid
-    base64 is used as Standard Webhooks key material, so that key must be at least 24 bytes.
+    24..256 printable ASCII characters, no whitespace.  A ``whsec_`` secret is Standard
+    Webhooks key material: the rest must be strict standard base64 (what the Standard Webhooks
+    libraries decode) of at least 24 bytes.  Anything else after ``whsec_`` would be signed with
+    as raw text, which no partner's Standard Webhooks library could verify.
     """
     if len(value) < MIN_SECRET_CHARS:
         raise InvalidSecret(f"a secret must be at least {MIN_SECRET_CHARS} characters")
@@ -89,7 +91,11 @@ def validate_secret(value: str) -> None:
         try:
             key = base64.b64decode(value[len(SECRET_PREFIX) :], validate=True)
         except (binascii.Error, ValueError):
-            return
+            raise InvalidSecret(
+                "a 'whsec_' secret must be standard base64 after the prefix (A-Z, a-z, 0-9, '+', '/', "
+                "'=' padding), as Standard Webhooks libraries decode it; or choose a secret without "
+                "the prefix"
+            ) from None
         if len(key) < MIN_KEY_BYTES:
             raise InvalidSecret(
                 f"a 'whsec_' secret must carry the base64 of at least {MIN_KEY_BYTES} bytes after the prefix"

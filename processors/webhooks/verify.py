@@ -11,11 +11,13 @@ received, before any JSON parsing), the request headers and its secret(s)::
     except WebhookVerificationError as exc:
         return 400, exc.reason
 
-When the Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
-``webhook-signature``) are present they are checked, timestamp window included; otherwise the
-seed headers ``X-Webhook-Signature`` / ``X-Webhook-Signature-Previous``.  The seed scheme signs
-the body only, so it cannot refuse a replayed request: pass ``allow_seed=False`` (or call
-:func:`verify_standard`) to require the timestamped scheme.  Every comparison is constant-time.
+By default the Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``) are required and checked, timestamp window included: a request stripped
+of them is refused, so nobody can downgrade a delivery to the older scheme.  The seed scheme
+(``X-Webhook-Signature`` / ``X-Webhook-Signature-Previous``) signs the body only and cannot
+refuse a replayed request; it is checked only when asked (``allow_seed=True``), for a receiver
+that cannot read the timestamped headers and accepts that replays go through.  Every
+comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -187,15 +189,16 @@ def verify_webhook(
     *,
     tolerance_s: int = DEFAULT_TOLERANCE_S,
     now: datetime | float | None = None,
-    allow_seed: bool = True,
+    allow_seed: bool = False,
 ) -> None:
     """Check a delivery; raise :class:`WebhookVerificationError` with the reason when it fails.
 
     ``body`` is the raw request body; header names are matched case-insensitively; ``secrets``
     is one secret or several (during a rotation, hold both the new and the old one).  With any
     Standard Webhooks header present, all three are required and checked with
-    :func:`verify_standard`.  Otherwise ``X-Webhook-Signature`` and ``X-Webhook-Signature-Previous``
-    are checked with the seed scheme, unless ``allow_seed`` is false.
+    :func:`verify_standard`; without any, they are required unless ``allow_seed`` is true, when
+    ``X-Webhook-Signature`` and ``X-Webhook-Signature-Previous`` are checked with the seed scheme
+    (no timestamp: a replayed request passes).
     """
     keys = _secret_list(secrets)
     lowered = {name.lower(): value for name, value in headers.items()}

@@ -177,20 +177,24 @@ def test_standard_round_trip_with_any_header_case(case: object) -> None:
 
 
 def test_seed_round_trip() -> None:
-    verify_webhook(BODY, seed_only(headers_for([NEW])), [NEW], now=NOW)
+    verify_webhook(BODY, seed_only(headers_for([NEW])), [NEW], now=NOW, allow_seed=True)
 
 
 @pytest.mark.parametrize("held", [[NEW], [OLD], [NEW, OLD], [OLD, NEW], [OTHER, OLD]])
 @pytest.mark.parametrize("scheme", ["standard", "seed"])
 def test_rotation_a_verifier_holding_either_secret_passes(held: list[str], scheme: str) -> None:
     headers = headers_for([NEW, OLD])
-    verify_webhook(BODY, headers if scheme == "standard" else seed_only(headers), held, now=NOW)
+    verify_webhook(
+        BODY, headers if scheme == "standard" else seed_only(headers), held, now=NOW, allow_seed=True
+    )
 
 
 @pytest.mark.parametrize("scheme", ["standard", "seed"])
 def test_unknown_secret_fails(scheme: str) -> None:
     headers = headers_for([NEW, OLD])
-    reason = reason_of(BODY, headers if scheme == "standard" else seed_only(headers), [OTHER])
+    reason = reason_of(
+        BODY, headers if scheme == "standard" else seed_only(headers), [OTHER], allow_seed=True
+    )
     assert "matches" in reason
     assert OTHER not in reason
 
@@ -199,7 +203,9 @@ def test_unknown_secret_fails(scheme: str) -> None:
 def test_tampered_body_fails(scheme: str) -> None:
     headers = headers_for([NEW])
     tampered = BODY.replace(b"1185.50", b"9185.50")
-    assert "matches" in reason_of(tampered, headers if scheme == "standard" else seed_only(headers), NEW)
+    assert "matches" in reason_of(
+        tampered, headers if scheme == "standard" else seed_only(headers), NEW, allow_seed=True
+    )
 
 
 def test_tampered_timestamp_within_tolerance_fails() -> None:
@@ -261,6 +267,20 @@ def test_seed_refused_when_standard_required() -> None:
     )
 
 
+def test_a_delivery_stripped_of_its_timestamped_headers_is_refused_by_default() -> None:
+    """Downgrade: an 11-day-old delivery replayed with only its seed signature."""
+    eleven_days_ago = NOW - 11 * 24 * 3600
+    old_delivery = seed_only(headers_for([NEW], ts=eleven_days_ago))
+    assert reason_of(BODY, old_delivery, NEW) == "missing header webhook-id"
+    # and with the timestamped headers kept, the age is what refuses it
+    assert "stale" in reason_of(BODY, headers_for([NEW], ts=eleven_days_ago), NEW)
+
+
+def test_the_seed_scheme_only_when_asked_and_then_replayable() -> None:
+    eleven_days_ago = NOW - 11 * 24 * 3600
+    verify_webhook(BODY, seed_only(headers_for([NEW], ts=eleven_days_ago)), NEW, now=NOW, allow_seed=True)
+
+
 @pytest.mark.parametrize("value", ["abc", "1718000000.5", "-1718000000", "+1718000000", "１７１８０００００"])
 def test_malformed_timestamp(value: str) -> None:
     headers = headers_for([NEW]) | {"webhook-timestamp": value}
@@ -282,7 +302,7 @@ def test_undecodable_or_foreign_version_entries_are_skipped() -> None:
 
 def test_malformed_seed_header() -> None:
     headers = seed_only(headers_for([NEW])) | {"X-Webhook-Signature": "md5=0123"}
-    assert "malformed X-Webhook-Signature" in reason_of(BODY, headers, NEW)
+    assert "malformed X-Webhook-Signature" in reason_of(BODY, headers, NEW, allow_seed=True)
 
 
 def test_secrets_must_not_be_empty() -> None:
@@ -332,7 +352,7 @@ def test_the_decision_comes_from_hmac_compare_digest(scheme: str, monkeypatch: p
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
     # A valid delivery fails when compare_digest says no: no other comparison decides.
-    assert "matches" in reason_of(BODY, headers, NEW)
+    assert "matches" in reason_of(BODY, headers, NEW, allow_seed=True)
     assert calls
 
 
@@ -377,7 +397,7 @@ def test_partner_guide_worked_example_verifies() -> None:
     assert headers["webhook-signature"] == ref_standard(headers["webhook-id"], ts, body, key)
     assert headers["webhook-id"] == headers["X-Webhook-Id"] == json.loads(body)["webhook_id"]
     verify_webhook(body, headers, secret, now=ts)
-    verify_webhook(body, seed_only(headers), secret, now=ts)
+    verify_webhook(body, seed_only(headers), secret, now=ts, allow_seed=True)
 
 
 def test_partner_guide_seed_function_works() -> None:
