@@ -217,27 +217,34 @@ def derived_uuid(provider: str, provider_event_id: str, purpose: str = "") -> uu
     return uuid.uuid5(INBOUND_NAMESPACE, name)
 
 
-def provider_event_id(header: str | None, payload: Mapping[str, Any]) -> str:
-    """The provider event id: the header, which must agree with a signed ``event_id`` in the body.
+def provider_event_id(header: str | None, payload: Mapping[str, Any], body: bytes) -> str:
+    """The provider event id, the de-duplication key: always something the signature covers.
 
-    The header is not covered by the signature; the body is.  Raises :class:`ValidationFailed`
-    when neither carries an id, when they differ, or when the id is not 1 to 128 printable
-    characters without spaces.
+    The body's own ``event_id`` when it has one (the ``X-Provider-Event-Id`` header, when sent,
+    must equal it); otherwise ``sha256:`` and a digest of the signed body.  The header is not
+    covered by the signature, so it never chooses the id: the same signed body sent again with a
+    new header value is the same event.  Raises :class:`ValidationFailed` when the header and
+    the body's id differ, or when the body's id is not 1 to 128 printable characters without
+    spaces.
     """
     in_body = payload.get("event_id")
-    if in_body is not None and not isinstance(in_body, str):
+    if in_body is None:
+        return "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+    if not isinstance(in_body, str):
         raise ValidationFailed("event_id must be a string")
     header = header.strip() if header is not None else None
-    if header and in_body is not None and header != in_body:
+    if header and header != in_body:
         raise ValidationFailed(f"the {EVENT_ID_HEADER} header and the signed event_id differ")
-    event_id = header or in_body
-    if not event_id:
-        raise ValidationFailed(f"the {EVENT_ID_HEADER} header (or a signed event_id) is required")
-    if len(event_id) > _MAX_EVENT_ID_LEN or not event_id.isprintable() or any(c.isspace() for c in event_id):
+    if (
+        not in_body
+        or len(in_body) > _MAX_EVENT_ID_LEN
+        or not in_body.isprintable()
+        or any(c.isspace() for c in in_body)
+    ):
         raise ValidationFailed(
             f"the provider event id must be 1 to {_MAX_EVENT_ID_LEN} characters, no spaces"
         )
-    return event_id
+    return in_body
 
 
 # -- payment gateway -------------------------------------------------------------------------------

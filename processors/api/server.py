@@ -408,7 +408,7 @@ class ApiServer:
             raise DecodeError("the body is not valid JSON") from exc
         if not isinstance(payload, dict):
             raise DecodeError("the body must be a JSON object")
-        event_id = provider_event_id(header_id, payload)
+        event_id = provider_event_id(header_id, payload, body)
         message: InboundMessage | None = handler(payload, provider_event_id=event_id)
         if message is None:
             return None, event_id

@@ -161,31 +161,29 @@ def test_no_secret_at_all_is_a_configuration_error() -> None:
 
 
 class TestProviderEventId:
-    def test_the_header_alone(self) -> None:
-        assert provider_event_id("evt_1", {}) == "evt_1"
-
     def test_the_signed_body_alone(self) -> None:
-        assert provider_event_id(None, {"event_id": "evt_1"}) == "evt_1"
+        assert provider_event_id(None, {"event_id": "evt_1"}, b"{}") == "evt_1"
 
     def test_header_and_body_agree(self) -> None:
-        assert provider_event_id(" evt_1 ", {"event_id": "evt_1"}) == "evt_1"
+        assert provider_event_id(" evt_1 ", {"event_id": "evt_1"}, b"{}") == "evt_1"
 
     def test_a_header_that_differs_from_the_signed_id_is_refused(self) -> None:
         with pytest.raises(ValidationFailed, match="differ"):
-            provider_event_id("evt_other", {"event_id": "evt_1"})
+            provider_event_id("evt_other", {"event_id": "evt_1"}, b"{}")
+
+    def test_an_unsigned_header_never_chooses_the_id(self) -> None:
+        """Replay: the same signed body with a new header value is the same event."""
+        body = b'{"data": {"payment_id": "PMT-1"}}'
+        first = provider_event_id("evt_1", {}, body)
+        replayed = provider_event_id("evt_new_unsigned", {}, body)
+        assert first == replayed == provider_event_id(None, {}, body)
+        assert first.startswith("sha256:")
+        assert provider_event_id("evt_1", {}, body + b" ") != first  # other signed content
 
     @pytest.mark.parametrize(
-        ("header", "payload"),
-        [
-            (None, {}),
-            ("", {}),
-            (None, {"event_id": 7}),
-            ("evt with space", {}),
-            ("e" * 129, {}),
-        ],
+        "payload",
+        [{"event_id": 7}, {"event_id": ""}, {"event_id": "evt with space"}, {"event_id": "e" * 129}],
     )
-    def test_missing_or_unusable_ids_are_refused(
-        self, header: str | None, payload: dict[str, object]
-    ) -> None:
+    def test_unusable_signed_ids_are_refused(self, payload: dict[str, object]) -> None:
         with pytest.raises(ValidationFailed):
-            provider_event_id(header, payload)
+            provider_event_id(None, payload, b"{}")
