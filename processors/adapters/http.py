@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,12 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.errors import Retriable
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "AiohttpTransport",
     "ConnectFailed",
     "HttpRequest",
     "HttpResponse",
     "HttpTimeout",
     "HttpTransport",
+    "ResponseTooLarge",
     "TimeoutSettings",
 ]
 
@@ -98,11 +100,25 @@ class HttpTimeout(Retriable):
     """Connect or read timed out."""
 
 
-class AiohttpTransport:
-    """aiohttp client session with a bounded connection pool.  Redirects are never followed."""
+class ResponseTooLarge(Retriable):
+    """The service answered with a body over the transport's limit (nothing past it was read)."""
 
-    def __init__(self, *, max_connections: int = 100) -> None:
+
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+"""The largest body a service's answer may have: gateway, KYC and reinsurer answers are small
+JSON documents; anything bigger is a fault, and reading it whole would let one answer exhaust
+the process's memory (decompressed size counts: a compressed bomb is cut off too)."""
+
+
+class AiohttpTransport:
+    """aiohttp client session with a bounded connection pool.  Redirects are never followed;
+    an answer's body is read up to ``max_response_bytes`` (else :class:`ResponseTooLarge`)."""
+
+    def __init__(self, *, max_connections: int = 100, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be >= 1")
         self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -135,7 +151,7 @@ class AiohttpTransport:
                 timeout=timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
+                body = await _read_bounded(resp, self._max_response_bytes, request)
                 return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body)
         except TimeoutError as exc:
             raise HttpTimeout(f"{request.method} {_safe_url(request.url)}: timed out") from exc
@@ -143,6 +159,29 @@ class AiohttpTransport:
             raise ConnectFailed(f"{request.method} {_safe_url(request.url)}: {type(exc).__name__}") from exc
         except aiohttp.ClientError as exc:
             raise ConnectFailed(f"{request.method} {_safe_url(request.url)}: {type(exc).__name__}") from exc
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, request: HttpRequest) -> bytes:
+    """The whole body, or :class:`ResponseTooLarge` as soon as it passes ``limit`` bytes."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise ResponseTooLarge(
+            f"{request.method} {_safe_url(request.url)}: answered {resp.status} with a "
+            f"{declared}-byte body (limit {limit})"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await resp.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(
+                f"{request.method} {_safe_url(request.url)}: answered {resp.status} with a body "
+                f"over {limit} bytes"
+            )
+        chunks.append(chunk)
 
 
 def _safe_url(url: str) -> str:
