@@ -8,6 +8,7 @@ app of the at-least-once engine) or ``build_loop`` (an exactly-once transactiona
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +38,7 @@ from processors.resilience.guard import EndpointGuard, Unguarded
 from processors.runtime.engine import EngineSettings, Ordering, Processor
 from processors.runtime.pending import PendingRecordsReader
 from processors.topics.catalogue import AppTopics, Catalogue
-from processors.webhooks.secrets import SecretBox
+from processors.webhooks.secrets import ENCRYPTION_KEY_ENV, SecretBox
 from processors.webhooks.ssrf import SsrfPolicy, check_registration_url
 from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.transport import PinnedTransport
@@ -186,9 +187,24 @@ def catalogue_topic(catalogue: Catalogue, suffix: str) -> str:
 
 def secret_box(settings: Settings) -> SecretBox:
     """The key that encrypts partner webhook secrets at rest."""
-    key = settings.webhooks.encryption_key
-    if key is not None:
-        return SecretBox.from_env({"PROCESSORS_WEBHOOK_ENCRYPTION_KEY": key.get_secret_value()})
+    hooks = settings.webhooks
+    if hooks.encryption_key is not None:
+        # the key from the settings, and its previous keys from the settings or, like the key
+        # itself would be, from the environment: a rotation works whichever way the key is given
+        previous = ",".join(k.get_secret_value() for k in hooks.previous_encryption_keys) or os.environ.get(
+            f"{ENCRYPTION_KEY_ENV}_PREVIOUS", ""
+        )
+        env = {
+            ENCRYPTION_KEY_ENV: hooks.encryption_key.get_secret_value(),
+            f"{ENCRYPTION_KEY_ENV}_PREVIOUS": previous,
+        }
+        return SecretBox.from_env(env)
+    if hooks.previous_encryption_keys:
+        env = dict(os.environ)
+        env[f"{ENCRYPTION_KEY_ENV}_PREVIOUS"] = ",".join(
+            k.get_secret_value() for k in hooks.previous_encryption_keys
+        )
+        return SecretBox.from_env(env)
     if settings.webhooks.ephemeral_key:
         return SecretBox.ephemeral()
     return SecretBox.from_env()

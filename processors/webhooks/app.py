@@ -33,7 +33,7 @@ from processors import __version__
 from processors import context as record_context
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport
 from processors.contract import Codec
-from processors.errors import ContractError, Permanent, Retriable, ValidationFailed
+from processors.errors import ConfigError, ContractError, Permanent, Retriable, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import CallContext, EndpointGuard, EndpointUnavailable
@@ -55,7 +55,7 @@ from processors.webhooks.delivery import (
     is_ordered,
     log_record,
 )
-from processors.webhooks.secrets import SecretBox, active_secrets
+from processors.webhooks.secrets import SecretBox, SecretDecryptFailed, active_secrets
 from processors.webhooks.signing import signature_headers
 from processors.webhooks.ssrf import AddressRefused
 from processors.webhooks.subscriptions import Subscription, SubscriptionTable
@@ -229,6 +229,42 @@ class WebhooksApp(RetryGateMixin):
         self.store.add_listener(self._changed)
         await self.store.start()
         await self.store.wait_caught_up()
+        self.check_secrets()
+
+    def check_secrets(self) -> list[str]:
+        """Decrypt every stored secret once, at start-up: a wrong or missing encryption key is
+        found here, not one dead-lettered delivery at a time.
+
+        Raises :class:`ConfigError` when the key opens none of the stored secrets (a wrong key,
+        or a rotated key whose old value is not among the previous keys); logs the subscriptions
+        whose secret it cannot open when it opens the others.  Returns those subscription ids.
+        """
+        now = datetime.now(UTC)
+        failing: list[str] = []
+        readable = 0
+        for sub in self.store.table.all():
+            try:
+                if active_secrets(sub.secrets, self.box, associated=sub.id, now=now):
+                    readable += 1
+            except SecretDecryptFailed:
+                failing.append(sub.id)
+        if not failing:
+            return failing
+        shown = ", ".join(failing[:10]) + (f" and {len(failing) - 10} more" if len(failing) > 10 else "")
+        if readable == 0:
+            raise ConfigError(
+                f"the webhook encryption key opens none of the stored partner secrets "
+                f"({len(failing)} subscription(s): {shown}): a wrong key, or a rotated key whose old "
+                "value is missing from PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS "
+                "(webhooks.previous_encryption_keys)"
+            )
+        log.error(
+            "webhooks: the secrets of %d subscription(s) cannot be decrypted with the configured keys: "
+            "%s; their deliveries wait in the retry tiers until the key is fixed or their secret rotated",
+            len(failing),
+            shown,
+        )
+        return failing
 
     async def start(self) -> None:
         await self.start_store()
@@ -322,6 +358,17 @@ class WebhooksApp(RetryGateMixin):
             )
             return self._failed(msg, job, coordinates, busy, attempt=0, host=host, sent=False)
 
+        try:
+            secrets = endpoint.secrets(sub, self.box)
+        except SecretDecryptFailed as undecryptable:
+            # our configuration, not the partner's fault: no breaker count, a delivery-log entry
+            log.error(
+                "webhooks: the secret of subscription %s cannot be decrypted; check the encryption "
+                "key and its previous keys (PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS)",
+                sub.id,
+            )
+            return self._failed(msg, job, coordinates, undecryptable, attempt=0, host=host, sent=False)
+
         # this delivery's own context: calls add up from the attempts made before it
         record_context.enter_new(
             traceparent=header_value(msg.headers(), "traceparent"), previous_attempts=previous
@@ -349,7 +396,7 @@ class WebhooksApp(RetryGateMixin):
                 ]
             if endpoint.rate is not None:
                 await endpoint.rate.acquire()
-            response = await self._send(endpoint, sub, job)
+            response = await self._send(endpoint, sub, job, secrets)
         except EndpointUnavailable:
             # Straight to a tier that waits at least until the breaker admits a probe again:
             # no pointless round through a shorter tier while it is still open.
@@ -391,8 +438,9 @@ class WebhooksApp(RetryGateMixin):
             )
         ]  # fmt: skip
 
-    async def _send(self, endpoint: _Endpoint, sub: Subscription, job: DispatchJob) -> HttpResponse:
-        secrets = endpoint.secrets(sub, self.box)
+    async def _send(
+        self, endpoint: _Endpoint, sub: Subscription, job: DispatchJob, secrets: list[str]
+    ) -> HttpResponse:
         headers = signature_headers(
             webhook_id=job.webhook_id,
             event_type=job.event_type,

@@ -26,6 +26,9 @@ class WebhooksSettings(BaseModel):
     """Base64 of 32 bytes that encrypts partner secrets at rest.  None: read
     ``PROCESSORS_WEBHOOK_ENCRYPTION_KEY``; start-up fails when neither is set (unless
     ``ephemeral_key``)."""
+    previous_encryption_keys: tuple[SecretStr, ...] = ()
+    """Older keys that still decrypt (key rotation), newest first.  Empty: read the
+    comma-separated ``PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS``."""
     ephemeral_key: bool = False
     """Use a random key for this process only (the demo): stored secrets cannot be read after a restart."""
     allow: tuple[str, ...] = ()

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
-from processors.errors import ConfigError, DecodeError, ProcessorsError
+from processors.errors import ConfigError, DecodeError, ProcessorsError, Retriable
 from processors.webhooks.signing import SECRET_PREFIX
 
 __all__ = [
@@ -64,8 +64,12 @@ class InvalidSecret(ProcessorsError):
         self.reason = reason
 
 
-class SecretDecryptFailed(ProcessorsError):
-    """A stored secret cannot be decrypted: wrong key, wrong subscription or an altered token."""
+class SecretDecryptFailed(Retriable):
+    """A stored secret cannot be decrypted: wrong key, wrong subscription or an altered token.
+
+    Retriable: the usual cause is the encryption-key configuration (a rotated key whose old
+    value is not among the previous keys), which an operator fixes; the delivery waits in the
+    retry tiers meanwhile, and is never sent unsigned."""
 
 
 def generate_secret() -> SecretStr:

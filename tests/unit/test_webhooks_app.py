@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from processors.adapters.http import ConnectFailed, HttpRequest, HttpResponse, TimeoutSettings
+from processors.apps.registry import secret_box
 from processors.contract import Codec, ContentType, LocalSchemaIds
 from processors.contract.examples import example_event
-from processors.errors import ValidationFailed
+from processors.errors import ConfigError, ValidationFailed
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import load_resilience
 from processors.runtime.message import OutRecord, StaticMessage, header_value
+from processors.settings import Settings
 from processors.topics.catalogue import load_catalogue
 from processors.webhooks.app import WebhooksApp
 from processors.webhooks.config import WebhooksSettings
@@ -260,3 +263,66 @@ async def test_a_deleted_subscription_is_skipped() -> None:
     out = await h.app.process(job)
     assert [line["status"] for line in logs(out)] == ["skipped"]
     assert not h.transport.requests
+
+
+# --------------------------------------------------------------------------- encryption keys
+
+
+def _sealed_with(h: Harness, n: int, box: SecretBox) -> Subscription:
+    """A subscription whose secret another key sealed (as after a key rotation gone wrong)."""
+    sub_id = f"ep_{n:024x}"
+    secret = StoredSecret(box.encrypt(SECRET, associated=sub_id), created_at=datetime.now(UTC))
+    sub = Subscription.create(
+        id=sub_id, url=f"https://partner{n}.example/hook", events=["*"], secrets=[secret]
+    )
+    h.store.table.put(sub.id, sub)
+    return sub
+
+
+async def test_a_secret_that_cannot_be_decrypted_is_a_logged_retriable_failure_never_sent() -> None:
+    h = Harness()
+    other = _sealed_with(h, 9, SecretBox.ephemeral())
+    jobs = await h.dispatch()
+    assert [header_value(j.headers(), "x-subscription-id") for j in jobs] == [other.id]
+
+    out = await h.app.process(jobs[0])
+
+    assert h.transport.requests == []  # never sent unsigned, never sent at all
+    [line] = logs(out)
+    assert line["status"] == "failed"
+    assert line["next"] == "retry"
+    assert "cannot be decrypted" in str(line["error"])
+    assert next(r.topic for r in out if r.topic != LOG).startswith("integrations.webhooks.retry.")
+
+
+async def test_start_up_refuses_a_key_that_opens_no_stored_secret() -> None:
+    h = Harness()
+    wrong = SecretBox.ephemeral()
+    _sealed_with(h, 1, wrong)
+    _sealed_with(h, 2, wrong)
+    with pytest.raises(ConfigError, match="opens none of the stored partner secrets") as caught:
+        await h.app.start_store()
+    assert f"ep_{1:024x}" in str(caught.value)
+    assert "PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS" in str(caught.value)
+
+
+async def test_start_up_names_the_subscriptions_a_key_cannot_open(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.subscribe(1)
+    stray = _sealed_with(h, 2, SecretBox.ephemeral())
+    with caplog.at_level("ERROR"):
+        await h.app.start_store()
+    assert h.app.check_secrets() == [stray.id]
+    assert any(stray.id in r.getMessage() for r in caplog.records)
+
+
+def test_previous_keys_decrypt_when_the_key_is_given_in_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation: the key given as PROCESSORS_WEBHOOKS__ENCRYPTION_KEY, the old one as _PREVIOUS."""
+    old, new = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2))
+    sealed = SecretBox.from_env({"PROCESSORS_WEBHOOK_ENCRYPTION_KEY": old}).encrypt(SECRET, associated="ep_x")
+    monkeypatch.setenv("PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS", old)
+    box = secret_box(Settings(webhooks={"encryption_key": new}))
+    assert box.decrypt(sealed, associated="ep_x").get_secret_value() == SECRET
+    monkeypatch.delenv("PROCESSORS_WEBHOOK_ENCRYPTION_KEY_PREVIOUS")
+    in_settings = secret_box(Settings(webhooks={"encryption_key": new, "previous_encryption_keys": [old]}))
+    assert in_settings.decrypt(sealed, associated="ep_x").get_secret_value() == SECRET
