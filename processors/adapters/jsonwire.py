@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["JsonRejected", "dumps", "loads", "loads_strict"]
 
 _encode_str = json.encoder.encode_basestring_ascii
 
@@ -59,5 +59,46 @@ def _write(obj: Any, out: list[str]) -> None:
         raise TypeError(f"cannot encode {type(obj).__name__} (floats are refused on purpose)")
 
 
+class JsonRejected(ValueError):
+    """Untrusted JSON this project refuses, with the reason: not JSON, nested too deeply, a key
+    given twice (whichever one a reader keeps, another reader may keep the other), or a
+    non-standard constant (``NaN``, ``Infinity``)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonRejected(f"the key {json.dumps(key[:64])} appears twice in one object")
+            seen.add(key)
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonRejected(f"{name} is not a JSON value")
+
+
+def loads_strict(data: bytes | str, *, decimals: bool = True) -> Any:
+    """Untrusted JSON, parsed strictly: :class:`JsonRejected` (a ``ValueError``) for anything
+    but standard JSON with unique keys, nested at most as deep as the interpreter allows.
+    Numbers with a fraction become ``Decimal`` unless ``decimals`` is false."""
+    try:
+        return json.loads(
+            data,
+            parse_float=Decimal if decimals else None,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except JsonRejected:
+        raise
+    except RecursionError as exc:
+        raise JsonRejected("nested too deeply") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JsonRejected("not valid JSON") from exc
+
+
 def loads(data: bytes | str) -> Any:
-    return json.loads(data, parse_float=Decimal)
+    """JSON from a provider (amounts as ``Decimal``); strict as :func:`loads_strict`."""
+    return loads_strict(data)

@@ -27,7 +27,6 @@ other: ``recover`` takes every message of the endpoint whose latest attempt fail
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from processors.adapters import jsonwire
 from processors.errors import BrokerError
 from processors.webhooks.attempts import (
     DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT,
@@ -272,8 +272,8 @@ async def _since_from_body(request: web.Request) -> str | None:
     if len(raw) > _MAX_BODY_BYTES:
         raise _BadRequest(f"the body exceeds {_MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        body = jsonwire.loads_strict(raw, decimals=False)
+    except jsonwire.JsonRejected as exc:
         raise _BadRequest('the body must be JSON: {"since": "<ISO-8601 time with a timezone>"}') from exc
     if not isinstance(body, dict):
         raise _BadRequest('the body must be a JSON object: {"since": "<ISO-8601 time with a timezone>"}')

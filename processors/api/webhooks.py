@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from processors.adapters import jsonwire
 from processors.errors import BrokerError
 from processors.webhooks.secrets import (
     InvalidSecret,
@@ -466,8 +467,8 @@ async def _read_json(request: web.Request, *, required: bool) -> Any:
             raise _invalid(["body: a JSON object is required"])
         return None
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        document = jsonwire.loads_strict(raw, decimals=False)
+    except jsonwire.JsonRejected as exc:
         raise _invalid(["body: not valid JSON"]) from exc
     if not isinstance(document, dict):
         raise _invalid(["body: must be a JSON object"])

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Union
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
+from processors.adapters.jsonwire import JsonRejected, loads_strict
 from processors.contract import avro
 from processors.contract.events import (
     EVENT_TYPES,
@@ -231,9 +232,9 @@ class Codec:
             record = self._avro_record(value)
         elif kind == ContentType.JSON or (kind is None and value.lstrip()[:1] == b"{"):
             try:
-                record = json.loads(value)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise DecodeError("not valid JSON") from exc
+                record = loads_strict(value, decimals=False)
+            except JsonRejected as exc:
+                raise DecodeError(str(exc)) from exc
         else:
             raise DecodeError("cannot tell the encoding of the message")
         try:
@@ -250,9 +251,10 @@ class Codec:
                 raise TypeError
             if occurred.tzinfo is None:
                 raise ValueError
-        except (KeyError, TypeError, ValueError) as exc:
+            occurred = occurred.astimezone(UTC)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DecodeError("no event envelope (event_type, occurred_at with a zone, data)") from exc
-        return Peek(event_type, occurred.astimezone(UTC), data)
+        return Peek(event_type, occurred, data)
 
     def _avro_record(self, value: bytes) -> Any:
         if len(value) < _FRAMING_BYTES or value[0] != _MAGIC:
@@ -314,6 +316,12 @@ class Codec:
         return reader
 
     def _decode_json(self, value: bytes) -> Event:
+        try:
+            # pydantic keeps the last of two equal keys and has no depth limit of its own: read
+            # the document once strictly first, so both are refused with their reason
+            loads_strict(value, decimals=False)
+        except JsonRejected as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from exc
         try:
             envelope = _JSON.validate_json(value, strict=True)
         except ValidationError as exc:
@@ -385,7 +393,7 @@ def _reason(exc: ValidationError, event_type: str | None, *, tagged: bool) -> st
             error["type"] == "string_pattern_mismatch"
             and error.get("ctx", {}).get("pattern") == NO_WHITESPACE
         ):
-            message = "must not contain whitespace"
+            message = "must not contain whitespace or control characters"
         else:
             message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if PII_FIELDS.intersection(part for part in loc if isinstance(part, str)):

@@ -30,6 +30,10 @@ from pydantic import (
     PlainValidator,
     SerializeAsAny,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     create_model,
     model_validator,
 )
@@ -105,10 +109,38 @@ def _utc(value: datetime) -> datetime:
             "naive_datetime",
             "must be timezone-aware: naive datetimes are rejected (send UTC, e.g. 2024-01-15T10:30:00Z)",
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_range", "is outside the representable range once converted to UTC"
+        ) from None
 
 
-NO_WHITESPACE = r"^\S+$"
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_TEXT_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _iso_text(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
+    """A date-time given as text must be ISO 8601: pydantic would also read a number in a
+    string (``"1700000000"``) as a time.  Text is parsed by pydantic's own parser, so the
+    accepted ISO forms are exactly the ones it accepts."""
+    if isinstance(value, str):
+        if not _ISO_DATETIME.match(value):
+            raise PydanticCustomError(
+                "datetime_format", "must be an ISO 8601 date-time with a zone, e.g. 2024-01-15T10:30:00Z"
+            )
+        try:
+            value = _TEXT_DATETIME.validate_python(value, strict=False)
+        except ValidationError:
+            raise PydanticCustomError(
+                "datetime_format", "must be an ISO 8601 date-time with a zone, e.g. 2024-01-15T10:30:00Z"
+            ) from None
+    result: datetime = handler(value)
+    return result
+
+
+NO_WHITESPACE = r"^[^\s\x00-\x1f\x7f]+$"
 """The pattern of identifiers and tokens (the codec words its errors as "contains whitespace")."""
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_WHITESPACE)]
@@ -123,7 +155,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 CountryCode = Annotated[str, AfterValidator(_country)]
 """An ISO 3166-1 alpha-2 country code (``US``, ``GB``, ``DE``)."""
 
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, WrapValidator(_iso_text), AfterValidator(_utc)]
 """A timezone-aware timestamp, normalised to UTC; naive datetimes are rejected."""
 
 Url = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")]
