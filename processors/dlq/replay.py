@@ -57,6 +57,7 @@ from processors.dlq.records import DeadLetter, format_time
 from processors.dlq.rewrite import DEFAULT_REPLAY_LIMIT, replay_headers, should_park
 from processors.dlq.summary import DlqStats
 from processors.errors import BrokerError, ConfigError, ProcessorsError
+from processors.runtime.failures import H
 from processors.runtime.message import HeaderList
 from processors.topics.catalogue import AppTopics, Catalogue
 
@@ -502,6 +503,14 @@ class _Replay:
     def _route(self, record: DeadLetter) -> _Move | str:
         """Where ``record`` goes, or why it cannot be replayed."""
         where = f"{record.topic} [{record.partition}] offset {record.offset}"
+        if record.header(H.VALUE_TRUNCATED) == "true":
+            return (
+                f"{where}: holds only an excerpt of a {record.header(H.VALUE_SIZE)}-byte value (too large "
+                f"for the dead-letter topic); the whole record is at {record.original_topic} "
+                f"[{record.header(H.ORIGINAL_PARTITION)}] offset {record.header(H.ORIGINAL_OFFSET)} "
+                f"(sha256 {record.header(H.VALUE_SHA256)}): republish it from there, and leave this "
+                "one out of the replay (--to-offset / --from-offset)"
+            )
         if should_park(record.headers, self.replay_limit):
             topic, partition, park = self.app.parked, record.partition, True
         elif self.target_topic is not None:

@@ -36,7 +36,9 @@ from processors.errors import Backpressure, BrokerError, ConfigError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.runtime.closing import close_group_consumer
+from processors.runtime.failures import OutputTooLarge, fitted, is_terminal_copy
 from processors.runtime.message import KafkaMessage, OutRecord
+from processors.runtime.producer import RecordTooLarge
 from processors.runtime.tracker import PartitionState
 
 __all__ = [
@@ -332,7 +334,7 @@ class Engine:
                     finally:
                         self._sem.release()
                     if waiting is None and outputs:
-                        await self._send(outputs)
+                        await self._send(outputs, msg)
                 finally:
                     state.stopped()
                 if waiting is not None:
@@ -424,14 +426,29 @@ class Engine:
                     self._unpause(other, reason)
         return not self._halted(state)
 
-    async def _send(self, outputs: Sequence[OutRecord]) -> None:
-        """Produce and await acknowledgement; a broker failure is retried, never skipped."""
+    async def _send(self, outputs: Sequence[OutRecord], msg: KafkaMessage) -> None:
+        """Produce and await acknowledgement; a broker failure is retried, never skipped.
+
+        A record refused for its size is never retried as it is (it would wedge its partition
+        for ever): a dead letter is sent again as an excerpt with the whole value's size and
+        sha256 (:func:`fitted`; the original stays at its source offset), and any other output
+        (a result, a retry-tier copy) sends ``msg`` to the failure route instead.
+        """
         records = list(outputs)
         while True:
             try:
                 await self._producer.send_all(records)
                 self.stats.outputs += len(records)
                 return
+            except RecordTooLarge as exc:
+                self.stats.outputs += len(records) - len(exc.records)
+                log.error("app %s: %s", self.processor.name, exc)
+                if all(is_terminal_copy(r) for r in exc.records):
+                    records = [fitted(r) for r in exc.records]
+                    continue
+                sizes = ", ".join(f"{r.topic} ({len(r.value or b'')} bytes)" for r in exc.records)
+                too_large = OutputTooLarge(f"output larger than its topic accepts: {sizes}")
+                records = list(self.processor.failure(msg, too_large, group=self.group))
             except BrokerError as exc:
                 log.error("app %s: output not acknowledged, retrying: %s", self.processor.name, exc)
                 await asyncio.sleep(self.settings.output_retry_backoff_ms / 1000)

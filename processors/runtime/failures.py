@@ -7,10 +7,11 @@ one ``x-error-class``, not two.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from processors.errors import ContractError, ProcessorsError
+from processors.errors import ContractError, Permanent, ProcessorsError
 from processors.runtime.message import HeaderList, KafkaMessage, OutRecord
 
 __all__ = [
@@ -43,6 +44,11 @@ class H:
     RETRY_HOPS = "x-retry-hops"
     """How many times the record itself failed into a retry tier (a record forwarded behind an
     earlier one of its key sits in that one's tier without having failed)."""
+    VALUE_TRUNCATED = "x-value-truncated"
+    """``true`` on a dead letter whose value is only an excerpt: the original was too large for
+    the topic.  The full value stays at ``x-original-topic``/``-partition``/``-offset``."""
+    VALUE_SIZE = "x-value-size"
+    VALUE_SHA256 = "x-value-sha256"
 
 
 PROVENANCE_HEADERS = frozenset(v for k, v in vars(H).items() if k.isupper())
@@ -105,6 +111,45 @@ def dead_letter(
         ]
     )
     return OutRecord(topic=topic, key=msg.key(), value=msg.value(), headers=headers)
+
+
+EXCERPT_BYTES = 16 * 1024
+"""How much of a too-large value a dead letter keeps: enough to see what it was, small enough to
+fit any topic (Kafka's smallest useful ``max.message.bytes`` is far above it)."""
+
+
+class OutputTooLarge(Permanent):
+    """An output of the handler is larger than its topic accepts: the input is dead-lettered."""
+
+
+def is_terminal_copy(record: OutRecord) -> bool:
+    """A dead letter or parked record (failure headers, no due time), not a retry-tier copy."""
+    names = {key for key, _ in record.headers}
+    return H.ERROR_CLASS in names and H.DUE_AT not in names
+
+
+def fitted(record: OutRecord, *, excerpt_bytes: int = EXCERPT_BYTES) -> OutRecord:
+    """``record`` (a dead letter) with its value cut to an excerpt, and the whole value's size and
+    sha256 in headers: the original stays where the provenance headers point.  Key and the other
+    headers are kept."""
+    value = record.value or b""
+    headers = [
+        (k, v) for k, v in record.headers if k not in (H.VALUE_TRUNCATED, H.VALUE_SIZE, H.VALUE_SHA256)
+    ]
+    headers.extend(
+        [
+            (H.VALUE_TRUNCATED, b"true"),
+            (H.VALUE_SIZE, str(len(value)).encode()),
+            (H.VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+        ]
+    )
+    return OutRecord(
+        topic=record.topic,
+        key=record.key,
+        value=value[:excerpt_bytes],
+        headers=headers,
+        partition=record.partition,
+    )
 
 
 def _header(msg: KafkaMessage, name: str) -> str | None:

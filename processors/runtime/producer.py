@@ -18,7 +18,28 @@ import confluent_kafka
 from processors.errors import BrokerError
 from processors.runtime.message import OutRecord
 
-__all__ = ["AsyncProducer"]
+__all__ = ["AsyncProducer", "RecordTooLarge"]
+
+
+class RecordTooLarge(BrokerError):
+    """Records the producer or the broker refused for their size (``MSG_SIZE_TOO_LARGE``).
+
+    Not retried as it is: the same bytes would be refused for ever.  The engine sends a record
+    that fits instead (:func:`processors.runtime.failures.fitted`)."""
+
+    def __init__(self, records: list[OutRecord]) -> None:
+        topics = ", ".join(sorted({r.topic for r in records}))
+        sizes = ", ".join(str(len(r.value or b"")) for r in records[:5])
+        super().__init__(f"{len(records)} record(s) too large for {topics} (value bytes: {sizes})")
+        self.records = records
+
+
+_TOO_LARGE: frozenset[int] = frozenset(
+    {
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        getattr(confluent_kafka.KafkaError, "RECORD_LIST_TOO_LARGE", -1),
+    }
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +57,7 @@ class AsyncProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
-        self._reports: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]] = []
+        self._reports: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None, OutRecord]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -85,7 +106,7 @@ class AsyncProducer:
 
         def on_delivery(err: confluent_kafka.KafkaError | None, _msg: object) -> None:
             # Runs on the report thread, inside poll(): collected and resolved in batches.
-            self._reports.append((future, err))
+            self._reports.append((future, err, record))
 
         headers: Any = record.headers or None
         extra: dict[str, Any] = {} if record.partition is None else {"partition": record.partition}
@@ -104,15 +125,38 @@ class AsyncProducer:
                 # Local queue full: wait for deliveries to drain it instead of failing.
                 await asyncio.sleep(self._poll_interval_s)
             except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, confluent_kafka.KafkaError) and error.code() in _TOO_LARGE:
+                    raise RecordTooLarge([record]) from exc
                 raise BrokerError(f"produce to {record.topic} failed: {exc}") from exc
 
     async def send_all(self, records: list[OutRecord]) -> None:
-        """Produce every record (in order), then wait for all acknowledgements."""
-        futures = [await self._produce(record) for record in records]
-        if len(futures) == 1:
+        """Produce every record (in order), then wait for all acknowledgements.
+
+        Raises :class:`RecordTooLarge` naming every record refused for its size (the others
+        were acknowledged), or the first other :class:`BrokerError`.
+        """
+        futures: list[asyncio.Future[None]] = []
+        too_large: list[OutRecord] = []
+        for record in records:
+            try:
+                futures.append(await self._produce(record))
+            except RecordTooLarge as exc:
+                too_large.extend(exc.records)
+        if len(futures) == 1 and not too_large:
             await futures[0]
-        elif futures:
-            await asyncio.gather(*futures)
+            return
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        other: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, RecordTooLarge):
+                too_large.extend(outcome.records)
+            elif isinstance(outcome, BaseException) and other is None:
+                other = outcome
+        if other is not None:
+            raise other
+        if too_large:
+            raise RecordTooLarge(too_large)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         if self._producer is None:
@@ -129,11 +173,13 @@ class AsyncProducer:
         self._producer = None
 
 
-def _resolve(batch: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None]]) -> None:
-    for future, err in batch:
+def _resolve(batch: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None, OutRecord]]) -> None:
+    for future, err, record in batch:
         if future.done():
             continue
         if err is None:
             future.set_result(None)
+        elif err.code() in _TOO_LARGE:
+            future.set_exception(RecordTooLarge([record]))
         else:
             future.set_exception(BrokerError(f"delivery failed: {err.str()}"))

@@ -144,6 +144,9 @@ class PartnerBehaviour(SandboxConfig):
     redirect_status: Literal[301, 302, 303, 307, 308] = 307
     status: int = Field(default=500, ge=400, le=599)
     """``error``: the status of every answer."""
+    accept_seed: bool = False
+    """Also accept a request signed with the seed scheme only (``X-Webhook-Signature``), as a
+    receiver that cannot read the timestamped headers would; such a receiver accepts replays."""
 
     @model_validator(mode="after")
     def _mode_has_what_it_needs(self) -> Self:
@@ -384,7 +387,13 @@ class Partner:
         from processors.webhooks.verify import WebhookVerificationError, verify_webhook
 
         try:
-            verify_webhook(body, headers, self._secrets, tolerance_s=SIGNATURE_TOLERANCE_S)
+            verify_webhook(
+                body,
+                headers,
+                self._secrets,
+                tolerance_s=SIGNATURE_TOLERANCE_S,
+                allow_seed=self.behaviour.accept_seed,
+            )
         except WebhookVerificationError as exc:
             return str(exc.reason)
         return None

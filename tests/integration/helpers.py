@@ -15,6 +15,7 @@ from typing import Any
 import confluent_kafka
 
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+from processors.dlq._kafka import retrying
 
 CODEC = Codec(LocalSchemaIds())
 
@@ -120,8 +121,14 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        # a just-created topic may have no leader yet for a moment: ask again until it has
         return {
-            p: consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1]
+            p: retrying(
+                lambda p=p: consumer.get_watermark_offsets(
+                    confluent_kafka.TopicPartition(topic, p), timeout=10
+                ),
+                timeout_s=30,
+            )[1]
             for p in partitions
         }
     finally:

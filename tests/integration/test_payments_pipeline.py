@@ -222,3 +222,63 @@ async def test_a_rebalance_drains_and_commits_so_no_event_is_processed_twice(
     assert all(seq == list(range(1, 11)) for seq in by_policy.values())
     assert len(charges) == len(events)
     assert set(charges.values()) == {1}
+
+
+async def test_an_event_too_large_for_the_dlq_is_dead_lettered_as_an_excerpt_and_its_key_moves_on(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    """A 1,000,000-byte premium.due the source topic accepted used to wedge its partition: its
+    dead letter (the same bytes plus headers) was refused for its size, retried every second
+    for ever, and the later events of its key never got a result."""
+    import hashlib
+
+    import confluent_kafka
+
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    dlq = f"{prefix}integrations.payments.dlq"
+    later = [premium_due(7, i, token=CARD_TOKENS["ok"]) for i in range(1, 4)]
+    key = later[0].subject.encode()
+    huge = b'{"event_type": "premium.due", "pad": "' + b"x" * (1_000_000 - 40) + b'"}'
+    upstream = confluent_kafka.Producer(
+        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 2_000_000}
+    )
+    upstream.produce(billing, key=key, value=huge, headers=[("content-type", b"application/json")])
+    assert upstream.flush(30) == 0
+    publish(kafka_bootstrap, billing, later)
+
+    async with SandboxServer(gateway=GatewayConfig(seed=5)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        collector = Collector(kafka_bootstrap, [results, dlq])
+        proc = start_processor(env, "run", "payments", log_path=tmp_path / "p.log")
+        try:
+            await collector.wait_for(
+                lambda r: len(collector.on(dlq)) >= 1 and len(collector.on(results)) >= 3, timeout_s=120
+            )
+
+            def caught_up(_records: object) -> bool:  # the group's lag is 0: nothing wedged
+                done = committed_offsets(kafka_bootstrap, f"{prefix}payments", billing)
+                ends = end_offsets(kafka_bootstrap, billing)
+                return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
+
+            await collector.wait_for(caught_up, timeout_s=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            collector.close()
+        assert proc.returncode == 0, (tmp_path / "p.log").read_text()[-3000:]
+
+    [letter] = collector.on(dlq)
+    assert header(letter, H.VALUE_TRUNCATED) == "true"
+    assert header(letter, H.VALUE_SIZE) == str(len(huge))
+    assert header(letter, H.VALUE_SHA256) == hashlib.sha256(huge).hexdigest()
+    assert header(letter, H.ERROR_CLASS) == "ValidationFailed"  # a JSON object, but no event
+    assert header(letter, H.ORIGINAL_TOPIC) == billing
+    assert header(letter, H.ORIGINAL_OFFSET) == "0"
+    assert huge.startswith(letter.value() or b"x")  # an excerpt of the original bytes
+    assert sorted(decode(m).data.reference_id for m in collector.on(results)) == [  # type: ignore[union-attr]
+        "POL-2024-000007-I001",
+        "POL-2024-000007-I002",
+        "POL-2024-000007-I003",
+    ]

@@ -313,11 +313,21 @@ async def test_changing_behaviour_applies_to_the_next_request(
 async def test_correct_signatures_are_accepted_in_both_schemes(
     partners: PartnerSandbox, client: aiohttp.ClientSession
 ) -> None:
-    partner = partners.add("acme", PartnerBehaviour(), [SECRET])
+    partner = partners.add("acme", PartnerBehaviour(accept_seed=True), [SECRET])
     standard = await deliver(client, partners.url("acme"), "msg_1")
     seed_only = await deliver(client, partners.url("acme"), "msg_2", standard=False)
     assert [standard.status, seed_only.status] == [200, 200]
     assert [d.signature_valid for d in partner.received()] == [True, True]
+
+
+async def test_a_seed_only_request_is_refused_unless_the_partner_accepts_the_seed_scheme(
+    partners: PartnerSandbox, client: aiohttp.ClientSession
+) -> None:
+    """A request stripped of its timestamped headers is a downgrade (replayable): refused by default."""
+    partner = partners.add("acme", PartnerBehaviour(), [SECRET])
+    seed_only = await deliver(client, partners.url("acme"), "msg_1", standard=False)
+    assert seed_only.status == 401
+    assert partner.accepted() == []
 
 
 async def test_a_wrong_signature_is_refused_with_401_and_recorded(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -13,7 +14,9 @@ from confluent_kafka import TopicPartition
 
 from processors.errors import Backpressure
 from processors.runtime.engine import Engine, EngineSettings, Ordering
+from processors.runtime.failures import EXCERPT_BYTES, H
 from processors.runtime.message import KafkaMessage, OutRecord, StaticMessage
+from processors.runtime.producer import RecordTooLarge
 
 TOPIC = "in"
 
@@ -361,3 +364,56 @@ async def test_backpressure_pauses_every_partition_holds_the_record_and_retries_
     assert [off for key, off in proc.ended if key == b"A"] == [0, 1]
     assert consumer.last_commit(0) == 2
     assert consumer.last_commit(1) == 1
+
+
+class LimitedProducer(FakeProducer):
+    """Refuses, like a broker, every record whose value is over ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused: list[OutRecord] = []
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        fitting = [r for r in records if len(r.value or b"") <= self.limit]
+        refused = [r for r in records if len(r.value or b"") > self.limit]
+        self.sent.extend(fitting)
+        if refused:
+            self.refused.extend(refused)
+            raise RecordTooLarge(refused)
+
+
+async def test_a_dead_letter_too_large_for_its_topic_goes_as_an_excerpt_and_the_partition_moves_on() -> None:
+    async def behaviour(msg: KafkaMessage) -> None:
+        if msg.offset() == 1:
+            raise ValueError("boom")
+
+    big = StaticMessage(TOPIC, 0, 1, b"A", b"x" * 100_000)
+    msgs = [_msg(0, 0, "A"), big, _msg(0, 2, "A"), _msg(0, 3, "A")]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), LimitedProducer(50_000), ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer)
+    await _run_until(engine, lambda: consumer.last_commit(0) == 4)
+
+    assert [r.topic for r in producer.sent] == ["out", "dlq", "out", "out"]
+    letter = producer.sent[1]
+    assert len(letter.value or b"") == EXCERPT_BYTES
+    headers = dict(letter.headers)
+    assert headers[H.VALUE_TRUNCATED] == b"true"
+    assert headers[H.VALUE_SIZE] == b"100000"
+    assert headers[H.VALUE_SHA256] == hashlib.sha256(b"x" * 100_000).hexdigest().encode()
+    assert headers["x-error-class"] == b"ValueError"  # the reason is kept
+
+
+async def test_a_result_too_large_for_its_topic_dead_letters_the_input() -> None:
+    big = StaticMessage(TOPIC, 0, 0, b"A", b"y" * 80_000)  # echoed as a result: too large for "out"
+    msgs = [big, _msg(0, 1, "A")]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), LimitedProducer(50_000), ScriptedProcessor()
+    engine = _engine(proc, consumer, producer)
+    await _run_until(engine, lambda: consumer.last_commit(0) == 2)
+
+    assert [r.topic for r in producer.sent] == ["dlq", "out"]
+    letter = dict(producer.sent[0].headers)
+    assert letter["x-error-class"] == b"OutputTooLarge"
+    # the input itself was too large for the dead-letter topic too: an excerpt went
+    assert letter[H.VALUE_TRUNCATED] == b"true"
+    assert [r.topic for r in producer.refused] == ["out", "dlq"]
