@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("== summary")
     for bench, report in sorted(summary["benches"].items()):
-        for name, ratio in sorted(report["ratios"].items()):
+        for name, ratio in sorted(report.get("ratios", {}).items()):
             target = ratio.get("target")
             met = ""
             if target is not None:

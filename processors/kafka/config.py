@@ -48,7 +48,14 @@ _FOREVER_MS: Final = 2_147_483_647
 _GROUP_CONSUMER: Final[Mapping[str, Any]] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
-    "session.timeout.ms": 45_000,
+    # Failover: a member that dies without leaving (SIGKILL, a lost host) holds its partitions
+    # until its session times out; 45 s (the client default) measured 45-48 s of idle
+    # partitions (bench/bench_failover.py), 6 s (the broker's lowest allowed) about 7.
+    # Heartbeats come from librdkafka's own thread, not the Python loop, so a busy app is not
+    # evicted by mistake.  On a network that drops heartbeats for seconds, raise it with
+    # consumer.session.timeout.ms (and heartbeat.interval.ms to a third of it).
+    "session.timeout.ms": 6_000,
+    "heartbeat.interval.ms": 2_000,
     "max.poll.interval.ms": 300_000,
     "enable.partition.eof": False,
 }
