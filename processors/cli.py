@@ -25,6 +25,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -116,6 +117,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    """The effective settings (environment, defaults) as JSON; every secret masked."""
+    import json
+
+    from processors.settings import load_settings
+
+    settings = load_settings()
+    # SecretStr serialises as "**********"; librdkafka settings are plain strings, so the ones
+    # that name a credential are masked here
+    shown = settings.model_dump(mode="json")
+    shown["client_overrides"] = {
+        key: "**********" if _CREDENTIAL.search(key) else value
+        for key, value in settings.client_overrides.items()
+    }
+    print(json.dumps(shown, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+_CREDENTIAL = re.compile(r"password|secret|token|credential|\.key$|jaas", re.IGNORECASE)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    """What PROCESSORS_ENV=production would refuse for these apps; exit 1 when anything."""
+    from processors.production import production_problems
+    from processors.settings import load_settings
+
+    settings = load_settings()
+    problems = production_problems(settings, args.apps, api=args.api or settings.api.enabled)
+    for problem in problems:
+        print(f"not for production: {problem}")
+    if not problems:
+        print(f"ready for production: {', '.join(args.apps)}" + (" with the API" if args.api else ""))
+    return 1 if problems else 0
+
+
 def _version() -> str:
     """The installed distribution's version (pyproject.toml), or a plain marker from a bare tree."""
     try:
@@ -155,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-port", type=int, help="port of the API, 0 for any (default: $PROCESSORS_API__PORT or 8080)"
     )
     run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="the effective settings, and whether they are fit for production")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective settings as JSON, secrets masked")
+    show.set_defaults(func=_cmd_config_show)
+    check = config_sub.add_parser(
+        "check", help="list what PROCESSORS_ENV=production would refuse for these apps (exit 1 if any)"
+    )
+    check.add_argument("apps", nargs="+", metavar="APP", help=f"one or more of: {', '.join(app_names())}")
+    check.add_argument("--api", action="store_true", help="the HTTP API runs too")
+    check.set_defaults(func=_cmd_config_check)
 
     from processors.bordereaux.cli import register_cli as register_bordereaux
     from processors.dlq.cli import register_cli as register_dlq

@@ -21,6 +21,7 @@ from processors.contract import Codec, LocalSchemaIds, SchemaRegistryClient
 from processors.errors import ConfigError
 from processors.kafka import KafkaClients
 from processors.observability.audit import KafkaAuditSink, configure_audit_sink
+from processors.production import check_production
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import load_resilience
 from processors.runtime.engine import Engine
@@ -63,6 +64,7 @@ class Runner:
             raise ConfigError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(app_names_known())}")
         self.settings = settings
         self.app_names = list(dict.fromkeys(app_names))
+        check_production(settings, self.app_names, api=settings.api.enabled)
         self.catalogue = catalogue or load_catalogue(settings.topics_file)
         self.engines: list[Engine] = []
         self.breakers: BreakerRegistry | None = None

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
+    env: Literal["development", "production"] = Field(
+        default="development", validation_alias=AliasChoices("PROCESSORS_ENV", "env")
+    )
+    """``production`` refuses to start with sandbox credentials, a short API token, an ephemeral
+    webhook key or an SSRF allow-list opened to private addresses (:mod:`processors.production`)."""
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "PROCESSORS_BOOTSTRAP_SERVERS"),

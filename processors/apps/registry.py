@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
+from pydantic import SecretStr
+
 from processors.adapters.http import AiohttpTransport
 from processors.adapters.kyc_provider import KycProvider
 from processors.adapters.payment_gateway import PaymentGateway
@@ -32,6 +34,7 @@ from processors.apps.reinsurance.app import DELIVERIES_TOPIC, build_reinsurance_
 from processors.contract import Codec, ContentType
 from processors.errors import ConfigError
 from processors.kafka import KafkaClients
+from processors.production import sandbox_secret, webhook_problems
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy, ResilienceConfig
 from processors.resilience.guard import EndpointGuard, Unguarded
@@ -125,6 +128,8 @@ class AppSpec:
     routes: Callable[[Settings, Catalogue, Processor], Awaitable[list[RouteProvider]]] | None = None
     """Extra API routes it serves when the API runs beside it."""
     inbound: Callable[[Settings], Mapping[str, InboundHandler]] = lambda _s: {}
+    production_problems: Callable[[Settings], list[str]] = lambda _s: []
+    """Why the app's settings are unfit for ``PROCESSORS_ENV=production`` (sandbox credentials...)."""
     """Provider callbacks the API accepts for this app (``/api/v1/inbound/<provider>``), by
     provider name; served whether or not the app runs in the same process."""
     notes: tuple[str, ...] = field(default=())
@@ -214,6 +219,23 @@ def ssrf_policy(settings: Settings) -> SsrfPolicy:
     return SsrfPolicy(allow=settings.webhooks.allow, require_https=settings.webhooks.require_https)
 
 
+def _sandbox(secret: SecretStr | None, name: str) -> list[str]:
+    return [f"{name} is the sandbox default"] if sandbox_secret(secret) else []
+
+
+def _reinsurer_problems(settings: Settings) -> list[str]:
+    insurance = settings.reinsurance
+    if not insurance.reinsurers:
+        return _sandbox(
+            insurance.reinsurer.token,
+            "reinsurance.reinsurer.token (PROCESSORS_REINSURANCE__REINSURER__TOKEN)",
+        )
+    problems: list[str] = []
+    for code, reinsurer in insurance.reinsurers.items():
+        problems.extend(_sandbox(reinsurer.token, f"reinsurance.reinsurers.{code}.token"))
+    return problems
+
+
 # --- payments ----------------------------------------------------------------------------------
 
 
@@ -242,6 +264,9 @@ register(
         endpoints=lambda _s: ("payment-gateway",),
         outputs=lambda s, _c: (s.payments.results_topic,),
         inbound=lambda s: {PAYMENT_GATEWAY: PaymentConfirmationHandler(s.payments.results_topic)},
+        production_problems=lambda s: _sandbox(
+            s.payments.gateway.token, "payments.gateway.token (PROCESSORS_PAYMENTS__GATEWAY__TOKEN)"
+        ),
     )
 )
 
@@ -278,6 +303,9 @@ register(
                 decision_from_callback, s.api.kyc_results_topic or s.kyc.results_topic
             )
         },
+        production_problems=lambda s: _sandbox(
+            s.kyc.provider.token, "kyc.provider.token (PROCESSORS_KYC__PROVIDER__TOKEN)"
+        ),
     )
 )
 
@@ -391,6 +419,7 @@ register(
         outputs=_webhook_topics,
         engine_settings=lambda s: s.webhooks.engine,
         routes=webhook_routes,
+        production_problems=webhook_problems,
     )
 )
 
@@ -447,6 +476,7 @@ register(
         build=_build_delivery,
         endpoints=lambda s: s.reinsurance.endpoints(),
         outputs=lambda _s, c: (catalogue_topic(c, DELIVERIES_TOPIC),),
+        production_problems=_reinsurer_problems,
     )
 )
 
@@ -474,5 +504,8 @@ register(
         build=_build_regulatory,
         endpoints=lambda _s: ("regulator-sftp",),
         outputs=lambda _s, c: (catalogue_topic(c, "regulatory.reports"),),
+        production_problems=lambda s: _sandbox(
+            s.regulatory.sftp.password, "regulatory.sftp.password (PROCESSORS_REGULATORY__SFTP__PASSWORD)"
+        ),
     )
 )
