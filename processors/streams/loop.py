@@ -255,10 +255,15 @@ class TransactionalLoop:
     def _close(self) -> None:
         if self._consumer is not None:
             close_group_consumer(self._consumer, what=self.app)
+            self._consumer = None
         if self._restorer is not None:
             self._restorer.close()
+            self._restorer = None
         if self._producer is not None:
             self._producer.flush(10)
+            # librdkafka's producer closes when the last reference goes: drop it now, not when
+            # this loop object is collected (it would go on reconnecting to a stopped cluster)
+            self._producer = None
 
     # --- rebalance -----------------------------------------------------------------------
 
