@@ -26,7 +26,7 @@ from processors.dlq._kafka import KafkaConfig, clients
 from processors.dlq.filters import DlqFilter
 from processors.dlq.lock import ReplayLockHeld, ReplayLockLost
 from processors.dlq.reader import read_dead_letter, scan, stats
-from processors.dlq.records import DeadLetter, format_key, format_time, headers_as_text
+from processors.dlq.records import DeadLetter, format_key, format_time
 from processors.dlq.replay import (
     DEFAULT_RATE_PER_S,
     ReplayAborted,
@@ -369,7 +369,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     out.write(f"  timestamp  {format_time(record.timestamp) or '-'}\n")
     out.write(f"  key        {format_key(record.key) or '(none)'}\n")
     out.write("  headers:\n")
-    shown = headers_as_text(record.headers)
+    shown = [(header["name"], header["value"]) for header in document["headers"]]  # redacted there
     width = max((len(name) for name, _ in shown), default=0)
     for name, value in shown:
         out.write(f"    {name.ljust(width)}  {value}\n")
@@ -382,7 +382,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
             out.write(f"      {line}\n")
     else:
         out.write(f"  value: {view.size} bytes, not a contract event ({view.decode_error})\n")
-        out.write(f"    first bytes (hex): {view.hex_preview or '(empty)'}\n")
+        if view.text_preview is not None:
+            out.write(f"    first bytes (text, personal data masked): {view.text_preview}\n")
+        else:
+            out.write(f"    first bytes (hex): {view.hex_preview or '(empty)'}\n")
     return EXIT_OK
 
 

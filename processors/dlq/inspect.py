@@ -9,6 +9,7 @@ decoder's reason (reasons are written to carry no personal data).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from processors.contract import PII_FIELDS, Codec
 from processors.dlq.records import DeadLetter, format_key, format_time, headers_as_text
 from processors.errors import ContractError, ProcessorsError
+from processors.observability.redact import redact, redact_headers, redact_text
 
 __all__ = ["HEX_PREVIEW_BYTES", "MASK", "ValueView", "describe_value", "mask_pii", "show_document"]
 
@@ -43,6 +45,7 @@ class ValueView:
     data: Any = None
     decode_error: str | None = None
     hex_preview: str | None = None
+    text_preview: str | None = None
 
     @property
     def decoded(self) -> bool:
@@ -58,12 +61,12 @@ class ValueView:
                 "subject": self.subject,
                 "data": self.data,
             }
-        return {
-            "size": self.size,
-            "decoded": False,
-            "decode_error": self.decode_error,
-            "hex_preview": self.hex_preview,
-        }
+        shown: dict[str, Any] = {"size": self.size, "decoded": False, "decode_error": self.decode_error}
+        if self.text_preview is not None:
+            shown["text_preview"] = self.text_preview
+        else:
+            shown["hex_preview"] = self.hex_preview
+        return shown
 
 
 def describe_value(
@@ -84,10 +87,60 @@ def describe_value(
             event_type=event.event_type,
             event_id=str(event.event_id),
             subject=event.subject,
-            data=mask_pii(dumped.get("data")),
+            # the contract's personal-data fields by name, then everything else the redaction
+            # finds (sensitive keys, and patterns inside free-text values)
+            data=redact(mask_pii(dumped.get("data"))),
         )
-    preview = (value or b"")[:HEX_PREVIEW_BYTES].hex(" ")
-    return ValueView(size=size, decode_error=reason, hex_preview=preview)
+    head = (value or b"")[:HEX_PREVIEW_BYTES]
+    if not head:
+        return ValueView(size=size, decode_error=reason, hex_preview="")
+    text = _text_of((value or b"")[:TEXT_CONTEXT_BYTES])
+    if text is None:
+        return ValueView(size=size, decode_error=reason, hex_preview=head.hex(" "))
+    # readable text (a JSON body that failed validation, say): shown redacted, never as hex,
+    # which would only hide personal data from the eye.  Redacted in a wide window first and
+    # cut afterwards, so a value is never cut in half before the redaction could see it whole.
+    return ValueView(size=size, decode_error=reason, text_preview=_redacted_text(text)[:TEXT_PREVIEW_CHARS])
+
+
+def _redacted_text(text: str) -> str:
+    """JSON redacted as a structure (by key, and strings inside by pattern, nested JSON text
+    included), anything else as free text."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return redact_text(text)
+    return json.dumps(_redact_nested(document), ensure_ascii=False)
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return redact(_redact_nested(json.loads(value)))
+        except (ValueError, RecursionError):
+            return redact(value)
+    if isinstance(value, dict):
+        return redact({key: _redact_nested(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [_redact_nested(item) for item in value]
+    return redact(value)
+
+
+TEXT_CONTEXT_BYTES = 16 * 1024
+TEXT_PREVIEW_CHARS = 240
+
+
+def _text_of(data: bytes) -> str | None:
+    """``data`` as text when it is printable UTF-8 (a multi-byte character cut at the end of the
+    window is dropped); None for binary data."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(data) - 3:
+            return None
+        text = data[: exc.start].decode("utf-8")
+    printable = text.replace("\n", " ").replace("\r", " ").replace("\t", " ")
+    return text if printable.isprintable() else None
 
 
 def show_document(record: DeadLetter, view: ValueView) -> dict[str, Any]:
@@ -98,6 +151,9 @@ def show_document(record: DeadLetter, view: ValueView) -> dict[str, Any]:
         "offset": record.offset,
         "timestamp": format_time(record.timestamp),
         "key": format_key(record.key),
-        "headers": [{"name": name, "value": value} for name, value in headers_as_text(record.headers)],
+        "headers": [
+            {"name": name, "value": value}
+            for name, value in redact_headers(headers_as_text(record.headers)).items()
+        ],
         "value": view.as_dict(),
     }

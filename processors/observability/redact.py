@@ -83,7 +83,11 @@ _NAMED_KEYS: Final = frozenset(
         "date_of_birth", "dob", "birth_date", "birthdate",
         # addresses and contact details
         "address", "billing_address", "line1", "line2", "street", "postal_code", "zip",
-        "zip_code", "email", "phone", "phone_number", "mobile",
+        "zip_code", "email", "phone", "phone_number", "mobile", "mobile_number", "telephone",
+        "fax",
+        # bank accounts and their holders
+        "iban", "account_number", "bank_account", "sort_code", "routing_number", "holder",
+        "nino", "ni_number", "national_insurance_number", "social_security_number",
         # images
         "front_image_url", "back_image_url", "image_url", "selfie_url",
         # credentials and secrets
@@ -118,9 +122,29 @@ SENSITIVE_SUFFIXES: Final[tuple[str, ...]] = (
     "documentnumber",
     "passportnumber",
     "cardnumber",
+    "accountnumber",
+    "mobilenumber",
+    "phonenumber",
+    "holder",
+    "holdername",
+    "iban",
+    "name",
 )
-"""Normalised key endings that make a key sensitive (``client_secret``, ``X-Api-Key``)."""
+"""Normalised key endings that make a key sensitive (``client_secret``, ``X-Api-Key``,
+``beneficiary_name``, ``account_holder``)."""
 
+_OPERATIONAL_NAMES: Final = frozenset(
+    _norm(k)
+    for k in (
+        "app_name", "file_name", "filename", "manifest_name", "list_name", "topic_name", "event_name",
+        "schema_name", "host_name", "hostname", "table_name", "field_name", "operation_name",
+        "endpoint_name", "type_name", "config_name", "treaty_name", "product_name", "step_name",
+        "stage_name", "service_name", "queue_name", "bucket_name", "key_name", "class_name",
+        "display_name", "dlq_name", "group_name", "channel_name", "partner_name", "reinsurer_name",
+        "insurer_name", "company_name", "business_name", "lob_name", "line_of_business_name",
+    )
+)  # fmt: skip
+"""Keys ending in ``name`` that name things, not people, and stay visible."""
 _key_cache: dict[str, bool] = {}
 
 
@@ -129,7 +153,9 @@ def is_sensitive_key(key: str) -> bool:
     hit = _key_cache.get(key)
     if hit is None:
         normalised = _norm(key)
-        hit = normalised in SENSITIVE_KEYS or normalised.endswith(SENSITIVE_SUFFIXES)
+        hit = normalised in SENSITIVE_KEYS or (
+            normalised.endswith(SENSITIVE_SUFFIXES) and normalised not in _OPERATIONAL_NAMES
+        )
         if len(_key_cache) < _KEY_CACHE_MAX:
             _key_cache[key] = hit
     return hit
@@ -191,6 +217,39 @@ _KEY_VALUE = re.compile(
 )
 _NULLS: Final = frozenset({"null", "None"})
 
+# Personal data written in national formats, found wherever it stands (free text and values
+# inside structures alike): each is specific enough not to eat timestamps or references.
+_NATIONAL = re.compile(
+    # US social security numbers: 123-45-6789 (the dashes make it one)
+    r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"
+    # UK National Insurance numbers: AB123456C, AB 12 34 56 C
+    r"|(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
+    # IBANs, compact or in groups of four: DE89 3704 0044 0532 0130 00
+    r"|(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+    # phone numbers: +44 20 7946 0958, +1 (555) 123-4567, (555) 123-4567, 555-123-4567, 555.123.4567
+    r"|(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,5}){1,4}(?![\w-])"
+    r"|(?<![\w-])\(\d{3}\) ?\d{3}[ .-]\d{4}(?![\w-])"
+    r"|(?<![\w.-])\d{3}[.-]\d{3}[.-]\d{4}(?![\w.-])"
+    # dates written the US way (12/31/1985, 31.12.1985): this product writes ISO 8601 only
+    r"|(?<![\w/.])\d{1,2}[/.]\d{1,2}[/.](?:19|20)\d{2}(?![\w/.])"
+)
+# a date of birth in ISO form, recognised by the words before it
+_BIRTH_DATE = re.compile(
+    r"(?i:(?P<lead>\b(?:d\.?o\.?b\.?|born(?: on)?|birth ?date|date of birth|geboren|né(?:e)? le)\W{0,3})"
+    r"(?:\d{4}-\d{2}-\d{2}|\d{1,2} [A-Za-z]{3,9} \d{4}|[A-Za-z]{3,9} \d{1,2},? \d{4}))"
+)
+# people named with a title: Mr John Smith, Mrs. Jane Doe, Dr. Anna-Maria Müller
+_TITLED_NAME = re.compile(
+    r"\b(?P<title>Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Mme|Mlle|M|Sr|Sra|Sig|Sig\.ra)\.? "
+    r"[A-ZÀ-Ý][\w'’-]+(?: [A-ZÀ-Ý][\w'’-]+){0,2}"
+)
+# the value of a sensitive key that holds words (a name, an address) runs to the next separator
+_KEY_WORDS = re.compile(
+    r"(?<![A-Za-z0-9_-])(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>[^\s\"',;&=:(){}\[\]][^,;&=:\n\"(){}\[\]]*?)(?=\s*(?:[,;&\n]|$|\s[A-Za-z_][A-Za-z0-9_-]*\s*[=:]))"
+)
+
 
 def _masked_email(match: re.Match[str]) -> str:
     return "://***@" if match.group("userinfo") else MASK
@@ -233,6 +292,20 @@ def _masked_pan(match: re.Match[str]) -> str:
     return _DIGIT_RUN.sub(lambda run: MASK if _luhn(run.group(0)) else run.group(0), text)
 
 
+def _masked_birth(match: re.Match[str]) -> str:
+    return match.group("lead") + MASK
+
+
+def _masked_title(match: re.Match[str]) -> str:
+    return match.group("title") + " " + MASK
+
+
+def _masked_words(match: re.Match[str]) -> str:
+    if not is_sensitive_key(match.group("key")) or match.group("value") in _NULLS:
+        return match.group(0)
+    return f"{match.group('key')}{match.group('sep')}{MASK}"
+
+
 def _masked_pair(match: re.Match[str]) -> str:
     if not is_sensitive_key(match.group("key")) or match.group("value") in _NULLS:
         return match.group(0)
@@ -256,17 +329,23 @@ def _scrub(text: str, *, digit_runs: bool, extra_secrets: Iterable[str] = ()) ->
         text = _WEBHOOK_SECRET.sub(MASK, text)
     if "earer" in text or "EARER" in text or "Basic" in text:
         text = _AUTH_SCHEME.sub(_masked_auth, text)
+    text = _NATIONAL.sub(MASK, text)
     if digit_runs:
         if _DIGITS_HINT.search(text):
             text = _DIGITS_TEXT.sub(_masked_digits, text)
     elif len(text) >= 13:
         text = _PAN_CANDIDATE.sub(_masked_pan, text)
+    if len(text) > 12:
+        text = _BIRTH_DATE.sub(_masked_birth, text)
+        text = _TITLED_NAME.sub(_masked_title, text)
     if digit_runs:
         if "=" in text or ":" in text:
+            text = _KEY_WORDS.sub(_masked_words, text)
             text = _KEY_VALUE.sub(_masked_pair, text)
     elif "=" in text or ": " in text or '":' in text or "':" in text:
         # A value inside a structure: "token=...", "key: value" or quoted pairs (a raw body);
         # a bare "10:30" (a time) does not need the pass.
+        text = _KEY_WORDS.sub(_masked_words, text)
         text = _KEY_VALUE.sub(_masked_pair, text)
     return text
 

@@ -200,8 +200,8 @@ def parse_payment_request(body: bytes, idempotency_header: str | None) -> Charge
     """
     try:
         payload = jsonwire.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError("body is not valid JSON") from exc
+    except jsonwire.JsonRejected as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ValidationFailed("body must be a JSON object")
 
