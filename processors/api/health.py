@@ -77,6 +77,7 @@ class _LoopStats(Protocol):
     transactions: int
     last_commit_at: float | None
     assigned: list[TP]
+    lag: dict[TP, int]
 
 
 class _Loop(Protocol):
@@ -124,6 +125,7 @@ class LoopView:
             commits=s.transactions,
             last_success_at=s.last_commit_at,
             partitions=list(s.assigned),
+            lag=dict(s.lag),
         )
 
     async def wait_assigned(self) -> None:
@@ -303,6 +305,8 @@ class AppStatus:
     last_success_at: float | None
     """Unix seconds."""
     endpoints: tuple[str, ...]
+    lag: tuple[tuple[str, int, int], ...] = ()
+    """(topic, partition, records not yet committed) per assigned partition."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -316,6 +320,7 @@ class AppStatus:
             "backpressure_pauses": self.backpressure_pauses,
             "last_success_at": iso_utc(self.last_success_at),
             "endpoints": list(self.endpoints),
+            "lag": [{"topic": t, "partition": p, "records": n} for t, p, n in self.lag],
         }
 
 
@@ -454,6 +459,7 @@ class HealthMonitor:
                     backpressure_pauses=stats.backpressure_pauses,
                     last_success_at=stats.last_success_at,
                     endpoints=tuple(self.app_endpoints.get(name, ())),
+                    lag=tuple((t, p, n) for (t, p), n in sorted(stats.lag.items()) if n >= 0),
                 )
             )
         return out

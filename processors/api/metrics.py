@@ -166,7 +166,14 @@ class _StatusCollector(Collector):
             "Unix time of the app's last successfully processed record.",
             labels=["app"],
         )
+        lag = GaugeMetricFamily(
+            "processors_consumer_lag",
+            "Records not yet committed by the app's group, per assigned partition (librdkafka's view).",
+            labels=["app", "group", "topic", "partition"],
+        )
         for app in apps:
+            for topic, partition, records in app.lag:
+                lag.add_metric([app.name, app.group, topic, str(partition)], float(records))
             labels = [app.name]
             assigned.add_metric(labels, float(len(app.partitions)))
             processed.add_metric(labels, float(app.processed))
@@ -176,7 +183,7 @@ class _StatusCollector(Collector):
             pauses.add_metric(labels, float(app.backpressure_pauses))
             if app.last_success_at is not None:
                 last_success.add_metric(labels, app.last_success_at)
-        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success)
+        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success, lag)
 
     def _endpoints(self) -> Iterable[Metric]:
         endpoints = self._health.endpoints()

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from processors.errors import Backpressure, BrokerError, ConfigError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
+from processors.kafka.stats import with_lag_statistics
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import OutputTooLarge, fitted, is_terminal_copy
 from processors.runtime.message import KafkaMessage, OutRecord
@@ -125,6 +126,8 @@ class EngineStats:
     backpressure_pauses: int = 0
     last_success_at: float | None = None
     partitions: list[TP] = field(default_factory=list)
+    lag: dict[TP, int] = field(default_factory=dict)
+    """Per assigned partition, records not yet committed (librdkafka's statistics, every 5 s)."""
 
 
 class Engine:
@@ -193,7 +196,8 @@ class Engine:
 
     def _create_consumer(self) -> confluent_kafka.Consumer:
         try:
-            consumer: confluent_kafka.Consumer = self._consumer_factory(self._consumer_conf)
+            conf = with_lag_statistics(self._consumer_conf, self._store_lag)
+            consumer: confluent_kafka.Consumer = self._consumer_factory(conf)
             consumer.subscribe(
                 list(self.processor.sources),
                 on_assign=self._on_assign,
@@ -203,6 +207,10 @@ class Engine:
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"app {self.processor.name}: cannot create consumer: {exc}") from exc
         return consumer
+
+    def _store_lag(self, lag: dict[TP, int]) -> None:
+        # on the poll thread; replaced whole, so a reader never sees a table half written
+        self.stats.lag = {tp: value for tp, value in lag.items() if tp in self._parts}
 
     async def _poll_loop(self) -> None:
         loop = self._loop

@@ -33,6 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from processors.errors import BrokerError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
+from processors.kafka.stats import with_lag_statistics
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import dead_letter
 from processors.streams.store import ChangelogStore, restore
@@ -104,6 +105,8 @@ class LoopStats:
     restore_seconds: float = 0.0
     assigned: list[tuple[str, int]] = field(default_factory=list)
     last_commit_at: float | None = None
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Per assigned partition, records not yet committed (librdkafka's statistics, every 5 s)."""
     first_step_perf: float | None = None
     """``time.perf_counter()`` when the first poll step with records began (measurements)."""
 
@@ -233,7 +236,7 @@ class TransactionalLoop:
             self._producer.init_transactions(self.transaction_timeout_s)
         except KafkaException as exc:
             raise BrokerError(f"{self.app}: cannot initialise transactions: {exc}") from exc
-        self._consumer = self._consumer_factory(self._consumer_conf)
+        self._consumer = self._consumer_factory(with_lag_statistics(self._consumer_conf, self._store_lag))
         self._restorer = self._consumer_factory(KafkaClients.restorer_of(self._consumer_conf))
         self._consumer.subscribe(
             sorted(self._by_topic),
@@ -251,6 +254,9 @@ class TransactionalLoop:
                     self._tell_idle()
         finally:
             self._close()
+
+    def _store_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        self.stats.lag = lag
 
     def _close(self) -> None:
         if self._consumer is not None:

@@ -209,6 +209,20 @@ async def test_the_breaker_shows_open_during_a_sandbox_outage_and_closed_after(
         await until(lambda: breaker_is("open"), timeout_s=90, what="breaker open in /api/v1/status")
         await until(lambda: metrics_show(BREAKER_OPEN), timeout_s=60, what="breaker open in /metrics")
 
+        async def app_lag() -> dict[str, float]:
+            """The payments group's lag per topic and partition (sources and retry tiers), from /metrics."""
+            found = {}
+            for line in (await metrics()).splitlines():
+                if line.startswith('processors_consumer_lag{app="payments"'):
+                    labels, _, value = line.rpartition(" ")
+                    found[labels] = float(value)
+            return found
+
+        async def lag_held() -> bool:  # events wait behind the open breaker: not committed
+            return any(value >= 1 for value in (await app_lag()).values())
+
+        await until(lag_held, timeout_s=60, what="consumer lag of the payments group in /metrics")
+
         sandbox.gateway.update_config(outage=False)
         await until(lambda: breaker_is("closed"), timeout_s=90, what="breaker closed after the outage")
 
@@ -217,6 +231,12 @@ async def test_the_breaker_shows_open_during_a_sandbox_outage_and_closed_after(
 
         await until(all_processed, timeout_s=120, what="every event processed after the outage")
         await until(lambda: metrics_show(BREAKER_CLOSED), timeout_s=30, what="breaker closed in /metrics")
+
+        async def lag_cleared() -> bool:
+            lag = await app_lag()
+            return bool(lag) and all(value == 0 for value in lag.values())
+
+        await until(lag_cleared, timeout_s=60, what="no consumer lag once every event is processed")
 
     during = seen["open"]
     endpoint = during["endpoints"]["payment-gateway"]
