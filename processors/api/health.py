@@ -307,6 +307,8 @@ class AppStatus:
     endpoints: tuple[str, ...]
     lag: tuple[tuple[str, int, int], ...] = ()
     """(topic, partition, records not yet committed) per assigned partition."""
+    failures: tuple[tuple[str, str, int], ...] = ()
+    """(error class, ``retry`` or ``dead_letter``, records) since the process started."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -460,6 +462,7 @@ class HealthMonitor:
                     last_success_at=stats.last_success_at,
                     endpoints=tuple(self.app_endpoints.get(name, ())),
                     lag=tuple((t, p, n) for (t, p), n in sorted(stats.lag.items()) if n >= 0),
+                    failures=tuple((c, d, n) for (c, d), n in sorted(stats.failures.items())),
                 )
             )
         return out

@@ -42,7 +42,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from processors.api.health import HealthMonitor
@@ -138,6 +138,35 @@ class _StatusCollector(Collector):
             yield reachable
         yield from self._apps()
         yield from self._endpoints()
+        yield from self._latency()
+
+    def _latency(self) -> Iterable[Metric]:
+        """Call durations per endpoint and outcome.  Partner webhook endpoints (one breaker per
+        subscription) are summed into ``partner-webhooks``: the series stay bounded whatever the
+        number of partners."""
+        breakers = self._health.breakers
+        if breakers is None:
+            return
+        merged: dict[tuple[str, str], tuple[list[tuple[str, int]], float]] = {}
+        for breaker in breakers:
+            endpoint = "partner-webhooks" if breaker.endpoint.startswith("webhook:") else breaker.endpoint
+            for outcome, (buckets, total) in breaker.latency.snapshot().items():
+                key = (endpoint, outcome)
+                seen = merged.get(key)
+                if seen is None:
+                    merged[key] = (list(buckets), total)
+                else:
+                    summed = [(le, a + b) for (le, a), (_, b) in zip(seen[0], buckets, strict=True)]
+                    merged[key] = (summed, seen[1] + total)
+        family = HistogramMetricFamily(
+            "processors_endpoint_call_seconds",
+            "Duration of calls that reached the endpoint, by outcome (success, failure, rejected: "
+            "a business refusal).",
+            labels=["endpoint", "outcome"],
+        )
+        for (endpoint, outcome), (buckets, total) in sorted(merged.items()):
+            family.add_metric([endpoint, outcome], buckets=buckets, sum_value=total)
+        yield family
 
     def _apps(self) -> Iterable[Metric]:
         apps = self._health.apps()
@@ -171,7 +200,14 @@ class _StatusCollector(Collector):
             "Records not yet committed by the app's group, per assigned partition (librdkafka's view).",
             labels=["app", "group", "topic", "partition"],
         )
+        failures = CounterMetricFamily(
+            "processors_app_failures",
+            "Failed records by error class and where the failure route sent them (retry, dead_letter).",
+            labels=["app", "error_class", "destination"],
+        )
         for app in apps:
+            for error_class, destination, count in app.failures:
+                failures.add_metric([app.name, error_class, destination], float(count))
             for topic, partition, records in app.lag:
                 lag.add_metric([app.name, app.group, topic, str(partition)], float(records))
             labels = [app.name]
@@ -183,7 +219,7 @@ class _StatusCollector(Collector):
             pauses.add_metric(labels, float(app.backpressure_pauses))
             if app.last_success_at is not None:
                 last_success.add_metric(labels, app.last_success_at)
-        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success, lag)
+        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success, lag, failures)
 
     def _endpoints(self) -> Iterable[Metric]:
         endpoints = self._health.endpoints()

@@ -45,12 +45,13 @@ sees it should pause the partitions that need the endpoint and resume them when
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -171,6 +172,39 @@ class BreakerStats:
     last_state_change_at: float | None
 
 
+LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds of the call-latency histogram (seconds): from a local stub to the read timeout."""
+
+
+class CallLatency:
+    """A histogram of call durations per outcome (``success``, ``failure``, ``rejected``: a
+    business refusal the breaker counts as healthy).  Bounded: three outcomes, fixed buckets."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        counts = self._counts.get(outcome)
+        if counts is None:
+            counts = self._counts[outcome] = [0] * (len(LATENCY_BUCKETS_S) + 1)
+            self._sums[outcome] = 0.0
+        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self._sums[outcome] += seconds
+
+    def snapshot(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
+        """Per outcome: the cumulative ``(le, count)`` buckets ending with ``+Inf``, and the sum."""
+        out: dict[str, tuple[list[tuple[str, int]], float]] = {}
+        for outcome, counts in self._counts.items():
+            running = 0
+            buckets: list[tuple[str, int]] = []
+            for bound, count in zip((*map(str, LATENCY_BUCKETS_S), "+Inf"), counts, strict=True):
+                running += count
+                buckets.append((bound, running))
+            out[outcome] = (buckets, self._sums[outcome])
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Ticket:
     generation: int
@@ -197,6 +231,8 @@ class CircuitBreaker:
         self._probes_in_flight = 0
         self._probe_successes = 0
         self._total_failures = 0
+        self.latency = CallLatency()
+        """Seconds each call that reached the endpoint took, by outcome (for the metrics)."""
         self._total_successes = 0
         self._rejections = 0
         self._opened_count = 0
@@ -266,6 +302,7 @@ class CircuitBreaker:
         failure.)  The operation's own exceptions propagate unchanged.
         """
         ticket = self._admit()
+        started = time.perf_counter()
         try:
             if timeout_s is None:
                 result = await operation()
@@ -275,12 +312,15 @@ class CircuitBreaker:
             outcome = breaker_outcome(exc)
             if outcome is BreakerOutcome.FAILURE:
                 self._record_failure(ticket)
+                self.latency.observe("failure", time.perf_counter() - started)
             elif outcome is BreakerOutcome.HEALTHY:
                 self._record_success(ticket)
+                self.latency.observe("rejected", time.perf_counter() - started)
             else:
                 self._release(ticket)
             raise
         self._record_success(ticket)
+        self.latency.observe("success", time.perf_counter() - started)
         return result
 
     async def _bounded(self, operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:

@@ -37,7 +37,7 @@ from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.kafka.stats import with_lag_statistics
 from processors.runtime.closing import close_group_consumer
-from processors.runtime.failures import OutputTooLarge, fitted, is_terminal_copy
+from processors.runtime.failures import H, OutputTooLarge, fitted, is_terminal_copy
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.producer import RecordTooLarge
 from processors.runtime.tracker import PartitionState
@@ -127,6 +127,8 @@ class EngineStats:
     last_success_at: float | None = None
     partitions: list[TP] = field(default_factory=list)
     lag: dict[TP, int] = field(default_factory=dict)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Failed records by (error class, ``retry`` or ``dead_letter``): where the failure route sent them."""
     """Per assigned partition, records not yet committed (librdkafka's statistics, every 5 s)."""
 
 
@@ -408,7 +410,18 @@ class Engine:
                 type(exc).__name__,
             )
             outputs = processor.failure(msg, exc, group=self.group)
+            self._count_failures(outputs)
         return outputs
+
+    def _count_failures(self, outputs: Sequence[OutRecord]) -> None:
+        for record in outputs:
+            headers = dict(record.headers)
+            error_class = headers.get(H.ERROR_CLASS)
+            if error_class is None:
+                continue  # an answer the app publishes for a failure, not the failed record
+            destination = "retry" if H.DUE_AT in headers else "dead_letter"
+            key = (error_class.decode("utf-8", "replace")[:64], destination)
+            self.stats.failures[key] = self.stats.failures.get(key, 0) + 1
 
     async def _wait_for_endpoint(self, exc: Backpressure, state: PartitionState) -> bool:
         """Pause every partition while ``exc.endpoint`` refuses calls; False if halted meanwhile."""
