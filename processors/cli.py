@@ -98,6 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = run_settings(args)
     _register_secrets(settings)
+    if args.workers > 1:
+        return _run_workers(args, settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -115,6 +117,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
+    import socket
+
+    from processors.production import check_production
+    from processors.workers import WorkerSpec, run_workers
+
+    check_production(settings, args.apps, api=settings.api.enabled)  # refused before any worker starts
+    passthrough: list[str] = []
+    if args.bootstrap_servers:
+        passthrough += ["--bootstrap-servers", args.bootstrap_servers]
+    if args.topics_file:
+        passthrough += ["--topics-file", args.topics_file]
+    token = settings.api.auth_token
+    spec = WorkerSpec(
+        apps=tuple(args.apps),
+        workers=args.workers,
+        api=settings.api.enabled,
+        api_host=settings.api.host,
+        api_port=settings.api.port,
+        auth_token=token.get_secret_value() if token is not None else None,
+        instance_id=settings.bordereaux.instance_id or socket.gethostname(),
+        passthrough=tuple(passthrough),
+    )
+    return asyncio.run(run_workers(spec))
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
@@ -178,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("apps", nargs="+", metavar="APP", help=f"one or more of: {', '.join(app_names())}")
     run.add_argument("--bootstrap-servers", help="default: $KAFKA_BOOTSTRAP_SERVERS")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N member processes of the apps' groups under one supervisor (one exit code, "
+        "graceful drain of all; with --api the unit's health and merged metrics on the API port)",
+    )
     run.add_argument("--topics-file", help="default: ./topics.yaml")
     run.add_argument(
         "--api",
