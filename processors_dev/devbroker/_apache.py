@@ -151,6 +151,13 @@ class ApacheKafkaBroker(DevBroker):
         if not keep_data:
             self._discard_run_dir()
 
+    def kill_broker(self) -> None:
+        """SIGKILL the broker's JVM: no controlled shutdown, its data kept for ``resume_broker()``."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+            logger.info("killed Apache Kafka %s (SIGKILL, data kept)", self._version)
+
     # -- internals -------------------------------------------------------------------------------
 
     def _resume(self, java: JavaRuntime, libs: Path) -> BrokerInfo:

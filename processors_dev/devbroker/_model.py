@@ -108,6 +108,11 @@ class DevBroker(ABC):
         """Take the broker down, keeping its address and data for ``resume_broker()``."""
         self.stop(keep_data=True)
 
+    def kill_broker(self) -> None:
+        """Take the broker down as a crash would (SIGKILL where the broker is a local process),
+        keeping its data and address for ``resume_broker()``."""
+        self.stop(keep_data=True)
+
     def resume_broker(self) -> None:
         """Bring a paused broker back on the same address."""
         self.start()

@@ -105,6 +105,16 @@ class BrokerProcess:
         with _live_lock:
             _live.discard(self)
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush or leave cleanly (a crash)."""
+        popen = self._popen
+        if popen is not None and popen.poll() is None:
+            popen.kill()
+            popen.wait()
+        self._close_log()
+        with _live_lock:
+            _live.discard(self)
+
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
