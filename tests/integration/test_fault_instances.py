@@ -1,0 +1,97 @@
+"""Instances come and go: three payments processes, one killed at random every few seconds.
+
+For a minute, while events flow, a random member of the group is killed with SIGKILL and a new
+one started in its place.  Then every event has its result, each idempotency key was charged
+exactly once, and one key's results arrive in instalment order (first time each is seen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from processors_dev.samples import premium_due_stream
+from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.server import SandboxServer
+from tests.integration.helpers import Collector, decode, publish, sandbox_env, start_processor
+
+pytestmark = pytest.mark.timeout(600)
+
+CHURN_S = 60.0
+KILL_EVERY_S = (3.0, 6.0)
+
+
+async def test_members_killed_at_random_lose_nothing_and_charge_once(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    events = list(premium_due_stream(3_000, 300, seed=41))
+    batches = [events[i : i + 250] for i in range(0, len(events), 250)]
+    rng = random.Random(7)
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=20, seed=8)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        env["PROCESSORS_ENGINE__MAX_CONCURRENCY"] = "16"
+        env["PROCESSORS_LOG_LEVEL"] = "WARNING"
+        collector = Collector(kafka_bootstrap, [results])
+        started = 0
+
+        def launch() -> subprocess.Popen[bytes]:
+            nonlocal started
+            started += 1
+            return start_processor(env, "run", "payments", log_path=tmp_path / f"member-{started}.log")
+
+        members = [launch() for _ in range(3)]
+        kills = 0
+        try:
+            deadline = time.monotonic() + CHURN_S
+            pending = list(batches)
+            while time.monotonic() < deadline:
+                if pending:
+                    publish(kafka_bootstrap, billing, pending.pop(0))
+                await asyncio.sleep(rng.uniform(*KILL_EVERY_S))  # the churn's pace, not a wait for an event
+                victim = rng.randrange(len(members))
+                members[victim].send_signal(signal.SIGKILL)
+                members[victim].wait(30)
+                kills += 1
+                members[victim] = launch()
+            for batch in pending:
+                publish(kafka_bootstrap, billing, batch)
+            want = {e.event_id for e in events}
+            await collector.wait_for(
+                lambda r: want <= {decode(m).data.source_event_id for m in r},  # type: ignore[union-attr]
+                timeout_s=300,
+            )
+        finally:
+            for member in members:
+                member.send_signal(signal.SIGTERM)
+            for member in members:
+                member.wait(60)
+            collector.close()
+        assert kills >= 8, "too few kills for the scenario"
+        for member in members:
+            assert member.returncode == 0
+
+    charges = sandbox.gateway.charges_by_key
+    assert len(charges) == len(events)
+    assert set(charges.values()) == {1}, "an idempotency key was charged twice"
+    first_seen: dict[str, list[int]] = defaultdict(list)
+    seen: set[object] = set()
+    for msg in collector.records:
+        data = decode(msg).data
+        if data.source_event_id in seen:  # type: ignore[union-attr]
+            continue  # a re-processed event after a kill: the same result again
+        seen.add(data.source_event_id)  # type: ignore[union-attr]
+        instalment = int(data.reference_id.rsplit("-I", 1)[1])  # type: ignore[union-attr]
+        first_seen[decode(msg).subject].append(instalment)
+    for policy, instalments in first_seen.items():
+        assert instalments == sorted(instalments), f"{policy} results out of order: {instalments}"
