@@ -207,3 +207,62 @@ async def test_file_jobs_end_on_the_regulators_server_and_are_announced_once(
     announced = [(m.key(), announcement(m)["already_present"]) for m in collector.on(reports)]
     assert announced == [(b"2024-01-15", False), (b"2024-01-17", False), (b"2024-01-15", True)]
     assert len(collector.on(topics.dlq)) == 1
+
+
+async def test_an_outbox_that_cannot_be_written_fails_clearly_retries_and_then_sends_the_same_files(
+    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Resource limits: the staging directory cannot be written (a file stands where the directory
+    should be, as a full or read-only volume would refuse it).  The job fails with the reason,
+    waits in a retry tier, and once the directory is usable the same files leave."""
+    path, prefix = isolated_topics()
+    catalogue = regulatory_catalogue(path, prefix, kafka_bootstrap)
+    topics = catalogue.app("regulatory")
+    source = f"{prefix}integrations.regulatory.files"
+    reports = f"{prefix}regulatory.reports"
+    tiers = [tier.topic for tier in topics.retry_tiers]
+    outbox = tmp_path / "outbox"
+    outbox.write_bytes(b"not a directory")  # the outbox cannot be created or written
+
+    async with SftpRegulator(tmp_path / "regulator", password=SecretStr(PASSWORD)) as regulator:
+        settings = RegulatorySettings.model_validate(
+            {
+                "outbox_dir": outbox,
+                "reports_topic": reports,
+                "sftp": {
+                    "host": regulator.host,
+                    "port": regulator.port,
+                    "password": PASSWORD,
+                    "known_host_key": regulator.host_key_line,
+                },
+            }
+        )
+        policy = EndpointPolicy(
+            retry=RetryPolicy(max_attempts=2, initial_delay_ms=10, max_delay_ms=50),
+            timeout=TimeoutPolicy(connect_timeout_s=5, read_timeout_s=10, deadline_s=30),
+        )
+        resilience = ResilienceConfig(defaults=policy)
+        app = build_regulatory_app(
+            settings, topics, Codec(LocalSchemaIds()), resilience=resilience, breakers=resilience.breakers()
+        )
+        collector = Collector(kafka_bootstrap, [reports, topics.dlq, *tiers])
+        try:
+            async with running(app, kafka_bootstrap, f"{prefix}regulatory"):
+                key, value, csv_data = file_job(18)
+                publish(kafka_bootstrap, source, [], raw=[(key, value, [])])
+                await collector.wait_for(lambda r: any(m.topic() in tiers for m in r), timeout_s=60)
+                failed = next(m for m in collector.records if m.topic() in tiers)
+                assert header(failed, H.ERROR_CLASS) == "OutboxUnavailable"
+                assert "cannot write REG_INS001_20240118.csv" in (header(failed, H.ERROR_MESSAGE) or "")
+                assert regulator.received() == {}  # nothing left while the outbox was unusable
+
+                outbox.unlink()  # the operator frees the volume
+                await collector.wait_for(lambda r: len(collector.on(reports)) == 1, timeout_s=60)
+        finally:
+            collector.close()
+
+    assert regulator.received()["REG_INS001_20240118.csv"] == csv_data
+    assert "REG_INS001_20240118.manifest.json" in regulator.received()
+    assert (outbox / "REG_INS001_20240118.csv").read_bytes() == csv_data
+    assert collector.on(topics.dlq) == []
+    assert announcement(collector.on(reports)[0])["sha256"] == hashlib.sha256(csv_data).hexdigest()
