@@ -145,6 +145,16 @@ def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_workers(spec))
 
 
+def _cmd_schemas_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from processors.contract.published import PUBLISHED_DIR, export
+
+    written = export(Path(args.directory) if args.directory else PUBLISHED_DIR)
+    print(f"wrote {len(written)} schema files under {written[0].parent.parent if written else '-'}")
+    return 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     """The effective settings (environment, defaults) as JSON; every secret masked."""
     import json
@@ -227,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-port", type=int, help="port of the API, 0 for any (default: $PROCESSORS_API__PORT or 8080)"
     )
     run.set_defaults(func=_cmd_run)
+
+    schemas = sub.add_parser("schemas", help="the event schemas for publishers in any language")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
+    export = schemas_sub.add_parser(
+        "export", help="write the Avro writer schema and the JSON Schema of every event type"
+    )
+    export.add_argument("directory", nargs="?", help="default: schemas/published in the package")
+    export.set_defaults(func=_cmd_schemas_export)
 
     config = sub.add_parser("config", help="the effective settings, and whether they are fit for production")
     config_sub = config.add_subparsers(dest="config_command", required=True)
