@@ -149,8 +149,10 @@ def _cmd_schemas_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from processors.contract.published import PUBLISHED_DIR, export
+    from processors.topics.catalogue import load_catalogue
 
-    written = export(Path(args.directory) if args.directory else PUBLISHED_DIR)
+    catalogue = load_catalogue(args.topics_file)
+    written = export(Path(args.directory) if args.directory else PUBLISHED_DIR, catalogue)
     print(f"wrote {len(written)} schema files under {written[0].parent.parent if written else '-'}")
     return 0
 
@@ -241,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="the event schemas for publishers in any language")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
     export = schemas_sub.add_parser(
-        "export", help="write the Avro writer schema and the JSON Schema of every event type"
+        "export",
+        help="write the Avro writer schema and the JSON Schema of every event type, and the AsyncAPI "
+        "document of the event topics",
     )
     export.add_argument("directory", nargs="?", help="default: schemas/published in the package")
+    export.add_argument("--topics-file", help="the topic catalogue (default: ./topics.yaml)")
     export.set_defaults(func=_cmd_schemas_export)
 
     config = sub.add_parser("config", help="the effective settings, and whether they are fit for production")

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from processors.contract import avro
 from processors.contract.events import EVENT_TYPES, TYPED_ENVELOPES
+
+if TYPE_CHECKING:
+    from processors.topics.catalogue import Catalogue
 
 __all__ = ["PUBLISHED_DIR", "export", "json_schema", "published_files"]
 
@@ -35,9 +40,15 @@ def json_schema(event_type: str) -> dict[str, Any]:
     }
 
 
-def published_files() -> dict[str, str]:
-    """Relative path → content of every published schema."""
+def published_files(catalogue: Catalogue | None = None) -> dict[str, str]:
+    """Relative path → content of every published schema (and, given the topic catalogue, the
+    AsyncAPI document of the event topics)."""
     files: dict[str, str] = {}
+    if catalogue is not None:
+        from processors.contract.asyncapi import asyncapi_document
+
+        document = asyncapi_document(catalogue, version=_version())
+        files["asyncapi.yaml"] = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     for event_type in sorted(EVENT_TYPES):
         files[f"avro/{event_type}.avsc"] = json.dumps(avro.writer_schema(event_type), indent=2) + "\n"
         files[f"json/{event_type}.schema.json"] = (
@@ -46,10 +57,19 @@ def published_files() -> dict[str, str]:
     return files
 
 
-def export(directory: Path = PUBLISHED_DIR) -> list[Path]:
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("insurance-integration-processors")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def export(directory: Path = PUBLISHED_DIR, catalogue: Catalogue | None = None) -> list[Path]:
     """Write every published schema under ``directory``; returns the paths written."""
     written = []
-    for relative, content in published_files().items():
+    for relative, content in published_files(catalogue).items():
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")

@@ -147,6 +147,18 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def group_caught_up(bootstrap: str, group: str, topic: str) -> Callable[[object], bool]:
+    """A condition for ``Collector.wait_for``: ``group`` committed every record of ``topic``
+    (its lag is 0; partitions that never held a record are left out)."""
+
+    def caught_up(_records: object) -> bool:
+        done = committed_offsets(bootstrap, group, topic)
+        ends = end_offsets(bootstrap, topic)
+        return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
+
+    return caught_up
+
+
 def read_topics(
     bootstrap: str, topics: Iterable[str], *, timeout_s: float = 60
 ) -> list[confluent_kafka.Message]:

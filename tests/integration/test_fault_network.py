@@ -21,9 +21,8 @@ from processors_dev.sandbox.server import SandboxServer
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.helpers import (
     Collector,
-    committed_offsets,
     decode,
-    end_offsets,
+    group_caught_up,
     publish,
     sandbox_env,
     start_processor,
@@ -82,12 +81,9 @@ async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
                     timeout_s=300,
                 )
 
-                def caught_up(_records: object) -> bool:
-                    done = committed_offsets(kafka_bootstrap, f"{prefix}payments", billing)
-                    ends = end_offsets(kafka_bootstrap, billing)
-                    return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
-
-                await collector.wait_for(caught_up, timeout_s=60)
+                await collector.wait_for(
+                    group_caught_up(kafka_bootstrap, f"{prefix}payments", billing), timeout_s=60
+                )
             finally:
                 app.send_signal(signal.SIGTERM)
                 app.wait(60)

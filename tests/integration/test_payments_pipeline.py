@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     committed_offsets,
     decode,
     end_offsets,
+    group_caught_up,
     header,
     publish,
     sandbox_env,
@@ -257,12 +258,9 @@ async def test_an_event_too_large_for_the_dlq_is_dead_lettered_as_an_excerpt_and
                 lambda r: len(collector.on(dlq)) >= 1 and len(collector.on(results)) >= 3, timeout_s=120
             )
 
-            def caught_up(_records: object) -> bool:  # the group's lag is 0: nothing wedged
-                done = committed_offsets(kafka_bootstrap, f"{prefix}payments", billing)
-                ends = end_offsets(kafka_bootstrap, billing)
-                return all(done.get(p, -1) >= end for p, end in ends.items() if end > 0)
-
-            await collector.wait_for(caught_up, timeout_s=60)
+            await collector.wait_for(
+                group_caught_up(kafka_bootstrap, f"{prefix}payments", billing), timeout_s=60
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

@@ -26,7 +26,7 @@ from processors.runtime.engine import Engine
 from processors.runtime.failures import H
 from processors.runtime.producer import AsyncProducer
 from processors.topics.admin import apply
-from processors.topics.catalogue import Catalogue, load_catalogue
+from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
 from processors_dev.sandbox.sftp import SftpRegulator
 from tests.integration.helpers import Collector, header, publish
 
@@ -113,6 +113,30 @@ async def running(app: RegulatoryApp, bootstrap: str, group: str) -> AsyncIterat
         await producer.stop()
 
 
+def regulatory_app(regulator: SftpRegulator, topics: AppTopics, outbox: Path, reports: str) -> RegulatoryApp:
+    """The regulatory app against the sandbox regulator, with quick in-place retries."""
+    settings = RegulatorySettings.model_validate(
+        {
+            "outbox_dir": outbox,
+            "reports_topic": reports,
+            "sftp": {
+                "host": regulator.host,
+                "port": regulator.port,
+                "password": PASSWORD,
+                "known_host_key": regulator.host_key_line,
+            },
+        }
+    )
+    policy = EndpointPolicy(
+        retry=RetryPolicy(max_attempts=2, initial_delay_ms=10, max_delay_ms=50),
+        timeout=TimeoutPolicy(connect_timeout_s=5, read_timeout_s=10, deadline_s=30),
+    )
+    resilience = ResilienceConfig(defaults=policy)
+    return build_regulatory_app(
+        settings, topics, Codec(LocalSchemaIds()), resilience=resilience, breakers=resilience.breakers()
+    )
+
+
 async def test_file_jobs_end_on_the_regulators_server_and_are_announced_once(
     kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:
@@ -125,30 +149,7 @@ async def test_file_jobs_end_on_the_regulators_server_and_are_announced_once(
     tier = topics.retry_tiers[0].topic
 
     async with SftpRegulator(tmp_path / "regulator", password=SecretStr(PASSWORD)) as regulator:
-        settings = RegulatorySettings.model_validate(
-            {
-                "outbox_dir": tmp_path / "outbox",
-                "reports_topic": reports,
-                "sftp": {
-                    "host": regulator.host,
-                    "port": regulator.port,
-                    "password": PASSWORD,
-                    "known_host_key": regulator.host_key_line,
-                },
-            }
-        )
-        policy = EndpointPolicy(
-            retry=RetryPolicy(max_attempts=2, initial_delay_ms=10, max_delay_ms=50),
-            timeout=TimeoutPolicy(connect_timeout_s=5, read_timeout_s=10, deadline_s=30),
-        )
-        resilience = ResilienceConfig(defaults=policy)
-        app = build_regulatory_app(
-            settings,
-            topics,
-            Codec(LocalSchemaIds()),
-            resilience=resilience,
-            breakers=resilience.breakers(),
-        )
+        app = regulatory_app(regulator, topics, tmp_path / "outbox", reports)
         collector = Collector(kafka_bootstrap, [reports, topics.dlq, tier])
         try:
             async with running(app, kafka_bootstrap, f"{prefix}regulatory"):
@@ -225,26 +226,7 @@ async def test_an_outbox_that_cannot_be_written_fails_clearly_retries_and_then_s
     outbox.write_bytes(b"not a directory")  # the outbox cannot be created or written
 
     async with SftpRegulator(tmp_path / "regulator", password=SecretStr(PASSWORD)) as regulator:
-        settings = RegulatorySettings.model_validate(
-            {
-                "outbox_dir": outbox,
-                "reports_topic": reports,
-                "sftp": {
-                    "host": regulator.host,
-                    "port": regulator.port,
-                    "password": PASSWORD,
-                    "known_host_key": regulator.host_key_line,
-                },
-            }
-        )
-        policy = EndpointPolicy(
-            retry=RetryPolicy(max_attempts=2, initial_delay_ms=10, max_delay_ms=50),
-            timeout=TimeoutPolicy(connect_timeout_s=5, read_timeout_s=10, deadline_s=30),
-        )
-        resilience = ResilienceConfig(defaults=policy)
-        app = build_regulatory_app(
-            settings, topics, Codec(LocalSchemaIds()), resilience=resilience, breakers=resilience.breakers()
-        )
+        app = regulatory_app(regulator, topics, outbox, reports)
         collector = Collector(kafka_bootstrap, [reports, topics.dlq, *tiers])
         try:
             async with running(app, kafka_bootstrap, f"{prefix}regulatory"):
