@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from processors.adapters import jsonwire
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport, TimeoutSettings
 from processors.errors import Permanent, Retriable
+from processors.resilience.classify import RETRIABLE_STATUSES
 
 __all__ = [
     "GatewayRejected",
@@ -123,7 +124,7 @@ class PaymentGateway:
 
 def parse_response(response: HttpResponse) -> PaymentOutcome:
     status = response.status
-    if status in (200, 201, 202, 402):
+    if 200 <= status <= 299 or status == 402:
         try:
             payload = jsonwire.loads(response.body)
             return _outcome(payload, status)
@@ -137,7 +138,9 @@ def parse_response(response: HttpResponse) -> PaymentOutcome:
             f"gateway: request with this idempotency key still in progress ({reason})",
             retry_after_s=response.retry_after_s(),
         )
-    if status == 429 or status >= 500:
+    # the shared classification (docs/failure-classification.md): 408, 425, 429, every 5xx,
+    # and a status no HTTP server should answer with, are retried
+    if status in RETRIABLE_STATUSES or status >= 500 or status < 200:
         raise Retriable(f"gateway answered {status} ({reason})", retry_after_s=response.retry_after_s())
     raise GatewayRejected(f"gateway refused the request: {status} ({reason})", status=status)
 

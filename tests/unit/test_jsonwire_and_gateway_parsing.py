@@ -45,7 +45,7 @@ def test_completed_pending_and_declined_are_outcomes() -> None:
     assert declined.decline_code == "insufficient_funds"
 
 
-@pytest.mark.parametrize("status", [409, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504, 599, 101])
 def test_transient_statuses_are_retriable(status: int) -> None:
     with pytest.raises(Retriable) as info:
         parse_response(_resp(status, b'{"error":"busy"}', **{"Retry-After": "2"}))
