@@ -24,7 +24,7 @@ from processors_dev.sandbox.partners import PartnerBehaviour, PartnerSandbox
 from tests.integration.helpers import publish
 from tests.integration.test_webhooks_fanout import Api, started, webhook_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(400)
 
 SLOW_SLOTS = 3
 
@@ -52,7 +52,8 @@ class SlowLoris:
         try:
             await reader.readuntil(b"\r\n\r\n")
             closed = asyncio.create_task(reader.read())  # returns when the client hangs up
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+            # far longer than the test: a slot it takes is held until the app stops
+            for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"." * 3600 + b"\r\n\r\n":
                 writer.write(bytes([byte]))
                 await writer.drain()
                 # the drip itself (this is what the partner does), cut short by a hang-up
@@ -89,6 +90,14 @@ async def test_a_slow_loris_partner_holds_only_its_own_slots(
 ) -> None:
     topics_file, prefix = isolated_topics()
     settings = webhook_settings(kafka_bootstrap, topics_file, prefix)
+    # No deadline runs out during the test: every slot the slow partner takes stays taken, so
+    # the count of its connections is exact (a released slot would race its connection's close).
+    patient = topics_file.with_name(f"{prefix}patient-resilience.yaml")
+    patient.write_text(
+        "endpoints:\n  partner-webhooks:\n    retry: {max_attempts: 1}\n"
+        "    timeout: {read_timeout_ms: 600000, deadline_ms: 600000}\n"
+    )
+    settings = settings.model_copy(update={"resilience_file": patient})
     runner = Runner(settings, ["webhooks"], catalogue=load_catalogue(topics_file))
     events = list(premium_due_stream(150, 50, seed=12))
     healthy_secret = generate_secret().get_secret_value()
