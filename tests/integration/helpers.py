@@ -147,6 +147,18 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def group_members(bootstrap: str, group: str) -> int:
+    """Members of ``group`` that hold partitions (0 while the group is not formed yet)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+    except Exception:  # not created yet, or its coordinator still loading
+        return 0
+    return sum(1 for member in described.members or [] if member.assignment.topic_partitions)
+
+
 def group_caught_up(bootstrap: str, group: str, topic: str) -> Callable[[object], bool]:
     """A condition for ``Collector.wait_for``: ``group`` committed every record of ``topic``
     (its lag is 0; partitions that never held a record are left out)."""

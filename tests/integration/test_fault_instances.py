@@ -21,7 +21,14 @@ import pytest
 from processors_dev.samples import premium_due_stream
 from processors_dev.sandbox.gateway import GatewayConfig
 from processors_dev.sandbox.server import SandboxServer
-from tests.integration.helpers import Collector, decode, publish, sandbox_env, start_processor
+from tests.integration.helpers import (
+    Collector,
+    decode,
+    group_members,
+    publish,
+    sandbox_env,
+    start_processor,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,6 +77,11 @@ async def test_members_killed_at_random_lose_nothing_and_charge_once(
             await collector.wait_for(
                 lambda r: want <= {decode(m).data.source_event_id for m in r},  # type: ignore[union-attr]
                 timeout_s=300,
+            )
+            # the last replacement is running (a process still starting up has no SIGTERM
+            # handler yet): all three members hold partitions before they are told to stop
+            await collector.wait_for(
+                lambda r: group_members(kafka_bootstrap, f"{prefix}payments") == 3, timeout_s=120
             )
         finally:
             for member in members:

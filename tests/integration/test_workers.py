@@ -11,12 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from processors_dev.samples import premium_due_stream
 from processors_dev.sandbox.gateway import GatewayConfig
 from processors_dev.sandbox.server import SandboxServer
-from tests.integration.helpers import Collector, decode, publish, sandbox_env, start_processor
+from tests.integration.helpers import Collector, decode, group_members, publish, sandbox_env, start_processor
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,15 +43,6 @@ def _free_port_pair() -> int:
     raise RuntimeError("no three free ports in a row")
 
 
-def _members(bootstrap: str, group: str) -> int:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
-    except Exception:
-        return 0
-    return sum(1 for m in described.members or [] if m.assignment.topic_partitions)
-
-
 async def test_two_workers_share_the_group_and_stop_with_one_exit_code(
     kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
 ) -> None:
@@ -78,7 +68,7 @@ async def test_two_workers_share_the_group_and_stop_with_one_exit_code(
         )
         try:
             deadline = time.monotonic() + 120
-            while _members(kafka_bootstrap, f"{prefix}payments") < 2:
+            while group_members(kafka_bootstrap, f"{prefix}payments") < 2:
                 assert unit.poll() is None, (tmp_path / "u.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "two workers never both held partitions"
                 await asyncio.sleep(0.5)
