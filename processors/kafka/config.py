@@ -140,20 +140,24 @@ class KafkaClients:
         static_member: str | None = None,
         max_poll_interval_s: float | None = None,
         max_fetch_bytes: int | None = None,
+        session_timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """A member of ``group_id`` whose offsets only the processors commit.
 
         ``key_ordered``: the range assignor, so source partition n and retry-tier partition n
         land on the same member (the key-order gate needs both).  ``static_member``: a stable
         ``group.instance.id``, so a restarted instance takes its partitions back without a
-        rebalance.  ``max_poll_interval_s`` and ``max_fetch_bytes`` are defaults an operator
-        may still override.
+        rebalance.  ``max_poll_interval_s``, ``max_fetch_bytes`` and ``session_timeout_s`` (6 s
+        otherwise) are defaults an operator may still override.
         """
         defaults: dict[str, Any] = dict(_GROUP_CONSUMER)
         if max_poll_interval_s is not None:
             defaults["max.poll.interval.ms"] = _ms(max_poll_interval_s)
         if max_fetch_bytes is not None:
             defaults["fetch.max.bytes"] = max_fetch_bytes
+        if session_timeout_s is not None:
+            defaults["session.timeout.ms"] = _ms(session_timeout_s)
+            defaults["heartbeat.interval.ms"] = max(1_000, _ms(session_timeout_s) // 3)
         tuning: dict[str, Any] = {}
         if key_ordered:
             tuning["partition.assignment.strategy"] = "range"

@@ -11,7 +11,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +31,9 @@ from tests.integration.helpers import (
 
 pytestmark = pytest.mark.timeout(600)
 
-CHURN_S = 60.0
+KILLS = 10
 KILL_EVERY_S = (3.0, 6.0)
+"""Ten kills, one every 3-6 s: about a minute of churn, however slow the machine is."""
 
 
 async def test_members_killed_at_random_lose_nothing_and_charge_once(
@@ -60,9 +60,8 @@ async def test_members_killed_at_random_lose_nothing_and_charge_once(
         members = [launch() for _ in range(3)]
         kills = 0
         try:
-            deadline = time.monotonic() + CHURN_S
             pending = list(batches)
-            while time.monotonic() < deadline:
+            while kills < KILLS:
                 if pending:
                     publish(kafka_bootstrap, billing, pending.pop(0))
                 await asyncio.sleep(rng.uniform(*KILL_EVERY_S))  # the churn's pace, not a wait for an event
@@ -89,7 +88,6 @@ async def test_members_killed_at_random_lose_nothing_and_charge_once(
             for member in members:
                 member.wait(60)
             collector.close()
-        assert kills >= 8, "too few kills for the scenario"
         for member in members:
             assert member.returncode == 0
 
