@@ -85,6 +85,8 @@ class Runner:
             topics = self.catalogue.app(name)
             needed.update(topics.sources)
             needed.update(topics.failure_topics)
+            if topics.dedupe is not None:
+                needed.add(topics.dedupe)
             needed.update(spec.outputs(self.settings, self.catalogue))
         audit = self.audit_topic()
         if audit is not None:

@@ -39,7 +39,7 @@ from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy, ResilienceConfig
 from processors.resilience.guard import EndpointGuard, Unguarded
 from processors.runtime.engine import EngineSettings, Ordering, Processor
-from processors.runtime.pending import PendingRecordsReader
+from processors.runtime.pending import PendingRecordsReader, RecentRecordsReader
 from processors.topics.catalogue import AppTopics, Catalogue
 from processors.webhooks.secrets import ENCRYPTION_KEY_ENV, SecretBox
 from processors.webhooks.ssrf import SsrfPolicy, check_registration_url
@@ -91,6 +91,14 @@ class BuildContext:
         """Reads the records of ``app``'s retry tiers its group has not committed (key order)."""
         kafka = KafkaClients(self.settings.bootstrap_servers, self.settings.client_overrides)
         return PendingRecordsReader(kafka, self.settings.group_prefix + app)
+
+    def recent_reader(self, app: str) -> RecentRecordsReader | None:
+        """Reads back ``app``'s answered event ids (None: the app declares no ``dedupe``)."""
+        topics = self.topics(app)
+        if topics.dedupe is None:
+            return None
+        kafka = KafkaClients(self.settings.bootstrap_servers, self.settings.client_overrides)
+        return RecentRecordsReader(kafka, topics.dedupe_window_ms / 1000)
 
     def guard(self, endpoint: str) -> EndpointGuard:
         """The endpoint's guard (breaker, retry, deadline), or none when resilience is off."""
@@ -253,6 +261,7 @@ def _build_payments(ctx: BuildContext) -> Processor:
         output_content_type=ctx.content_type,
         keep_key_order=ctx.keeps_key_order("payments"),
         pending_reader=ctx.pending_reader("payments"),
+        recent_reader=ctx.recent_reader("payments"),
     )
 
 
@@ -288,6 +297,7 @@ def _build_kyc(ctx: BuildContext) -> Processor:
         output_content_type=ctx.content_type,
         keep_key_order=ctx.keeps_key_order("kyc"),
         pending_reader=ctx.pending_reader("kyc"),
+        recent_reader=ctx.recent_reader("kyc"),
     )
 
 

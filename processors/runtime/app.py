@@ -4,8 +4,10 @@
 gate across retry tiers (see ``routing``), the record context (:mod:`processors.context`:
 calls, attempts, traceparent), outputs stamped with ``x-attempts`` and ``traceparent``, and
 the failure route (the next retry tier, the dead-letter topic or the parking topic, with the
-reason in the headers).  An app supplies only ``decode`` and ``handle`` (and, if it answers
-for failures on a topic of its own, ``on_failed``).
+reason in the headers), and, for an app that declares ``dedupe`` in ``topics.yaml``, dropping
+event ids it already answered (:mod:`processors.runtime.dedupe`).  An app supplies only
+``decode`` and ``handle`` (and, if it answers for failures on a topic of its own,
+``on_failed``; if it de-duplicates, ``dedupe_key``).
 
 :class:`EventApp` is the template for apps that consume contract events: it decodes with the
 contract codec, checks that the Kafka key is the event's subject, hands events of the types it
@@ -16,6 +18,8 @@ response → result) lives in modules that import neither Kafka nor an HTTP libr
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
@@ -23,12 +27,15 @@ from processors import context as record_context
 from processors.context import RecordContext
 from processors.contract import Codec, ContentType, Event
 from processors.errors import ValidationFailed
+from processors.runtime.dedupe import AnsweredIds
 from processors.runtime.failures import H
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.routing import RetryRouter, pending_from_tiers
 from processors.topics.catalogue import AppTopics
 
-__all__ = ["Emit", "EventApp", "PendingReader", "RecordApp", "RetryGateMixin"]
+__all__ = ["Emit", "EventApp", "PendingReader", "RecentReader", "RecordApp", "RetryGateMixin"]
+
+log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -40,6 +47,9 @@ TP = tuple[str, int]
 
 PendingReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
 """Reads the records still pending (past the group's committed offsets) in the given partitions."""
+
+RecentReader = Callable[[Sequence[TP]], Sequence[KafkaMessage]]
+"""Reads the records of the last dedupe window in the given partitions."""
 
 
 class RetryGateMixin:
@@ -99,13 +109,22 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
         replay_limit: int,
         keep_key_order: bool,
         pending_reader: PendingReader | None,
+        recent_reader: RecentReader | None = None,
     ) -> None:
+        """``recent_reader`` reads the dedupe topic back on assignment (None: the app starts
+        each partition with no answered ids, as in unit tests)."""
         self.topics = topics
         self.router = RetryRouter(
             topics, app=self.name, replay_limit=replay_limit, keep_key_order=keep_key_order
         )
         self._sources = (*topics.sources, *(tier.topic for tier in topics.retry_tiers))
         self._pending_reader = pending_reader
+        self._assigned: set[TP] = set()
+        self.answered: AnsweredIds | None = None
+        if topics.dedupe is not None:
+            self.answered = AnsweredIds(
+                topics.dedupe, topics.dedupe_window_ms / 1000, recent_reader, clock=time.time
+            )
 
     @property
     def sources(self) -> Sequence[str]:
@@ -141,6 +160,33 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
         """Whether a failure without any external call still counts one attempt."""
         return True
 
+    def dedupe_key(self, item: In) -> bytes | None:
+        """The id answered once per window (apps that declare ``dedupe``); None: never dropped."""
+        return None
+
+    # --- assignment --------------------------------------------------------------------------
+
+    async def on_assigned(self, partitions: Sequence[TP]) -> None:
+        """Read back the answered ids, then rebuild the key-order gate, before any record runs."""
+        self._assigned.update(partitions)
+        if self.answered is not None:
+            loaded = await self.answered.restore({p for _, p in partitions})
+            if loaded:
+                log.info("app %s: %d answered event ids read back", self.name, loaded)
+        await self.rebuild_gate(partitions)
+
+    async def on_revoked(self, partitions: Sequence[TP]) -> None:
+        await super().on_revoked(partitions)
+        self._assigned.difference_update(partitions)
+        if self.answered is not None:
+            held = {p for _, p in self._assigned}
+            self.answered.drop({p for _, p in partitions} - held)
+
+    def acknowledged(self, records: Sequence[OutRecord]) -> None:
+        """The broker acknowledged ``records`` (the engine calls this after each batch)."""
+        if self.answered is not None:
+            self.answered.acknowledged(records)
+
     # --- the pipeline -----------------------------------------------------------------------
 
     async def process(self, msg: KafkaMessage) -> Sequence[OutRecord]:
@@ -152,10 +198,24 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
         forward = self.router.follow(msg)
         if forward is not None:
             return [forward]
+        answered = self.answered
+        event_id = None if answered is None else self.dedupe_key(item)
+        if event_id is not None:
+            assert answered is not None
+            partition = msg.partition() or 0
+            if answered.answered(partition, event_id):
+                # answered before: like a success that writes nothing (the key moves on)
+                answered.dropped += 1
+                self.router.succeeded(msg)
+                return ()
         context = record_context.enter(msg, attempts_header=H.ATTEMPTS)
         outputs = await self.handle(item)
         self.router.succeeded(msg)
-        return [_stamp(record, context) for record in self.records(msg, outputs, context)]
+        records = [_stamp(record, context) for record in self.records(msg, outputs, context)]
+        if event_id is not None:
+            assert answered is not None
+            records.append(answered.marker(msg.partition() or 0, event_id))
+        return records
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
         attempts = record_context.calls_for(msg)
@@ -188,13 +248,21 @@ class EventApp(RecordApp[Event, Emit]):
         replay_limit: int = 3,
         keep_key_order: bool = True,
         pending_reader: PendingReader | None = None,
+        recent_reader: RecentReader | None = None,
     ) -> None:
         self.codec = codec
         self.output_content_type = output_content_type
         self.source = f"processors/{self.name}"
         self.setup(
-            topics, replay_limit=replay_limit, keep_key_order=keep_key_order, pending_reader=pending_reader
+            topics,
+            replay_limit=replay_limit,
+            keep_key_order=keep_key_order,
+            pending_reader=pending_reader,
+            recent_reader=recent_reader,
         )
+
+    def dedupe_key(self, item: Event) -> bytes | None:
+        return str(item.event_id).encode()
 
     def decode(self, msg: KafkaMessage) -> Event | None:
         event = self.codec.decode(msg.value(), msg.headers())

@@ -149,6 +149,9 @@ class Engine:
         self._consumer_conf = dict(consumer_conf)
         self._producer = producer
         self._consumer_factory = consumer_factory
+        self._acknowledged: Callable[[Sequence[OutRecord]], None] | None = getattr(
+            processor, "acknowledged", None
+        )
         self._consumer: confluent_kafka.Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"poll-{processor.name}")
@@ -460,6 +463,8 @@ class Engine:
             try:
                 await self._producer.send_all(records)
                 self.stats.outputs += len(records)
+                if self._acknowledged is not None:
+                    self._acknowledged(records)
                 return
             except RecordTooLarge as exc:
                 self.stats.outputs += len(records) - len(exc.records)

@@ -21,6 +21,7 @@ The file has five sections (all optional except what the apps refer to)::
         retry:  {partitions?, retention?, config?}
         dlq:    {partitions?, retention?, config?}
         parked: {partitions?, retention?, config?}
+        dedupe: {window, config?}               # optional: drop repeated event ids
 
 Each app generates its failure topics, named by the templates of the optional
 ``naming`` section (placeholders ``{app}``, ``{index}``, ``{delay}``); the defaults are:
@@ -33,7 +34,10 @@ Each app generates its failure topics, named by the templates of the optional
   (the template must use ``{app}`` and ``{index}``);
 * dead letters: ``integrations.{app}.dlq``;
 * parked dead letters (the replay loop guard): ``integrations.{app}.parked``
-  (both must use ``{app}``).
+  (both must use ``{app}``);
+* the event ids an app has answered, when it declares ``dedupe`` (see
+  :mod:`processors.runtime.dedupe`): ``integrations.{app}.dedupe``, compacted and deleted
+  after the window, with the partitions of the app's widest source.
 
 Retry tier and DLQ partitions default to the largest partition count among the app's
 sources and may not be set below it.  ``parked`` defaults to the DLQ's partitions and
@@ -99,7 +103,7 @@ __all__ = [
 ENV_TOPICS_FILE = "PROCESSORS_TOPICS_FILE"
 DEFAULT_FILE_NAME = "topics.yaml"
 
-TopicKind = Literal["input", "output", "state", "retry", "dlq", "parked"]
+TopicKind = Literal["input", "output", "state", "retry", "dlq", "parked", "dedupe"]
 CleanupPolicy = Literal["delete", "compact", "compact,delete"]
 
 MANAGED_CONFIGS: Mapping[str, str] = MappingProxyType(
@@ -156,10 +160,12 @@ _VENDOR_CONFIG_PREFIXES = ("confluent.",)
 DEFAULT_RETRY_TEMPLATE = "integrations.{app}.retry.{index}-{delay}"
 DEFAULT_DLQ_TEMPLATE = "integrations.{app}.dlq"
 DEFAULT_PARKED_TEMPLATE = "integrations.{app}.parked"
+DEFAULT_DEDUPE_TEMPLATE = "integrations.{app}.dedupe"
 _TEMPLATE_FIELDS = {
     "retry": ({"app", "index"}, {"app", "index", "delay"}),
     "dlq": ({"app"}, {"app"}),
     "parked": ({"app"}, {"app"}),
+    "dedupe": ({"app"}, {"app"}),
 }  # template -> (required placeholders, allowed placeholders)
 
 DEFAULT_RETRY_RETENTION_MS = 7 * 86_400_000
@@ -193,6 +199,11 @@ def dlq_topic_name(app: str, template: str = DEFAULT_DLQ_TEMPLATE) -> str:
 
 def parked_topic_name(app: str, template: str = DEFAULT_PARKED_TEMPLATE) -> str:
     """An app's parking topic, by default ``integrations.<app>.parked``."""
+    return template.format(app=app)
+
+
+def dedupe_topic_name(app: str, template: str = DEFAULT_DEDUPE_TEMPLATE) -> str:
+    """An app's answered event ids, by default ``integrations.<app>.dedupe``."""
     return template.format(app=app)
 
 
@@ -265,6 +276,10 @@ class AppTopics:
     outputs: tuple[str, ...] = ()
     state: tuple[str, ...] = ()
     description: str = ""
+    dedupe: str | None = None
+    """The topic of the event ids the app answered (None: the app does not de-duplicate)."""
+    dedupe_window_ms: int = 0
+    """How long an answered event id is remembered."""
 
     @property
     def failure_topics(self) -> tuple[str, ...]:
@@ -435,6 +450,10 @@ def _delay(value: object) -> int:
     return parse_duration(value, what="retry delay")
 
 
+def _window(value: object) -> int:
+    return parse_duration(value, what="dedupe window")
+
+
 def _cleanup_policy(value: object) -> object:
     if isinstance(value, str):
         parts = sorted({p.strip() for p in value.split(",") if p.strip()})
@@ -453,6 +472,7 @@ def _config_value(value: object) -> str:
 Count = Annotated[int, Field(ge=1)]
 Retention = Annotated[int, BeforeValidator(_retention)]
 Delay = Annotated[int, BeforeValidator(_delay)]
+Window = Annotated[int, BeforeValidator(_window)]
 Policy = Annotated[CleanupPolicy, BeforeValidator(_cleanup_policy)]
 ConfigValue = Annotated[str, BeforeValidator(_config_value)]
 
@@ -486,6 +506,11 @@ class _Generated(_Model):
     config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
+class _Dedupe(_Model):
+    window: Window
+    config: dict[str, ConfigValue] = Field(default_factory=dict)
+
+
 class _App(_Model):
     description: str = ""
     sources: Annotated[list[str], Field(min_length=1)]
@@ -495,12 +520,14 @@ class _App(_Model):
     retry: _Generated = _Generated()
     dlq: _Generated = _Generated()
     parked: _Generated = _Generated()
+    dedupe: _Dedupe | None = None
 
 
 class _Naming(_Model):
     retry: str = DEFAULT_RETRY_TEMPLATE
     dlq: str = DEFAULT_DLQ_TEMPLATE
     parked: str = DEFAULT_PARKED_TEMPLATE
+    dedupe: str = DEFAULT_DEDUPE_TEMPLATE
 
 
 class _File(_Model):
@@ -514,7 +541,11 @@ class _File(_Model):
 
 
 _ALL_KEYS = sorted(
-    {name for model in (_Naming, _Defaults, _Topic, _Generated, _App, _File) for name in model.model_fields}
+    {
+        name
+        for model in (_Naming, _Defaults, _Topic, _Generated, _Dedupe, _App, _File)
+        for name in model.model_fields
+    }
 )
 _SECTIONS: dict[str, TopicKind] = {"inputs": "input", "outputs": "output", "state": "state"}
 
@@ -858,6 +889,31 @@ class _Assembler:
         if self._claim(parked, (*at, "parked"), name):
             text = f"{name}: dead letters that failed again after replay (loop guard)"
             specs.append(make(parked, "parked", parked_partitions, parked_retention, parked_extra, text))
+        dedupe: str | None = None
+        window = 0
+        if entry.dedupe is not None:
+            window = entry.dedupe.window
+            if window <= 0:
+                self.fail((*at, "dedupe", "window"), f"{who}: dedupe window must be longer than 0")
+            name_ = dedupe_topic_name(name, self.model.naming.dedupe)
+            extra = self._extra_config(entry.dedupe.config, (*at, "dedupe", "config"), who)
+            if self._claim(name_, (*at, "dedupe"), name):
+                dedupe = name_
+                text = f"{name}: event ids answered within the last {format_duration(window)} (key event id)"
+                specs.append(
+                    TopicSpec(
+                        name=name_,
+                        partitions=floor,
+                        replication_factor=d.replication_factor,
+                        config=self._config(
+                            "compact,delete", window, d.replication_factor, d.min_insync_replicas, extra
+                        ),
+                        kind="dedupe",
+                        app=name,
+                        description=text,
+                        min_insync_replicas=d.min_insync_replicas,
+                    )
+                )
         if len(self.problems) > problems_before:
             return None
         self.generated.extend(specs)
@@ -870,4 +926,6 @@ class _Assembler:
             outputs=outputs,
             state=state,
             description=entry.description.strip(),
+            dedupe=dedupe,
+            dedupe_window_ms=window,
         )

@@ -16,7 +16,7 @@ from processors.adapters.kyc_provider import KycOutcome, KycProvider, KycProvide
 from processors.apps.kyc import mapping
 from processors.contract import Codec, ContentType, Event
 from processors.resilience.guard import CallContext, EndpointGuard
-from processors.runtime.app import Emit, EventApp, PendingReader
+from processors.runtime.app import Emit, EventApp, PendingReader, RecentReader
 from processors.topics.catalogue import AppTopics
 
 __all__ = ["KycApp", "KycSettings"]
@@ -45,6 +45,7 @@ class KycApp(EventApp):
         output_content_type: ContentType = ContentType.AVRO,
         keep_key_order: bool = True,
         pending_reader: PendingReader | None = None,
+        recent_reader: RecentReader | None = None,
     ) -> None:
         super().__init__(
             codec=codec,
@@ -53,6 +54,7 @@ class KycApp(EventApp):
             replay_limit=settings.replay_limit,
             keep_key_order=keep_key_order,
             pending_reader=pending_reader,
+            recent_reader=recent_reader,
         )
         self.provider = provider
         self.guard = guard

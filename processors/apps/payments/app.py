@@ -10,7 +10,7 @@ from processors.adapters.payment_gateway import GatewaySettings, PaymentGateway,
 from processors.apps.payments import mapping
 from processors.contract import Codec, ContentType, Event
 from processors.resilience.guard import CallContext, EndpointGuard
-from processors.runtime.app import Emit, EventApp, PendingReader
+from processors.runtime.app import Emit, EventApp, PendingReader, RecentReader
 from processors.topics.catalogue import AppTopics
 
 __all__ = ["PaymentsApp", "PaymentsSettings"]
@@ -39,6 +39,7 @@ class PaymentsApp(EventApp):
         output_content_type: ContentType = ContentType.AVRO,
         keep_key_order: bool = True,
         pending_reader: PendingReader | None = None,
+        recent_reader: RecentReader | None = None,
     ) -> None:
         super().__init__(
             codec=codec,
@@ -47,6 +48,7 @@ class PaymentsApp(EventApp):
             replay_limit=settings.replay_limit,
             keep_key_order=keep_key_order,
             pending_reader=pending_reader,
+            recent_reader=recent_reader,
         )
         self.gateway = gateway
         self.guard = guard
