@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 
@@ -25,12 +26,23 @@ from processors.production import check_production
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import load_resilience
 from processors.runtime.engine import Engine
-from processors.runtime.producer import AsyncProducer
+from processors.runtime.producer import AsyncProducer, TransactionalProducer
 from processors.settings import Settings
 from processors.streams import TransactionalLoop
-from processors.topics.catalogue import Catalogue, load_catalogue
+from processors.topics.catalogue import AppTopics, Catalogue, load_catalogue
 
-__all__ = ["Runner", "kafka_clients", "make_codec"]
+__all__ = ["Runner", "check_exactly_once", "kafka_clients", "make_codec"]
+
+
+def check_exactly_once(topics: AppTopics) -> None:
+    """Refuse ``engine.exactly_once`` for an app that keeps no answered ids: without them, a
+    record whose outputs committed before its offset would be answered again after a crash."""
+    if topics.dedupe is None:
+        raise ConfigError(
+            f"app {topics.name}: engine.exactly_once (PROCESSORS_ENGINE__EXACTLY_ONCE) needs the "
+            "app's answered event ids: add dedupe: {window: 24h} under the app in topics.yaml"
+        )
+
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +85,7 @@ class Runner:
         self.on_inbound_rejected = on_inbound_rejected
         self._producers: list[AsyncProducer] = []
         self.loops: list[TransactionalLoop] = []
+        self._audit_producer: AsyncProducer | None = None
         """The exactly-once apps' loops, once built."""
 
     async def check_topics(self) -> None:
@@ -136,22 +149,32 @@ class Runner:
                 continue
             app = spec.build(context)
             kafka = kafka_clients(self.settings)
-            producer = AsyncProducer(
-                kafka.producer(max_message_bytes=getattr(app, "max_message_bytes", None))
-            )
+            engine_settings = spec.engine_settings(self.settings)
+            max_bytes = getattr(app, "max_message_bytes", None)
+            producer: AsyncProducer
+            if engine_settings.exactly_once:
+                check_exactly_once(self.catalogue.app(name))
+                instance = engine_settings.instance_id or socket.gethostname()
+                tid = f"{self.settings.group_prefix}{name}.{instance}"
+                producer = TransactionalProducer(kafka.transactional(tid, max_message_bytes=max_bytes))
+            else:
+                producer = AsyncProducer(kafka.producer(max_message_bytes=max_bytes))
             await producer.start()
             self._producers.append(producer)
-            if len(self._producers) == 1:
-                self._start_audit(producer)
+            if self._audit_producer is None:
+                # Audit records are never part of a transaction: the calls they record happened.
+                audit = producer
+                if isinstance(producer, TransactionalProducer):
+                    audit = AsyncProducer(kafka.producer())
+                    await audit.start()
+                    self._producers.append(audit)
+                self._audit_producer = audit
+                self._start_audit(audit)
             router = getattr(app, "router", None)
             # The ordering gate needs source partition n and retry partition n together.
             key_ordered = router is not None and router.keep_key_order
             conf = kafka.group_consumer(self.settings.group_prefix + name, key_ordered=key_ordered)
-            self.engines.append(
-                Engine(
-                    app, consumer_conf=conf, producer=producer, settings=spec.engine_settings(self.settings)
-                )
-            )
+            self.engines.append(Engine(app, consumer_conf=conf, producer=producer, settings=engine_settings))
         tasks = [
             asyncio.create_task(engine.run(), name=f"engine-{engine.processor.name}")
             for engine in self.engines

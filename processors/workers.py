@@ -15,7 +15,7 @@ over instances on several hosts.  The supervisor
   own (the API port + 1 + index), reachable for its status.
 
 Exactly-once apps (bordereaux) need a stable instance id per member: worker *i* appends
-``-w<i>`` to ``bordereaux.instance_id`` (default: the host name).
+``-w<i>`` to ``bordereaux.instance_id`` and ``engine.instance_id`` (default: the host name).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def _worker_env(spec: WorkerSpec, index: int) -> dict[str, str]:
     env = dict(os.environ)
     env[WORKER_INDEX_ENV] = str(index)
     env["PROCESSORS_BORDEREAUX__INSTANCE_ID"] = f"{spec.instance_id}-w{index}"
+    env["PROCESSORS_ENGINE__INSTANCE_ID"] = f"{spec.instance_id}-w{index}"
     if spec.api:
         env["PROCESSORS_API__ENABLED"] = "true"
         env["PROCESSORS_API__HOST"] = "127.0.0.1"

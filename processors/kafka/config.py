@@ -270,6 +270,11 @@ class KafkaClients:
     def is_transactional(producer_conf: Mapping[str, Any]) -> bool:
         return bool(producer_conf.get("transactional.id"))
 
+    @staticmethod
+    def transactional_id_of(producer_conf: Mapping[str, Any]) -> str | None:
+        value = producer_conf.get("transactional.id")
+        return None if value is None else str(value)
+
     # --- rendering ---------------------------------------------------------------------------
 
     def role_overrides(self, role: ClientRole) -> dict[str, str]:

@@ -15,6 +15,15 @@ One ``Engine`` = one consumer group = one app.  The engine
 
 A handler failure never stops the engine: the processor's failure route (the app's DLQ today,
 retry tiers on top of it) receives the record and the reason.
+
+**Exactly-once output** (``exactly_once``, given a :class:`TransactionalProducer`): outputs go
+into a Kafka transaction that also carries the committed offsets, so a result, its
+answered-id marker (:mod:`processors.runtime.dedupe`) and the offset past its record become
+visible together or not at all.  A record that finished after the offsets were taken has its
+outputs and marker in the transaction but not its offset: redelivered after a crash, its
+marker drops it.  An aborted transaction or lost partitions stop the engine (exit non-zero):
+the next member starts again from the committed offsets.  External calls stay at-least-once
+behind their idempotency keys.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from processors.kafka.stats import with_lag_statistics
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import H, OutputTooLarge, fitted, is_terminal_copy
 from processors.runtime.message import KafkaMessage, OutRecord
-from processors.runtime.producer import RecordTooLarge
+from processors.runtime.producer import RecordTooLarge, TransactionalProducer
 from processors.runtime.tracker import PartitionState
 
 __all__ = [
@@ -77,6 +86,14 @@ class EngineSettings(BaseModel):
     poll_timeout_ms: int = Field(default=100, ge=1, le=10_000)
     shutdown_grace_s: float = Field(default=30.0, gt=0)
     output_retry_backoff_ms: int = Field(default=1_000, ge=1)
+    exactly_once: bool = False
+    """Outputs, answered ids and offsets commit in one transaction (apps that declare
+    ``dedupe``); see the module doc."""
+    instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """With ``exactly_once``: stable per instance (default: the host name).  The transactional
+    id is ``<group>.<instance_id>``, so a restarted instance aborts its crashed predecessor's
+    open transaction at once (otherwise readers wait for its timeout).  Two instances of one
+    app on one host need different ids (``--workers`` gives each worker its own)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> EngineSettings:
@@ -149,6 +166,8 @@ class Engine:
         self._consumer_conf = dict(consumer_conf)
         self._producer = producer
         self._consumer_factory = consumer_factory
+        self._transactional = producer if isinstance(producer, TransactionalProducer) else None
+        self._fatal: BaseException | None = None
         self._acknowledged: Callable[[Sequence[OutRecord]], None] | None = getattr(
             processor, "acknowledged", None
         )
@@ -222,6 +241,8 @@ class Engine:
         assert loop is not None
         interval_s = self.settings.commit_interval_ms / 1000
         while not self._stopping.is_set():
+            if self._fatal is not None:
+                raise self._fatal
             pause, resume = self._take_pause_changes()
             seeks = self._take_seeks()
             commits: list[confluent_kafka.TopicPartition] = []
@@ -229,6 +250,9 @@ class Engine:
             if now - self._last_commit >= interval_s:
                 commits = self._due_commits()
                 self._last_commit = now
+                if self._transactional is not None:
+                    await self._commit_transaction(commits)
+                    commits = []
             msgs = await loop.run_in_executor(self._executor, self._poll_step, pause, resume, seeks, commits)
             for msg in msgs:
                 self._dispatch(msg)
@@ -276,6 +300,30 @@ class Engine:
             # Not fatal: the next commit carries a later offset; a lost one means re-processing,
             # which idempotency keys make harmless.
             log.warning("app %s: commit failed: %s", self.processor.name, exc)
+
+    async def _commit_transaction(self, offsets: list[confluent_kafka.TopicPartition]) -> None:
+        """Commit the open transaction with ``offsets`` (exactly-once output), on the poll thread."""
+        producer = self._transactional
+        loop = self._loop
+        assert producer is not None
+        assert loop is not None
+        await producer.hold()
+        try:
+            await loop.run_in_executor(self._executor, self._commit_transaction_step, offsets)
+        except BaseException:
+            self._fatal = self._fatal or BrokerError(f"app {self.processor.name}: transaction failed")
+            raise
+        finally:
+            producer.release()
+
+    def _commit_transaction_step(self, offsets: list[confluent_kafka.TopicPartition]) -> None:
+        producer = self._transactional
+        consumer = self._consumer
+        assert producer is not None
+        assert consumer is not None
+        producer.commit(offsets, consumer.consumer_group_metadata())
+        if offsets:
+            self.stats.commits += 1
 
     def _due_commits(self) -> list[confluent_kafka.TopicPartition]:
         due = []
@@ -535,12 +583,36 @@ class Engine:
     def _on_revoke(self, consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         offsets = self._call_on_loop(self._revoked(tps, commit=True))
+        producer = self._transactional
+        if producer is not None:
+            if self._fatal is not None:
+                return
+            # The revoked partitions' finished work commits with its outputs before they go.
+            self._call_on_loop(producer.hold())
+            try:
+                producer.commit(offsets, consumer.consumer_group_metadata())
+            except BrokerError as exc:
+                log.error("app %s: %s", self.processor.name, exc)
+                self._fatal = exc
+                self._stopping.set()
+            finally:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(producer.release)
+            return
         if offsets:
             self._commit(consumer, offsets, asynchronous=False)
 
     def _on_lost(self, _consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self._call_on_loop(self._revoked(tps, commit=False))
+        if self._transactional is not None:
+            # The open transaction holds outputs of partitions this member no longer owns:
+            # it can only be aborted, with the work of the others.  Stop; a new member resumes.
+            self._fatal = BrokerError(
+                f"app {self.processor.name}: partitions lost ({_fmt(tps)}); the open transaction "
+                "is abandoned and the app stops"
+            )
+            self._stopping.set()
 
     def _call_on_loop(self, coro: Awaitable[Any]) -> Any:
         assert self._loop is not None
@@ -627,7 +699,14 @@ class Engine:
     def _close_consumer(self, commits: list[confluent_kafka.TopicPartition]) -> None:
         consumer = self._consumer
         assert consumer is not None
-        if commits:
+        producer = self._transactional
+        if producer is not None:
+            if self._fatal is None:
+                try:  # every lane has finished: nothing is producing
+                    producer.commit(commits, consumer.consumer_group_metadata())
+                except BrokerError as exc:
+                    log.error("app %s: %s", self.processor.name, exc)
+        elif commits:
             self._commit(consumer, commits, asynchronous=False)
         close_group_consumer(consumer, what=f"app {self.processor.name}")
         self._consumer = None

@@ -16,9 +16,10 @@ from typing import Any
 import confluent_kafka
 
 from processors.errors import BrokerError
+from processors.kafka import KafkaClients
 from processors.runtime.message import OutRecord
 
-__all__ = ["AsyncProducer", "RecordTooLarge"]
+__all__ = ["AsyncProducer", "RecordTooLarge", "TransactionFailed", "TransactionalProducer"]
 
 
 class RecordTooLarge(BrokerError):
@@ -136,6 +137,12 @@ class AsyncProducer:
         Raises :class:`RecordTooLarge` naming every record refused for its size (the others
         were acknowledged), or the first other :class:`BrokerError`.
         """
+        futures, too_large = await self._produce_all(records)
+        await self._acknowledged(futures, too_large)
+
+    async def _produce_all(
+        self, records: list[OutRecord]
+    ) -> tuple[list[asyncio.Future[None]], list[OutRecord]]:
         futures: list[asyncio.Future[None]] = []
         too_large: list[OutRecord] = []
         for record in records:
@@ -143,6 +150,9 @@ class AsyncProducer:
                 futures.append(await self._produce(record))
             except RecordTooLarge as exc:
                 too_large.extend(exc.records)
+        return futures, too_large
+
+    async def _acknowledged(self, futures: list[asyncio.Future[None]], too_large: list[OutRecord]) -> None:
         if len(futures) == 1 and not too_large:
             await futures[0]
             return
@@ -171,6 +181,120 @@ class AsyncProducer:
         if remaining:
             log.error("producer stopped with %d records not acknowledged", remaining)
         self._producer = None
+
+
+class TransactionFailed(BrokerError):
+    """The open transaction was aborted or the producer fenced: its outputs are gone, and the
+    offsets it would have committed were not.  The engine stops; a new instance processes the
+    records again from the last committed offsets (their external calls behind their
+    idempotency keys)."""
+
+
+class TransactionalProducer(AsyncProducer):
+    """Outputs inside Kafka transactions that also commit the consumer's offsets.
+
+    ``send_all`` produces into the open transaction and awaits the acknowledgements as the
+    plain producer does.  The engine commits on its interval: :meth:`hold` stops new batches
+    and waits for the ones being handed to librdkafka (a batch never straddles two
+    transactions), :meth:`commit` runs on the consumer's thread (it needs the group's
+    metadata), then :meth:`release`.  Every call of ``commit`` that finds nothing to commit
+    returns at once.
+    """
+
+    transactional = True
+
+    def __init__(self, config: Mapping[str, Any], *, timeout_s: float = 30.0) -> None:
+        super().__init__(config)
+        self._timeout_s = timeout_s
+        self._open: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._producing = 0
+        self._dirty = False
+        self.commits = 0
+
+    async def start(self) -> None:
+        await super().start()
+        self._open = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.raw.init_transactions, self._timeout_s)
+            self.raw.begin_transaction()
+        except confluent_kafka.KafkaException as exc:
+            raise BrokerError(f"cannot start transactions: {exc}") from exc
+        self._open.set()
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        assert self._open is not None
+        assert self._idle is not None
+        while not self._open.is_set():
+            await self._open.wait()
+        self._producing += 1
+        self._idle.clear()
+        try:
+            futures, too_large = await self._produce_all(records)
+            self._dirty = True
+        finally:
+            self._producing -= 1
+            if self._producing == 0:
+                self._idle.set()
+        await self._acknowledged(futures, too_large)
+
+    async def hold(self) -> None:
+        """No new batch enters the transaction; returns once none is being produced."""
+        assert self._open is not None
+        assert self._idle is not None
+        self._open.clear()
+        await self._idle.wait()
+
+    def release(self) -> None:
+        assert self._open is not None
+        self._open.set()
+
+    def commit(self, offsets: list[confluent_kafka.TopicPartition], group_metadata: Any) -> None:
+        """Commit the open transaction with ``offsets`` and open the next (a worker thread,
+        while held).  Raises :class:`TransactionFailed` when it had to be aborted."""
+        if not offsets and not self._dirty:
+            return
+        producer = self.raw
+        try:
+            if offsets:
+                self._retrying(
+                    lambda: producer.send_offsets_to_transaction(offsets, group_metadata, self._timeout_s)
+                )
+            self._retrying(lambda: producer.commit_transaction(self._timeout_s))
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, confluent_kafka.KafkaError) and error.txn_requires_abort():
+                try:
+                    producer.abort_transaction(self._timeout_s)
+                except confluent_kafka.KafkaException as abort_exc:
+                    log.error("aborting the transaction failed: %s", abort_exc)
+            hint = ""
+            if isinstance(error, confluent_kafka.KafkaError) and error.fatal():
+                hint = (
+                    " (fenced: another instance started with the same transactional id "
+                    f"{KafkaClients.transactional_id_of(self._config)!r}; give each instance its own "
+                    "PROCESSORS_ENGINE__INSTANCE_ID)"
+                )
+            raise TransactionFailed(f"transaction not committed: {exc}{hint}") from exc
+        self._dirty = False
+        self.commits += 1
+        producer.begin_transaction()
+
+    def _retrying(self, call: Any) -> None:
+        attempts = 0
+        while True:
+            try:
+                call()
+                return
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                attempts += 1
+                if not (isinstance(error, confluent_kafka.KafkaError) and error.retriable()) or attempts >= 5:
+                    raise
+                log.warning("transaction step failed, retrying: %s", exc)
 
 
 def _resolve(batch: list[tuple[asyncio.Future[None], confluent_kafka.KafkaError | None, OutRecord]]) -> None:

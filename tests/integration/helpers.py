@@ -200,14 +200,17 @@ def read_topics(
             return records
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout_s
-        positions: dict[tuple[str, int], int] = {}
-        while any(positions.get(tp, -1) + 1 < end for tp, end in targets.items()):
+        remaining = dict(targets)
+        while remaining:
             if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {sorted(targets)} to the end within {timeout_s}s")
+                raise AssertionError(f"could not read {sorted(remaining)} to the end within {timeout_s}s")
             for msg in consumer.consume(500, 0.5):
                 if msg.error() is None:
                     records.append(msg)
-                    positions[(msg.topic(), msg.partition())] = msg.offset()
+            # transaction markers and aborted records take offsets too: compare positions
+            for tp in consumer.position([confluent_kafka.TopicPartition(t, p) for t, p in remaining]):
+                if tp.offset >= remaining[(tp.topic, tp.partition)]:
+                    del remaining[(tp.topic, tp.partition)]
         return records
     finally:
         consumer.close()

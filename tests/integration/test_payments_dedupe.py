@@ -117,3 +117,46 @@ async def test_a_member_killed_before_its_commit_answers_nothing_twice(
         assert len(charges) == len(events)
         assert set(charges.values()) == {1}
         assert "answered event ids read back" in log_path.read_text()
+
+
+async def test_exactly_once_output_survives_a_kill_mid_run_with_one_result_per_event(
+    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+) -> None:
+    topics_file, prefix = isolated_topics()
+    billing = f"{prefix}insurance.billing.events"
+    results = f"{prefix}integrations.payment.results"
+    group = f"{prefix}payments"
+    events = list(premium_due_stream(1_200, 120, seed=23))
+    # 8 calls in flight at 40 ms each: about 200 events/s, so the kill lands mid-run.
+    async with SandboxServer(gateway=GatewayConfig(latency_ms=40, seed=7)) as sandbox:
+        env = sandbox_env(prefix, topics_file, kafka_bootstrap, sandbox.url)
+        env["PROCESSORS_ENGINE__EXACTLY_ONCE"] = "true"
+        env["PROCESSORS_ENGINE__MAX_CONCURRENCY"] = "8"
+        publish(kafka_bootstrap, billing, events)
+        collector = Collector(kafka_bootstrap, [results])  # read_committed
+        log_path = tmp_path / "p.log"
+        first = start_processor(env, "run", "payments", log_path=log_path)
+        try:
+            await collector.wait_for(lambda r: len(r) >= 300, timeout_s=180)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+        seen_at_kill = len(collector.records)
+        assert seen_at_kill < len(events), "the processor finished before it was killed; nothing was tested"
+
+        second = start_processor(env, "run", "payments", log_path=log_path)
+        try:
+            await collector.wait_for(group_caught_up(kafka_bootstrap, group, billing), timeout_s=240)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(60)
+            collector.close()
+        assert second.returncode == 0, log_path.read_text()[-3000:]
+        answers = _answers(kafka_bootstrap, results)
+        assert set(answers) == {e.event_id for e in events}
+        assert set(answers.values()) == {1}
+        charges = sandbox.gateway.charges_by_key
+        assert len(charges) == len(events)
+        assert set(charges.values()) == {1}
+    markers = read_topics(kafka_bootstrap, [f"{prefix}integrations.payments.dedupe"])
+    assert len({m.key() for m in markers}) == len(events)

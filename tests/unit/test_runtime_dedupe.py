@@ -72,7 +72,8 @@ async def test_restore_reads_each_partition_once_and_keeps_the_record_time() -> 
     assert await ids.restore([1, 2]) == 2
     assert await ids.restore([1, 2]) == 0  # held already: not read again
     assert asked == [[(TOPIC, 1), (TOPIC, 2)]]
-    assert ids.answered(1, b"old") and ids.answered(1, b"new")
+    assert ids.answered(1, b"old")
+    assert ids.answered(1, b"new")
     assert not ids.answered(2, b"tomb")
     clock.now += 15  # "old" was answered 50 s ago: its 60 s window ends now
     assert not ids.answered(1, b"old")
