@@ -65,6 +65,10 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     dedupe_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     dedupe_max_entries: int = Field(default=500_000, ge=1)
+    dedupe_topic: str | None = Field(default=None, min_length=1)
+    """The compacted topic through which the API instances share the provider event ids they
+    published (``docs/api.md``).  None: the catalogue's ``integrations.inbound.dedupe`` when the
+    API runs with the apps (``enabled``), otherwise the ids stay in the process."""
     publish_timeout_s: float = Field(default=10.0, gt=0)
     """How long an inbound request waits for the broker's acknowledgement before answering 503."""
     kyc_results_topic: str | None = None

@@ -26,12 +26,18 @@ metric                                                    type     labels
 ``processors_inbound_requests_total``                     counter  provider, outcome
 ``processors_inbound_publish_seconds``                    histo.   provider
 ``processors_inbound_dedupe_entries``                     gauge
+``processors_inbound_dedupe_markers_total``               counter  outcome (written|failed|learned)
 ========================================================  =======  ======================================
+
+Duplicates refused are ``processors_inbound_requests_total{outcome="duplicate"}``.  The markers
+are those of the topic of seen ids shared by the API instances (:mod:`processors.api.dedupe`):
+``written`` after a publication, ``failed`` when one could not be written, ``learned`` when a
+marker told this instance of an id it did not know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from prometheus_client import (
@@ -71,7 +77,11 @@ class ApiMetrics:
     """The registry, the inbound instruments and (with ``health``) the status collector."""
 
     def __init__(
-        self, health: HealthMonitor | None = None, *, dedupe_size: Callable[[], int] | None = None
+        self,
+        health: HealthMonitor | None = None,
+        *,
+        dedupe_size: Callable[[], int] | None = None,
+        dedupe_markers: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._inbound = Counter(
@@ -95,6 +105,8 @@ class ApiMetrics:
                 registry=self.registry,
             )
             gauge.set_function(lambda: float(dedupe_size()))
+        if dedupe_markers is not None:
+            self.registry.register(_MarkersCollector(dedupe_markers))
         if health is not None:
             self.registry.register(_StatusCollector(health))
 
@@ -113,6 +125,30 @@ class ApiMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _MarkersCollector(Collector):
+    """``processors_inbound_dedupe_markers_total``, read from the topic of seen ids' counters."""
+
+    OUTCOMES: Final = ("written", "failed", "learned")
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected fresh on every scrape
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self._counts()
+        family = CounterMetricFamily(
+            "processors_inbound_dedupe_markers",
+            "Markers of the topic of seen inbound ids: written after a publication, failed (not "
+            "written), learned (an id published by another instance, or before a restart).",
+            labels=["outcome"],
+        )
+        for outcome in self.OUTCOMES:
+            family.add_metric([outcome], float(counts.get(outcome, 0)))
+        yield family
 
 
 class _StatusCollector(Collector):

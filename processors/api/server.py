@@ -20,7 +20,10 @@ In the caller's event loop (tests, the runner)::
 
 An inbound request is answered 200 only once the broker acknowledged its record, so a crash
 never loses a confirmation the provider was told we have; nothing else (no external call)
-happens while the provider waits.  See ``docs/api.md``.
+happens while the provider waits.  The provider event ids published are shared with the other
+API instances through the topic of seen ids (:class:`~processors.api.dedupe.SeenIdsTopic`):
+with ``api.dedupe_topic``, or when the API runs with the apps (``api.enabled``) the catalogue's
+``integrations.inbound.dedupe``.  See ``docs/api.md``.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from typing import Any, Final, Protocol, Self
 from aiohttp import web
 
 from processors.adapters import jsonwire
-from processors.api.dedupe import Deduplicator, Outcome
-from processors.api.health import BrokerProbe, EngineView, HealthMonitor
+from processors.api.dedupe import SEEN_IDS_TOPIC, Deduplicator, Outcome, SeenIdsTopic
+from processors.api.health import BrokerProbe, EngineView, HealthMonitor, Readiness
 from processors.api.inbound import (
     EVENT_ID_HEADER,
     KYC_PROVIDER,
@@ -56,7 +59,7 @@ from processors.api.inbound import (
     verify_signature,
 )
 from processors.api.metrics import CONTENT_TYPE, ApiMetrics, InboundOutcome
-from processors.apps.registry import inbound_handlers
+from processors.apps.registry import catalogue_topic, inbound_handlers
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
 from processors.httpserve import listen
@@ -66,6 +69,7 @@ from processors.resilience.breaker import BreakerRegistry
 from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer
 from processors.settings import ApiSettings, Settings
+from processors.topics.catalogue import load_catalogue
 
 __all__ = [
     "INBOUND_PATH",
@@ -83,6 +87,7 @@ INBOUND_PATH: Final = "/api/v1/inbound/{provider}"
 STATUS_PATH: Final = "/api/v1/status"
 PROVIDERS: Final = (PAYMENT_GATEWAY, KYC_PROVIDER)
 _RETRY_AFTER_S: Final = "5"
+_LOADING_SEEN_IDS: Final = "inbound de-duplication is still reading the ids published by other instances"
 _CHUNK: Final = 64 * 1024
 
 
@@ -153,6 +158,7 @@ class ApiServer:
     results once the KYC app provides its mapping).  ``on_rejected`` is the audit hook.
     ``clock`` (unix seconds) is what signature timestamps are compared with.
     ``extra_routes`` are mounted behind the Bearer token (see :class:`RouteProvider`).
+    ``seen_ids`` is set by ``start()`` when the published ids are shared with other instances.
     """
 
     def __init__(
@@ -194,7 +200,10 @@ class ApiServer:
             app_endpoints=app_endpoints,
             window_s=self.api.status_window_s,
         )
-        self.metrics = ApiMetrics(self.health, dedupe_size=lambda: len(self.dedupe))
+        self.seen_ids: SeenIdsTopic | None = None
+        self.metrics = ApiMetrics(
+            self.health, dedupe_size=lambda: len(self.dedupe), dedupe_markers=self._dedupe_markers
+        )
         self._clock = clock
         self._producer = producer
         self._owns_producer = producer is None
@@ -232,6 +241,7 @@ class ApiServer:
             await self._producer.start()
         await self.health.start()
         try:
+            await self._share_seen_ids()
             for provider in self.extra_routes:
                 start = getattr(provider, "start", None)
                 if start is not None:
@@ -254,6 +264,35 @@ class ApiServer:
             raise
         log.info("API listening on %s", self._url)
 
+    def seen_ids_topic(self) -> str | None:
+        """The topic of seen ids: ``api.dedupe_topic``; else, when the API runs with the apps
+        (``api.enabled``), the catalogue's ``integrations.inbound.dedupe``; else None (the ids
+        stay in this process)."""
+        if self.api.dedupe_topic is not None:
+            return self.api.dedupe_topic
+        if not self.api.enabled:
+            return None
+        return catalogue_topic(load_catalogue(self.settings.topics_file), SEEN_IDS_TOPIC)
+
+    async def _share_seen_ids(self) -> None:
+        topic = self.seen_ids_topic()
+        if topic is None:
+            log.info("API: inbound de-duplication keeps its ids in this process only")
+            return
+        seen = SeenIdsTopic(
+            self.kafka,
+            topic,
+            self.dedupe,
+            self.producer,
+            marker_timeout_s=self.api.publish_timeout_s,
+        )
+        await seen.start()
+        self.seen_ids = seen
+
+    def _dedupe_markers(self) -> dict[str, int]:
+        seen = self.seen_ids
+        return seen.counts() if seen is not None else {}
+
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
@@ -271,6 +310,8 @@ class ApiServer:
                     await stop()
                 except Exception:
                     log.exception("API: an extra route provider failed to stop")
+        if self.seen_ids is not None:
+            await self.seen_ids.stop()  # before the producer: the last markers are written
         if self._owns_producer and self._producer is not None:
             await self._producer.stop(timeout_s=self.api.publish_timeout_s)
         await self.dedupe.aclose()
@@ -293,8 +334,20 @@ class ApiServer:
     async def healthz(self, _request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
 
+    async def readiness(self) -> Readiness:
+        """The health monitor's readiness, and not ready while the seen ids are being read."""
+        return self._with_seen_ids(await self.health.readiness())
+
+    def _with_seen_ids(self, readiness: Readiness) -> Readiness:
+        seen = self.seen_ids
+        if seen is None or seen.caught_up:
+            return readiness
+        readiness = Readiness(ready=False, reasons=(*readiness.reasons, _LOADING_SEEN_IDS))
+        self.health.last_readiness = readiness  # what processors_ready shows
+        return readiness
+
     async def readyz(self, _request: web.Request) -> web.Response:
-        readiness = await self.health.readiness()
+        readiness = await self.readiness()
         if readiness.ready:
             return _json(200, {"ready": True})
         return _json(503, {"ready": False, "reasons": list(readiness.reasons)})
@@ -304,11 +357,16 @@ class ApiServer:
         if refused is not None:
             return refused
         document = await self.health.status()
+        if self.health.last_readiness is not None:
+            readiness = self._with_seen_ids(self.health.last_readiness)
+            document["ready"], document["reasons"] = readiness.ready, list(readiness.reasons)
+        seen = self.seen_ids
         document["inbound"] = {
             "requests": self.metrics.inbound_counts(),
             "dedupe_entries": len(self.dedupe),
             "dedupe_ttl_s": self.dedupe.ttl_s,
             "publications_in_flight": self.dedupe.in_flight,
+            "dedupe_shared": seen.status() if seen is not None else None,
         }
         return web.json_response(document)
 
@@ -317,7 +375,7 @@ class ApiServer:
             refused = self._check_token(request)
             if refused is not None:
                 return refused
-        await self.health.readiness()  # refreshes processors_ready and the broker check (cached)
+        await self.readiness()  # refreshes processors_ready and the broker check (cached)
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
@@ -423,6 +481,18 @@ class ApiServer:
     async def _publish(self, provider: str, event_id: str, record: OutRecord) -> web.Response:
         started = time.monotonic()
         producer = self.producer
+        seen = self.seen_ids
+        if seen is not None and not seen.caught_up:
+            # Until the ids other instances published are read, a retry of one would pass.
+            self.metrics.inbound(provider, InboundOutcome.UNAVAILABLE)
+            log.warning(
+                "inbound %s %s: not ready (seen ids still loading); the provider will retry",
+                provider,
+                event_id,
+            )
+            return _error(
+                503, "unavailable", "the service is starting; retry later", {"Retry-After": _RETRY_AFTER_S}
+            )
 
         async def send() -> None:
             await producer.send(record)

@@ -38,7 +38,7 @@ def test_list_prints_every_topic_of_the_catalogue(capsys: pytest.CaptureFixture[
     assert rows["integrations.webhooks.dispatch"][1] == "output"
     assert rows["integrations.payments.dedupe"][1:3] == ["dedupe", "payments"]
     assert rows["integrations.payments.dedupe"][5:] == ["1d", "compact,delete"]
-    assert len(rows) == 57
+    assert len(rows) == 58
 
 
 def test_a_malformed_file_prints_file_line_reason_and_exits_2(
