@@ -309,6 +309,8 @@ class AppStatus:
     """(topic, partition, records not yet committed) per assigned partition."""
     failures: tuple[tuple[str, str, int], ...] = ()
     """(error class, ``retry`` or ``dead_letter``, records) since the process started."""
+    duplicates_dropped: int = 0
+    """Records whose event id the app had already answered (``dedupe`` in topics.yaml)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -320,6 +322,7 @@ class AppStatus:
             "outputs": self.outputs,
             "rebalances": self.rebalances,
             "backpressure_pauses": self.backpressure_pauses,
+            "duplicates_dropped": self.duplicates_dropped,
             "last_success_at": iso_utc(self.last_success_at),
             "endpoints": list(self.endpoints),
             "lag": [{"topic": t, "partition": p, "records": n} for t, p, n in self.lag],
@@ -463,6 +466,7 @@ class HealthMonitor:
                     endpoints=tuple(self.app_endpoints.get(name, ())),
                     lag=tuple((t, p, n) for (t, p), n in sorted(stats.lag.items()) if n >= 0),
                     failures=tuple((c, d, n) for (c, d), n in sorted(stats.failures.items())),
+                    duplicates_dropped=_duplicates_dropped(engine.processor),
                 )
             )
         return out
@@ -533,3 +537,8 @@ class HealthMonitor:
 
 def _wall(reading: float | None, offset: float) -> float | None:
     return None if reading is None else reading + offset
+
+
+def _duplicates_dropped(processor: object) -> int:
+    answered = getattr(processor, "answered", None)
+    return int(getattr(answered, "dropped", 0))

@@ -15,6 +15,7 @@ metric                                                    type     labels
 ``processors_app_outputs_total``                          counter  app
 ``processors_app_rebalances_total``                       counter  app
 ``processors_app_backpressure_pauses_total``              counter  app
+``processors_app_duplicates_dropped_total``                counter  app (event ids answered before)
 ``processors_app_last_success_timestamp_seconds``         gauge    app
 ``processors_endpoint_breaker_state``                     gauge    endpoint, state (1 for the current)
 ``processors_endpoint_calls_total``                       counter  endpoint, outcome (success|failure)
@@ -226,6 +227,11 @@ class _StatusCollector(Collector):
             "Times the app paused its partitions because an endpoint refused calls.",
             labels=["app"],
         )
+        duplicates = CounterMetricFamily(
+            "processors_app_duplicates_dropped",
+            "Records dropped because the app had already answered their event id (dedupe window).",
+            labels=["app"],
+        )
         last_success = GaugeMetricFamily(
             "processors_app_last_success_timestamp_seconds",
             "Unix time of the app's last successfully processed record.",
@@ -253,9 +259,21 @@ class _StatusCollector(Collector):
             outputs.add_metric(labels, float(app.outputs))
             rebalances.add_metric(labels, float(app.rebalances))
             pauses.add_metric(labels, float(app.backpressure_pauses))
+            duplicates.add_metric(labels, float(app.duplicates_dropped))
             if app.last_success_at is not None:
                 last_success.add_metric(labels, app.last_success_at)
-        yield from (assigned, processed, failed, outputs, rebalances, pauses, last_success, lag, failures)
+        yield from (
+            assigned,
+            processed,
+            failed,
+            outputs,
+            rebalances,
+            pauses,
+            duplicates,
+            last_success,
+            lag,
+            failures,
+        )
 
     def _endpoints(self) -> Iterable[Metric]:
         endpoints = self._health.endpoints()
