@@ -7,10 +7,13 @@ Stages, run interleaved after a warm-up (medians of ``--rounds`` runs each):
 * ``payments``: the payments app consuming ``premium.due`` from Kafka (key ordering on), calling
   the same sandbox endpoint through the adapter and its resilience layer (breaker, in-place
   retry, deadline, retry-topic routing, key-order gate), producing results, committing offsets;
-* ``payments-bare``: the same app calling the gateway with no resilience layer.
+* ``payments-bare``: the same app calling the gateway with no resilience layer;
+* ``payments-eos``: the same app with exactly-once output (results, answered-id markers and
+  offsets in Kafka transactions; ``PROCESSORS_ENGINE__EXACTLY_ONCE``).
 
 Ratios: payments against the ceiling (throughput and CPU per unit, target ≥ 0.70 each), and
-the resilience layer's cost (payments against payments-bare, target ≥ 0.90).  The ceiling is
+the resilience layer's cost (payments against payments-bare, target ≥ 0.90), and the cost of
+exactly-once output (payments-eos against payments; no target, reported).  The ceiling is
 bound by latency (``--concurrency`` × ``--latency-ms`` caps it) while the pipeline is bound by
 CPU, so the throughput ratio moves with the machine's speed; the CPU ratio does not.
 
@@ -53,16 +56,18 @@ async def main() -> None:
                 ),
                 "payments": lambda: payments_rate(info, url, resilience=True, **common),
                 "payments-bare": lambda: payments_rate(info, url, resilience=False, **common),
+                "payments-eos": lambda: payments_rate(info, url, exactly_once=True, **common),
             },
             rounds=args.rounds,
         )
     Report(
         bench="payments",
-        units={"ceiling": "request", "payments": "event", "payments-bare": "event"},
+        units={"ceiling": "request", "payments": "event", "payments-bare": "event", "payments-eos": "event"},
         runs=runs,
         comparisons=[
             Comparison("payments/ceiling", "payments", "ceiling", target=0.70),
             Comparison("resilience on/off", "payments", "payments-bare", target=0.90),
+            Comparison("exactly-once/at-least-once", "payments-eos", "payments"),
         ],
         notes=[
             f"{args.events} events over {args.policies} policies, key order, {args.concurrency} concurrent, "

@@ -1,19 +1,25 @@
-"""Shared pieces of the benchmarks: a broker, the sandbox in its own process, isolated topics."""
+"""Shared pieces of the benchmarks: a broker, the sandbox in its own process, isolated topics,
+and what a soak reads of other processes (resident memory, CPU time, consumer-group lag)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import re
+import select
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -136,9 +142,11 @@ async def payments_rate(
     policies: int,
     concurrency: int,
     resilience: bool = True,
+    exactly_once: bool = False,
 ) -> Run:
     """The payments app over ``events`` pre-published premium.due (key order on), timed from
-    its first assignment to its last result (start-up and publishing are not counted)."""
+    its first assignment to its last result (start-up and publishing are not counted).
+    ``exactly_once``: results, answered-id markers and offsets in transactions."""
     from processors_dev.demo import publish_events
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,8 +164,10 @@ async def payments_rate(
             resilience_enabled=resilience,
             client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
             payments={"gateway": {"base_url": url}, "results_topic": f"{prefix}integrations.payment.results"},
-            engine={"max_concurrency": concurrency},
+            engine={"max_concurrency": concurrency, "exactly_once": exactly_once},
         )
+        # one result per event, plus its answered-id marker when the app de-duplicates
+        per_event = 2 if catalogue.app("payments").dedupe is not None else 1
         runner = Runner(settings, ["payments"], catalogue=catalogue)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
@@ -168,11 +178,147 @@ async def payments_rate(
         engine = runner.engines[0]
         await engine.wait_assigned()
         watch = Stopwatch()
-        while engine.stats.outputs < events:
+        while engine.stats.outputs < events * per_event:
             await asyncio.sleep(0.02)
             if task.done():
                 task.result()
-        run = watch.stop(engine.stats.outputs)
+        run = watch.stop(engine.stats.outputs // per_event)
         stop.set()
         await task
         return run
+
+
+@contextmanager
+def sandbox_with(*flags: str, env: Mapping[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """``processors sandbox`` with ``flags`` on a free port, in its own process: (base URL, pid).
+
+    Secrets (tokens, partner secrets) go in ``env``, never in ``flags`` (command lines are
+    visible to other users of the machine).  Stopped with SIGTERM on exit.
+    """
+    from processors_dev.sandbox.cli import READY_PREFIX
+
+    proc = subprocess.Popen(  # fixed command
+        [sys.executable, "-m", "processors.cli", "sandbox", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(f"the sandbox did not start (exit code {proc.poll()})")
+        url = line[len(READY_PREFIX) :].strip()
+        # the rest of its output is read and dropped, so the pipe never fills up
+        threading.Thread(target=proc.stdout.read, name="sandbox-output", daemon=True).start()
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` (``VmRSS`` of ``/proc/<pid>/status``), None when gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of process ``pid`` so far (``/proc/<pid>/stat``), None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            text = stat.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@functools.cache
+def admin_client(bootstrap: str) -> Any:
+    """One quiet admin client per cluster for the whole run (a new client per question would
+    log its shutdown every time)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def group_members(bootstrap: str, group: str, *, timeout_s: float = 10) -> int:
+    """Members of ``group`` that hold partitions (0 while the group is not formed yet)."""
+    try:
+        described = (
+            admin_client(bootstrap)
+            .describe_consumer_groups([group], request_timeout=5)[group]
+            .result(timeout_s)
+        )
+    except Exception:  # not created yet, or its coordinator still loading
+        return 0
+    return sum(1 for member in described.members or [] if member.assignment.topic_partitions)
+
+
+def group_lag(
+    bootstrap: str, group: str, topics: Iterable[str], *, timeout_s: float = 15
+) -> dict[tuple[str, int], int]:
+    """Records of ``topics`` (and of every other topic ``group`` committed on) the group has not
+    committed, per partition: the read-committed end offset minus the committed offset, or minus
+    the first offset where the group committed nothing yet.  Asked of the broker (admin API)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]  # re-exported without __all__
+
+    admin = admin_client(bootstrap)
+    answer = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    committed = {
+        (tp.topic, tp.partition): tp.offset
+        for tp in answer.result(timeout=timeout_s).topic_partitions or []
+        if tp.offset >= 0
+    }
+    wanted = set(topics) | {topic for topic, _ in committed}
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    tps = [
+        TopicPartition(topic, partition)
+        for topic in sorted(wanted)
+        if topic in metadata
+        for partition in sorted(metadata[topic].partitions)
+    ]
+    if not tps:
+        return {}
+
+    def offsets(spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        futures = admin.list_offsets(
+            dict.fromkeys(tps, spec),
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=timeout_s,
+        )
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    ends = offsets(OffsetSpec.latest())  # type: ignore[no-untyped-call]
+    firsts = offsets(OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+    return {tp: max(0, end - committed.get(tp, firsts[tp])) for tp, end in ends.items()}
+
+
+def mib(value: float | None) -> float:
+    return (value or 0) / (1024 * 1024)
+
+
+def slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour (0.0 with fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 3600

@@ -479,6 +479,9 @@ class HealthMonitor:
             if window is None:
                 window = self._windows[endpoint] = ErrorRateWindow(self.window_s, clock=self._clock)
             window.record(stats.total_failures, stats.total_successes)
+        # a breaker discarded with its endpoint (a deleted subscription) takes its window along
+        for gone in [endpoint for endpoint in self._windows if endpoint not in snapshots]:
+            del self._windows[gone]
         return snapshots
 
     def endpoints(self) -> list[EndpointStatus]:

@@ -290,12 +290,15 @@ class KafkaAuditSink:
 
 
 class MemoryAuditSink:
-    """Keeps events in memory (tests, local runs)."""
+    """Keeps the latest ``max_events`` events in memory (tests, local runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_events: int = 100_000) -> None:
         self.events: list[AuditEvent] = []
+        self._max_events = max(1, max_events)
 
     def emit(self, event: AuditEvent) -> None:
+        if len(self.events) >= self._max_events:
+            del self.events[: max(1, self._max_events // 10)]  # the oldest tenth, in one move
         self.events.append(event)
 
     def payloads(self) -> list[bytes]:

@@ -442,7 +442,8 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 class BreakerRegistry:
-    """One :class:`CircuitBreaker` per endpoint name, created on first use.
+    """One :class:`CircuitBreaker` per endpoint name, created on first use and kept until
+    :meth:`discard`.
 
     ``settings`` maps an endpoint name to its breaker settings (for example
     ``lambda name: config.for_endpoint(name).breaker``, which
@@ -472,6 +473,14 @@ class BreakerRegistry:
                 breaker.add_listener(_bind(listener, endpoint))
             self._breakers[endpoint] = breaker
         return breaker
+
+    def discard(self, endpoint: str) -> CircuitBreaker | None:
+        """Forget the breaker of an endpoint that is gone for good (a deleted webhook
+        subscription), so the registry holds only endpoints still in use; returns it, or None.
+
+        Calls already holding the breaker finish with it; a later :meth:`get` creates a new one.
+        """
+        return self._breakers.pop(endpoint, None)
 
     def add_listener(self, callback: EndpointListener) -> None:
         """Call ``callback(endpoint, old, new)`` on every transition of every breaker."""

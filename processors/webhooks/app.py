@@ -291,6 +291,9 @@ class WebhooksApp(RetryGateMixin):
             self._apply_change(sub_id, sub)
 
     def _apply_change(self, sub_id: str, sub: Subscription | None) -> None:
+        if sub is None:
+            # Deleted: its breaker goes too, so breakers are bounded by the live subscriptions.
+            self.breakers.discard(_breaker_name(sub_id))
         endpoint = self._endpoints.get(sub_id)
         if endpoint is None:
             return
@@ -630,7 +633,7 @@ class WebhooksApp(RetryGateMixin):
     def _endpoint(self, sub: Subscription) -> _Endpoint:
         endpoint = self._endpoints.get(sub.id)
         if endpoint is None:
-            guard = self._guard_factory(f"webhook:{sub.id}", self.policy, self.breakers)
+            guard = self._guard_factory(_breaker_name(sub.id), self.policy, self.breakers)
             endpoint = self._endpoints[sub.id] = _Endpoint(sub, guard)
         return endpoint
 
@@ -653,6 +656,11 @@ class WebhooksApp(RetryGateMixin):
                 host=url_host(sub.url) if sub else "?", error=message, next_step=next_step,
             ),
         ]  # fmt: skip
+
+
+def _breaker_name(sub_id: str) -> str:
+    """The endpoint name of a subscription's breaker (and of its metrics and audit records)."""
+    return f"webhook:{sub_id}"
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

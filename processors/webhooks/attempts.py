@@ -5,7 +5,9 @@ Three parts, each usable alone:
 * :class:`AttemptsView` — pure, in memory: ``apply()`` one delivery-log record (the value of a
   ``integrations.webhook.deliveries`` record), then query attempts per endpoint (subscription)
   and per message (``webhook_id``).  Each endpoint keeps a bounded history (the newest
-  ``max_attempts_per_endpoint`` attempts; older ones are evicted with their messages).
+  ``max_attempts_per_endpoint`` attempts; older ones are evicted with their messages), and the
+  view as a whole keeps at most ``max_attempts`` (the oldest across every endpoint go first, so
+  the endpoints of deleted subscriptions age out).
 * :class:`AttemptsFeed` — tails the delivery log from its beginning on a background thread
   (every partition assigned, no consumer group, nothing committed) into a view;
   ``wait_caught_up()`` answers whether the view holds everything the log held at the call.
@@ -45,6 +47,7 @@ from processors.runtime.message import HeaderList, OutRecord, header_value
 from processors.runtime.producer import AsyncProducer
 
 __all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT",
     "FAILED_STATUSES",
     "REDELIVERED_AT_HEADER",
@@ -71,6 +74,8 @@ FAILED_STATUSES: Final[frozenset[str]] = frozenset({"failed", "refused", "skippe
 """A message whose latest attempt has one of these statuses (or ``next == "dlq"``) has failed."""
 
 DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT: Final = 20_000
+DEFAULT_MAX_ATTEMPTS: Final = 500_000
+"""Attempts one view keeps over every endpoint (a few hundred bytes each)."""
 
 REDELIVERY_HEADER: Final = "x-redelivery"
 REDELIVERED_AT_HEADER: Final = "x-redelivered-at"
@@ -224,6 +229,8 @@ class FailedMessage:
 class _Entry:
     seq: int
     attempt: DeliveryAttempt
+    kept: bool = True
+    """False once evicted (the view's log-order queue drops such entries lazily)."""
 
 
 @dataclass(slots=True)
@@ -251,20 +258,37 @@ class AttemptsView:
     Queries list attempts newest first: by ``attempted_at``, then by log order.  The *latest*
     attempt of a message is the last one in log order (one message's attempts are logged one
     after the other).  Not thread-safe: apply and query from one thread (the event loop).
+
+    Bounded twice: each endpoint keeps its newest ``max_attempts_per_endpoint`` attempts, and
+    the view keeps at most ``max_attempts`` in all, evicting the oldest in log order whatever
+    its endpoint; an endpoint whose last attempt is evicted is forgotten.  Every eviction is
+    counted in ``evicted``.
     """
 
-    def __init__(self, *, max_attempts_per_endpoint: int = DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT) -> None:
+    def __init__(
+        self,
+        *,
+        max_attempts_per_endpoint: int = DEFAULT_MAX_ATTEMPTS_PER_ENDPOINT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
         if max_attempts_per_endpoint < 1:
             raise ConfigError("max_attempts_per_endpoint must be at least 1")
+        if max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
         self.max_attempts_per_endpoint = max_attempts_per_endpoint
+        self.max_attempts = max_attempts
         self.applied = 0
         """Attempts taken in."""
         self.skipped = 0
         """Records that were not a delivery-log record (unparsable), skipped."""
         self.evicted = 0
-        """Attempts dropped to keep an endpoint's history within its bound."""
+        """Attempts dropped to keep an endpoint's history, or the whole view, within its bound."""
         self._endpoints: dict[str, _Endpoint] = {}
         self._seq = 0
+        self._kept = 0
+        self._order: deque[_Entry] = deque()
+        """Every kept entry in log order, plus evicted ones not dropped yet (at most as many
+        again as are kept, see ``_compact``)."""
 
     def apply(self, value: bytes | str | None) -> DeliveryAttempt | None:
         """Take in one delivery-log record value; None (and counted) when it is unparsable."""
@@ -287,9 +311,20 @@ class AttemptsView:
         if message is None:
             message = endpoint.messages[attempt.webhook_id] = deque()
         message.append(entry)
+        self._order.append(entry)
+        self._kept += 1
         self.applied += 1
         while len(endpoint.history) > self.max_attempts_per_endpoint:
             self._evict_oldest(endpoint)
+        while self._kept > self.max_attempts:
+            self._evict_globally_oldest()
+        if len(self._order) > 2 * self._kept + 1024:
+            self._compact()
+
+    @property
+    def attempts_kept_total(self) -> int:
+        """Attempts held over every endpoint (at most ``max_attempts``)."""
+        return self._kept
 
     def _evict_oldest(self, endpoint: _Endpoint) -> None:
         oldest = endpoint.history.popleft()
@@ -300,7 +335,25 @@ class AttemptsView:
         attempts.popleft()
         if not attempts:
             del endpoint.messages[webhook_id]
+        oldest.kept = False
+        self._kept -= 1
         self.evicted += 1
+
+    def _evict_globally_oldest(self) -> None:
+        entry = self._order.popleft()
+        while not entry.kept:
+            entry = self._order.popleft()
+        sub_id = entry.attempt.subscription_id
+        endpoint = self._endpoints[sub_id]
+        # The oldest kept attempt of all is the oldest of its endpoint (both in log order).
+        assert endpoint.history[0] is entry
+        self._evict_oldest(endpoint)
+        if not endpoint.history:
+            del self._endpoints[sub_id]
+
+    def _compact(self) -> None:
+        """Drop the evicted entries from the log-order queue (amortised: it at least halves)."""
+        self._order = deque(entry for entry in self._order if entry.kept)
 
     # ------------------------------------------------------------------------ queries
 

@@ -4,8 +4,11 @@
   :class:`ConfigError` naming the field, never its value; partial updates; the JSON form the
   control API shows, secrets masked);
 * :class:`ControlApi`: configuration state and the control routes every service has
-  (``GET config``, ``PUT config`` (partial), ``POST reset``, ``GET requests``);
+  (``GET config``, ``PUT config`` (partial), ``POST reset``, ``GET requests``, ``GET bounds``);
 * :class:`InjectedLatency`: latency drawn per request that ``release_waiting()`` can end early;
+* :class:`BoundedDict`: the state a simulator keeps per idempotency key, webhook id or report,
+  bounded in size (the least recently used entry makes room, counted); ``GET bounds`` of a
+  service's control API shows each bounded structure's size, bound and evictions;
 * small HTTP answers (:func:`error_response`, :func:`refusal`) and :func:`wake`.
 """
 
@@ -15,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
@@ -25,7 +29,9 @@ from processors.adapters import jsonwire
 from processors.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_KEYS",
     "JSON_CONTENT_TYPE",
+    "BoundedDict",
     "ControlApi",
     "InjectedLatency",
     "LatencyKnobs",
@@ -37,6 +43,59 @@ __all__ = [
 ]
 
 JSON_CONTENT_TYPE: Final = "application/json"
+
+DEFAULT_MAX_KEYS: Final = 1_000_000
+"""How many idempotency keys (webhook ids, ...) a simulator remembers by default.  Large on
+purpose: a key forgotten while a client still retries it would be charged or verified again."""
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedDict(OrderedDict[K, V]):
+    """A dict of at most ``max_size`` entries.
+
+    Storing a key moves it to the newest end; storing a new key when the dict is full first
+    evicts the least recently stored or :meth:`touch`-ed entry and counts it in ``evictions``.
+    Reading (``d[key]``, ``get``, ``in``) does not reorder.  An evicted key is simply unknown
+    afterwards: a simulator that forgets an idempotency key treats its next request as new.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_KEYS) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        super().__init__()
+        self.max_size = max_size
+        self.evictions = 0
+        """Entries dropped to make room since construction (``clear`` keeps the count)."""
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if key in self:
+            self.move_to_end(key)
+        elif len(self) >= self.max_size:
+            self.popitem(last=False)
+            self.evictions += 1
+        super().__setitem__(key, value)
+
+    def forget(self) -> None:
+        """Remove every entry and zero ``evictions`` (a simulator's reset)."""
+        self.clear()
+        self.evictions = 0
+
+    def touch(self, key: K) -> None:
+        """Mark ``key`` as used now (the last to be evicted); nothing when it is unknown."""
+        if key in self:
+            self.move_to_end(key)
+
+    def copy(self) -> Self:
+        clone = type(self)(self.max_size)
+        clone.update(self)
+        clone.evictions = self.evictions
+        return clone
+
+    def stats(self) -> dict[str, int]:
+        """``{"size", "max_size", "evictions"}`` (JSON-ready)."""
+        return {"size": len(self), "max_size": self.max_size, "evictions": self.evictions}
 
 
 def wake(waiter: asyncio.Future[None]) -> None:
@@ -114,6 +173,7 @@ class ControlApi(Generic[ConfigT]):
 
     The service sets ``_config`` and ``requests_by_status`` in its constructor and implements
     ``configure`` and ``reset``; ``control_name`` names it in the log lines of ``control_log``.
+    A service with state that grows with its requests overrides :meth:`bounds`.
     """
 
     control_name: ClassVar[str]
@@ -164,6 +224,13 @@ class ControlApi(Generic[ConfigT]):
     async def _handle_requests(self, _request: web.Request) -> web.Response:
         by_status = {str(status): count for status, count in sorted(self.requests_by_status.items())}
         return web.json_response({"total": sum(self.requests_by_status.values()), "by_status": by_status})
+
+    def bounds(self) -> dict[str, dict[str, int]]:
+        """Per bounded structure (by name): its size, bound and evictions (see :class:`BoundedDict`)."""
+        return {}
+
+    async def _handle_bounds(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.bounds())
 
 
 class LatencyKnobs(Protocol):

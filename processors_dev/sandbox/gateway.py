@@ -41,9 +41,17 @@ with the headers ``X-Provider-Event-Id`` (the ``event_id``), ``X-Signature-Times
 seconds) and ``X-Signature: sha256=<hex HMAC-SHA256 of f"{timestamp}.{body}" with
 webhook_secret>``.  ``confirmations_by_status`` counts the answers (0: no answer).
 
+**Memory is bounded.**  The gateway remembers at most ``max_keys`` idempotency keys
+(1,000,000 by default), and as many entries of ``charges_by_key``: when full, the least
+recently used key is forgotten (a replay counts as a use) and the eviction is counted.  A
+forgotten key is unknown from then on: its next request is charged as a new one, so a test
+that must prove "charged once" keeps its keys below the bound.  ``total_charges`` counts
+every charge, forgotten keys included.
+
 The control API under ``/_sandbox/gateway/`` (no auth; sandbox only): ``GET charges``
 (``?key=`` for one key), ``GET config``, ``PUT config`` (partial), ``POST reset``,
-``GET requests`` (answers of the payment endpoint by status code).
+``GET requests`` (answers of the payment endpoint by status code), ``GET bounds`` (size,
+bound and evictions of each per-key structure).
 """
 
 from __future__ import annotations
@@ -70,6 +78,8 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError
 from processors.adapters import jsonwire
 from processors.errors import ConfigError, ContractError, DecodeError, ValidationFailed
 from processors_dev.sandbox.common import (
+    DEFAULT_MAX_KEYS,
+    BoundedDict,
     ControlApi,
     InjectedLatency,
     SandboxConfig,
@@ -356,21 +366,27 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
     ``charges_by_key`` counts charges per idempotency key (a correct gateway shows 1 everywhere)
     and ``requests_by_status`` counts the payment endpoint's answers by HTTP status;
     ``confirmations_by_status`` counts the answers to confirmations (0: no answer).
+    Per-key state holds at most ``max_keys`` keys each (see the module doc).
     """
 
     control_name: ClassVar[str] = "payment gateway"
     control_log: ClassVar[logging.Logger] = log
 
     def __init__(
-        self, config: GatewayConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        config: GatewayConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
-        self.charges_by_key: dict[str, int] = {}
+        self.charges_by_key: BoundedDict[str, int] = BoundedDict(max_keys)
         self.requests_by_status: dict[int, int] = {}
         self.confirmations_by_status: dict[int, int] = {}
+        self._charges_total = 0
         self._confirmations: set[asyncio.Task[None]] = set()
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._unavailable_seen: dict[str, int] = {}
+        self._entries: BoundedDict[str, _Entry] = BoundedDict(max_keys)
+        self._unavailable_seen: BoundedDict[str, int] = BoundedDict(max_keys)
         self._sleepers: set[asyncio.Future[None]] = set()
         self._claim_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._config = config or GatewayConfig()
@@ -392,9 +408,10 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
 
     def reset(self) -> None:
         """Forget every key, charge and counter; restart the random sequence and the rate limiter."""
-        self._entries.clear()
-        self._unavailable_seen.clear()
-        self.charges_by_key.clear()
+        self._entries.forget()
+        self._unavailable_seen.forget()
+        self.charges_by_key.forget()
+        self._charges_total = 0
         self.requests_by_status.clear()
         self._rng = random.Random(self._config.seed)
         self._bucket = self._new_bucket(self._config)
@@ -406,7 +423,15 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
 
     @property
     def total_charges(self) -> int:
-        return sum(self.charges_by_key.values())
+        """Charges since the last reset, those of forgotten keys included."""
+        return self._charges_total
+
+    def bounds(self) -> dict[str, dict[str, int]]:
+        return {
+            "idempotency_keys": self._entries.stats(),
+            "charges_by_key": self.charges_by_key.stats(),
+            "unavailable_by_key": self._unavailable_seen.stats(),
+        }
 
     def in_progress(self, idempotency_key: str) -> bool:
         """True while the first request with this key is being processed."""
@@ -438,6 +463,7 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
             web.put(f"{CONTROL_PREFIX}/config", self._handle_put_config),
             web.post(f"{CONTROL_PREFIX}/reset", self._handle_reset),
             web.get(f"{CONTROL_PREFIX}/requests", self._handle_requests),
+            web.get(f"{CONTROL_PREFIX}/bounds", self._handle_bounds),
         ]
 
     def add_to(self, app: web.Application) -> None:
@@ -490,6 +516,8 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
                 return error_response(422, _REUSED_BODY)
             if entry.status == 0:
                 return error_response(409, _IN_PROGRESS_BODY, "1")
+            self._entries.touch(key)
+            self.charges_by_key.touch(key)
             return web.Response(
                 status=entry.status,
                 body=entry.body,
@@ -522,6 +550,7 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
             if claim.status == 202 and config.confirm_url is not None:
                 self._confirm_later(config, charge, payload)
             self.charges_by_key[key] = self.charges_by_key.get(key, 0) + 1
+            self._charges_total += 1
         finally:
             if claim.status == 0 and self._entries.get(key) is claim:
                 del self._entries[key]
@@ -627,7 +656,11 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
         if key is not None:
             return web.json_response({"key": key, "charges": self.charges_by_key.get(key, 0)})
         return web.json_response(
-            {"total": self.total_charges, "keys": len(self.charges_by_key), "by_key": self.charges_by_key}
+            {
+                "total": self.total_charges,
+                "keys": len(self.charges_by_key),
+                "by_key": self.charges_by_key,
+            }
         )
 
     # -- helpers -----------------------------------------------------------------------------

@@ -53,10 +53,16 @@ verifying; otherwise the customer is verified (``verifications_by_key`` counts i
   With ``duplicate_callbacks`` every callback is delivered twice (same ``event_id`` and body,
   fresh signature), as providers do.
 
+**Memory is bounded.**  The provider remembers at most ``max_keys`` idempotency keys (1,000,000
+by default), and as many entries of ``verifications_by_key``: when full, the least recently
+used key is forgotten (a replay counts as a use) and the eviction is counted.  A forgotten key
+is unknown from then on, so its next request is verified again.  ``total_verifications``
+counts every verification, forgotten keys included.
+
 The control API under ``/_sandbox/kyc/`` (no auth; sandbox only): ``GET verifications``
 (``?key=`` for one key), ``GET config``, ``PUT config`` (partial), ``POST reset``,
 ``GET requests`` (answers by status code), ``GET callbacks`` (deliveries by answer status,
-0: no answer).
+0: no answer), ``GET bounds`` (size, bound and evictions of each per-key structure).
 """
 
 from __future__ import annotations
@@ -86,7 +92,14 @@ from pydantic import (
 
 from processors.adapters import jsonwire
 from processors.errors import ContractError, DecodeError, ValidationFailed
-from processors_dev.sandbox.common import ControlApi, SandboxConfig, error_response, refusal
+from processors_dev.sandbox.common import (
+    DEFAULT_MAX_KEYS,
+    BoundedDict,
+    ControlApi,
+    SandboxConfig,
+    error_response,
+    refusal,
+)
 
 __all__ = [
     "CALLBACK_EVENT_TYPE",
@@ -399,19 +412,21 @@ class KycProviderSim(ControlApi[KycConfig]):
     ``verifications_by_key`` counts verifications per idempotency key (a correct client shows 1
     everywhere), ``requests_by_status`` the endpoint's answers by status and
     ``callbacks_by_status`` the callback deliveries by the receiver's answer (0: none).
+    Per-key state holds at most ``max_keys`` keys each (see the module doc).
     """
 
     control_name: ClassVar[str] = "KYC provider"
     control_log: ClassVar[logging.Logger] = log
 
-    def __init__(self, config: KycConfig | None = None) -> None:
-        self.verifications_by_key: dict[str, int] = {}
+    def __init__(self, config: KycConfig | None = None, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.verifications_by_key: BoundedDict[str, int] = BoundedDict(max_keys)
         self.requests_by_status: dict[int, int] = {}
         self.callbacks_by_status: dict[int, int] = {}
+        self._verifications_total = 0
         self._config = config or KycConfig()
         self._rng = random.Random(self._config.seed)
         self._auth = self._expected_auth(self._config)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: BoundedDict[str, _Entry] = BoundedDict(max_keys)
         self._callbacks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -428,15 +443,23 @@ class KycProviderSim(ControlApi[KycConfig]):
         """Forget every key and counter, drop the callbacks not yet delivered, restart the random sequence."""
         for task in self._callbacks:
             task.cancel()
-        self._entries.clear()
-        self.verifications_by_key.clear()
+        self._entries.forget()
+        self.verifications_by_key.forget()
+        self._verifications_total = 0
         self.requests_by_status.clear()
         self.callbacks_by_status.clear()
         self._rng = random.Random(self._config.seed)
 
     @property
     def total_verifications(self) -> int:
-        return sum(self.verifications_by_key.values())
+        """Verifications since the last reset, those of forgotten keys included."""
+        return self._verifications_total
+
+    def bounds(self) -> dict[str, dict[str, int]]:
+        return {
+            "idempotency_keys": self._entries.stats(),
+            "verifications_by_key": self.verifications_by_key.stats(),
+        }
 
     @property
     def callbacks_outstanding(self) -> int:
@@ -459,6 +482,7 @@ class KycProviderSim(ControlApi[KycConfig]):
             web.post(f"{CONTROL_PREFIX}/reset", self._handle_reset),
             web.get(f"{CONTROL_PREFIX}/requests", self._handle_requests),
             web.get(f"{CONTROL_PREFIX}/callbacks", self._handle_callbacks),
+            web.get(f"{CONTROL_PREFIX}/bounds", self._handle_bounds),
         ]
 
     def add_to(self, app: web.Application) -> None:
@@ -516,6 +540,8 @@ class KycProviderSim(ControlApi[KycConfig]):
                 return error_response(422, _REUSED_BODY)
             if entry.status == 0:
                 return error_response(409, _IN_PROGRESS_BODY, "1")
+            self._entries.touch(key)
+            self.verifications_by_key.touch(key)
             return web.Response(
                 status=entry.status,
                 body=entry.body,
@@ -538,6 +564,7 @@ class KycProviderSim(ControlApi[KycConfig]):
                 claim.status, claim.body = 202, jsonwire.dumps({**pending, "status": "PENDING"})
                 self._call_back_later(config, decision)
             self.verifications_by_key[key] = self.verifications_by_key.get(key, 0) + 1
+            self._verifications_total += 1
         finally:
             if claim.status == 0 and self._entries.get(key) is claim:
                 del self._entries[key]

@@ -46,6 +46,14 @@ its counts), ``POST`` ``{"name", "behaviour", "secrets", "record_bodies"}`` (201
 ``GET /_control/partners/{name}``, ``PATCH`` ``{"behaviour": {<fields to change>}, "secrets": [...]}``,
 ``DELETE``, ``GET .../deliveries`` (``?after=<seq>``; bodies and headers included) and
 ``DELETE .../deliveries`` (forget what was received).  Secrets are never shown, only counted.
+
+**Memory is bounded.**  Each partner keeps the newest ``max_deliveries`` requests (10,000 by
+default; older ones are dropped from ``received()`` and the deliveries listing) and remembers
+at most ``max_ids`` webhook ids (1,000,000 by default) for attempt numbers, flaky streaks and
+acceptances, forgetting the least recently seen one when full.  A forgotten id starts again
+at attempt 1.  The counts (``received``, ``accepted``, ``unique_ids``, ``duplicates``) cover
+every request, dropped ones included; each partner's summary shows the bounds and evictions
+under ``bounds``.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ import logging
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -77,10 +86,11 @@ from pydantic import (
 from processors.adapters import jsonwire
 from processors.errors import ConfigError
 from processors.httpserve import base_url, listen
-from processors_dev.sandbox.common import SandboxConfig
+from processors_dev.sandbox.common import DEFAULT_MAX_KEYS, BoundedDict, SandboxConfig
 
 __all__ = [
     "CONTROL_PREFIX",
+    "DEFAULT_MAX_DELIVERIES",
     "DEFAULT_PARTNER_SECRET",
     "PARTNERS_APP_KEY",
     "PARTNER_PATH",
@@ -104,6 +114,8 @@ CONTROL_PREFIX: Final = "/_control/partners"
 SIGNATURE_TOLERANCE_S: Final = 300
 DEFAULT_PARTNER_SECRET: Final = "whsec_c2FuZGJveC1wYXJ0bmVyLXdlYmhvb2stc2VjcmV0"  # noqa: S105 - documented
 PARTNER_SECRET_ENV: Final = "SANDBOX_PARTNER_SECRET"  # noqa: S105 - the name of the variable
+DEFAULT_MAX_DELIVERIES: Final = 10_000
+"""Requests each partner keeps by default (the newest)."""
 
 PartnerMode = Literal["healthy", "slow", "flaky", "gone", "redirect", "timeout", "error"]
 
@@ -184,6 +196,10 @@ class PartnersConfig(BaseModel):
     partners: tuple[PartnerSpec, ...] = ()
     record_bodies: bool = True
     """Keep each request's body and headers (``False`` for benchmarks; counts are kept either way)."""
+    max_deliveries: int = Field(default=DEFAULT_MAX_DELIVERIES, ge=1)
+    """Requests each partner keeps (the newest); counts cover the dropped ones too."""
+    max_ids: int = Field(default=DEFAULT_MAX_KEYS, ge=1)
+    """Webhook ids each partner remembers (attempt numbers, flaky streaks, acceptances)."""
 
 
 def _checked_secrets(secrets: Iterable[str | SecretStr]) -> tuple[str, ...]:
@@ -256,16 +272,29 @@ class Partner:
     """One simulated partner: its behaviour, its secrets (never shown) and what it received."""
 
     def __init__(
-        self, name: str, behaviour: PartnerBehaviour, secrets: tuple[str, ...], *, record_bodies: bool
+        self,
+        name: str,
+        behaviour: PartnerBehaviour,
+        secrets: tuple[str, ...],
+        *,
+        record_bodies: bool,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        max_ids: int = DEFAULT_MAX_KEYS,
     ) -> None:
+        if max_deliveries < 1:
+            raise ConfigError("max_deliveries must be at least 1")
         self.name = name
         self.behaviour = behaviour
         self.record_bodies = record_bodies
         self._secrets = secrets
-        self._deliveries: list[Delivery] = []
-        self._attempts: dict[str, int] = {}
-        self._failures_in_a_row: dict[str, int] = {}
-        self._accepted_by_id: dict[str, int] = {}
+        self._deliveries: deque[Delivery] = deque(maxlen=max_deliveries)
+        self._dropped_deliveries = 0
+        self._received = 0
+        self._attempts: BoundedDict[str, int] = BoundedDict(max_ids)
+        self._ids_seen = 0
+        self._failures_in_a_row: BoundedDict[str, int] = BoundedDict(max_ids)
+        self._accepted_by_id: BoundedDict[str, int] = BoundedDict(max_ids)
+        self._accepted_ids = 0
         self._accepted = 0
         self._invalid_signatures = 0
         self._by_status: dict[int, int] = {}
@@ -274,34 +303,35 @@ class Partner:
     def __repr__(self) -> str:
         return (
             f"Partner(name={self.name!r}, mode={self.behaviour.mode!r}, "
-            f"received={len(self._deliveries)}, accepted={self._accepted})"
+            f"received={self._received}, accepted={self._accepted})"
         )
 
     # -- what it received --------------------------------------------------------------------
 
     def received(self) -> list[Delivery]:
-        """Every request, in arrival order."""
+        """Every request kept (the newest ``max_deliveries``), in arrival order."""
         return list(self._deliveries)
 
     def accepted(self) -> list[Delivery]:
-        """The requests answered 2xx, in arrival order."""
+        """The requests kept that were answered 2xx, in arrival order."""
         return [delivery for delivery in self._deliveries if delivery.accepted]
 
     def unique_ids(self) -> set[str]:
-        """The webhook ids received (accepted or not)."""
+        """The webhook ids received (accepted or not) and still remembered."""
         ids = set(self._attempts)
         ids.discard("")  # requests without an id are counted under ""
         return ids
 
     def accepted_ids(self) -> set[str]:
-        """The webhook ids accepted at least once."""
+        """The webhook ids accepted at least once and still remembered."""
         ids = set(self._accepted_by_id)
         ids.discard("")
         return ids
 
     @property
     def received_count(self) -> int:
-        return len(self._deliveries)
+        """Every request received, dropped ones included."""
+        return self._received
 
     @property
     def accepted_count(self) -> int:
@@ -309,8 +339,10 @@ class Partner:
 
     @property
     def duplicates_count(self) -> int:
-        """Acceptances beyond the first per webhook id (a message delivered twice counts 1)."""
-        return self._accepted - len(self._accepted_by_id)
+        """Acceptances beyond the first per webhook id (a message delivered twice counts 1).
+
+        An id accepted again after it was forgotten counts as a first acceptance."""
+        return self._accepted - self._accepted_ids
 
     @property
     def invalid_signatures(self) -> int:
@@ -325,13 +357,31 @@ class Partner:
     def secrets_count(self) -> int:
         return len(self._secrets)
 
+    def bounds(self) -> dict[str, dict[str, int]]:
+        """Size, bound and evictions of each structure that grows with requests."""
+        deliveries = self._deliveries
+        return {
+            "deliveries": {
+                "size": len(deliveries),
+                "max_size": deliveries.maxlen or 0,
+                "evictions": self._dropped_deliveries,
+            },
+            "webhook_ids": self._attempts.stats(),
+            "accepted_ids": self._accepted_by_id.stats(),
+            "failure_streaks": self._failures_in_a_row.stats(),
+        }
+
     def clear(self) -> int:
         """Forget every request (and the flaky streaks); returns how many were forgotten."""
         forgotten = len(self._deliveries)
         self._deliveries.clear()
-        self._attempts.clear()
-        self._failures_in_a_row.clear()
-        self._accepted_by_id.clear()
+        self._dropped_deliveries = 0
+        self._received = 0
+        self._attempts.forget()
+        self._ids_seen = 0
+        self._failures_in_a_row.forget()
+        self._accepted_by_id.forget()
+        self._accepted_ids = 0
         self._accepted = 0
         self._invalid_signatures = 0
         self._by_status.clear()
@@ -359,7 +409,7 @@ class Partner:
 
     async def wait_for_accepted_ids(self, count: int) -> None:
         """Return once at least ``count`` distinct webhook ids have been accepted."""
-        await self.wait_until(lambda partner: len(partner._accepted_by_id) >= count)
+        await self.wait_until(lambda partner: partner._accepted_ids >= count)
 
     def summary(self, url: str | None = None) -> dict[str, Any]:
         """JSON-ready counts and behaviour (secrets only counted)."""
@@ -369,12 +419,13 @@ class Partner:
             "behaviour": self.behaviour.model_dump(mode="json"),
             "secrets": len(self._secrets),
             "record_bodies": self.record_bodies,
-            "received": len(self._deliveries),
+            "received": self._received,
             "accepted": self._accepted,
-            "unique_ids": len(self._attempts),
+            "unique_ids": self._ids_seen,
             "duplicates": self.duplicates_count,
             "invalid_signatures": self._invalid_signatures,
             "by_status": {str(status): n for status, n in sorted(self._by_status.items())},
+            "bounds": self.bounds(),
         }
 
     # -- recording (used by the receivers) ---------------------------------------------------
@@ -408,7 +459,10 @@ class Partner:
         reason: str | None,
     ) -> Delivery:
         key = webhook_id or ""
-        attempt = self._attempts.get(key, 0) + 1
+        seen = self._attempts.get(key)
+        if seen is None:
+            self._ids_seen += 1
+        attempt = (seen or 0) + 1
         self._attempts[key] = attempt
         if reason is not None:
             self._invalid_signatures += 1
@@ -425,7 +479,10 @@ class Partner:
         if self.record_bodies:
             delivery.body = body
             delivery.headers = {name.lower(): value for name, value in headers.items()}
+        if len(self._deliveries) == self._deliveries.maxlen:
+            self._dropped_deliveries += 1
         self._deliveries.append(delivery)
+        self._received += 1
         self._notify()
         return delivery
 
@@ -435,7 +492,10 @@ class Partner:
         if 200 <= status <= 299:
             self._accepted += 1
             key = delivery.webhook_id or ""
-            self._accepted_by_id[key] = self._accepted_by_id.get(key, 0) + 1
+            accepted = self._accepted_by_id.get(key)
+            if accepted is None:
+                self._accepted_ids += 1
+            self._accepted_by_id[key] = (accepted or 0) + 1
         self._notify()
 
     def _flaky_fails(self, behaviour: PartnerBehaviour, delivery: Delivery) -> bool:
@@ -516,6 +576,8 @@ class PartnerReceivers:
     def __init__(self, config: PartnersConfig | None = None) -> None:
         config = config or PartnersConfig()
         self.record_bodies = config.record_bodies
+        self.max_deliveries = config.max_deliveries
+        self.max_ids = config.max_ids
         self.base_url: str | None = None
         self.unknown_requests = 0
         self._partners: dict[str, Partner] = {}
@@ -547,6 +609,8 @@ class PartnerReceivers:
             behaviour,
             _checked_secrets(secrets),
             record_bodies=self.record_bodies if record_bodies is None else record_bodies,
+            max_deliveries=self.max_deliveries,
+            max_ids=self.max_ids,
         )
         self._partners[name] = partner
         log.info("sandbox partner %s added (%s)", name, behaviour.mode)

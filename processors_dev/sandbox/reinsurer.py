@@ -39,9 +39,14 @@ stored reports (``?treaty_number=`` filters), ``GET /api/v1/bordereaux/{report_i
 the stored body byte for byte, with the acknowledgement in the headers ``X-Report-Status``,
 ``X-Report-Received-At`` and ``X-Report-Duplicates`` (later identical submissions).
 
+**Memory is bounded.**  The reinsurer keeps at most ``max_reports`` reports (100,000 by
+default; each holds its whole body), and as many entries of ``accepted_by_report``: when full,
+the least recently received or resubmitted report is forgotten and the eviction is counted.  A
+forgotten report id is unknown from then on: a later submission stores it again as new.
+
 The control API under ``/_sandbox/reinsurer/`` (no auth; sandbox only): ``GET config``,
 ``PUT config`` (partial), ``POST reset``, ``GET requests`` (answers of the submission
-endpoint by status code).
+endpoint by status code), ``GET bounds`` (size, bound and evictions of the stored reports).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from pydantic import ConfigDict, Field, SecretStr
 from processors.adapters import jsonwire
 from processors.errors import ContractError, DecodeError, ValidationFailed
 from processors_dev.sandbox.common import (
+    BoundedDict,
     ControlApi,
     InjectedLatency,
     SandboxConfig,
@@ -73,6 +79,7 @@ from processors_dev.sandbox.common import (
 __all__ = [
     "BORDEREAUX_PATH",
     "CONTROL_PREFIX",
+    "DEFAULT_MAX_REPORTS",
     "DEFAULT_TOKEN",
     "REINSURER_APP_KEY",
     "REPORT_TYPES",
@@ -91,6 +98,8 @@ CONTROL_PREFIX: Final = "/_sandbox/reinsurer"
 DEFAULT_TOKEN: Final = "sandbox-token"  # noqa: S105 - the sandbox's documented default
 TOKEN_ENV: Final = "SANDBOX_REINSURER_TOKEN"  # noqa: S105 - the name of the variable holding the token
 REPORT_TYPES: Final = frozenset({"PREMIUM_BORDEREAUX", "CLAIMS_BORDEREAUX"})
+DEFAULT_MAX_REPORTS: Final = 100_000
+"""How many reports the reinsurer keeps by default (each with its body)."""
 
 _MAX_TEXT_LEN: Final = 255
 _JSON: Final = "application/json"
@@ -274,14 +283,17 @@ class ReinsurerSim(ControlApi[ReinsurerConfig], InjectedLatency):
     ``reports`` holds what was received (in arrival order), ``accepted_by_report`` counts how
     often each report id was stored (a correct client, and a correct simulator, show 1
     everywhere) and ``requests_by_status`` the submission endpoint's answers by status.
+    Both per-report tables hold at most ``max_reports`` reports (see the module doc).
     """
 
     control_name: ClassVar[str] = "reinsurer"
     control_log: ClassVar[logging.Logger] = log
 
-    def __init__(self, config: ReinsurerConfig | None = None) -> None:
-        self.reports: dict[str, StoredReport] = {}
-        self.accepted_by_report: dict[str, int] = {}
+    def __init__(
+        self, config: ReinsurerConfig | None = None, *, max_reports: int = DEFAULT_MAX_REPORTS
+    ) -> None:
+        self.reports: BoundedDict[str, StoredReport] = BoundedDict(max_reports)
+        self.accepted_by_report: BoundedDict[str, int] = BoundedDict(max_reports)
         self.requests_by_status: dict[int, int] = {}
         self._config = config or ReinsurerConfig()
         self._rng = random.Random(self._config.seed)
@@ -301,10 +313,13 @@ class ReinsurerSim(ControlApi[ReinsurerConfig], InjectedLatency):
 
     def reset(self) -> None:
         """Forget every report and counter; restart the random sequence."""
-        self.reports.clear()
-        self.accepted_by_report.clear()
+        self.reports.forget()
+        self.accepted_by_report.forget()
         self.requests_by_status.clear()
         self._rng = random.Random(self._config.seed)
+
+    def bounds(self) -> dict[str, dict[str, int]]:
+        return {"reports": self.reports.stats(), "accepted_by_report": self.accepted_by_report.stats()}
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -317,6 +332,7 @@ class ReinsurerSim(ControlApi[ReinsurerConfig], InjectedLatency):
             web.put(f"{CONTROL_PREFIX}/config", self._handle_put_config),
             web.post(f"{CONTROL_PREFIX}/reset", self._handle_reset),
             web.get(f"{CONTROL_PREFIX}/requests", self._handle_requests),
+            web.get(f"{CONTROL_PREFIX}/bounds", self._handle_bounds),
         ]
 
     def add_to(self, app: web.Application) -> None:
@@ -360,6 +376,8 @@ class ReinsurerSim(ControlApi[ReinsurerConfig], InjectedLatency):
                 log.warning("reinsurer: report %s submitted again with a different body", report_id)
                 return error_response(409, _CHANGED_BODY)
             stored.duplicates += 1
+            self.reports.touch(report_id)
+            self.accepted_by_report.touch(report_id)
             return web.Response(
                 status=200,
                 body=jsonwire.dumps(stored.acknowledgement(duplicate=True)),

@@ -26,6 +26,10 @@ Fault knobs, settable while the server runs (each counts down per upload or conn
 ``refuse_next(n)``           the next ``n`` connections are dropped before authentication
 ``refuse_next(n, "write")``  the next ``n`` uploads fail with an SFTP failure on first write
 ===========================  ================================================================
+
+:attr:`SftpRegulator.uploads` keeps the newest ``max_uploads`` records (100,000 by default);
+older ones are dropped from the list and counted in :attr:`SftpRegulator.dropped_uploads`
+(the files stay on disk).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,7 @@ from pydantic import SecretStr
 from processors.adapters._asyncssh import asyncssh
 
 __all__ = [
+    "DEFAULT_MAX_UPLOADS",
     "DEFAULT_SFTP_PASSWORD",
     "DEFAULT_SFTP_USERNAME",
     "SFTP_PASSWORD_ENV",
@@ -58,6 +64,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SFTP_USERNAME: Final = "regulator"
 DEFAULT_SFTP_PASSWORD: Final = "sandbox-sftp-password"  # noqa: S105 - the sandbox's documented default
 SFTP_PASSWORD_ENV: Final = "SANDBOX_SFTP_PASSWORD"  # noqa: S105 - the name of the variable holding it
+
+DEFAULT_MAX_UPLOADS: Final = 100_000
+"""Upload records a regulator keeps by default (the newest)."""
 
 FaultStage = Literal["connect", "write"]
 
@@ -88,10 +97,17 @@ class _State:
     username: str
     password: SecretStr
     faults: _Faults = field(default_factory=_Faults)
-    uploads: list[SftpUpload] = field(default_factory=list)
+    uploads: deque[SftpUpload] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_UPLOADS))
+    dropped_uploads: int = 0
     logins: int = 0
     failed_logins: int = 0
     refused_connections: int = 0
+
+    def record(self, upload: SftpUpload) -> None:
+        """Keep ``upload`` in ``uploads``, dropping (and counting) the oldest when it is full."""
+        if len(self.uploads) == self.uploads.maxlen:
+            self.dropped_uploads += 1
+        self.uploads.append(upload)
 
 
 class SftpRegulator:
@@ -107,9 +123,12 @@ class SftpRegulator:
         password: SecretStr | None = None,
         host_key: asyncssh.SSHKey | None = None,
         login_timeout_s: float = 30.0,
+        max_uploads: int = DEFAULT_MAX_UPLOADS,
     ) -> None:
         if not username:
             raise ValueError("username must not be empty")
+        if max_uploads < 1:
+            raise ValueError("max_uploads must be at least 1")
         password = password if password is not None else SecretStr(DEFAULT_SFTP_PASSWORD)
         if not password.get_secret_value():
             raise ValueError("password must not be empty")
@@ -117,7 +136,9 @@ class SftpRegulator:
         self._requested_port = port
         self._host_key = host_key
         self._login_timeout_s = login_timeout_s
-        self._state = _State(root=Path(root), username=username, password=password)
+        self._state = _State(
+            root=Path(root), username=username, password=password, uploads=deque(maxlen=max_uploads)
+        )
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._port: int | None = None
         self._used = False
@@ -241,8 +262,13 @@ class SftpRegulator:
 
     @property
     def uploads(self) -> list[SftpUpload]:
-        """Every file received, in order (a copy)."""
+        """The files received, in order (a copy; the newest ``max_uploads``)."""
         return list(self._state.uploads)
+
+    @property
+    def dropped_uploads(self) -> int:
+        """Upload records dropped from :attr:`uploads` to keep it within ``max_uploads``."""
+        return self._state.dropped_uploads
 
     @property
     def logins(self) -> int:
@@ -392,7 +418,7 @@ class _RegulatorSftp(asyncssh.SFTPServer):
                 byte = stored.read(1)
                 stored.seek(size // 2)
                 stored.write(bytes([byte[0] ^ 0xFF]))
-        self._state.uploads.append(SftpUpload(upload.path, size, upload.fault))
+        self._state.record(SftpUpload(upload.path, size, upload.fault))
 
     def _relative(self, local: bytes) -> str:
         relative = os.path.relpath(local, self._chroot_path)

@@ -365,3 +365,12 @@ def test_invalid_interaction_fields_are_logged_not_raised(caplog: pytest.LogCapt
     assert result is None
     assert sink.events == []
     assert any("not recorded" in r.getMessage() for r in caplog.records)
+
+
+def test_the_memory_sink_keeps_only_its_latest_events() -> None:
+    sink = MemoryAuditSink(max_events=10)
+    events = [AuditEvent(**{**_fields(), "operation": f"op-{n}"}) for n in range(25)]
+    for event in events:
+        sink.emit(event)
+    assert len(sink.events) <= 10
+    assert sink.events[-1] == events[-1]
