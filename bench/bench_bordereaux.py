@@ -53,6 +53,7 @@ from bench.harness import Comparison, Report, Run, Stopwatch, interleaved, json_
 from processors.bordereaux.topology import BordereauxTopics, RouteTask, build_loop
 from processors.bordereaux.treaties import load_treaty_book
 from processors.contract import Codec, LocalSchemaIds
+from processors.kafka import KafkaClients
 from processors.streams.loop import Emitter, LoopStats, StageSpec, TransactionalLoop
 from processors.streams.store import ChangelogStore, restore
 from tests.bordereaux_oracle import generate
@@ -282,14 +283,10 @@ def restore_time(bootstrap: str, entries: int) -> tuple[float, int]:
             except BufferError:
                 producer.poll(0.05)
     assert producer.flush(120) == 0
+    # the product's restore consumer, as the bordereaux loop builds it from its group consumer
+    kafka = KafkaClients(bootstrap)
     consumer = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "restore-unused",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "fetch.max.bytes": 64 * 1024 * 1024,
-        }
+        KafkaClients.restorer_of(kafka.group_consumer("bench-restore", max_fetch_bytes=64 * 1024 * 1024))
     )
     store = ChangelogStore(topic, 0)
     stats = restore(consumer, [store])

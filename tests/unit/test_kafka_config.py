@@ -140,6 +140,11 @@ def test_exactly_once_loops_derive_their_restorer_from_the_group_consumer() -> N
     assert "partition.assignment.strategy" not in restorer
     assert restorer["security.protocol"] == "SASL_SSL"
     assert restorer["isolation.level"] == "read_committed"
+    # a restore fetches big chunks of its one partition (fetch round trips bound it otherwise)
+    assert restorer["max.partition.fetch.bytes"] == 32 * 1024 * 1024
+    assert restorer["fetch.max.bytes"] == 64 * 1024 * 1024
+    tuned = KafkaClients("b:9092", {"consumer.max.partition.fetch.bytes": "1048576"}).group_consumer("g")
+    assert KafkaClients.restorer_of(tuned)["max.partition.fetch.bytes"] == "1048576"  # the operator's
     loose = {"group.id": "g", "isolation.level": "read_uncommitted", "enable.auto.commit": True}
     assert KafkaClients.exactly_once_consumer(loose)["isolation.level"] == "read_committed"
     assert KafkaClients.exactly_once_consumer(loose)["enable.auto.commit"] is False
