@@ -299,7 +299,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--entries", type=int, default=1_000_000, help="changelog entries to restore")
     parser.add_argument(
-        "--batch-size", type=int, default=2_000, help="records per transaction (the app's default)"
+        "--batch-size", type=int, default=10_000, help="records per transaction (the app's default)"
     )
     json_argument(parser)
     args = parser.parse_args()

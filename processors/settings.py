@@ -107,8 +107,11 @@ class BordereauxSettings(BaseModel):
     """Stable per instance (default: the host name): its transactional id is
     ``<group>.<instance_id>``, so a restarted instance fences its crashed predecessor at once.
     Two instances on one host need different ids."""
-    batch_size: int = Field(default=2_000, ge=1, le=100_000)
-    """Records per transaction at most."""
+    batch_size: int = Field(default=10_000, ge=1, le=100_000)
+    """Records per transaction at most.  Larger transactions collapse more changelog writes per
+    key and spend less time committing: 10,000 against 2,000 cut the app's CPU per event by
+    13 % (bench/bench_bordereaux.py); a transaction still commits as soon as a fetch returns
+    fewer records."""
     idle_source_after_s: float = Field(default=3_600.0, ge=0)
     """A source partition with nothing to read for this long stops holding event time back
     (periods and days close on the other partitions' time) until it sends again; 0: never."""

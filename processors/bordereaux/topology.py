@@ -432,7 +432,7 @@ def build_loop(
     codec: Codec,
     topics: BordereauxTopics,
     client_overrides: Mapping[str, str] | None = None,
-    batch_size: int = 2_000,
+    batch_size: int = 10_000,
     idle_source_after_s: float | None = None,
 ) -> TransactionalLoop:
     """The bordereaux app as a :class:`TransactionalLoop` (``run(stop)`` in a thread).

@@ -158,7 +158,7 @@ class TransactionalLoop:
         consumer_conf: Mapping[str, Any],
         producer_conf: Mapping[str, Any],
         dlq_topic: str,
-        batch_size: int = 2_000,
+        batch_size: int = 10_000,
         poll_timeout_s: float = 0.2,
         transaction_timeout_s: float = 30.0,
         consumer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Consumer,
