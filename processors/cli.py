@@ -6,6 +6,7 @@
                   [--api [--api-port N]]  ... with the HTTP API (webhooks, health, metrics)
     processors topics apply|check|list   make a cluster match topics.yaml
     processors dlq list|show|stats|replay  inspect and replay dead letters
+    processors partners create|list|show|suspend|activate|keys  the partner registry, API keys
     processors bordereaux treaties|close reinsurance treaties, close a period on command
     processors regulatory close|rerun    close a regulatory day, send a day's files again
 
@@ -264,10 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from processors.bordereaux.cli import register_cli as register_bordereaux
     from processors.dlq.cli import register_cli as register_dlq
+    from processors.partners.cli import register_cli as register_partners
     from processors.topics.cli import register_cli as register_topics
 
     register_topics(sub)
     register_dlq(sub)
+    register_partners(sub)
     register_bordereaux(sub)
     for plugin in _command_plugins():
         plugin(sub)

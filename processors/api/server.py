@@ -65,6 +65,8 @@ from processors.errors import BrokerError, ConfigError, ContractError, DecodeErr
 from processors.httpserve import listen
 from processors.kafka import KafkaClients
 from processors.observability.audit import audit_logger
+from processors.partners.auth import CALLER, OPERATOR, Caller, KeyRefused, PartnerAuthenticator
+from processors.partners.keys import key_id_of, looks_like_partner_key
 from processors.resilience.breaker import BreakerRegistry
 from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer
@@ -117,6 +119,12 @@ it is logged and does not change the answer."""
 
 class RouteProvider(Protocol):
     """Extra routes mounted on the API behind the same Bearer token as ``/api/v1/status``.
+
+    Partner keys: a provider with ``partner_access = True`` also takes a partner's key
+    (``Bearer pk_live_...``), checked by the ``partner_keys`` attribute
+    (:class:`~processors.partners.auth.PartnerAuthenticator`) of a provider that has one; the
+    routes of the others refuse partner keys (403 ``operator_only``).  Every route finds who
+    called under :data:`~processors.partners.auth.CALLER` in the request.
 
     ``routes()`` is called once, when the server is built (no I/O).  A provider may also
     define ``async start()`` and ``async stop()``: the server calls them (in order, and in
@@ -391,14 +399,31 @@ class ApiServer:
             return _error(401, "unauthorized", "a valid Bearer token is required", challenge)
         return None
 
-    def _authenticated(self, route: web.RouteDef) -> web.RouteDef:
-        """``route`` answering 401 (like :meth:`status`) unless the Bearer token is offered."""
+    def _authenticated(
+        self,
+        route: web.RouteDef,
+        *,
+        partner_access: bool = False,
+        partner_keys: PartnerAuthenticator | None = None,
+    ) -> web.RouteDef:
+        """``route`` answering 401 (like :meth:`status`) unless the Bearer token is offered;
+        with ``partner_access``, a partner key that ``partner_keys`` accepts too."""
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = route.handler
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             refused = self._check_token(request)
-            if refused is not None:
+            if refused is None:
+                request[CALLER] = OPERATOR
+                return await handler(request)
+            offered = request.headers.get("Authorization", "")
+            if not offered.startswith("Bearer ") or not looks_like_partner_key(offered[7:]):
                 return refused
+            if not partner_access:
+                return _error(403, "operator_only", "this route takes the operator token, not a partner key")
+            found = await partner_keys.authenticate(offered[7:]) if partner_keys is not None else None
+            if not isinstance(found, Caller):
+                return _partner_key_refused(found, offered[7:])
+            request[CALLER] = found
             return await handler(request)
 
         return web.RouteDef(route.method, route.path, guarded, route.kwargs)
@@ -578,6 +603,29 @@ class ApiServer:
             log.exception("inbound %s: the rejection hook failed", provider)
 
 
+def _partner_key_refused(refusal: KeyRefused | None, key: str) -> web.Response:
+    """401 with the reason (503 when keys cannot be checked now); the key is never logged."""
+    if refusal is None:
+        return _error(
+            401,
+            "unauthorized",
+            "partner keys are not accepted by this server",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    log.info("API: partner key %s refused: %s", key_id_of(key) or "(malformed)", refusal.reason)
+    if refusal.reason == "unavailable":
+        return _json(
+            503,
+            {"error": "unavailable", "reason": refusal.reason, "message": refusal.message},
+            {"Retry-After": _RETRY_AFTER_S},
+        )
+    return _json(
+        401,
+        {"error": "unauthorized", "reason": refusal.reason, "message": refusal.message},
+        {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
 _INBOUND_AUDIT = audit_logger("api")
 """Every inbound request (accepted, duplicate or refused) is audited like an outbound call."""
 
@@ -604,7 +652,11 @@ def build_api_app(server: ApiServer) -> web.Application:
     app.router.add_get(STATUS_PATH, server.status)
     app.router.add_get("/metrics", server.metrics_text)
     app.router.add_post(INBOUND_PATH, server.inbound)
+    keys = [k for p in server.extra_routes if (k := getattr(p, "partner_keys", None)) is not None]
+    partner_keys: PartnerAuthenticator | None = keys[0] if keys else None
     for provider in server.extra_routes:
+        partner_access = bool(getattr(provider, "partner_access", False))
         for route in provider.routes():
-            server._authenticated(route).register(app.router)
+            guarded = server._authenticated(route, partner_access=partner_access, partner_keys=partner_keys)
+            guarded.register(app.router)
     return app

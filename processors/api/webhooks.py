@@ -5,7 +5,7 @@ route                                               answers
 ==================================================  ==========================================
 ``POST /api/v1/webhooks``                           201 the subscription and its secret,
                                                     400, 409 (limit), 422 (URL refused), 503
-``GET /api/v1/webhooks[?event_type=]``              200 ``{"webhooks": [...], "count": n}``, 400
+``GET /api/v1/webhooks[?event_type=&partner_id=]``  200 ``{"webhooks": [...], "count": n}``, 400
 ``GET /api/v1/webhooks/{id}``                       200, 404
 ``PATCH /api/v1/webhooks/{id}``                     200, 400, 404, 422, 503
 ``DELETE /api/v1/webhooks/{id}``                    204, 404, 503
@@ -14,10 +14,24 @@ route                                               answers
 ==================================================  ==========================================
 
 Mounted on :class:`processors.api.server.ApiServer` through ``extra_routes``, so every route
-needs the API's Bearer token (401 without)::
+needs a Bearer token (401 without): the API's operator token, or a partner's key
+(``pk_live_...``) when the server has the partner registry (:mod:`processors.api.partners`)::
 
-    routes = WebhookRoutes.create(settings.bootstrap_servers, topic, SecretBox.from_env(), url_check)
-    ApiServer(settings, extra_routes=[routes])
+    partner_routes = PartnerRoutes.create(settings.bootstrap_servers, partners_topic)
+    routes = WebhookRoutes.create(
+        settings.bootstrap_servers, SecretBox.from_env(), url_check, partners=partner_routes.table
+    )
+    ApiServer(settings, extra_routes=[partner_routes, routes])
+
+Ownership: every subscription belongs to a partner (``partner_id``).  A partner's key sees and
+changes only that partner's subscriptions: the list leaves the others out, and any other id
+answers 404 exactly as an id that does not exist (nothing confirms another partner's id); a
+subscription it creates is its own.  The operator token sees and changes every subscription,
+and names the partner when it creates one for a partner (400 for a partner the registry does
+not have); without ``partner_id`` the subscription is the operator's, and no partner key sees
+it, as subscriptions from before owners.
+Without a partner registry (``partners`` None) the routes take the operator token only and
+``partner_id`` is optional.
 
 A secret appears in two answers only: the one creating the subscription and the one rotating
 its secret.  Everything else shows :meth:`Subscription.public_view`; errors never echo a field's
@@ -31,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol, TypeVar
@@ -40,6 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from processors.adapters import jsonwire
 from processors.errors import BrokerError
+from processors.partners.auth import Caller, caller_of
+from processors.partners.model import PARTNER_ID_PATTERN, Partner
 from processors.webhooks.secrets import (
     InvalidSecret,
     SecretBox,
@@ -65,6 +82,7 @@ __all__ = [
     "ROTATE_PATH",
     "WEBHOOKS_PATH",
     "WEBHOOK_PATH",
+    "PartnerDirectory",
     "SubscriptionWriter",
     "UrlCheck",
     "WebhookRoutes",
@@ -92,11 +110,18 @@ class SubscriptionWriter(Protocol):
     async def wait_caught_up(self, timeout_s: float = 30) -> None: ...
 
 
+class PartnerDirectory(Protocol):
+    """The partners a subscription may belong to (:class:`~processors.partners.table.PartnerTable`)."""
+
+    def partner(self, partner_id: str) -> Partner | None: ...
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class _CreateBody(_Body):
+    partner_id: str | None = None
     url: str
     events: list[str]
     secret: SecretStr | None = None
@@ -148,6 +173,7 @@ def _invalid(reasons: list[str]) -> _Refused:
 
 
 _NOT_FOUND: Final = (404, "not_found", "no such webhook subscription")
+_PARTNER_ID: Final = re.compile(PARTNER_ID_PATTERN)
 
 
 class WebhookRoutes:
@@ -157,8 +183,13 @@ class WebhookRoutes:
     start and stop it.  ``box`` encrypts new secrets (associated data = the subscription id);
     ``url_check`` vets every URL registered or changed.  ``default_grace_s`` is how long a
     rotated-out secret keeps signing when the caller does not say; ``max_subscriptions``
-    bounds the table.  ``catch_up_timeout_s`` bounds the wait for the latest versions.
+    bounds the table and ``max_per_partner`` each partner's share of it.
+    ``catch_up_timeout_s`` bounds the wait for the latest versions.  ``partners`` is the
+    partner registry (see the module docstring).
     """
+
+    partner_access: Final = True
+    """The server accepts partner keys on these routes (and says who called: :func:`caller_of`)."""
 
     def __init__(
         self,
@@ -171,10 +202,14 @@ class WebhookRoutes:
         owns_store: bool = False,
         catch_up_timeout_s: float = 5.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        partners: PartnerDirectory | None = None,
+        max_per_partner: int = 100,
     ) -> None:
         if not 0 <= default_grace_s <= MAX_GRACE_S:
             raise ValueError(f"default_grace_s must be within 0..{MAX_GRACE_S}")
         self.store = store
+        self.partners = partners
+        self.max_per_partner = max_per_partner
         self.box = box
         self.url_check = url_check
         self.default_grace_s = default_grace_s
@@ -195,6 +230,7 @@ class WebhookRoutes:
         client_overrides: Mapping[str, str] | None = None,
         default_grace_s: int = 86_400,
         max_subscriptions: int = 10_000,
+        partners: PartnerDirectory | None = None,
     ) -> WebhookRoutes:
         """Routes over a store of their own on ``topic`` (started and stopped with the routes; no I/O)."""
         store = SubscriptionStore(bootstrap_servers, topic, client_overrides=client_overrides)
@@ -205,6 +241,7 @@ class WebhookRoutes:
             default_grace_s=default_grace_s,
             max_subscriptions=max_subscriptions,
             owns_store=True,
+            partners=partners,
         )
 
     def routes(self) -> list[web.RouteDef]:
@@ -230,14 +267,17 @@ class WebhookRoutes:
     # ------------------------------------------------------------------------ handlers
 
     async def create_subscription(self, request: web.Request) -> web.Response:
+        caller = caller_of(request)
         try:
             body = _parse(_CreateBody, await _read_json(request, required=True))
+            owner = self._owner(caller, body.partner_id)
             secret = _partner_or_new_secret(body.secret)
             sub_id = new_subscription_id()
             now = self._clock()
             ciphertext = self.box.encrypt(secret, associated=sub_id)
             sub = _build(
                 id=sub_id,
+                partner_id=owner,
                 url=body.url,
                 events=body.events,
                 secrets=(StoredSecret(ciphertext=ciphertext, created_at=now),),
@@ -256,14 +296,21 @@ class WebhookRoutes:
                     raise _Refused(
                         409, "limit_reached", f"at most {self.max_subscriptions} webhook subscriptions"
                     )
+                if owner is not None and self._count_of(owner) >= self.max_per_partner:
+                    raise _Refused(
+                        409,
+                        "limit_reached",
+                        f"at most {self.max_per_partner} webhook subscriptions per partner",
+                    )
                 await self._put(sub)
         except _Refused as refused:
             return refused.response()
         log.info(
-            "webhook subscription %s created for %s (%s)",
+            "webhook subscription %s created for %s (%s), partner %s",
             sub.id,
             loggable_url(sub.url),
             ", ".join(sub.events),
+            sub.partner_id or "none (operator)",
         )
         document = sub.public_view(now)
         document["secret"] = secret.get_secret_value()
@@ -272,30 +319,42 @@ class WebhookRoutes:
         )
 
     async def list_subscriptions(self, request: web.Request) -> web.Response:
+        caller = caller_of(request)
         event_type = request.query.get("event_type")
+        partner_id = request.query.get("partner_id")
+        reasons = []
         if event_type is not None and not valid_event_type(event_type):
-            return _invalid(["event_type: must be an event type such as policy.issued"]).response()
+            reasons.append("event_type: must be an event type such as policy.issued")
+        if partner_id is not None and not _PARTNER_ID.fullmatch(partner_id):
+            reasons.append("partner_id: must be a partner id such as prt_0123456789abcdef01234567")
+        if reasons:
+            return _invalid(reasons).response()
         await self._catch_up_quietly()
-        subs = self.store.table.all()
+        subs = [s for s in self.store.table.all() if caller.sees(s.partner_id)]
         if event_type is not None:
             subs = [s for s in subs if s.matches(event_type)]
+        if partner_id is not None:
+            subs = [s for s in subs if s.partner_id == partner_id]
         now = self._clock()
         return web.json_response({"webhooks": [s.public_view(now) for s in subs], "count": len(subs)})
 
     async def get_subscription(self, request: web.Request) -> web.Response:
         sub_id = request.match_info["id"]
         await self._catch_up_quietly()
-        sub = self._get(sub_id)
+        sub = self._get(sub_id, caller_of(request))
         if sub is None:
             return _Refused(*_NOT_FOUND).response()
         return web.json_response(sub.public_view(self._clock()))
 
     async def update_subscription(self, request: web.Request) -> web.Response:
         sub_id = request.match_info["id"]
+        caller = caller_of(request)
         try:
             raw = await _read_json(request, required=True)
             if isinstance(raw, dict) and "secret" in raw:
                 raise _invalid([f"secret: not changed here; use POST {WEBHOOKS_PATH}/{{id}}/rotate-secret"])
+            if isinstance(raw, dict) and "partner_id" in raw:
+                raise _invalid(["partner_id: a subscription stays with its partner"])
             body = _parse(_PatchBody, raw)
             changes = {name: getattr(body, name) for name in body.model_fields_set}
             nulls = sorted(name for name, value in changes.items() if value is None and name not in _NULLABLE)
@@ -303,7 +362,7 @@ class WebhookRoutes:
                 raise _invalid([f"{name}: must not be null" for name in nulls])
             async with self._write_lock:
                 await self._catch_up()
-                sub = self._get(sub_id)
+                sub = self._get(sub_id, caller)
                 if sub is None:
                     raise _Refused(*_NOT_FOUND)
                 changes = {k: v for k, v in changes.items() if _differs(getattr(sub, k), v)}
@@ -323,10 +382,11 @@ class WebhookRoutes:
 
     async def delete_subscription(self, request: web.Request) -> web.Response:
         sub_id = request.match_info["id"]
+        caller = caller_of(request)
         try:
             async with self._write_lock:
                 await self._catch_up()
-                if self._get(sub_id) is None:
+                if self._get(sub_id, caller) is None:
                     raise _Refused(*_NOT_FOUND)
                 try:
                     await self.store.delete(sub_id)
@@ -339,13 +399,14 @@ class WebhookRoutes:
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         sub_id = request.match_info["id"]
+        caller = caller_of(request)
         try:
             body = _parse(_RotateBody, await _read_json(request, required=False) or {})
             secret = _partner_or_new_secret(body.secret)
             grace_s = self.default_grace_s if body.grace_s is None else body.grace_s
             async with self._write_lock:
                 await self._catch_up()
-                sub = self._get(sub_id)
+                sub = self._get(sub_id, caller)
                 if sub is None:
                     raise _Refused(*_NOT_FOUND)
                 now = self._clock()
@@ -374,8 +435,29 @@ class WebhookRoutes:
 
     # ------------------------------------------------------------------------ helpers
 
-    def _get(self, sub_id: str) -> Subscription | None:
-        return self.store.table.get(sub_id)
+    def _get(self, sub_id: str, caller: Caller) -> Subscription | None:
+        """The subscription, if ``caller`` may see it (another partner's is as if absent)."""
+        sub = self.store.table.get(sub_id)
+        if sub is None or not caller.sees(sub.partner_id):
+            return None
+        return sub
+
+    def _owner(self, caller: Caller, given: str | None) -> str | None:
+        """Who a new subscription belongs to: the calling partner, or the one the operator names."""
+        if not caller.is_operator:
+            if given is not None and given != caller.partner_id:
+                raise _invalid(["partner_id: leave it out or give your own; your key names your partner"])
+            return caller.partner_id
+        if self.partners is None or given is None:
+            # no registry, or the operator keeps it: an operator-owned subscription (no partner
+            # key sees it), like those from before subscriptions had owners
+            return given
+        if not _PARTNER_ID.fullmatch(given) or self.partners.partner(given) is None:
+            raise _invalid(["partner_id: no such partner"])
+        return given
+
+    def _count_of(self, partner_id: str) -> int:
+        return sum(1 for s in self.store.table.all() if s.partner_id == partner_id)
 
     async def _check_url(self, url: str) -> None:
         try:

@@ -8,6 +8,7 @@ app of the at-least-once engine) or ``build_loop`` (an exactly-once transactiona
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ __all__ = [
     "secret_box",
     "ssrf_policy",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -388,9 +391,15 @@ def _build_webhooks(ctx: BuildContext) -> Processor:
 
 
 async def webhook_routes(settings: Settings, catalogue: Catalogue, app: Processor) -> list[RouteProvider]:
-    """The partner subscription API and the operator view, on the webhooks app's table."""
+    """The partner registry, the subscription API and the operator view, on the webhooks app's table.
+
+    Without the partner registry's topic in the catalogue (a catalogue from before partners),
+    the subscription routes take the operator token only.
+    """
+    from processors.api.partners import PartnerRoutes
     from processors.api.webhook_ops import WebhookOpsRoutes
     from processors.api.webhooks import WebhookRoutes
+    from processors.partners.store import PARTNERS_TOPIC
     from processors.webhooks.app import WebhooksApp
     from processors.webhooks.attempts import AttemptsFeed, AttemptsView, Redeliverer
 
@@ -410,8 +419,22 @@ async def webhook_routes(settings: Settings, catalogue: Catalogue, app: Processo
         client_overrides=overrides,
     )
     redeliverer = Redeliverer(settings.bootstrap_servers, app.dispatch_topic, client_overrides=overrides)
+    try:
+        partners_topic = catalogue_topic(catalogue, PARTNERS_TOPIC)
+    except ConfigError:
+        log.warning(
+            "the topic catalogue has no %s topic: no partner registry, the webhook routes take "
+            "the operator token only",
+            PARTNERS_TOPIC,
+        )
+        return [
+            WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check),
+            WebhookOpsRoutes(view, feed, redeliverer),
+        ]
+    partners = PartnerRoutes.create(settings.bootstrap_servers, partners_topic, client_overrides=overrides)
     return [
-        WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check),
+        partners,  # first: started before, and stopped after, the routes that use its table
+        WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check, partners=partners.table),
         WebhookOpsRoutes(view, feed, redeliverer),
     ]
 

@@ -1,9 +1,12 @@
 """Partner webhook subscriptions: the model, event filters and the local table.
 
 Pure code: no Kafka, no HTTP.  A :class:`Subscription` is immutable; every change returns a
-new version (``version`` + 1).  Its secrets are kept encrypted (:class:`StoredSecret`, newest
-first); :meth:`Subscription.to_record` is the value written to the compacted
-``integrations.webhook.subscriptions`` topic (key = the id) and never holds a secret in clear.
+new version (``version`` + 1).  It belongs to the partner ``partner_id`` (see
+:mod:`processors.partners`); one without (written before subscriptions had owners) is the
+operator's: only the operator token sees and changes it.  Its secrets are kept encrypted
+(:class:`StoredSecret`, newest first); :meth:`Subscription.to_record` is the value written to
+the compacted ``integrations.webhook.subscriptions`` topic (key = the id) and never holds a
+secret in clear.
 
 Event filters::
 
@@ -46,6 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from processors.contract import EVENT_TYPES
 from processors.errors import DecodeError, ValidationFailed
+from processors.partners.model import PARTNER_ID_PATTERN
 from processors.webhooks.secrets import StoredSecret
 
 __all__ = [
@@ -229,6 +233,8 @@ class Subscription(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(default_factory=new_subscription_id)
+    partner_id: Annotated[str, Field(pattern=PARTNER_ID_PATTERN)] | None = None
+    """The partner it belongs to; None: the operator's (a subscription from before owners)."""
     url: Annotated[str, AfterValidator(_check_url)]
     events: tuple[str, ...]
     """Filters, deduplicated in their given order."""
@@ -313,6 +319,7 @@ class Subscription(BaseModel):
         """What the API shows: no secret, no ciphertext, a userinfo password masked."""
         return {
             "id": self.id,
+            "partner_id": self.partner_id,
             "url": _public_url(self.url),
             "events": list(self.events),
             "active": self.active,

@@ -35,10 +35,11 @@ def test_list_prints_every_topic_of_the_catalogue(capsys: pytest.CaptureFixture[
     ]
     assert rows["integrations.webhooks.retry.6-10h"][1:3] == ["retry", "webhooks"]
     assert rows["integrations.webhook.subscriptions"][5:] == ["-", "compact"]
+    assert rows["integrations.partners"] == ["integrations.partners", "state", "-", "1", "3", "-", "compact"]
     assert rows["integrations.webhooks.dispatch"][1] == "output"
     assert rows["integrations.payments.dedupe"][1:3] == ["dedupe", "payments"]
     assert rows["integrations.payments.dedupe"][5:] == ["1d", "compact,delete"]
-    assert len(rows) == 58
+    assert len(rows) == 59
 
 
 def test_a_malformed_file_prints_file_line_reason_and_exits_2(
