@@ -165,6 +165,11 @@ class KafkaClients:
             tuning["partition.assignment.strategy"] = "range"
         if static_member is not None:
             tuning["group.instance.id"] = static_member
+        user = self.role_overrides("consumer")
+        if "session.timeout.ms" in user and "heartbeat.interval.ms" not in user:
+            # a session set by the operator alone keeps heartbeats at a third of it (a heartbeat
+            # interval derived from the default session could exceed the operator's session)
+            defaults["heartbeat.interval.ms"] = max(500, int(user["session.timeout.ms"]) // 3)
         return self._render("consumer", defaults, tuning, {**_CONSUMER_INVARIANTS, "group.id": group_id})
 
     def reader(

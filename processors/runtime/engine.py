@@ -359,7 +359,11 @@ class Engine:
         if not state.track(offset):
             return  # fetched twice (a re-fetch after a consumer error): already in hand
         self._buffered += 1
-        lane_key = self._lane_key(msg)
+        # A lane belongs to one assignment of its partition: a partition taken back while the
+        # previous assignment's lane is still finishing (past the revoke grace, logged as an
+        # error) gets new lanes.  Appended to the old one, its records would never run (that
+        # lane stops at its halted state) and the partition's commits would stall for good.
+        lane_key = (id(state), self._lane_key(msg))
         lane = self._lanes.get(lane_key)
         if lane is None:
             lane = deque((msg,))

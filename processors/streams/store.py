@@ -141,11 +141,13 @@ def restore(
 
     ``consumer`` is a group-less ``read_committed`` consumer used for nothing else. Each
     store reads from its own position; the end is the partition's last stable offset as the
-    broker reports it for ``read_committed`` readers.
+    broker reports it for ``read_committed`` readers.  Several stores may share one changelog
+    partition (each keeps the keys its filter selects): the partition is read once, from the
+    lowest of their positions, and each entry goes to every store it is new to.
     """
     started = time.monotonic()
     stats = RestoreStats()
-    todo: dict[tuple[str, int], ChangelogStore] = {}
+    todo: dict[tuple[str, int], list[ChangelogStore]] = {}
     ends: dict[tuple[str, int], int] = {}
     deadline = started + timeout_s
     for store in stores:
@@ -157,11 +159,11 @@ def restore(
             store.position = low
         if store.position >= high:
             continue
-        todo[tp] = store
         ends[tp] = high
+        todo.setdefault(tp, []).append(store)
     if not todo:
         return stats
-    consumer.assign([TopicPartition(t, p, todo[(t, p)].position) for (t, p) in todo])
+    consumer.assign([TopicPartition(t, p, min(s.position for s in todo[(t, p)])) for (t, p) in todo])
     try:
         while todo:
             if time.monotonic() > deadline:
@@ -177,23 +179,28 @@ def restore(
                         log.info("restoring %s[%s]: %s; going on", msg.topic(), msg.partition(), err)
                         continue
                     raise BrokerError(f"restoring {msg.topic()}[{msg.partition()}]: {err}")
-                tp = (msg.topic(), msg.partition())
-                target = todo.get(tp)
-                if target is None:
+                targets = todo.get((msg.topic(), msg.partition()))
+                if targets is None:
                     continue
                 key = msg.key()
-                target.apply(key.decode() if key is not None else "", msg.value())
-                target.position = msg.offset() + 1
+                text = key.decode() if key is not None else ""
+                value = msg.value()
+                offset = msg.offset()
+                for target in targets:
+                    if offset >= target.position:
+                        target.apply(text, value)
+                        target.position = offset + 1
                 stats.records += 1
-            for tp, store in list(todo.items()):
-                if store.position >= ends[tp]:
+            for tp, targets in list(todo.items()):
+                if min(t.position for t in targets) >= ends[tp]:
                     del todo[tp]
                     continue
                 # Transaction markers and aborted entries are skipped by the consumer: its
                 # position, not the last record's offset, tells when the end was reached.
                 position = consumer.position([TopicPartition(*tp)])[0].offset
                 if position >= ends[tp]:
-                    store.position = position
+                    for target in targets:
+                        target.position = max(target.position, position)
                     del todo[tp]
     finally:
         consumer.unassign()

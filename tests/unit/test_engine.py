@@ -417,3 +417,30 @@ async def test_a_result_too_large_for_its_topic_dead_letters_the_input() -> None
     # the input itself was too large for the dead-letter topic too: an excerpt went
     assert letter[H.VALUE_TRUNCATED] == b"true"
     assert [r.topic for r in producer.refused] == ["out", "dlq"]
+
+
+async def test_a_partition_taken_back_while_its_old_work_outlives_the_grace_gets_new_lanes() -> None:
+    release = asyncio.Event()
+
+    async def behaviour(msg: KafkaMessage) -> None:
+        if msg.offset() == 0:
+            await release.wait()  # outlives the revoke grace
+
+    consumer, producer = FakeConsumer([_msg(0, 0, "A")], [0]), FakeProducer()
+    proc = ScriptedProcessor(behaviour)
+    engine = _engine(proc, consumer, producer, shutdown_grace_s=0.05)
+    task = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: proc.started == [(b"A", 0)])
+        # the partition goes and comes back while A@0 still runs (librdkafka calls these on the
+        # poll thread; here from a worker thread)
+        await asyncio.to_thread(engine._on_revoke, consumer, consumer.partitions)
+        await asyncio.to_thread(engine._on_assign, consumer, consumer.partitions)
+        consumer.log[0].append(_msg(0, 1, "A"))
+        # the same key's next record runs in a lane of the new assignment, not behind A@0
+        await eventually(lambda: (b"A", 1) in proc.ended)
+        assert (b"A", 0) not in proc.ended
+    finally:
+        release.set()
+        engine.stop()
+        await task

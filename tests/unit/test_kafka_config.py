@@ -200,3 +200,14 @@ def test_fetch_returns_nothing_after_the_timeout_when_nothing_came() -> None:
 def test_fetch_keeps_the_batch_bound() -> None:
     consumer = _Arrivals(ready=list(range(10)), arriving=[])
     assert fetch(consumer, 4, 0.1) == [0, 1, 2, 3]
+
+
+def test_a_session_set_by_the_operator_alone_brings_heartbeats_to_a_third_of_it() -> None:
+    kafka = KafkaClients("b:9092", {"consumer.session.timeout.ms": "8000"})
+    conf = kafka.group_consumer("g", session_timeout_s=45)
+    assert conf["session.timeout.ms"] == "8000"
+    assert conf["heartbeat.interval.ms"] == 2666
+    both = KafkaClients(
+        "b:9092", {"consumer.session.timeout.ms": "8000", "consumer.heartbeat.interval.ms": "1000"}
+    )
+    assert both.group_consumer("g", session_timeout_s=45)["heartbeat.interval.ms"] == "1000"

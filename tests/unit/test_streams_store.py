@@ -6,6 +6,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.errors import BrokerError
+from processors.runtime.message import StaticMessage
 from processors.streams.store import ChangelogStore, restore
 
 
@@ -96,3 +97,64 @@ def test_restore_gives_up_on_a_leaderless_partition_at_its_deadline() -> None:
     with pytest.raises(BrokerError, match="NOT_LEADER"):
         restore(consumer, [ChangelogStore("changelog", 0)], timeout_s=0.5)
     assert 1 < consumer.asked < 10_000
+
+
+class _Entry(StaticMessage):
+    def error(self) -> None:
+        return None
+
+
+class _Changelog:
+    """A consumer over one in-memory changelog partition (``fetch`` calls ``consume``)."""
+
+    def __init__(self, entries: list[tuple[str, bytes | None]]) -> None:
+        self.entries = entries
+        self.next = 0
+        self.assigned: list[tuple[str, int, int]] = []
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+        return (0, len(self.entries))
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in tps]
+        self.next = tps[0].offset
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[StaticMessage]:
+        out: list[StaticMessage] = [
+            _Entry("changelog", 0, offset, key.encode(), value)
+            for offset, (key, value) in enumerate(self.entries)
+            if self.next <= offset < self.next + num_messages
+        ]
+        self.next += len(out)
+        return out
+
+    def poll(self, timeout: float = -1) -> StaticMessage | None:
+        found = self.consume(1)
+        return found[0] if found else None
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.next) for tp in tps]
+
+    def unassign(self) -> None:
+        self.assigned = []
+
+
+def test_two_stores_on_one_changelog_partition_are_both_restored() -> None:
+    # route tasks of two source topics share changelog partition 0, told apart by key filters
+    entries: list[tuple[str, bytes | None]] = [
+        ("policy:wm", b"10"),
+        ("claim:wm", b"20"),
+        ("policy:wm", b"11"),
+        ("claim:wm", b"21"),
+    ]
+    consumer = _Changelog(entries)
+    policies = ChangelogStore("changelog", 0, key_filter=lambda key: key.startswith("policy:"))
+    claims = ChangelogStore("changelog", 0, key_filter=lambda key: key.startswith("claim:"))
+    claims.base = {"claim:wm": b"20"}
+    claims.position = 2  # a cached store that had read the first two entries already
+    stats = restore(consumer, [policies, claims])
+    assert consumer.assigned == []  # unassigned at the end
+    assert policies.base == {"policy:wm": b"11"}
+    assert claims.base == {"claim:wm": b"21"}
+    assert (policies.position, claims.position) == (4, 4)
+    assert stats.records == 4  # the partition was read once, from the lower position
