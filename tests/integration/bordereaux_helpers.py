@@ -222,3 +222,41 @@ def read_to_end(bootstrap: str, group: str, topics: Iterable[str]) -> bool:
         )
     finally:
         consumer.close()
+
+
+def count_records(bootstrap: str, topics: Iterable[str], *, committed: bool, timeout_s: float = 120) -> int:
+    """Data records on ``topics`` up to their end now: those of committed transactions only
+    (``read_committed``), or every record written, aborted transactions' included."""
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"counter-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
+        }
+    )
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        assignment = []
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=15).topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                if high > low:
+                    ends[(topic, p)] = high
+                    assignment.append(TopicPartition(topic, p, low))
+        if not assignment:
+            return 0
+        consumer.assign(assignment)
+        count = 0
+        deadline = time.monotonic() + timeout_s
+        while True:
+            count += sum(1 for msg in consumer.consume(1_000, 0.5) if msg.error() is None)
+            # the position passes control records (transaction markers) a reader never sees
+            positions = consumer.position([TopicPartition(t, p) for t, p in ends])
+            if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
+                return count
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {sorted(ends)} to the end within {timeout_s:.0f} s")
+    finally:
+        consumer.close()
