@@ -66,6 +66,11 @@ class ValidationFailed(ContractError):
     """The event decoded but its fields are invalid."""
 
 
+class DuplicateEventId(ContractError):
+    """The event's id was answered before with different content: an upstream bug (an id
+    reused for another event), never a retry of the same one."""
+
+
 class IntegrationError(ProcessorsError):
     """A call to an external service failed."""
 

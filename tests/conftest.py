@@ -75,7 +75,10 @@ def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[.
     created: list[list[str]] = []
 
     def make(
-        payments_retry_tiers: str | None = None, *, webhooks_retry_tiers: str | None = None
+        payments_retry_tiers: str | None = None,
+        *,
+        webhooks_retry_tiers: str | None = None,
+        dedupe: bool = True,
     ) -> tuple[Path, str]:
         from processors.topics.admin import apply
         from processors.topics.catalogue import load_catalogue
@@ -89,6 +92,8 @@ def isolated_topics(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[.
                 head, _, tail = text.partition(marker)
                 tail = re.sub(r"retry_tiers: \[[^\]]*\]", f"retry_tiers: {tiers}", tail, count=1)
                 text = head + marker + tail
+        if not dedupe:  # apps answer every copy of an event id (no dedupe window)
+            text = re.sub(r"\n    dedupe: \{window: [^}]*\}", "", text)
         text = re.sub(r"(?<![\w.])(insurance|integrations|reinsurance|regulatory)\.", prefix + r"\1.", text)
         path = tmp_path / f"{prefix}topics.yaml"
         path.write_text(text)

@@ -18,6 +18,7 @@ response → result) lives in modules that import neither Kafka nor an HTTP libr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import ClassVar, Generic, TypeVar
 from processors import context as record_context
 from processors.context import RecordContext
 from processors.contract import Codec, ContentType, Event
-from processors.errors import ValidationFailed
+from processors.errors import DuplicateEventId, ValidationFailed
 from processors.runtime.dedupe import AnsweredIds
 from processors.runtime.failures import H
 from processors.runtime.message import KafkaMessage, OutRecord
@@ -164,6 +165,11 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
         """The id answered once per window (apps that declare ``dedupe``); None: never dropped."""
         return None
 
+    def dedupe_digest(self, item: In) -> bytes:
+        """A digest of ``item``'s content: a record with an answered id and another digest is
+        refused as :class:`DuplicateEventId` instead of dropped."""
+        return b""
+
     # --- assignment --------------------------------------------------------------------------
 
     async def on_assigned(self, partitions: Sequence[TP]) -> None:
@@ -200,10 +206,17 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
             return [forward]
         answered = self.answered
         event_id = None if answered is None else self.dedupe_key(item)
+        digest = b""
         if event_id is not None:
             assert answered is not None
-            partition = msg.partition() or 0
-            if answered.answered(partition, event_id):
+            digest = self.dedupe_digest(item)
+            before = answered.answered(msg.partition() or 0, event_id)
+            if before is not None:
+                if before and before != digest:
+                    raise DuplicateEventId(
+                        f"event id {event_id.decode('ascii', 'replace')} was answered before with "
+                        "different content: an id reused for another event"
+                    )
                 # answered before: like a success that writes nothing (the key moves on)
                 answered.dropped += 1
                 self.router.succeeded(msg)
@@ -214,7 +227,7 @@ class RecordApp(RetryGateMixin, Generic[In, Out]):
         records = [_stamp(record, context) for record in self.records(msg, outputs, context)]
         if event_id is not None:
             assert answered is not None
-            records.append(answered.marker(msg.partition() or 0, event_id))
+            records.append(answered.marker(msg.partition() or 0, event_id, digest))
         return records
 
     def failure(self, msg: KafkaMessage, exc: Exception, *, group: str) -> Sequence[OutRecord]:
@@ -263,6 +276,11 @@ class EventApp(RecordApp[Event, Emit]):
 
     def dedupe_key(self, item: Event) -> bytes | None:
         return str(item.event_id).encode()
+
+    def dedupe_digest(self, item: Event) -> bytes:
+        # the event's content whatever its encoding (Avro or JSON, any schema version)
+        content = item.model_dump_json(include={"event_type", "subject", "data"}).encode()
+        return hashlib.sha256(content).digest()[:16]
 
     def decode(self, msg: KafkaMessage) -> Event | None:
         event = self.codec.decode(msg.value(), msg.headers())

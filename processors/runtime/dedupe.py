@@ -6,12 +6,17 @@ that declares ``dedupe: {window: 24h}`` in ``topics.yaml`` remembers the ids it 
 publisher sent twice, or one redelivered after a crash once its result was acknowledged.
 
 **Where the memory lives.**  With each answer the app writes a marker (key: the event id,
-empty value) to its ``integrations.<app>.dedupe`` topic, in the partition of the same number
-as the source record (the retry tiers and the DLQ keep that number too), in the same
+value: a digest of its content) to its ``integrations.<app>.dedupe`` topic, in the partition
+of the same number as the source record (the retry tiers and the DLQ keep that number too), in the same
 acknowledged batch as the result.  When the app is assigned source partition *n* it reads
 partition *n* of the dedupe topic back from *now − window*, so the member that takes over a
 partition after a crash or a rebalance knows every id answered there.  The topic is
 compacted and deleted after the window, so it stays as small as the window.
+
+**Same id, other content.**  The marker's value is a digest of the answered event's content.
+A later record with the same id and a different digest is not a retry: it is refused as
+:class:`~processors.errors.DuplicateEventId` and goes to the dead-letter topic with the reason,
+so the upstream bug shows instead of being dropped quietly.
 
 **What counts as answered.**  A result (including a decline, which is an answer), never a
 dead letter: a dead-lettered event replayed or republished runs again.  The check happens
@@ -74,8 +79,9 @@ class AnsweredIds:
         self.max_per_partition = max_per_partition
         self._reader = reader
         self._clock = clock
-        # per partition number: id -> expiry (epoch s); insertion order is expiry order
-        self._ids: dict[int, OrderedDict[bytes, float]] = {}
+        # per partition number: id -> (expiry in epoch s, content digest); insertion order is
+        # expiry order
+        self._ids: dict[int, OrderedDict[bytes, tuple[float, bytes]]] = {}
         self.dropped = 0
         """Duplicates dropped since start."""
         self.evicted_early = 0
@@ -84,28 +90,32 @@ class AnsweredIds:
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._ids.values())
 
-    def answered(self, partition: int, event_id: bytes) -> bool:
+    def answered(self, partition: int, event_id: bytes) -> bytes | None:
+        """The content digest ``event_id`` was answered with in ``partition`` (empty when it
+        was remembered without one), or None when it was not answered within the window."""
         ids = self._ids.get(partition)
         if ids is None:
-            return False
-        expires = ids.get(event_id)
-        if expires is None:
-            return False
-        if expires <= self._clock():
+            return None
+        entry = ids.get(event_id)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
             del ids[event_id]
-            return False
-        return True
+            return None
+        return entry[1]
 
-    def marker(self, partition: int, event_id: bytes) -> OutRecord:
-        """The record that remembers ``event_id`` as answered in ``partition``."""
-        return OutRecord(topic=self.topic, key=event_id, value=b"", partition=partition)
+    def marker(self, partition: int, event_id: bytes, digest: bytes = b"") -> OutRecord:
+        """The record that remembers ``event_id`` (with its content ``digest``) as answered."""
+        return OutRecord(topic=self.topic, key=event_id, value=digest, partition=partition)
 
-    def remember(self, partition: int, event_id: bytes, at_s: float | None = None) -> None:
+    def remember(
+        self, partition: int, event_id: bytes, at_s: float | None = None, digest: bytes = b""
+    ) -> None:
         """``event_id`` was answered at ``at_s`` (now when None) in ``partition``."""
         expires = (self._clock() if at_s is None else at_s) + self.window_s
         ids = self._ids.setdefault(partition, OrderedDict())
         ids.pop(event_id, None)
-        ids[event_id] = expires
+        ids[event_id] = (expires, digest)
         self._expire(ids)
         while len(ids) > self.max_per_partition:
             ids.popitem(last=False)
@@ -124,12 +134,12 @@ class AnsweredIds:
         """Outputs the broker acknowledged: their markers become answered ids."""
         for record in records:
             if record.topic == self.topic and record.key is not None and record.partition is not None:
-                self.remember(record.partition, record.key)
+                self.remember(record.partition, record.key, digest=record.value or b"")
 
-    def _expire(self, ids: OrderedDict[bytes, float]) -> None:
+    def _expire(self, ids: OrderedDict[bytes, tuple[float, bytes]]) -> None:
         now = self._clock()
         while ids:
-            event_id, expires = next(iter(ids.items()))
+            event_id, (expires, _digest) = next(iter(ids.items()))
             if expires > now:
                 break
             del ids[event_id]
@@ -146,10 +156,10 @@ class AnsweredIds:
             self._ids.setdefault(partition, OrderedDict())
         loaded = 0
         for record in sorted(records, key=lambda r: r.timestamp()[1]):
-            key, number = record.key(), record.partition()
-            if key is None or number is None or record.value() is None:
+            key, number, value = record.key(), record.partition(), record.value()
+            if key is None or number is None or value is None:
                 continue
-            self.remember(number, key, record.timestamp()[1] / 1000)
+            self.remember(number, key, record.timestamp()[1] / 1000, digest=value)
             loaded += 1
         return loaded
 

@@ -27,7 +27,16 @@ from processors.topics.catalogue import load_catalogue
 from processors_dev.samples import premium_due, premium_due_stream
 from processors_dev.sandbox.gateway import GatewayConfig, PaymentGatewaySim
 from processors_dev.sandbox.server import SandboxServer
-from tests.integration.helpers import Collector, decode, header, publish, sandbox_env, start_processor
+from tests.integration.helpers import (
+    Collector,
+    decode,
+    group_caught_up,
+    header,
+    publish,
+    read_topics,
+    sandbox_env,
+    start_processor,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,10 +203,51 @@ async def test_flaky_gateway_every_event_succeeds_and_retries_show_in_headers(
         assert seq == list(range(1, 11)), f"{policy}: {seq}"
 
 
-async def test_a_permanent_refusal_goes_to_the_dlq_at_once_without_retries(
+async def test_an_event_id_reused_for_other_content_goes_to_the_dlq_without_a_call(
     kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:
     topics_file, prefix = isolated_topics(FAST_TIERS)
+    billing, results = f"{prefix}insurance.billing.events", f"{prefix}integrations.payment.results"
+    dlq = f"{prefix}integrations.payments.dlq"
+    first = premium_due(1, 1, amount=Decimal("100.00"))
+    # An upstream bug: the same event id published again with another amount.
+    reused = Event.model_validate(
+        {**first.model_dump(), "data": {**first.data.model_dump(), "amount": Decimal("120.00")}}
+    )
+    again = first  # a true retry of the first: dropped as answered
+    after = premium_due(1, 2)
+    publish(kafka_bootstrap, billing, [first, reused, again, after])
+    collector = Collector(kafka_bootstrap, [results, dlq])
+    async with SandboxServer(gateway=GatewayConfig(seed=1)) as sandbox:
+        try:
+            async with running_payments(
+                kafka_bootstrap, topics_file, prefix, sandbox.url, _resilience(tmp_path)
+            ):
+                await collector.wait_for(
+                    lambda r: len(collector.on(results)) >= 2 and len(collector.on(dlq)) >= 1, timeout_s=120
+                )
+                await collector.wait_for(
+                    group_caught_up(kafka_bootstrap, f"{prefix}payments", billing), timeout_s=120
+                )
+        finally:
+            collector.close()
+        statuses = dict(sandbox.gateway.requests_by_status)
+    [dead] = read_topics(kafka_bootstrap, [dlq])
+    assert header(dead, H.ERROR_CLASS) == "DuplicateEventId"
+    assert "answered before with different content" in (header(dead, H.ERROR_MESSAGE) or "")
+    assert decode(dead).data.amount == Decimal("120.00")  # type: ignore[union-attr]
+    assert 422 not in statuses  # caught before the gateway
+    assert [decode(m).data.reference_id for m in read_topics(kafka_bootstrap, [results])] == [  # type: ignore[union-attr]
+        "POL-2024-000001-I001",
+        "POL-2024-000001-I002",
+    ]
+
+
+async def test_a_permanent_refusal_goes_to_the_dlq_at_once_without_retries(
+    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
+) -> None:
+    # without the dedupe window the reused id reaches the gateway, which refuses it for good
+    topics_file, prefix = isolated_topics(FAST_TIERS, dedupe=False)
     billing, results = f"{prefix}insurance.billing.events", f"{prefix}integrations.payment.results"
     dlq = f"{prefix}integrations.payments.dlq"
     first = premium_due(1, 1, amount=Decimal("100.00"))

@@ -25,13 +25,13 @@ def test_an_id_is_answered_within_its_window_and_only_in_its_partition() -> None
     clock = Clock()
     ids = AnsweredIds(TOPIC, 60, None, clock=clock)
     ids.remember(2, b"e1")
-    assert ids.answered(2, b"e1")
-    assert not ids.answered(3, b"e1")
-    assert not ids.answered(2, b"e2")
+    assert ids.answered(2, b"e1") is not None
+    assert ids.answered(3, b"e1") is None
+    assert ids.answered(2, b"e2") is None
     clock.now += 59
-    assert ids.answered(2, b"e1")
+    assert ids.answered(2, b"e1") is not None
     clock.now += 2
-    assert not ids.answered(2, b"e1")
+    assert ids.answered(2, b"e1") is None
     assert len(ids) == 0
 
 
@@ -41,18 +41,21 @@ def test_the_bound_drops_the_oldest_and_counts_it() -> None:
         ids.remember(0, f"e{n}".encode())
     assert len(ids) == 3
     assert ids.evicted_early == 2
-    assert not ids.answered(0, b"e0")
-    assert ids.answered(0, b"e4")
+    assert ids.answered(0, b"e0") is None
+    assert ids.answered(0, b"e4") is not None
 
 
 def test_only_acknowledged_markers_become_answered() -> None:
     ids = AnsweredIds(TOPIC, 3600, None, clock=Clock())
     marker = ids.marker(4, b"e1")
     assert (marker.topic, marker.key, marker.value, marker.partition) == (TOPIC, b"e1", b"", 4)
-    assert not ids.answered(4, b"e1")
-    ids.acknowledged([OutRecord("integrations.payment.results", b"POL-1", b"x"), marker])
-    assert ids.answered(4, b"e1")
-    assert len(ids) == 1
+    with_digest = ids.marker(4, b"e2", b"d" * 16)
+    assert with_digest.value == b"d" * 16
+    assert ids.answered(4, b"e1") is None
+    ids.acknowledged([OutRecord("integrations.payment.results", b"POL-1", b"x"), marker, with_digest])
+    assert ids.answered(4, b"e1") == b""
+    assert ids.answered(4, b"e2") == b"d" * 16
+    assert len(ids) == 2
 
 
 async def test_restore_reads_each_partition_once_and_keeps_the_record_time() -> None:
@@ -63,7 +66,7 @@ async def test_restore_reads_each_partition_once_and_keeps_the_record_time() -> 
     def reader(tps: Sequence[tuple[str, int]]) -> Sequence[KafkaMessage]:
         asked.append(tps)
         return [
-            StaticMessage(TOPIC, 1, 0, b"old", b"", timestamp_ms=now_ms - 50_000),
+            StaticMessage(TOPIC, 1, 0, b"old", b"digest-old", timestamp_ms=now_ms - 50_000),
             StaticMessage(TOPIC, 1, 1, b"new", b"", timestamp_ms=now_ms - 1_000),
             StaticMessage(TOPIC, 2, 0, b"tomb", None, timestamp_ms=now_ms),
         ]
@@ -72,14 +75,14 @@ async def test_restore_reads_each_partition_once_and_keeps_the_record_time() -> 
     assert await ids.restore([1, 2]) == 2
     assert await ids.restore([1, 2]) == 0  # held already: not read again
     assert asked == [[(TOPIC, 1), (TOPIC, 2)]]
-    assert ids.answered(1, b"old")
-    assert ids.answered(1, b"new")
-    assert not ids.answered(2, b"tomb")
+    assert ids.answered(1, b"old") == b"digest-old"
+    assert ids.answered(1, b"new") is not None
+    assert ids.answered(2, b"tomb") is None
     clock.now += 15  # "old" was answered 50 s ago: its 60 s window ends now
-    assert not ids.answered(1, b"old")
-    assert ids.answered(1, b"new")
+    assert ids.answered(1, b"old") is None
+    assert ids.answered(1, b"new") is not None
     ids.drop([1])
-    assert not ids.answered(1, b"new")
+    assert ids.answered(1, b"new") is None
 
 
 def test_arguments_are_checked() -> None:
