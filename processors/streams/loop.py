@@ -19,8 +19,10 @@ and, if the partition comes back, only the changelog entries written since are r
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -147,6 +149,20 @@ class _TxnEmitter:
         self._loop._produce(record.topic, record.key, record.value, headers=record.headers)
 
 
+STUCK_AFTER_S = 15.0
+"""How long past its own timeout a transaction call may block before the watchdog acts."""
+
+EXIT_STUCK = 75
+"""The exit code of a process whose transaction call never returned (EX_TEMPFAIL: restart it)."""
+
+
+def _exit_stuck(_what: str) -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_STUCK)
+
+
 class TransactionalLoop:
     """Runs a topology of stages with exactly-once semantics. ``run()`` blocks; call it in a thread."""
 
@@ -165,8 +181,12 @@ class TransactionalLoop:
         producer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Producer,
         idle_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
-        """``idle_after_s``: see :class:`Task` (``None`` or 0: tasks are never told they are idle)."""
+        """``idle_after_s``: see :class:`Task` (``None`` or 0: tasks are never told they are idle).
+        ``on_stuck(what)``: called from a watchdog thread when a transaction call has not returned
+        ``STUCK_AFTER_S`` past its own timeout (default: the process exits with
+        :data:`EXIT_STUCK`)."""
         self.app = app
         self.stages = list(stages)
         self.group = KafkaClients.group_of(consumer_conf)
@@ -200,6 +220,9 @@ class TransactionalLoop:
         """Set once the first assignment was restored (or nothing was assigned yet)."""
         self._ready_lock = threading.Lock()
         self._ready_callbacks: list[Callable[[], None]] = []
+        self._on_stuck = on_stuck or _exit_stuck
+        self._txn_call: tuple[str, float] | None = None
+        """The transaction call in progress and when it started (monotonic), for the watchdog."""
 
     def when_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the loop's thread, or now) once ``ready`` is set."""
@@ -230,6 +253,10 @@ class TransactionalLoop:
         if gc.get_threshold()[0] < GC_THRESHOLD[0]:
             gc.set_threshold(*GC_THRESHOLD)
         self._producer = self._producer_factory(self._producer_conf)
+        watchdog = threading.Thread(
+            target=self._watch, args=(stop,), name=f"{self.app}-txn-watchdog", daemon=True
+        )
+        watchdog.start()
         try:
             # Fences an earlier incarnation with the same transactional id and aborts what it
             # left open, before this one reads any state.
@@ -254,6 +281,36 @@ class TransactionalLoop:
                     self._tell_idle()
         finally:
             self._close()
+
+    def _watched(self, what: str, call: Callable[[], Any]) -> Any:
+        self._txn_call = (what, time.monotonic())
+        try:
+            return call()
+        finally:
+            self._txn_call = None
+
+    def _watch(self, stop: threading.Event) -> None:
+        """A transaction call that outlives its own timeout by ``STUCK_AFTER_S`` will not return:
+        librdkafka can block in ``send_offsets_to_transaction`` past its timeout after the group
+        coordinator went away (seen after a broker restart).  The state is safe in Kafka (the
+        open transaction is aborted by the next incarnation's fencing), so the process stops
+        and its restart resumes from the last committed transaction."""
+        while not stop.wait(1.0):
+            call = self._txn_call
+            if call is None:
+                continue
+            what, started = call
+            if time.monotonic() - started > self.transaction_timeout_s + STUCK_AFTER_S:
+                log.critical(
+                    "%s: %s has not returned %.0f s past its %.0f s timeout; stopping so a restart "
+                    "resumes from the last committed transaction",
+                    self.app,
+                    what,
+                    STUCK_AFTER_S,
+                    self.transaction_timeout_s,
+                )
+                self._on_stuck(what)
+                return
 
     def _store_lag(self, lag: dict[tuple[str, int], int]) -> None:
         self.stats.lag = lag
@@ -414,12 +471,17 @@ class TransactionalLoop:
             for entry, value in store.changes():
                 self._produce(store.changelog, entry.encode(), value, partition=store.partition)
         if offsets:
-            self._producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                self._consumer.consumer_group_metadata(),
-                self.transaction_timeout_s,
+            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            metadata = self._consumer.consumer_group_metadata()
+            self._watched(
+                "send_offsets_to_transaction",
+                lambda: self._producer.send_offsets_to_transaction(
+                    positions, metadata, self.transaction_timeout_s
+                ),
             )
-        self._producer.commit_transaction(self.transaction_timeout_s)
+        self._watched(
+            "commit_transaction", lambda: self._producer.commit_transaction(self.transaction_timeout_s)
+        )
 
     def _committed(self) -> None:
         """The transaction is in: the stores take its writes."""
@@ -514,7 +576,9 @@ class TransactionalLoop:
             # (its uncommitted step is aborted by the broker or the fencing instance).
             raise BrokerError(f"{self.app}: fatal producer error, this instance stops: {error}") from exc
         try:
-            self._producer.abort_transaction(self.transaction_timeout_s)
+            self._watched(
+                "abort_transaction", lambda: self._producer.abort_transaction(self.transaction_timeout_s)
+            )
         except KafkaException as abort_exc:
             raise BrokerError(f"{self.app}: cannot abort a transaction: {abort_exc}") from abort_exc
         # Forget the step: stores drop its writes, tasks are rebuilt from their stores and the
