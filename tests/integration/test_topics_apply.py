@@ -252,7 +252,7 @@ def test_the_real_catalogue_applies_cleanly(tmp_path: Path, prefix: str, conf: d
 
     changes = apply(conf, catalogue, replication_factor=1, timeout_s=60)
 
-    assert len(changes) == len(catalogue.topics) == 55
+    assert len(changes) == len(catalogue.topics) == 59
     assert apply(conf, catalogue, replication_factor=1) == []
     assert check(conf, catalogue, replication_factor=1) == []
     _, subscriptions = describe(conf, f"{prefix}.integrations.webhook.subscriptions")
