@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from processors.dlq.cli import _positive_float
 from processors.errors import BrokerError, ConfigError
 from processors.partners.model import (
     ACTIVE,
@@ -145,19 +146,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="file of extra librdkafka settings, one key=value a line (security.protocol, sasl.*, ...)",
     )
     parser.add_argument(
-        "--timeout", type=_seconds, default=30.0, dest="timeout_s", help="seconds to wait for the cluster"
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        dest="timeout_s",
+        help="seconds to wait for the cluster",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text})")
-    return value
 
 
 def _days(text: str) -> int:
