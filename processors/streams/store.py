@@ -150,9 +150,12 @@ def restore(
     todo: dict[tuple[str, int], list[ChangelogStore]] = {}
     ends: dict[tuple[str, int], int] = {}
     deadline = started + timeout_s
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
     for store in stores:
         tp = (store.changelog, store.partition)
-        low, high = _watermarks(consumer, tp, deadline)
+        if tp not in marks:  # one query per partition, however many stores it backs
+            marks[tp] = _watermarks(consumer, tp, deadline)
+        low, high = marks[tp]
         if store.position < low:
             # Entries before `low` were deleted by retention: start afresh from what is left.
             store.base.clear()
