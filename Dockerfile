@@ -22,7 +22,8 @@ COPY processors_dev ./processors_dev
 RUN uv sync --frozen --no-editable --python /usr/local/bin/python3
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home --home-dir /app processors
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app processors \
+ && mkdir -p /app/var && chown 10001:10001 /app/var
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY topics.yaml resilience.yaml treaties.yaml ./

@@ -9,11 +9,15 @@ Stages, run interleaved after a warm-up (medians of ``--rounds`` runs each):
   retry, deadline, retry-topic routing, key-order gate), producing results, committing offsets;
 * ``payments-bare``: the same app calling the gateway with no resilience layer;
 * ``payments-eos``: the same app with exactly-once output (results, answered-id markers and
-  offsets in Kafka transactions; ``PROCESSORS_ENGINE__EXACTLY_ONCE``).
+  offsets in Kafka transactions; ``PROCESSORS_ENGINE__EXACTLY_ONCE``);
+* ``payments-traced``: the same app with OpenTelemetry tracing on (spans batched to an exporter
+  that drops them).  ``payments`` runs with tracing off, the default: its ratio is the one a
+  deployment without a collector gets.
 
 Ratios: payments against the ceiling (throughput and CPU per unit, target ≥ 0.70 each), and
 the resilience layer's cost (payments against payments-bare, target ≥ 0.90), and the cost of
-exactly-once output (payments-eos against payments; no target, reported).  The ceiling is
+exactly-once output (payments-eos against payments; no target, reported), and of tracing
+(payments-traced against payments; reported).  The ceiling is
 bound by latency (``--concurrency`` × ``--latency-ms`` caps it) while the pipeline is bound by
 CPU, so the throughput ratio moves with the machine's speed; the CPU ratio does not.
 
@@ -57,17 +61,25 @@ async def main() -> None:
                 "payments": lambda: payments_rate(info, url, resilience=True, **common),
                 "payments-bare": lambda: payments_rate(info, url, resilience=False, **common),
                 "payments-eos": lambda: payments_rate(info, url, exactly_once=True, **common),
+                "payments-traced": lambda: payments_rate(info, url, traced=True, **common),
             },
             rounds=args.rounds,
         )
     Report(
         bench="payments",
-        units={"ceiling": "request", "payments": "event", "payments-bare": "event", "payments-eos": "event"},
+        units={
+            "ceiling": "request",
+            "payments": "event",
+            "payments-bare": "event",
+            "payments-eos": "event",
+            "payments-traced": "event",
+        },
         runs=runs,
         comparisons=[
             Comparison("payments/ceiling", "payments", "ceiling", target=0.70),
             Comparison("resilience on/off", "payments", "payments-bare", target=0.90),
             Comparison("exactly-once/at-least-once", "payments-eos", "payments"),
+            Comparison("tracing on/off", "payments-traced", "payments"),
         ],
         notes=[
             f"{args.events} events over {args.policies} policies, key order, {args.concurrency} concurrent, "

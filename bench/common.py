@@ -143,10 +143,34 @@ async def payments_rate(
     concurrency: int,
     resilience: bool = True,
     exactly_once: bool = False,
+    traced: bool = False,
 ) -> Run:
     """The payments app over ``events`` pre-published premium.due (key order on), timed from
     its first assignment to its last result (start-up and publishing are not counted).
-    ``exactly_once``: results, answered-id markers and offsets in transactions."""
+    ``exactly_once``: results, answered-id markers and offsets in transactions.  ``traced``:
+    tracing on, every span through the SDK's batch processor to an exporter that drops them
+    (what tracing costs the process, without a collector's network time)."""
+    if traced:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        from processors.observability import tracing
+
+        class _Dropped(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_Dropped()))
+        tracing.install(provider)
+        try:
+            return await payments_rate(
+                info, url, events=events, policies=policies, concurrency=concurrency,
+                resilience=resilience, exactly_once=exactly_once,
+            )  # fmt: skip
+        finally:
+            tracing.uninstall()
+            provider.shutdown()
     from processors_dev.demo import publish_events
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -116,7 +116,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         await runner.run(stop, on_ready=ready)
 
-    asyncio.run(main())
+    from processors.observability import tracing
+
+    tracing.configure(
+        otlp_endpoint=settings.tracing.otlp_endpoint,
+        service_name=settings.tracing.service_name or "insurance-processors-" + "-".join(args.apps),
+    )
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.shutdown()  # the last spans leave before the process does
     return 0
 
 
@@ -155,6 +164,28 @@ def _cmd_schemas_export(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.topics_file)
     written = export(Path(args.directory) if args.directory else PUBLISHED_DIR, catalogue)
     print(f"wrote {len(written)} schema files under {written[0].parent.parent if written else '-'}")
+    return 0
+
+
+def _cmd_schemas_register(args: argparse.Namespace) -> int:
+    """Register every event type's writer schema with the configured Schema Registry.
+
+    The deliberate act a read-only deployment needs before its first start: it works whatever
+    ``schema_registry.read_only`` says.  Prints one line per subject with its id.
+    """
+    from processors.contract.registry import SchemaRegistryClient
+    from processors.errors import ConfigError
+    from processors.settings import load_settings
+
+    settings = load_settings()
+    url = args.url or settings.schema_registry_url
+    if not url:
+        raise ConfigError("no Schema Registry: give --url or set PROCESSORS_SCHEMA_REGISTRY_URL")
+    with SchemaRegistryClient.from_settings(url, settings.schema_registry, env=settings.env) as registry:
+        ids = registry.register_all()
+    for subject, schema_id in sorted(ids.items()):
+        print(f"{subject}\t{schema_id}")
+    print(f"registered {len(ids)} writer schemas", file=sys.stderr)
     return 0
 
 
@@ -251,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("directory", nargs="?", help="default: schemas/published in the package")
     export.add_argument("--topics-file", help="the topic catalogue (default: ./topics.yaml)")
     export.set_defaults(func=_cmd_schemas_export)
+    register = schemas_sub.add_parser(
+        "register",
+        help="register every event type's writer schema with the Schema Registry (also in read-only "
+        "mode: this is the deliberate step a read-only deployment takes before it starts)",
+    )
+    register.add_argument("--url", help="default: $PROCESSORS_SCHEMA_REGISTRY_URL")
+    register.set_defaults(func=_cmd_schemas_register)
 
     config = sub.add_parser("config", help="the effective settings, and whether they are fit for production")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 
 def make_codec(settings: Settings) -> Codec:
     if settings.schema_registry_url:
-        return Codec(SchemaRegistryClient(settings.schema_registry_url))
+        registry = SchemaRegistryClient.from_settings(
+            settings.schema_registry_url, settings.schema_registry, env=settings.env
+        )
+        return Codec(registry)
     return Codec(LocalSchemaIds())
 
 

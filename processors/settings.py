@@ -5,7 +5,11 @@ Examples: ``KAFKA_BOOTSTRAP_SERVERS=broker:9092``,
 ``PROCESSORS_PAYMENTS__GATEWAY__TOKEN=…`` (a secret: never printed),
 ``PROCESSORS_KYC__PROVIDER__BASE_URL=https://kyc.example``, ``PROCESSORS_KYC__PROVIDER__TOKEN=…``,
 ``PROCESSORS_ENGINE__MAX_CONCURRENCY=128``,
-``PROCESSORS_API__AUTH_TOKEN=…`` and ``PROCESSORS_API__PAYMENT_GATEWAY__SECRET=…`` (secrets).
+``PROCESSORS_API__AUTH_TOKEN=…`` and ``PROCESSORS_API__PAYMENT_GATEWAY__SECRET=…`` (secrets),
+``PROCESSORS_SCHEMA_REGISTRY_URL=https://registry.example:8081`` with
+``PROCESSORS_SCHEMA_REGISTRY__USER=…``, ``PROCESSORS_SCHEMA_REGISTRY__PASSWORD=…`` (a secret) and
+``PROCESSORS_SCHEMA_REGISTRY__READ_ONLY=true|false`` (unset: read-only with
+``PROCESSORS_ENV=production``, registering on first use in development).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from processors.apps.kyc import KycSettings
 from processors.apps.payments import PaymentsSettings
 from processors.apps.regulatory import RegulatorySettings
 from processors.apps.reinsurance.app import ReinsuranceSettings
+from processors.contract.registry import SchemaRegistrySettings
 from processors.errors import ConfigError
 from processors.runtime.engine import EngineSettings
 from processors.webhooks.config import WebhooksSettings
@@ -117,6 +122,18 @@ class BordereauxSettings(BaseModel):
     (periods and days close on the other partitions' time) until it sends again; 0: never."""
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (:mod:`processors.observability.tracing`): off unless an OTLP
+    endpoint is set here or in the standard ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    """The OTLP/HTTP traces URL, e.g. ``http://otel-collector:4318/v1/traces``."""
+    service_name: str | None = Field(default=None, min_length=1, max_length=200)
+    """``service.name`` of the spans (default ``insurance-processors-<apps>``; ``OTEL_SERVICE_NAME`` wins)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROCESSORS_",
@@ -137,6 +154,11 @@ class Settings(BaseSettings):
     )
     group_prefix: str = "integrations."
     schema_registry_url: str | None = None
+    """A Confluent-compatible Schema Registry for the Avro schema ids (None: ``schemas/ids.json``)."""
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    """Credentials, CA file, timeout and read-only mode of that registry
+    (:mod:`processors.contract.registry`).  ``read_only`` unset: read-only in production, where
+    producing never registers a schema; auto-register in development."""
     output_format: Literal["avro", "json"] = "avro"
     topics_file: Path | None = None
     resilience_file: Path | None = None
@@ -153,6 +175,7 @@ class Settings(BaseSettings):
     bordereaux: BordereauxSettings = Field(default_factory=lambda: BordereauxSettings())
     reinsurance: ReinsuranceSettings = Field(default_factory=ReinsuranceSettings)
     regulatory: RegulatorySettings = Field(default_factory=RegulatorySettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
 def load_settings(**overrides: object) -> Settings:

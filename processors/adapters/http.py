@@ -19,6 +19,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.errors import Retriable
+from processors.observability import tracing
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -146,7 +147,7 @@ class AiohttpTransport:
             async with session.request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
+                headers=_with_traceparent(request.headers),
                 data=request.body,
                 timeout=timeout,
                 allow_redirects=False,
@@ -191,3 +192,12 @@ def _safe_url(url: str) -> str:
         scheme, _, rest = base.partition("://")
         base = f"{scheme}://{rest.split('@', 1)[1]}"
     return base
+
+
+def _with_traceparent(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers plus the W3C ``traceparent`` of the call (tracing), if there is one."""
+    sent = dict(headers)
+    traceparent = tracing.outbound_traceparent()
+    if traceparent is not None:
+        sent["traceparent"] = traceparent
+    return sent

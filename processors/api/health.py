@@ -7,7 +7,9 @@ and ``/metrics``.
   timeout and its answer is reused for ``cache_s`` seconds, so probes never pile up on the
   broker.
 * **Per app**: consumer group, assigned partitions, processed / failed / produced counts,
-  rebalances, backpressure pauses and the time of the last success (from ``Engine.stats``).
+  rebalances, backpressure pauses and the time of the last success (from ``Engine.stats``);
+  the records waiting in each retry tier (from the lag the consumer already reports), the
+  Kafka transactions of an exactly-once app, and how late a reporting app closes its periods.
 * **Per endpoint**: the circuit breaker's state and counters, the times of its last success and
   last failure, and the error rate (failures / calls that reached the endpoint; refusals by an
   open breaker are counted apart) over a sliding window of about ``window_s`` seconds, computed
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 from processors.kafka import KafkaClients
 from processors.resilience.breaker import BreakerRegistry, BreakerState, BreakerStats
 from processors.runtime.engine import EngineStats
+from processors.topics.durations import format_duration
 
 __all__ = [
     "AppStatus",
@@ -71,7 +74,9 @@ class EngineView(Protocol):
 
 class _LoopStats(Protocol):
     records: int
+    aborts: int
     dead_letters: int
+    failures: dict[tuple[str, str], int]
     outputs: int
     rebalances: int
     transactions: int
@@ -126,7 +131,21 @@ class LoopView:
             last_success_at=s.last_commit_at,
             partitions=list(s.assigned),
             lag=dict(s.lag),
+            failures=dict(s.failures),
         )
+
+    @property
+    def transactions(self) -> tuple[int, int]:
+        """(committed, aborted) Kafka transactions of the loop."""
+        s = self._loop.stats
+        return s.transactions, s.aborts
+
+    def period_close_lag(self) -> dict[str, float]:
+        """Seconds past due of the oldest open reporting period, per calendar, for a loop that
+        closes periods (:meth:`processors.bordereaux.topology.BordereauxLoop.period_close_lag`);
+        empty for any other loop."""
+        measure: Callable[[], Mapping[str, float]] | None = getattr(self._loop, "period_close_lag", None)
+        return dict(measure()) if measure is not None else {}
 
     async def wait_assigned(self) -> None:
         if self._loop.ready.is_set():
@@ -308,9 +327,17 @@ class AppStatus:
     lag: tuple[tuple[str, int, int], ...] = ()
     """(topic, partition, records not yet committed) per assigned partition."""
     failures: tuple[tuple[str, str, int], ...] = ()
-    """(error class, ``retry`` or ``dead_letter``, records) since the process started."""
+    """(error class, ``retry``, ``dead_letter`` or ``parked``, records) since the process started."""
     duplicates_dropped: int = 0
     """Records whose event id the app had already answered (``dedupe`` in topics.yaml)."""
+    retry_tiers: tuple[tuple[int, str, int], ...] = ()
+    """(tier index, delay, records waiting) per retry tier of which this instance holds at least
+    one partition whose lag is known: the group's lag summed over those partitions."""
+    transactions: tuple[int, int] | None = None
+    """(committed, aborted) Kafka transactions of an exactly-once app; None for the others."""
+    period_close_lag: tuple[tuple[str, float], ...] = ()
+    """(calendar, seconds) for an app that closes reporting periods (bordereaux); see
+    :meth:`LoopView.period_close_lag`."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -346,6 +373,8 @@ class EndpointStatus:
     failures_in_window: int
     calls_in_window: int
     error_rate: float | None = field(default=None)
+    transitions: tuple[tuple[BreakerState, BreakerState, int], ...] = ()
+    """(from, to, times) of every transition the breaker made."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -467,6 +496,9 @@ class HealthMonitor:
                     lag=tuple((t, p, n) for (t, p), n in sorted(stats.lag.items()) if n >= 0),
                     failures=tuple((c, d, n) for (c, d), n in sorted(stats.failures.items())),
                     duplicates_dropped=_duplicates_dropped(engine.processor),
+                    retry_tiers=_tier_depths(engine.processor, stats.lag),
+                    transactions=getattr(engine, "transactions", None),
+                    period_close_lag=_period_close_lag(engine),
                 )
             )
         return out
@@ -507,6 +539,7 @@ class HealthMonitor:
                     failures_in_window=failures,
                     calls_in_window=calls,
                     error_rate=window.error_rate(),
+                    transitions=stats.transitions,
                 )
             )
         return out
@@ -540,6 +573,29 @@ class HealthMonitor:
 
 def _wall(reading: float | None, offset: float) -> float | None:
     return None if reading is None else reading + offset
+
+
+def _tier_depths(processor: object, lag: Mapping[TP, int]) -> tuple[tuple[int, str, int], ...]:
+    """Records waiting per retry tier of the app (``processor.topics``, the app's
+    :class:`~processors.topics.catalogue.AppTopics`), from the lag the consumer already reports."""
+    tiers = getattr(getattr(processor, "topics", None), "retry_tiers", ())
+    if not tiers:
+        return ()
+    by_topic = {tier.topic: tier for tier in tiers}
+    waiting: dict[str, int] = {}
+    for (topic, _), records in lag.items():
+        if records >= 0 and topic in by_topic:
+            waiting[topic] = waiting.get(topic, 0) + records
+    return tuple(
+        (tier.index, format_duration(tier.delay_ms), waiting[tier.topic])
+        for tier in tiers
+        if tier.topic in waiting
+    )
+
+
+def _period_close_lag(engine: object) -> tuple[tuple[str, float], ...]:
+    measure = getattr(engine, "period_close_lag", None)
+    return tuple(sorted(measure().items())) if measure is not None else ()
 
 
 def _duplicates_dropped(processor: object) -> int:

@@ -17,10 +17,16 @@ metric                                                    type     labels
 ``processors_app_backpressure_pauses_total``              counter  app
 ``processors_app_duplicates_dropped_total``                counter  app (event ids answered before)
 ``processors_app_last_success_timestamp_seconds``         gauge    app
+``processors_app_failures_total``                         counter  app, error_class, destination
+``processors_app_transactions_total``                     counter  app, outcome (committed|aborted)
+``processors_consumer_lag``                               gauge    app, group, topic, partition
+``processors_retry_tier_depth``                           gauge    app, tier, delay
+``processors_bordereaux_period_close_lag_seconds``        gauge    app, calendar
 ``processors_endpoint_breaker_state``                     gauge    endpoint, state (1 for the current)
 ``processors_endpoint_calls_total``                       counter  endpoint, outcome (success|failure)
 ``processors_endpoint_rejections_total``                  counter  endpoint (refused by an open breaker)
 ``processors_endpoint_breaker_opened_total``              counter  endpoint
+``processors_endpoint_breaker_transitions_total``         counter  endpoint, from, to
 ``processors_endpoint_error_rate``                        gauge    endpoint (over the status window)
 ``processors_endpoint_last_success_timestamp_seconds``    gauge    endpoint
 ``processors_endpoint_last_failure_timestamp_seconds``    gauge    endpoint
@@ -28,7 +34,16 @@ metric                                                    type     labels
 ``processors_inbound_publish_seconds``                    histo.   provider
 ``processors_inbound_dedupe_entries``                     gauge
 ``processors_inbound_dedupe_markers_total``               counter  outcome (written|failed|learned)
+``processors_webhook_deliveries_total``                   counter  subscription (capped), outcome
+``processors_webhook_deliveries_overflow_total``          counter
+``processors_webhook_subscriptions_labelled``             gauge
 ========================================================  =======  ======================================
+
+The webhook delivery families come from the webhooks app's
+:class:`~processors.observability.webhook_metrics.WebhookDeliveryMetrics` and appear only in a
+process that runs that app; the transaction and period-close families have samples only for
+apps that have transactions (exactly-once) or reporting periods (bordereaux), and the tier
+depth only for tiers whose lag is known.
 
 Duplicates refused are ``processors_inbound_requests_total{outcome="duplicate"}``.  The markers
 are those of the topic of seen ids shared by the API instances (:mod:`processors.api.dedupe`):
@@ -53,6 +68,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from processors.api.health import HealthMonitor
+from processors.observability.webhook_metrics import WebhookDeliveryMetrics
 from processors.resilience.breaker import BreakerState
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics", "InboundOutcome"]
@@ -152,6 +168,15 @@ class _MarkersCollector(Collector):
         yield family
 
 
+_BREAKER_TRANSITIONS: Final = (
+    (BreakerState.CLOSED, BreakerState.OPEN),
+    (BreakerState.OPEN, BreakerState.HALF_OPEN),
+    (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+    (BreakerState.HALF_OPEN, BreakerState.OPEN),
+)
+"""The transitions a breaker can make: each is exposed from zero, so a rate is defined at once."""
+
+
 class _StatusCollector(Collector):
     def __init__(self, health: HealthMonitor) -> None:
         self._health = health
@@ -176,6 +201,14 @@ class _StatusCollector(Collector):
         yield from self._apps()
         yield from self._endpoints()
         yield from self._latency()
+        yield from self._webhook_deliveries()
+
+    def _webhook_deliveries(self) -> Iterable[Metric]:
+        """The delivery counters of the webhooks app, when this process runs it."""
+        for engine in self._health.engines:
+            deliveries = getattr(engine.processor, "deliveries", None)
+            if isinstance(deliveries, WebhookDeliveryMetrics):
+                yield from deliveries.collect()
 
     def _latency(self) -> Iterable[Metric]:
         """Call durations per endpoint and outcome.  Partner webhook endpoints (one breaker per
@@ -244,10 +277,46 @@ class _StatusCollector(Collector):
         )
         failures = CounterMetricFamily(
             "processors_app_failures",
-            "Failed records by error class and where the failure route sent them (retry, dead_letter).",
+            "Failed records by error class and where the failure route sent them: retry (a retry "
+            "tier), dead_letter (the DLQ), parked (the parking topic: failed again after the "
+            "replay limit).",
             labels=["app", "error_class", "destination"],
         )
+        tier_depth = GaugeMetricFamily(
+            "processors_retry_tier_depth",
+            "Records waiting in the app's retry tier (tier = index from 0, delay = the tier's "
+            "delay): the group's consumer lag summed over the tier topic's partitions this "
+            "instance holds (librdkafka's statistics, no extra broker request).  Sum over "
+            "instances for the tier's total.  A partition paused until its head record is due "
+            "is not fetched: records written to it meanwhile show when it resumes.",
+            labels=["app", "tier", "delay"],
+        )
+        transactions = CounterMetricFamily(
+            "processors_app_transactions",
+            "Kafka transactions of an exactly-once app: committed (outputs, state and offsets "
+            "made visible together) or aborted (nothing of the step visible; the loop reads it "
+            "again, the engine stops and a new member resumes).  Only apps that use transactions.",
+            labels=["app", "outcome"],
+        )
+        close_lag = GaugeMetricFamily(
+            "processors_bordereaux_period_close_lag_seconds",
+            "How many seconds the oldest reporting period still open is past its closing time "
+            "(period end + grace) by the wall clock, per calendar (treaty:<number>, regulatory "
+            "for the day files); 0 while no open period is past due.  Periods close in event "
+            "time, so this grows when event time stalls: no events or a silent source partition, "
+            "a stuck loop, late upstream.  Max over this instance's ledger partitions; take the "
+            "max over instances.",
+            labels=["app", "calendar"],
+        )
         for app in apps:
+            for index, delay, records in app.retry_tiers:
+                tier_depth.add_metric([app.name, str(index), delay], float(records))
+            if app.transactions is not None:
+                committed, aborted = app.transactions
+                transactions.add_metric([app.name, "committed"], float(committed))
+                transactions.add_metric([app.name, "aborted"], float(aborted))
+            for calendar, seconds in app.period_close_lag:
+                close_lag.add_metric([app.name, calendar], seconds)
             for error_class, destination, count in app.failures:
                 failures.add_metric([app.name, error_class, destination], float(count))
             for topic, partition, records in app.lag:
@@ -273,6 +342,9 @@ class _StatusCollector(Collector):
             last_success,
             lag,
             failures,
+            tier_depth,
+            transactions,
+            close_lag,
         )
 
     def _endpoints(self) -> Iterable[Metric]:
@@ -292,6 +364,13 @@ class _StatusCollector(Collector):
         )
         opened = CounterMetricFamily(
             "processors_endpoint_breaker_opened", "Times the endpoint's breaker opened.", labels=["endpoint"]
+        )
+        transitions = CounterMetricFamily(
+            "processors_endpoint_breaker_transitions",
+            "State changes of the endpoint's breaker, from one state to another: closed->open "
+            "(failures reached the threshold), open->half_open (the open period ended), "
+            "half_open->closed (the probes succeeded), half_open->open (a probe failed).",
+            labels=["endpoint", "from", "to"],
         )
         error_rate = GaugeMetricFamily(
             "processors_endpoint_error_rate",
@@ -316,10 +395,13 @@ class _StatusCollector(Collector):
             calls.add_metric([name, "failure"], float(status.total_failures))
             rejections.add_metric([name], float(status.rejections))
             opened.add_metric([name], float(status.opened_count))
+            made = {(old, new): count for old, new, count in status.transitions}
+            for old, new in sorted({*_BREAKER_TRANSITIONS, *made}):
+                transitions.add_metric([name, old.value, new.value], float(made.get((old, new), 0)))
             if status.error_rate is not None:
                 error_rate.add_metric([name], status.error_rate)
             if status.last_success_at is not None:
                 last_success.add_metric([name], status.last_success_at)
             if status.last_failure_at is not None:
                 last_failure.add_metric([name], status.last_failure_at)
-        yield from (state, calls, rejections, opened, error_rate, last_success, last_failure)
+        yield from (state, calls, rejections, opened, transitions, error_rate, last_success, last_failure)

@@ -29,10 +29,12 @@ with ``api.dedupe_topic``, or when the API runs with the apps (``api.enabled``) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import BrokerError, ConfigError, ContractError, DecodeError
 from processors.httpserve import listen
 from processors.kafka import KafkaClients
+from processors.observability import tracing
 from processors.observability.audit import audit_logger
 from processors.partners.auth import CALLER, OPERATOR, Caller, KeyRefused, PartnerAuthenticator
 from processors.partners.keys import key_id_of, looks_like_partner_key
@@ -84,6 +87,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_TRACEPARENT: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+"""A W3C traceparent a caller may hand on (version 00; anything else is not passed on)."""
 
 INBOUND_PATH: Final = "/api/v1/inbound/{provider}"
 STATUS_PATH: Final = "/api/v1/status"
@@ -429,6 +435,17 @@ class ApiServer:
         return web.RouteDef(route.method, route.path, guarded, route.kwargs)
 
     async def inbound(self, request: web.Request) -> web.Response:
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await self._inbound(request)
+        provider = request.match_info["provider"]
+        attributes = {"http.request.method": request.method, "processors.provider": provider[:64]}
+        with tracing.server_span(tracer, f"inbound {provider[:64]}", request.headers, attributes) as span:
+            response = await self._inbound(request)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    async def _inbound(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
         received_at = datetime.now(UTC)
         body: bytes | None = None
@@ -470,6 +487,8 @@ class ApiServer:
                 ) from exc
             try:
                 record, event_id = self._convert(handler, request.headers.get(EVENT_ID_HEADER), body)
+                if record is not None:
+                    record = _traced(record, request.headers.get("traceparent"))
             except ContractError as exc:
                 raise _Refused(400, "malformed", exc.reason, InboundOutcome.MALFORMED) from exc
         except _Refused as refused:
@@ -660,3 +679,16 @@ def build_api_app(server: ApiServer) -> web.Application:
             guarded = server._authenticated(route, partner_access=partner_access, partner_keys=partner_keys)
             guarded.register(app.router)
     return app
+
+
+def _traced(record: OutRecord, traceparent: str | None) -> OutRecord:
+    """``record`` with a producer span under the request's span (tracing on), or with the
+    caller's ``traceparent`` passed on (tracing off)."""
+    tracer = tracing.tracer()
+    if tracer is not None:
+        return tracing.stamp(tracer, [record])[0]
+    if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
+        return record
+    return dataclasses.replace(
+        record, headers=[*record.headers, ("traceparent", traceparent.encode("ascii"))]
+    )

@@ -765,6 +765,12 @@ class Ledger:
             moment = max(known)
         return moment if self._now is None or moment > self._now else self._now
 
+    def closing_due(self) -> list[tuple[str | None, datetime]]:
+        """Per treaty (``None``: the regulatory days), when its first open period is due to close:
+        ``end + grace``, the event time that closes it.  Reads only what a step replaces whole,
+        so another thread may call it (for the metrics)."""
+        return [(cal.partial_key_prefix, cal.closes_at(cal.open)) for cal in self._calendars]
+
     def open_period(self, treaty_number: str | None) -> Period:
         """The first period of ``treaty_number`` (``None``: the first day) not closed yet."""
         name = "reg" if treaty_number is None else f"t|{treaty_number}"

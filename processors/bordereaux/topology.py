@@ -36,6 +36,7 @@ from processors.topics.catalogue import Catalogue
 __all__ = [
     "LEDGER_EVENT_TYPES",
     "RECORD_HEADER",
+    "BordereauxLoop",
     "BordereauxTopics",
     "RejectedInput",
     "build_loop",
@@ -423,6 +424,31 @@ def partition_counts(kafka: KafkaClients, topics: BordereauxTopics) -> dict[str,
     return counts
 
 
+class BordereauxLoop(TransactionalLoop):
+    """The bordereaux topology's loop, which can also tell how late its periods close."""
+
+    def period_close_lag(self, now: datetime | None = None) -> dict[str, float]:
+        """Per calendar (``treaty:<number>``, and ``regulatory`` for the day files): how many
+        seconds the oldest period still open on this instance's ledger partitions is past its
+        closing time (``end + grace``) by the wall clock; 0 when none is past it.  Empty while
+        this instance holds no ledger partition.  Safe to call from another thread.
+
+        Periods close in event time (the lowest watermark of the source partitions), so this
+        grows when event time stalls behind the wall clock: no events (or a silent source
+        partition not idle yet), a stuck loop, an upstream that publishes late.
+        """
+        moment = now if now is not None else datetime.now(UTC)
+        lag: dict[str, float] = {}
+        for task in self.tasks_of("ledger"):
+            if not isinstance(task, LedgerTask):
+                continue
+            for treaty, due in task.ledger.closing_due():
+                name = "regulatory" if treaty is None else f"treaty:{treaty}"
+                seconds = max(0.0, (moment - due).total_seconds())
+                lag[name] = max(lag.get(name, 0.0), seconds)
+        return lag
+
+
 def build_loop(
     *,
     bootstrap_servers: str,
@@ -434,7 +460,7 @@ def build_loop(
     client_overrides: Mapping[str, str] | None = None,
     batch_size: int = 10_000,
     idle_source_after_s: float | None = None,
-) -> TransactionalLoop:
+) -> BordereauxLoop:
     """The bordereaux app as a :class:`TransactionalLoop` (``run(stop)`` in a thread).
 
     ``idle_source_after_s``: a source partition with nothing to read for that long stops
@@ -459,7 +485,7 @@ def build_loop(
         java_partitioner=True,
     )
     stages = build_stages(book=book, codec=codec, topics=topics, partition_counts=counts)
-    return TransactionalLoop(
+    return BordereauxLoop(
         app="bordereaux",
         stages=stages,
         consumer_conf=consumer_conf,

@@ -40,6 +40,7 @@ from processors.dlq.replay import (
 from processors.dlq.rewrite import DEFAULT_REPLAY_LIMIT
 from processors.dlq.summary import print_breakdown
 from processors.errors import BrokerError, ConfigError
+from processors.observability import tracing
 from processors.topics.catalogue import CatalogueError, load_catalogue
 
 __all__ = [
@@ -427,24 +428,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     stop = threading.Event()
     confirm = None if args.yes or args.dry_run else _prompt
     on_progress = None if args.json else _print_progress
+    # the standard OTEL_EXPORTER_OTLP_* variables turn tracing on for replays too
+    tracing.configure(otlp_endpoint=None, service_name=f"insurance-processors-dlq-{args.app}")
     with _stop_on_signals(stop):
-        report = replay(
-            kafka,
-            catalogue,
-            args.app,
-            flt,
-            target=args.target,
-            dry_run=args.dry_run,
-            rate_per_s=args.rate_per_s,
-            replay_limit=args.replay_limit,
-            operator=operator,
-            restart=args.restart,
-            audit_topic=args.audit_topic,
-            stop=stop,
-            confirm=confirm,
-            on_progress=on_progress,
-            timeout_s=args.timeout_s,
-        )
+        try:
+            report = replay(
+                kafka,
+                catalogue,
+                args.app,
+                flt,
+                target=args.target,
+                dry_run=args.dry_run,
+                rate_per_s=args.rate_per_s,
+                replay_limit=args.replay_limit,
+                operator=operator,
+                restart=args.restart,
+                audit_topic=args.audit_topic,
+                stop=stop,
+                confirm=confirm,
+                on_progress=on_progress,
+                timeout_s=args.timeout_s,
+            )
+        finally:
+            tracing.shutdown()
     if args.json:
         _json_line(report.as_dict(), sys.stdout)
     else:

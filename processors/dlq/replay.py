@@ -57,6 +57,7 @@ from processors.dlq.records import DeadLetter, format_time
 from processors.dlq.rewrite import DEFAULT_REPLAY_LIMIT, replay_headers, should_park
 from processors.dlq.summary import DlqStats
 from processors.errors import BrokerError, ConfigError, ProcessorsError
+from processors.observability import tracing
 from processors.runtime.failures import H
 from processors.runtime.message import HeaderList
 from processors.topics.catalogue import AppTopics, Catalogue
@@ -587,6 +588,9 @@ class _Replay:
         headers: HeaderList = (
             list(record.headers) if move.park else replay_headers(record.headers, now=datetime.now(UTC))
         )
+        tracer = tracing.tracer()
+        if tracer is not None and not move.park:
+            headers = tracing.continued(tracer, move.topic, headers, operation="replay")
         while True:
             try:
                 self._producer.produce(

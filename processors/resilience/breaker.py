@@ -170,6 +170,8 @@ class BreakerStats:
     last_failure_at: float | None
     last_success_at: float | None
     last_state_change_at: float | None
+    transitions: tuple[tuple[BreakerState, BreakerState, int], ...] = ()
+    """(from, to, times) for every transition that happened (``opened_count`` counts ``-> OPEN``)."""
 
 
 LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -239,6 +241,7 @@ class CircuitBreaker:
         self._last_failure_at: float | None = None
         self._last_success_at: float | None = None
         self._last_state_change_at: float | None = None
+        self._transitions: dict[tuple[BreakerState, BreakerState], int] = {}
         self._listeners: list[BreakerListener] = []
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -281,6 +284,7 @@ class CircuitBreaker:
             last_failure_at=self._last_failure_at,
             last_success_at=self._last_success_at,
             last_state_change_at=self._last_state_change_at,
+            transitions=tuple((old, new, n) for (old, new), n in self._transitions.items()),
         )
 
     def add_listener(self, callback: BreakerListener) -> None:
@@ -410,6 +414,7 @@ class CircuitBreaker:
         self._state = new
         self._generation += 1
         self._last_state_change_at = now
+        self._transitions[(old, new)] = self._transitions.get((old, new), 0) + 1
         self._probes_in_flight = 0
         self._probe_successes = 0
         if new is BreakerState.OPEN:

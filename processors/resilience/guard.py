@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from processors import context as record_context
 from processors.errors import Backpressure, Retriable
+from processors.observability import tracing
 from processors.observability.audit import AuditLogger, audit_logger, status_for_error
 from processors.resilience.breaker import CircuitBreaker, CircuitOpen
 from processors.resilience.config import EndpointPolicy
@@ -82,6 +83,14 @@ class EndpointGuard:
 
         async def counted() -> T:  # runs only when the breaker admitted the call
             attempt = record_context.count_call()
+            tracer = tracing.tracer()
+            if tracer is None:
+                return await audited(attempt)
+            operation_name = context.operation if context is not None else "call"
+            with tracing.client_span(tracer, self.endpoint, operation_name, attempt):
+                return await audited(attempt)
+
+        async def audited(attempt: int) -> T:
             if context is None:
                 return await operation()
             started = time.perf_counter()
@@ -136,7 +145,7 @@ class EndpointGuard:
             idempotency_key=context.idempotency_key,
             breaker_state=self.breaker.state.value,
             correlation_id=context.correlation_id,
-            traceparent=_traceparent(),
+            traceparent=tracing.outbound_traceparent(),
             request_summary=context.request_summary,
             response_summary=response,
             error=error,
@@ -152,8 +161,3 @@ class Unguarded(EndpointGuard):
     async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
         record_context.count_call()
         return await operation()
-
-
-def _traceparent() -> str | None:
-    context = record_context.current()
-    return context.traceparent if context is not None else None

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import confluent_kafka
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,11 +45,15 @@ from processors.errors import Backpressure, BrokerError, ConfigError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.kafka.stats import with_lag_statistics
+from processors.observability import tracing
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import H, OutputTooLarge, fitted, is_terminal_copy
 from processors.runtime.message import KafkaMessage, OutRecord
 from processors.runtime.producer import RecordTooLarge, TransactionalProducer
 from processors.runtime.tracker import PartitionState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = [
     "ConsumerFactory",
@@ -145,7 +149,8 @@ class EngineStats:
     partitions: list[TP] = field(default_factory=list)
     lag: dict[TP, int] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
-    """Failed records by (error class, ``retry`` or ``dead_letter``): where the failure route sent them."""
+    """Failed records by (error class, ``retry``, ``dead_letter`` or ``parked``): where the failure
+    route sent them."""
     """Per assigned partition, records not yet committed (librdkafka's statistics, every 5 s)."""
 
 
@@ -167,6 +172,7 @@ class Engine:
         self._producer = producer
         self._consumer_factory = consumer_factory
         self._transactional = producer if isinstance(producer, TransactionalProducer) else None
+        self._parked_topic: str | None = getattr(getattr(processor, "topics", None), "parked", None)
         self._fatal: BaseException | None = None
         self._acknowledged: Callable[[Sequence[OutRecord]], None] | None = getattr(
             processor, "acknowledged", None
@@ -197,6 +203,12 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def transactions(self) -> tuple[int, int] | None:
+        """(committed, aborted) Kafka transactions with ``exactly_once``; None without."""
+        producer = self._transactional
+        return None if producer is None else (producer.commits, producer.aborts)
+
+    @property
     def assigned(self) -> list[TP]:
         return sorted(self._parts)
 
@@ -220,7 +232,9 @@ class Engine:
 
     def _create_consumer(self) -> confluent_kafka.Consumer:
         try:
-            conf = with_lag_statistics(self._consumer_conf, self._store_lag)
+            conf = with_lag_statistics(
+                self._consumer_conf, self._store_lag, transactional=self._transactional is not None
+            )
             consumer: confluent_kafka.Consumer = self._consumer_factory(conf)
             consumer.subscribe(
                 list(self.processor.sources),
@@ -446,7 +460,26 @@ class Engine:
         return state.revoked or self._draining
 
     async def _process_one(self, msg: KafkaMessage) -> Sequence[OutRecord]:
-        """The outputs for ``msg``: the handler's, or the failure route's when it raised."""
+        """The outputs for ``msg``: the handler's, or the failure route's when it raised.
+
+        With tracing on, one consume span covers both, and each output gets a producer span
+        under it (:mod:`processors.observability.tracing`); off, this is one attribute read.
+        """
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await self._outputs_of(msg)
+        span = tracing.consume_span(tracer, msg, app=self.processor.name, group=self.group)
+        try:
+            with tracing.current(span):
+                outputs = await self._outputs_of(msg, span)
+            return tracing.stamp(tracer, outputs, span)
+        except BaseException as exc:
+            tracing.failed(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def _outputs_of(self, msg: KafkaMessage, span: Span | None = None) -> Sequence[OutRecord]:
         processor = self.processor
         try:
             outputs = await processor.process(msg)
@@ -464,6 +497,8 @@ class Engine:
                 msg.offset(),
                 type(exc).__name__,
             )
+            if span is not None:
+                tracing.failed(span, exc)
             outputs = processor.failure(msg, exc, group=self.group)
             self._count_failures(outputs)
         return outputs
@@ -475,6 +510,8 @@ class Engine:
             if error_class is None:
                 continue  # an answer the app publishes for a failure, not the failed record
             destination = "retry" if H.DUE_AT in headers else "dead_letter"
+            if record.topic == self._parked_topic:
+                destination = "parked"  # failed again after the replay limit
             key = (error_class.decode("utf-8", "replace")[:64], destination)
             self.stats.failures[key] = self.stats.failures.get(key, 0) + 1
 
@@ -534,6 +571,8 @@ class Engine:
     # ------------------------------------------------------------------ pause / resume
 
     def _pause(self, state: PartitionState, reason: str) -> None:
+        if self._parts.get(state.tp) is not state:
+            return  # an assignment that is over: its partition is not this state's to pause
         was_paused = state.paused
         state.pause_reasons.add(reason)
         if not was_paused:
@@ -541,7 +580,7 @@ class Engine:
             self._to_pause.add(state.tp)
 
     def _unpause(self, state: PartitionState, reason: str) -> None:
-        if reason not in state.pause_reasons:
+        if reason not in state.pause_reasons or self._parts.get(state.tp) is not state:
             return
         state.pause_reasons.discard(reason)
         if not state.paused:
@@ -580,8 +619,14 @@ class Engine:
 
     # ------------------------------------------------------------------ rebalance (poll thread)
 
-    def _on_assign(self, _consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
+    def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        if partitions:
+            # librdkafka keeps a partition paused across its revocation (or loss) and a later
+            # assignment, while every assignment starts here with no pause reason: a partition
+            # paused when it went (backpressure, a retry record not due yet) would come back
+            # paused for good, its records never fetched.  Start each assignment fetching.
+            _pause_resume(consumer.resume, tps)
         self._call_on_loop(self._assigned(tps))
 
     def _on_revoke(self, consumer: confluent_kafka.Consumer, partitions: list[Any]) -> None:
@@ -627,6 +672,7 @@ class Engine:
         self.stats.rebalances += 1
         for tp in tps:
             self._parts[tp] = PartitionState(*tp)
+            self._forget_pending(tp)
         if tps:
             log.info("app %s: assigned %s", self.processor.name, _fmt(tps))
             # Stateful apps restore their store here, before any record of these partitions runs.
@@ -647,6 +693,7 @@ class Engine:
         for state in states:
             self._buffered -= state.unfinished
             del self._parts[state.tp]
+            self._forget_pending(state.tp)
             offset = state.commit_due()
             if commit and offset is not None:
                 offsets.append(confluent_kafka.TopicPartition(state.topic, state.partition, offset))
@@ -656,6 +703,13 @@ class Engine:
             await self.processor.on_revoked(tps)
         self.stats.partitions = self.assigned
         return offsets
+
+    def _forget_pending(self, tp: TP) -> None:
+        """Drop the pause, resume and seek queued for an assignment of ``tp`` that is over: a
+        later assignment starts fetching from the committed offset, unpaused."""
+        self._to_pause.discard(tp)
+        self._to_resume.discard(tp)
+        self._to_seek.pop(tp, None)
 
     async def _wait_idle(self, states: Sequence[PartitionState], timeout_s: float) -> bool:
         busy = [s.idle.wait() for s in states if s.running]

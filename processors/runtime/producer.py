@@ -211,6 +211,8 @@ class TransactionalProducer(AsyncProducer):
         self._producing = 0
         self._dirty = False
         self.commits = 0
+        self.aborts = 0
+        """Transactions that could not be committed (:class:`TransactionFailed` raised)."""
 
     async def start(self) -> None:
         await super().start()
@@ -278,6 +280,7 @@ class TransactionalProducer(AsyncProducer):
                     f"{KafkaClients.transactional_id_of(self._config)!r}; give each instance its own "
                     "PROCESSORS_ENGINE__INSTANCE_ID)"
                 )
+            self.aborts += 1
             raise TransactionFailed(f"transaction not committed: {exc}{hint}") from exc
         self._dirty = False
         self.commits += 1

@@ -100,6 +100,8 @@ class LoopStats:
     records: int = 0
     aborts: int = 0
     dead_letters: int = 0
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Dead letters by (error class, ``dead_letter``), as the engine's ``EngineStats.failures``."""
     outputs: int = 0
     """Records the tasks sent (reports, internal topics, dead letters) in committed transactions."""
     rebalances: int = 0
@@ -133,7 +135,10 @@ class _TxnEmitter:
         record = dead_letter(
             msg, exc, topic=self._loop.dlq_topic, app=self._loop.app, group=self._loop.group, attempts=1
         )
-        self._loop.stats.dead_letters += 1
+        stats = self._loop.stats
+        stats.dead_letters += 1
+        key = (type(exc).__name__[:64], "dead_letter")
+        stats.failures[key] = stats.failures.get(key, 0) + 1
         log.warning(
             "%s: %s[%s]@%s dead-lettered: %s",
             self._loop.app,
@@ -232,6 +237,11 @@ class TransactionalLoop:
                 return
         callback()
 
+    def tasks_of(self, stage: str) -> list[Task]:
+        """The current tasks of ``stage``: a snapshot, safe to take from another thread."""
+        tasks = self._tasks.copy()  # one C call: never sees the dict half changed
+        return [task for (topic, _), task in tasks.items() if self._by_topic[topic].name == stage]
+
     def _set_ready(self) -> None:
         with self._ready_lock:
             if self.ready.is_set():
@@ -263,7 +273,9 @@ class TransactionalLoop:
             self._producer.init_transactions(self.transaction_timeout_s)
         except KafkaException as exc:
             raise BrokerError(f"{self.app}: cannot initialise transactions: {exc}") from exc
-        self._consumer = self._consumer_factory(with_lag_statistics(self._consumer_conf, self._store_lag))
+        self._consumer = self._consumer_factory(
+            with_lag_statistics(self._consumer_conf, self._store_lag, transactional=True)
+        )
         self._restorer = self._consumer_factory(KafkaClients.restorer_of(self._consumer_conf))
         self._consumer.subscribe(
             sorted(self._by_topic),

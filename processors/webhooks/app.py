@@ -5,7 +5,10 @@ One consumer group reads two kinds of records:
 * **Events** from the ``insurance.*.events`` topics.  Fan-out looks the event type up in the
   subscriptions table (materialised from the compacted ``integrations.webhook.subscriptions``
   topic) and writes one *dispatch record* per matching subscription to
-  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets.
+  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets:
+  its ``data`` is the partner-facing projection of the event for the subscription's effective
+  grants (:func:`~processors.webhooks.subscriptions.effective_grants`; a partner's grants are
+  read from the partner registry table, ``partners``, at fan-out).
 * **Dispatch records** (and their retry-tier copies).  Delivery signs the body, sends it through
   the SSRF-pinned transport under the endpoint's own breaker, concurrency and rate limits, and
   writes one line per attempt to ``integrations.webhook.deliveries``.
@@ -34,6 +37,7 @@ from processors import context as record_context
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport
 from processors.contract import Codec
 from processors.errors import ConfigError, ContractError, Permanent, Retriable, ValidationFailed
+from processors.observability.webhook_metrics import WebhookDeliveryMetrics
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy
 from processors.resilience.guard import CallContext, EndpointGuard, EndpointUnavailable
@@ -58,14 +62,22 @@ from processors.webhooks.delivery import (
 from processors.webhooks.secrets import SecretBox, SecretDecryptFailed, active_secrets
 from processors.webhooks.signing import signature_headers
 from processors.webhooks.ssrf import AddressRefused
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable
+from processors.webhooks.store import CatchUpTimeout
+from processors.webhooks.subscriptions import (
+    GrantDirectory,
+    Subscription,
+    SubscriptionTable,
+    effective_grants,
+)
 
-__all__ = ["SubscriptionSource", "WebhooksApp"]
+__all__ = ["PartnerSource", "SubscriptionSource", "WebhooksApp"]
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 USER_AGENT = f"insurance-processors-webhooks/{__version__}"
+_ASSIGNMENT_WAIT_S = 300.0
+"""How long an assignment waits for the subscriptions table (librdkafka's max.poll.interval.ms)."""
 
 
 class SubscriptionSource(Protocol):
@@ -78,6 +90,16 @@ class SubscriptionSource(Protocol):
     async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
     async def put(self, sub: Subscription) -> None: ...
     def add_listener(self, callback: Callable[[str, Subscription | None], None]) -> None: ...
+
+
+class PartnerSource(Protocol):
+    """The partner registry table, for the partners' grants (``processors.partners.store.PartnerStore``)."""
+
+    @property
+    def table(self) -> GrantDirectory: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
 
 
 class _NotDelivered(Retriable):
@@ -184,10 +206,13 @@ class WebhooksApp(RetryGateMixin):
         group: str,
         pending_reader: PendingReader | None = None,
         guard_factory: Callable[[str, EndpointPolicy, BreakerRegistry], EndpointGuard] | None = None,
+        partners: PartnerSource | None = None,
     ) -> None:
         self.codec = codec
         self.topics = topics
         self.store = store
+        self.partners = partners
+        """The partner registry (partners' grants); None: no registry, partners are granted nothing."""
         self.box = box
         self.transport = transport
         self.policy = policy
@@ -213,6 +238,8 @@ class WebhooksApp(RetryGateMixin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_started = False
         self._timeouts = policy.timeout.http()
+        self.deliveries = WebhookDeliveryMetrics()
+        """Delivery outcomes per subscription, for ``/metrics`` (one count per delivery-log line)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -279,8 +306,23 @@ class WebhooksApp(RetryGateMixin):
             await self.store.stop()
 
     async def on_assigned(self, partitions: Sequence[TP]) -> None:
-        """Subscriptions caught up, and the ordering gate rebuilt, before any record runs."""
-        await self.store.wait_caught_up()
+        """Subscriptions caught up, and the ordering gate rebuilt, before any record runs.
+
+        While the broker is away the table cannot catch up: the assignment waits for it (the
+        records of these partitions could not run anyway) instead of failing the rebalance,
+        which would leave the partitions assigned and never fetched.  A store that stopped,
+        or a wait past the consumer's poll interval (the group has dropped this member by
+        then), still fails it: the engine stops and the process exits to be restarted.
+        """
+        deadline = time.monotonic() + _ASSIGNMENT_WAIT_S
+        while True:
+            try:
+                await self.store.wait_caught_up()
+                break
+            except CatchUpTimeout as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("webhooks: %s; the assigned partitions wait for the subscriptions", exc)
         await self.rebuild_gate(partitions, only=is_ordered)
 
     def _changed(self, sub_id: str, sub: Subscription | None) -> None:
@@ -620,6 +662,7 @@ class WebhooksApp(RetryGateMixin):
         host: str,
         **details: Any,
     ) -> OutRecord:
+        self.deliveries.count(job.subscription_id, status)
         return log_record(
             self.deliveries_topic,
             job,

@@ -41,9 +41,14 @@ from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer
 from processors.webhooks.subscriptions import Subscription, SubscriptionTable
 
-__all__ = ["CompactedTable", "CompactedTableStore", "Listener", "SubscriptionStore"]
+__all__ = ["CatchUpTimeout", "CompactedTable", "CompactedTableStore", "Listener", "SubscriptionStore"]
 
 log = logging.getLogger(__name__)
+
+
+class CatchUpTimeout(BrokerError):
+    """The table did not catch up in time; the store still runs (the broker may be away)."""
+
 
 Listener = Callable[[str, Subscription | None], None]
 """Called with (subscription id, the subscription or None when deleted) on the store's thread."""
@@ -209,7 +214,7 @@ class CompactedTableStore(Generic[V]):
             async with asyncio.timeout(timeout_s):
                 await waiter.future
         except TimeoutError as exc:
-            raise BrokerError(f"{self._plural} not caught up within {timeout_s:g} s") from exc
+            raise CatchUpTimeout(f"{self._plural} not caught up within {timeout_s:g} s") from exc
 
     async def write(self, key: str, value: bytes | None) -> None:
         """Write ``value`` (None: a tombstone) under ``key``; return once the broker acknowledged

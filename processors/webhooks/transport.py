@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from processors.adapters.http import ConnectFailed, HttpRequest, HttpResponse, HttpTimeout, TimeoutSettings
+from processors.observability import tracing
 from processors.webhooks.ssrf import (
     AddressRefused,
     HostResolver,
@@ -229,6 +230,9 @@ class PinnedTransport:
         addresses = await self._checked_addresses(host, port, limits, where)
 
         headers = dict(request.headers)
+        traceparent = tracing.outbound_traceparent()
+        if traceparent is not None:
+            headers["traceparent"] = traceparent  # the delivery's call span (or the event's, untraced)
         if not any(name.lower() == "accept-encoding" for name in headers):
             headers["Accept-Encoding"] = "identity"  # the body cap then counts bytes on the wire
         timeout = aiohttp.ClientTimeout(

@@ -65,6 +65,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -382,6 +383,8 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
         self.charges_by_key: BoundedDict[str, int] = BoundedDict(max_keys)
         self.requests_by_status: dict[int, int] = {}
         self.confirmations_by_status: dict[int, int] = {}
+        self.traceparents: deque[str | None] = deque(maxlen=1_000)
+        """The ``traceparent`` header of each payment request, newest last (None: none sent)."""
         self._charges_total = 0
         self._confirmations: set[asyncio.Task[None]] = set()
         self._clock = clock
@@ -413,6 +416,7 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
         self.charges_by_key.forget()
         self._charges_total = 0
         self.requests_by_status.clear()
+        self.traceparents.clear()
         self._rng = random.Random(self._config.seed)
         self._bucket = self._new_bucket(self._config)
 
@@ -481,6 +485,7 @@ class PaymentGatewaySim(ControlApi[GatewayConfig], InjectedLatency):
         await asyncio.gather(*confirmations, return_exceptions=True)
 
     async def _handle_payment(self, request: web.Request) -> web.Response:
+        self.traceparents.append(request.headers.get("traceparent"))
         response = await self._answer_payment(request)
         status = response.status
         self.requests_by_status[status] = self.requests_by_status.get(status, 0) + 1

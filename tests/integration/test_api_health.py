@@ -1,7 +1,9 @@
 """Readiness, status and metrics of a running payments app, against real brokers and the sandbox.
 
 The payments app runs in-process through the ``Runner`` with the API enabled, so what the API
-reports is what the runner's engines and breakers hold.
+reports is what the runner's engines and breakers hold.  The last test runs payments, webhooks
+and bordereaux together and checks that every metric the shipped dashboard and alert rules
+name is on the process's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -9,23 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from processors.runner import Runner
 from processors.settings import load_settings
 from processors.topics.admin import apply
 from processors.topics.catalogue import load_catalogue
+from processors.webhooks.secrets import generate_secret
 from processors_dev.devbroker import BrokerKind, provide_broker
 from processors_dev.samples import premium_due_stream
 from processors_dev.sandbox.gateway import GatewayConfig
+from processors_dev.sandbox.partners import PartnerBehaviour, PartnerSandbox
 from processors_dev.sandbox.server import SandboxServer
+from tests.bordereaux_oracle import generate
 from tests.conftest import ROOT
+from tests.integration.bordereaux_helpers import BOOK, publish_in_order
 from tests.integration.helpers import publish
+from tests.unit.test_deploy_monitoring import _referenced
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -256,3 +265,164 @@ async def test_the_breaker_shows_open_during_a_sandbox_outage_and_closed_after(
     assert 'processors_app_assigned_partitions{app="payments"}' in text
     closed = seen["closed"]["endpoints"]["payment-gateway"]
     assert closed["last_success_at"] is not None
+
+
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_scrape(text: str) -> Scrape:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value_of(found: Scrape, name: str, **labels: str) -> float:
+    """The sample's value; 0 when the sample is absent (not yet there)."""
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def tier_depths(found: Scrape, app: str) -> dict[str, float]:
+    """``processors_retry_tier_depth`` of ``app`` by tier index."""
+    return {
+        dict(labels)["tier"]: value
+        for (name, labels), value in found.items()
+        if name == "processors_retry_tier_depth" and dict(labels)["app"] == app
+    }
+
+
+async def test_every_metric_the_dashboard_and_the_alerts_name_is_on_a_running_process(
+    kafka_bootstrap: str,
+    isolated_topics: Callable[..., tuple[Path, str]],
+    tmp_path: Path,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Payments, webhooks (one healthy partner, one answering 503) and the exactly-once
+    bordereaux loop in one process with the API, fed real events: the process exposes every
+    metric the dashboard and the alert rules name, with the values the events imply."""
+    topics_file, prefix = isolated_topics()
+    wanted = set().union(*_referenced().values())
+    secret = generate_secret().get_secret_value()
+    async with SandboxServer() as gateway, PartnerSandbox() as partners:
+        partners.add("ok", PartnerBehaviour(), [secret])
+        partners.add("down", PartnerBehaviour(mode="error", status=503), [secret])
+        settings = load_settings(
+            bootstrap_servers=kafka_bootstrap,
+            topics_file=topics_file,
+            resilience_file=resilience_file(tmp_path, open_s=30),
+            group_prefix=prefix,
+            payments={
+                "gateway": {"base_url": gateway.url},
+                "results_topic": f"{prefix}integrations.payment.results",
+            },
+            webhooks={"allow": ["127.0.0.0/8"], "ephemeral_key": True},
+            bordereaux={"treaties_file": str(BOOK), "instance_id": f"metrics-{uuid.uuid4().hex[:6]}"},
+            api={"enabled": True, "port": 0, "auth_token": TOKEN},
+        )
+        apps = ["payments", "webhooks", "bordereaux"]
+        runner = Runner(settings, apps, catalogue=load_catalogue(topics_file))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(runner.run(stop, on_ready=ready.set))
+        try:
+            async with asyncio.timeout(120):
+                while not ready.is_set():
+                    if task.done():
+                        task.result()  # start-up failed: raise its error
+                    await asyncio.sleep(0.05)
+            assert runner.api is not None
+            base = runner.api.url
+            subscriptions = {}
+            for name in ("ok", "down"):
+                body = {"url": partners.url(name), "events": ["premium.*"], "secret": secret}
+                async with client.post(f"{base}/api/v1/webhooks", json=body, headers=AUTH) as answer:
+                    assert answer.status == 201, await answer.text()
+                    subscriptions[name] = (await answer.json())["id"]
+
+            events = list(premium_due_stream(20, 5, seed=3))
+            billing = f"{prefix}insurance.billing.events"
+            publish(kafka_bootstrap, billing, events, raw=[(b"poison", b"not an event", [])])
+            await asyncio.to_thread(publish_in_order, kafka_bootstrap, prefix, generate(11, 200))
+            async with client.post(f"{base}/api/v1/inbound/payment-gateway", data=b"{}") as answer:
+                assert answer.status in (400, 401, 503), await answer.text()
+
+            latest: dict[str, Scrape] = {}
+
+            async def scraped() -> Scrape:
+                async with client.get(f"{base}/readyz") as answer:
+                    await answer.read()  # readiness and the broker probe feed their gauges
+                async with client.get(f"{base}/metrics", headers=AUTH) as answer:
+                    assert answer.status == 200
+                    latest["found"] = parse_scrape(await answer.text())
+                return latest["found"]
+
+            down = f"webhook:{subscriptions['down']}"
+
+            def progress(found: Scrape) -> dict[str, float]:
+                return {
+                    "delivered to ok": value_of(found, "processors_webhook_deliveries_total",
+                                                subscription=subscriptions["ok"], outcome="delivered"),
+                    "breaker of down opened": value_of(found, "processors_endpoint_breaker_transitions_total",
+                                                       endpoint=down, **{"from": "closed", "to": "open"}),
+                    "bordereaux transactions": value_of(found, "processors_app_transactions_total",
+                                                        app="bordereaux", outcome="committed"),
+                    # the deliveries to the partner answering 503 wait in the tiers after the
+                    # first (a tier partition paused for a record not due yet shows the records
+                    # it had fetched: a lower bound)
+                    "webhooks tier depth": sum(
+                        depth for tier, depth in tier_depths(found, "webhooks").items() if tier != "0"
+                    ),
+                }  # fmt: skip
+
+            async def complete() -> bool:
+                found = await scraped()
+                names = {name for name, _ in found}
+                now = progress(found)
+                return wanted <= names and (
+                    now["delivered to ok"] >= len(events)
+                    and now["breaker of down opened"] >= 1
+                    and now["bordereaux transactions"] >= 1
+                    and now["webhooks tier depth"] >= 1
+                )
+
+            try:
+                await until(complete, timeout_s=180, what="every referenced metric on /metrics")
+            except AssertionError:
+                found = latest.get("found", {})
+                names = {name for name, _ in found}
+                lag = sorted(
+                    (dict(labels)["app"], dict(labels)["topic"], dict(labels)["partition"], value)
+                    for (name, labels), value in found.items()
+                    if name == "processors_consumer_lag"
+                )
+                raise AssertionError(
+                    f"missing from /metrics: {sorted(wanted - names)}; {progress(found)}; consumer lag: {lag}"
+                ) from None
+        finally:
+            stop.set()
+            await task
+
+    found = latest["found"]
+    # the partner answering 503 failed and none of its deliveries succeeded
+    assert value_of(found, "processors_webhook_deliveries_total",
+                    subscription=subscriptions["down"], outcome="failed") >= 5  # fmt: skip
+    assert value_of(found, "processors_webhook_deliveries_total",
+                    subscription=subscriptions["down"], outcome="delivered") == 0  # fmt: skip
+    assert value_of(found, "processors_webhook_deliveries_overflow_total") == 0
+    assert value_of(found, "processors_webhook_subscriptions_labelled") == 2
+    # every tier of the webhooks app has a depth (never-committed partitions included)
+    assert set(tier_depths(found, "webhooks")) == {str(index) for index in range(7)}
+    # the poison record was dead-lettered by both apps that read the billing topic
+    for app in ("payments", "webhooks"):
+        dead = [
+            value
+            for (name, labels), value in found.items()
+            if name == "processors_app_failures_total"
+            and dict(labels)["app"] == app
+            and dict(labels)["destination"] == "dead_letter"
+        ]
+        assert sum(dead) == 1, app
+    # 2024 reporting periods are read in the present: the open regulatory day is long overdue
+    assert value_of(found, "processors_bordereaux_period_close_lag_seconds",
+                    app="bordereaux", calendar="regulatory") > 86_400  # fmt: skip
+    assert value_of(found, "processors_app_transactions_total", app="bordereaux", outcome="aborted") == 0
