@@ -238,15 +238,8 @@ def client_span(tracer: Tracer, endpoint: str, operation: str, attempt: int) -> 
             "processors.attempt": attempt,
         },
     )
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
+    with _ended(span):
         yield span
-    except BaseException as exc:
-        failed(span, exc)
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
 
 
 @contextmanager
@@ -257,9 +250,16 @@ def server_span(
     carrier = {k.lower(): v for k, v in headers.items() if k.lower() in (_TRACEPARENT, "tracestate")}
     parent = _PROPAGATOR.extract(carrier) if carrier else None
     span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=dict(attributes))
+    with _ended(span):
+        yield span
+
+
+@contextmanager
+def _ended(span: Span) -> Iterator[None]:
+    """``span`` current while the block runs, marked failed if it raises, ended after it."""
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        yield span
+        yield
     except BaseException as exc:
         failed(span, exc)
         raise
