@@ -5,10 +5,7 @@ One consumer group reads two kinds of records:
 * **Events** from the ``insurance.*.events`` topics.  Fan-out looks the event type up in the
   subscriptions table (materialised from the compacted ``integrations.webhook.subscriptions``
   topic) and writes one *dispatch record* per matching subscription to
-  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets:
-  its ``data`` is the partner-facing projection of the event for the subscription's effective
-  grants (:func:`~processors.webhooks.subscriptions.effective_grants`; a partner's grants are
-  read from the partner registry table, ``partners``, at fan-out).
+  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets.
 * **Dispatch records** (and their retry-tier copies).  Delivery signs the body, sends it through
   the SSRF-pinned transport under the endpoint's own breaker, concurrency and rate limits, and
   writes one line per attempt to ``integrations.webhook.deliveries``.
@@ -63,14 +60,9 @@ from processors.webhooks.secrets import SecretBox, SecretDecryptFailed, active_s
 from processors.webhooks.signing import signature_headers
 from processors.webhooks.ssrf import AddressRefused
 from processors.webhooks.store import CatchUpTimeout
-from processors.webhooks.subscriptions import (
-    GrantDirectory,
-    Subscription,
-    SubscriptionTable,
-    effective_grants,
-)
+from processors.webhooks.subscriptions import Subscription, SubscriptionTable
 
-__all__ = ["PartnerSource", "SubscriptionSource", "WebhooksApp"]
+__all__ = ["SubscriptionSource", "WebhooksApp"]
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +82,6 @@ class SubscriptionSource(Protocol):
     async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
     async def put(self, sub: Subscription) -> None: ...
     def add_listener(self, callback: Callable[[str, Subscription | None], None]) -> None: ...
-
-
-class PartnerSource(Protocol):
-    """The partner registry table, for the partners' grants (``processors.partners.store.PartnerStore``)."""
-
-    @property
-    def table(self) -> GrantDirectory: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
 
 
 class _NotDelivered(Retriable):
@@ -206,13 +188,10 @@ class WebhooksApp(RetryGateMixin):
         group: str,
         pending_reader: PendingReader | None = None,
         guard_factory: Callable[[str, EndpointPolicy, BreakerRegistry], EndpointGuard] | None = None,
-        partners: PartnerSource | None = None,
     ) -> None:
         self.codec = codec
         self.topics = topics
         self.store = store
-        self.partners = partners
-        """The partner registry (partners' grants); None: no registry, partners are granted nothing."""
         self.box = box
         self.transport = transport
         self.policy = policy
