@@ -9,6 +9,7 @@
     processors partners create|list|show|suspend|activate|keys  the partner registry, API keys
     processors bordereaux treaties|close reinsurance treaties, close a period on command
     processors regulatory close|rerun    close a regulatory day, send a day's files again
+    processors portal rebuild|project    the partner portal's query store, rebuilt from the topics
 
 With the development tooling installed (``processors_dev``, entry-point group
 ``processors.commands``)::
@@ -304,12 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     from processors.bordereaux.cli import register_cli as register_bordereaux
     from processors.dlq.cli import register_cli as register_dlq
     from processors.partners.cli import register_cli as register_partners
+    from processors.portal.cli import register_cli as register_portal
     from processors.topics.cli import register_cli as register_topics
 
     register_topics(sub)
     register_dlq(sub)
     register_partners(sub)
     register_bordereaux(sub)
+    register_portal(sub)
     for plugin in _command_plugins():
         plugin(sub)
     return parser

@@ -26,6 +26,7 @@ from processors.apps.regulatory import RegulatorySettings
 from processors.apps.reinsurance.app import ReinsuranceSettings
 from processors.contract.registry import SchemaRegistrySettings
 from processors.errors import ConfigError
+from processors.portal.config import PortalSettings
 from processors.runtime.engine import EngineSettings
 from processors.webhooks.config import WebhooksSettings
 
@@ -176,6 +177,8 @@ class Settings(BaseSettings):
     reinsurance: ReinsuranceSettings = Field(default_factory=ReinsuranceSettings)
     regulatory: RegulatorySettings = Field(default_factory=RegulatorySettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    portal: PortalSettings = Field(default_factory=PortalSettings)
+    """The partner portal's query store: ``PROCESSORS_PORTAL__DATABASE_URL`` (docs/portal.md)."""
 
 
 def load_settings(**overrides: object) -> Settings:
