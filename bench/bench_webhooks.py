@@ -60,6 +60,7 @@ import confluent_kafka
 from bench.common import broker, isolated_catalogue
 from bench.harness import Comparison, Report, Run, Stopwatch, interleaved, json_argument
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
+from processors.partners.projection import NO_GRANTS
 from processors.runner import Runner
 from processors.runtime.engine import Engine
 from processors.settings import Settings, load_settings
@@ -243,7 +244,7 @@ async def ceiling_run(partners: Partners, *, events: int, concurrency: int, per_
     """
     jobs: list[tuple[str, str, str, bytes]] = []
     for event in sample(events):
-        data_json = event_data_json(event)
+        data_json = event_data_json(event, NO_GRANTS)  # the operator's subscriptions, granted nothing
         for i in matching(event.event_type):
             webhook_id = webhook_id_for(sub_id(i), str(event.event_id))
             url = f"{partners.base}/partners/{partner_name(i)}"

@@ -13,6 +13,10 @@ route                                               answers
 ``DELETE /api/v1/partners/{id}/keys/{key_id}``      204 (revoked), 404, 503
 ==================================================  ==========================================
 
+A partner's ``grants`` (the classes of personal data its webhook deliveries may carry, see
+:mod:`processors.partners.projection`) are set on create and PATCH, here only: a partner key
+is refused on these routes, so no partner can grant itself anything.
+
 Mounted on :class:`processors.api.server.ApiServer` through ``extra_routes``; these routes
 are also the provider of :attr:`PartnerRoutes.partner_keys`, with which the server accepts
 partner keys on the routes that take them (the webhook subscription routes)::
@@ -62,6 +66,7 @@ class _CreatePartner(_Body):
     status: str = "active"
     reinsurer_code: str | None = None
     distributor_code: str | None = None
+    grants: list[str] = Field(default_factory=list)
 
 
 class _PatchPartner(_Body):
@@ -69,6 +74,7 @@ class _PatchPartner(_Body):
     status: str | None = None
     reinsurer_code: str | None = None
     distributor_code: str | None = None
+    grants: list[str] | None = None
 
 
 class _CreateKey(_Body):
@@ -158,6 +164,7 @@ class PartnerRoutes:
                     status=body.status,
                     reinsurer_code=body.reinsurer_code,
                     distributor_code=body.distributor_code,
+                    grants=body.grants,
                 )
             )
         except _Refused as refused:

@@ -11,6 +11,9 @@ route                                               answers
 ``DELETE /api/v1/webhooks/{id}``                    204, 404, 503
 ``POST /api/v1/webhooks/{id}/rotate-secret``        200 ``{id, secret, previous_expires_at}``,
                                                     400, 404, 503
+``GET /api/v1/event-types[?partner_id=|?grants=]``   200 what a subscriber receives of each
+                                                    event type (schema, example, withheld
+                                                    fields), 400, 404
 ==================================================  ==========================================
 
 Mounted on :class:`processors.api.server.ApiServer` through ``extra_routes``, so every route
@@ -56,7 +59,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from processors.adapters import jsonwire
 from processors.errors import BrokerError
 from processors.partners.auth import Caller, caller_of
+from processors.partners.catalogue import catalogue_json
 from processors.partners.model import PARTNER_ID_PATTERN, Partner
+from processors.partners.projection import DATA_CLASSES, NO_GRANTS, DataClass, Grants, parse_grants
 from processors.webhooks.secrets import (
     InvalidSecret,
     SecretBox,
@@ -79,6 +84,7 @@ from processors.webhooks.subscriptions import (
 
 __all__ = [
     "DEFAULT_SUBSCRIPTIONS_TOPIC",
+    "EVENT_TYPES_PATH",
     "ROTATE_PATH",
     "WEBHOOKS_PATH",
     "WEBHOOK_PATH",
@@ -93,6 +99,7 @@ log = logging.getLogger(__name__)
 WEBHOOKS_PATH: Final = "/api/v1/webhooks"
 WEBHOOK_PATH: Final = "/api/v1/webhooks/{id}"
 ROTATE_PATH: Final = "/api/v1/webhooks/{id}/rotate-secret"
+EVENT_TYPES_PATH: Final = "/api/v1/event-types"
 DEFAULT_SUBSCRIPTIONS_TOPIC: Final = "integrations.webhook.subscriptions"
 MAX_BODY_BYTES: Final = 64 * 1024
 
@@ -130,6 +137,7 @@ class _CreateBody(_Body):
     max_concurrency: int = 10
     rate_limit_per_s: float | None = None
     description: str | None = None
+    grants: list[str] | None = None
 
 
 class _PatchBody(_Body):
@@ -140,6 +148,7 @@ class _PatchBody(_Body):
     max_concurrency: int | None = None
     rate_limit_per_s: float | None = None
     description: str | None = None
+    grants: list[str] | None = None
 
 
 class _RotateBody(_Body):
@@ -252,6 +261,7 @@ class WebhookRoutes:
             web.patch(WEBHOOK_PATH, self.update_subscription),
             web.delete(WEBHOOK_PATH, self.delete_subscription),
             web.post(ROTATE_PATH, self.rotate_secret),
+            web.get(EVENT_TYPES_PATH, self.event_types, allow_head=False),
         ]
 
     async def start(self) -> None:
@@ -271,6 +281,7 @@ class WebhookRoutes:
         try:
             body = _parse(_CreateBody, await _read_json(request, required=True))
             owner = self._owner(caller, body.partner_id)
+            grants = _grants(caller, owner, body.grants) if body.grants is not None else ()
             secret = _partner_or_new_secret(body.secret)
             sub_id = new_subscription_id()
             now = self._clock()
@@ -286,6 +297,7 @@ class WebhookRoutes:
                 max_concurrency=body.max_concurrency,
                 rate_limit_per_s=body.rate_limit_per_s,
                 description=body.description,
+                grants=grants,
                 created_at=now,
                 updated_at=now,
             )
@@ -365,6 +377,8 @@ class WebhookRoutes:
                 sub = self._get(sub_id, caller)
                 if sub is None:
                     raise _Refused(*_NOT_FOUND)
+                if "grants" in changes:
+                    changes["grants"] = _grants(caller, sub.partner_id, changes["grants"])
                 changes = {k: v for k, v in changes.items() if _differs(getattr(sub, k), v)}
                 if not changes:
                     return web.json_response(sub.public_view(self._clock()))
@@ -433,7 +447,42 @@ class WebhookRoutes:
             )
         )
 
+    async def event_types(self, request: web.Request) -> web.Response:
+        """What a subscriber receives of every event type: with a partner key, what that
+        partner receives (its grants); with the operator token, what the partner
+        ``partner_id`` receives, or a subscriber granted ``grants`` (comma-separated), or by
+        default a subscriber granted nothing."""
+        try:
+            grants = self._catalogue_grants(caller_of(request), request.query)
+        except _Refused as refused:
+            return refused.response()
+        return web.Response(body=catalogue_json(grants), content_type="application/json")
+
     # ------------------------------------------------------------------------ helpers
+
+    def _catalogue_grants(self, caller: Caller, query: Mapping[str, str]) -> Grants:
+        partner_id = query.get("partner_id")
+        given = query.get("grants")
+        if not caller.is_operator:
+            if partner_id is not None or given is not None:
+                raise _invalid(["query: a partner key sees what its own partner receives; no parameters"])
+            partner = self.partners.partner(caller.partner_id or "") if self.partners is not None else None
+            return frozenset(partner.grants) if partner is not None else NO_GRANTS
+        if partner_id is not None and given is not None:
+            raise _invalid(["query: give partner_id or grants, not both"])
+        if partner_id is not None:
+            if not _PARTNER_ID.fullmatch(partner_id):
+                raise _invalid(["partner_id: must be a partner id such as prt_0123456789abcdef01234567"])
+            partner = self.partners.partner(partner_id) if self.partners is not None else None
+            if partner is None:
+                raise _Refused(404, "not_found", "no such partner")
+            return frozenset(partner.grants)
+        if given:
+            try:
+                return parse_grants(part.strip() for part in given.split(",") if part.strip())
+            except ValueError as exc:
+                raise _invalid([f"grants: {exc}"]) from exc
+        return NO_GRANTS
 
     def _get(self, sub_id: str, caller: Caller) -> Subscription | None:
         """The subscription, if ``caller`` may see it (another partner's is as if absent)."""
@@ -506,6 +555,30 @@ def _differs(current: Any, wanted: Any) -> bool:
     if isinstance(current, tuple) and isinstance(wanted, list):
         return current != tuple(dict.fromkeys(wanted))
     return bool(current != wanted)
+
+
+def _grants(caller: Caller, owner: str | None, given: list[str]) -> tuple[DataClass, ...]:
+    """The grants an operator sets on its own subscription (documented order, each once).
+
+    A partner key may not set any (403: grants are the insurer's decision, not the partner's),
+    and a partner's subscription takes its partner's grants (400).
+    """
+    if not caller.is_operator:
+        raise _Refused(
+            403, "operator_only", "grants are set by the insurer's operators, not with a partner key"
+        )
+    if owner is not None:
+        raise _invalid(
+            [
+                "grants: a partner's subscriptions receive the partner's grants; "
+                "set them on the partner (PATCH /api/v1/partners/{id})"
+            ]
+        )
+    try:
+        granted = parse_grants(given)
+    except ValueError as exc:
+        raise _invalid([f"grants: {exc}"]) from exc
+    return tuple(c for c in DATA_CLASSES if c in granted)
 
 
 def _partner_or_new_secret(given: SecretStr | None) -> SecretStr:

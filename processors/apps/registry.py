@@ -35,6 +35,7 @@ from processors.apps.reinsurance.app import DELIVERIES_TOPIC, build_reinsurance_
 from processors.contract import Codec, ContentType
 from processors.errors import ConfigError
 from processors.kafka import KafkaClients
+from processors.partners.store import PARTNERS_TOPIC, PartnerStore
 from processors.production import sandbox_secret, webhook_problems
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import EndpointPolicy, ResilienceConfig
@@ -201,6 +202,13 @@ def catalogue_topic(catalogue: Catalogue, suffix: str) -> str:
     raise ConfigError(f"the topic catalogue has no {suffix} topic")
 
 
+def _optional_topic(catalogue: Catalogue, suffix: str) -> str | None:
+    try:
+        return catalogue_topic(catalogue, suffix)
+    except ConfigError:
+        return None
+
+
 def secret_box(settings: Settings) -> SecretBox:
     """The key that encrypts partner webhook secrets at rest."""
     hooks = settings.webhooks
@@ -336,7 +344,11 @@ def build_webhooks_app(
     pending_reader: PendingRecordsReader | None = None,
     store: SubscriptionStore | None = None,
     box: SecretBox | None = None,
+    partners: PartnerStore | None = None,
 ) -> WebhooksApp:
+    """The webhooks app on its subscriptions table and, when the catalogue has the partner
+    registry's topic, the registry (the partners' grants; without it no partner is granted
+    anything).  ``store`` and ``partners`` default to stores of their own (no I/O here)."""
     from processors.webhooks.app import WebhooksApp
 
     topics = catalogue.app("webhooks")
@@ -347,6 +359,16 @@ def build_webhooks_app(
             settings.bootstrap_servers,
             catalogue_topic(catalogue, "integrations.webhook.subscriptions"),
             client_overrides=settings.client_overrides,
+        )
+    partners_topic = _optional_topic(catalogue, PARTNERS_TOPIC)
+    if partners is None and partners_topic is not None:
+        partners = PartnerStore(
+            settings.bootstrap_servers, partners_topic, client_overrides=settings.client_overrides
+        )
+    elif partners is None:
+        log.warning(
+            "the topic catalogue has no %s topic: webhook deliveries to partners carry no personal data",
+            PARTNERS_TOPIC,
         )
     transport = PinnedTransport(
         policy=ssrf_policy(settings),
@@ -372,6 +394,7 @@ def build_webhooks_app(
         group=settings.group_prefix + "webhooks",
         pending_reader=pending_reader,
         guard_factory=None if settings.resilience_enabled else _unguarded,
+        partners=partners,
     )
 
 
@@ -399,7 +422,8 @@ async def webhook_routes(settings: Settings, catalogue: Catalogue, app: Processo
     from processors.api.partners import PartnerRoutes
     from processors.api.webhook_ops import WebhookOpsRoutes
     from processors.api.webhooks import WebhookRoutes
-    from processors.partners.store import PARTNERS_TOPIC
+    from processors.partners.auth import PartnerKeys
+    from processors.partners.registry import PartnerRegistry
     from processors.webhooks.app import WebhooksApp
     from processors.webhooks.attempts import AttemptsFeed, AttemptsView, Redeliverer
 
@@ -431,7 +455,14 @@ async def webhook_routes(settings: Settings, catalogue: Catalogue, app: Processo
             WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check),
             WebhookOpsRoutes(view, feed, redeliverer),
         ]
-    partners = PartnerRoutes.create(settings.bootstrap_servers, partners_topic, client_overrides=overrides)
+    if isinstance(app.partners, PartnerStore):
+        # The app's own registry table: a grant changed here is what the next fan-out reads.
+        store = app.partners
+        partners = PartnerRoutes(PartnerRegistry(store), partner_keys=PartnerKeys(store))
+    else:
+        partners = PartnerRoutes.create(
+            settings.bootstrap_servers, partners_topic, client_overrides=overrides
+        )
     return [
         partners,  # first: started before, and stopped after, the routes that use its table
         WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check, partners=partners.table),

@@ -7,9 +7,11 @@ the change is written and read back; running API instances see it within a secon
 ::
 
     processors partners create --name "Acme Brokers" --kind broker [--distributor-code D-1001]
+                               [--grant CLASS]...
     processors partners list [--kind K] [--status S]
     processors partners show PARTNER_ID
     processors partners suspend|activate PARTNER_ID
+    processors partners grants PARTNER_ID (--grant CLASS [--grant CLASS]... | --none)
     processors partners keys create PARTNER_ID [--name N] [--expires-in-days D | --expires-at ISO]
     processors partners keys list PARTNER_ID
     processors partners keys revoke PARTNER_ID KEY_ID
@@ -43,6 +45,7 @@ from processors.partners.model import (
     PartnerError,
     iso,
 )
+from processors.partners.projection import DATA_CLASSES
 from processors.partners.registry import CreatedKey, PartnerRegistry
 from processors.partners.store import PARTNERS_TOPIC, PartnerStore
 from processors.topics.catalogue import CatalogueError
@@ -60,14 +63,14 @@ _T = TypeVar("_T")
 
 
 def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``partners create|list|show|suspend|activate|keys`` to a ``processors`` sub-command set."""
+    """Add ``partners create|list|show|suspend|activate|grants|keys`` to a ``processors`` sub-command set."""
     partners = sub.add_parser(
         "partners",
         help="register partners and manage their API keys",
         description="The partner registry: partners, their status and their API keys (docs/partners.md).",
     )
     commands = partners.add_subparsers(
-        dest="partners_command", required=True, metavar="{create,list,show,suspend,activate,keys}"
+        dest="partners_command", required=True, metavar="{create,list,show,suspend,activate,grants,keys}"
     )
 
     create = commands.add_parser("create", help="register a partner")
@@ -79,6 +82,9 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     create.add_argument("--distributor-code", help="a broker's distributor code; brokers only")
     create.add_argument("--suspended", action="store_true", help="register it suspended (its keys refused)")
+    _grant_option(
+        create, "a class of personal data its webhook deliveries may carry (repeat for more; default none)"
+    )
     create.set_defaults(func=_guarded(_cmd_create))
 
     listing = commands.add_parser("list", help="one line per partner")
@@ -100,6 +106,19 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         _common(command)
         command.add_argument("partner_id", metavar="PARTNER_ID")
         command.set_defaults(func=_guarded(_cmd_status), status=status)
+
+    grants = commands.add_parser(
+        "grants",
+        help="set the classes of personal data a partner's webhook deliveries carry",
+        description="Replace the partner's grants: its deliveries carry exactly these classes of "
+        "personal data from the next event on (docs/partners.md).",
+    )
+    _common(grants)
+    grants.add_argument("partner_id", metavar="PARTNER_ID")
+    which = grants.add_mutually_exclusive_group(required=True)
+    _grant_option(which, "a class of personal data to grant (repeat for more)")
+    which.add_argument("--none", action="store_true", help="grant nothing: deliveries carry no personal data")
+    grants.set_defaults(func=_guarded(_cmd_grants))
 
     keys = commands.add_parser("keys", help="create, list and revoke a partner's API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="{create,list,revoke}")
@@ -153,6 +172,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the cluster",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _grant_option(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, text: str) -> None:
+    parser.add_argument(
+        "--grant",
+        action="append",
+        choices=DATA_CLASSES,
+        default=None,
+        dest="grants",
+        metavar="CLASS",
+        help=f"{text}: {', '.join(DATA_CLASSES)}",
+    )
 
 
 def _days(text: str) -> int:
@@ -235,6 +266,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
             status=SUSPENDED if args.suspended else ACTIVE,
             reinsurer_code=args.reinsurer_code,
             distributor_code=args.distributor_code,
+            grants=args.grants or (),
         )
 
     partner = _with_registry(args, work)
@@ -256,10 +288,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             _json_line(partner.public_view(), out)
         return EXIT_OK
     if partners:
-        out.write(f"{'ID':<28} {'KIND':<17} {'STATUS':<10} {'CODE':<12} NAME\n")
+        out.write(f"{'ID':<28} {'KIND':<17} {'STATUS':<10} {'CODE':<12} {'GRANTS':<36} NAME\n")
     for partner in partners:
         code = partner.reinsurer_code or partner.distributor_code or "-"
-        out.write(f"{partner.id:<28} {partner.kind:<17} {partner.status:<10} {code:<12} {partner.name}\n")
+        granted = ",".join(partner.grants) or "-"
+        row = f"{partner.id:<28} {partner.kind:<17} {partner.status:<10} {code:<12} {granted:<36}"
+        out.write(f"{row} {partner.name}\n")
     out.write(f"{len(partners)} partner{'' if len(partners) == 1 else 's'}\n")
     return EXIT_OK
 
@@ -279,6 +313,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     document = partner.public_view()
     width = max(len(name) for name in document)
     for name, value in document.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or None
         out.write(f"{name.ljust(width)}  {'-' if value is None else value}\n")
     out.write(f"keys ({sum(1 for v in views if v['state'] == 'active')} active of {len(views)}):\n")
     _write_keys(views, out, indent="  ")
@@ -294,6 +330,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _json_line(partner.public_view(), sys.stdout)
     else:
         sys.stdout.write(f"partner {partner.id} is {partner.status}\n")
+    return EXIT_OK
+
+
+def _cmd_grants(args: argparse.Namespace) -> int:
+    async def work(registry: PartnerRegistry) -> Partner:
+        return await registry.update_partner(args.partner_id, grants=[] if args.none else args.grants)
+
+    partner = _with_registry(args, work)
+    if args.json:
+        _json_line(partner.public_view(), sys.stdout)
+    else:
+        shown = ", ".join(partner.grants) or "none (no personal data)"
+        sys.stdout.write(f"partner {partner.id} grants: {shown}\n")
     return EXIT_OK
 
 

@@ -6,7 +6,8 @@ A :class:`Partner` is a broker, a reinsurer, a service provider...: an id (``prt
 hex characters), a name, a kind, a status (``active`` or ``suspended``: a suspended partner's
 keys are refused) and the codes that tie it to data: ``reinsurer_code`` for a reinsurer (the
 ``reinsurer.code`` of its treaties in ``treaties.yaml``, e.g. ``RE001``), ``distributor_code``
-for a broker.
+for a broker.  Its ``grants`` are the classes of personal data its webhook deliveries may
+carry (:mod:`processors.partners.projection`; none by default).  Only an operator sets them.
 
 An :class:`ApiKey` is one key of a partner: its id (the visible part of the key), a digest of
 the key (never the key; see :mod:`processors.partners.keys`), when it was made, when it
@@ -48,6 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from processors.errors import DecodeError, ProcessorsError
 from processors.partners.keys import DIGEST_PATTERN, KEY_ID_PATTERN, KEY_PREFIX
+from processors.partners.projection import DATA_CLASSES, DataClass
 
 __all__ = [
     "ACTIVE",
@@ -67,6 +69,7 @@ __all__ = [
     "PartnerNotFound",
     "RegistryEntry",
     "decode_record",
+    "grants_field",
     "iso",
     "key_record_key",
     "new_partner_id",
@@ -84,7 +87,7 @@ MAX_NAME_CHARS: Final = 200
 MAX_KEY_NAME_CHARS: Final = 100
 MAX_ACTIVE_KEYS: Final = 10
 """Keys a partner may hold that are neither revoked nor expired (enough to rotate)."""
-UPDATABLE_FIELDS: Final = frozenset({"name", "status", "reinsurer_code", "distributor_code"})
+UPDATABLE_FIELDS: Final = frozenset({"name", "status", "reinsurer_code", "distributor_code", "grants"})
 """What :meth:`Partner.updated` may change (the kind is fixed at creation)."""
 USAGE_SUFFIX: Final = ".last_used"
 
@@ -188,6 +191,21 @@ def _code(value: str) -> str:
 Code = Annotated[str, AfterValidator(_code)]
 
 
+def grants_field(value: Any, info: ValidationInfo) -> Any:
+    """Grants in the documented order, each once.  Read back from a record, a class this build
+    does not know (a newer build's) is left out: this build cannot project it, and leaving it
+    out sends less, never more."""
+    if not isinstance(value, list | tuple | set | frozenset):
+        return value
+    if info.context and info.context.get(_STORED):
+        value = [v for v in value if v in DATA_CLASSES]
+    known = [v for v in value if v in DATA_CLASSES]
+    if len(known) != len(value):
+        return value  # the unknown value fails validation with its reason
+    given = set(known)
+    return tuple(c for c in DATA_CLASSES if c in given)
+
+
 def _word(value: str, known: Sequence[str], what: str, info: ValidationInfo) -> str:
     stored = bool(info.context and info.context.get(_STORED))
     if stored:
@@ -236,6 +254,8 @@ class Partner(_Record):
     """A reinsurer's code in the treaty book (``RE001``); reinsurers only."""
     distributor_code: Code | None = None
     """A broker's distributor code; brokers only."""
+    grants: tuple[DataClass, ...] = ()
+    """The classes of personal data its deliveries may carry (operators set them; none by default)."""
     created_at: UtcDatetime = Field(default_factory=_now)
     updated_at: UtcDatetime = Field(default_factory=_now)
     version: int = Field(default=1, ge=1)
@@ -249,6 +269,11 @@ class Partner(_Record):
     @classmethod
     def _status(cls, value: str, info: ValidationInfo) -> str:
         return _word(value, STATUSES, "status", info)
+
+    @field_validator("grants", mode="before")
+    @classmethod
+    def _grants(cls, value: Any, info: ValidationInfo) -> Any:
+        return grants_field(value, info)
 
     @model_validator(mode="after")
     def _codes(self) -> Self:
@@ -282,6 +307,8 @@ class Partner(_Record):
         fields["updated_at"] = now or _now()
         if "status" in changes and changes["status"] not in STATUSES:
             raise InvalidPartner([f"status: must be one of {', '.join(STATUSES)}"])
+        if "grants" in changes and any(g not in DATA_CLASSES for g in changes["grants"] or ()):
+            raise InvalidPartner([f"grants: each must be one of {', '.join(DATA_CLASSES)}"])
         try:
             # a kind a newer build added stays as it is
             return type(self).model_validate(fields, context={_STORED: True})
@@ -296,6 +323,7 @@ class Partner(_Record):
             "status": self.status,
             "reinsurer_code": self.reinsurer_code,
             "distributor_code": self.distributor_code,
+            "grants": [str(g) for g in self.grants],
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "version": self.version,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -34,6 +34,7 @@ from processors.partners.model import (
     PartnerNotFound,
     RegistryEntry,
 )
+from processors.partners.projection import DATA_CLASSES
 from processors.partners.table import PartnerTable
 
 __all__ = ["CreatedKey", "LimitReached", "PartnerRegistry", "RegistryStore"]
@@ -136,6 +137,7 @@ class PartnerRegistry:
         status: str = ACTIVE,
         reinsurer_code: str | None = None,
         distributor_code: str | None = None,
+        grants: Sequence[str] = (),
     ) -> Partner:
         now = self.clock()
         partner = Partner.create(
@@ -144,6 +146,7 @@ class PartnerRegistry:
             status=status,
             reinsurer_code=reinsurer_code,
             distributor_code=distributor_code,
+            grants=list(grants),
             created_at=now,
             updated_at=now,
         )
@@ -153,15 +156,23 @@ class PartnerRegistry:
                 raise LimitReached(f"at most {self.max_partners} partners")
             self._check_codes(partner)
             await self.store.put(partner)
-        log.info("partner %s created (%s, %s)", partner.id, partner.kind, partner.status)
+        log.info(
+            "partner %s created (%s, %s, grants: %s)",
+            partner.id,
+            partner.kind,
+            partner.status,
+            ", ".join(partner.grants) or "none",
+        )
         return partner
 
     async def update_partner(self, partner_id: str, **changes: Any) -> Partner:
-        """A new version of the partner with ``changes`` (name, status, codes); the same
-        partner when nothing differs."""
+        """A new version of the partner with ``changes`` (name, status, codes, grants); the
+        same partner when nothing differs.  ``grants`` replaces the partner's grants."""
         async with self._lock:
             await self.catch_up()
             partner = self.partner(partner_id)
+            if "grants" in changes:
+                changes["grants"] = _grant_set(changes["grants"])
             changes = {k: v for k, v in changes.items() if getattr(partner, k, object()) != v}
             if not changes:
                 return partner
@@ -171,6 +182,8 @@ class PartnerRegistry:
                 raise InvalidPartner([str(exc)]) from exc
             self._check_codes(new)
             await self.store.put(new)
+        if "grants" in changes:
+            log.info("partner %s: grants now %s", new.id, ", ".join(new.grants) or "none")
         log.info("partner %s changed (%s)", new.id, ", ".join(sorted(changes)))
         return new
 
@@ -235,3 +248,13 @@ class PartnerRegistry:
                 theirs = getattr(other, field)
                 if other.id != partner.id and theirs is not None and theirs.casefold() == code.casefold():
                     raise PartnerConflict(f"{field}: partner {other.id} has this code already")
+
+
+def _grant_set(grants: Sequence[str] | None) -> tuple[str, ...]:
+    """Grants as the partner holds them (documented order, each once), so an unchanged set
+    is no change; an unknown class is refused."""
+    given = set(grants or ())
+    unknown = given - set(DATA_CLASSES)
+    if unknown:
+        raise InvalidPartner([f"grants: each must be one of {', '.join(DATA_CLASSES)}"])
+    return tuple(c for c in DATA_CLASSES if c in given)

@@ -5,7 +5,10 @@ One consumer group reads two kinds of records:
 * **Events** from the ``insurance.*.events`` topics.  Fan-out looks the event type up in the
   subscriptions table (materialised from the compacted ``integrations.webhook.subscriptions``
   topic) and writes one *dispatch record* per matching subscription to
-  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets.
+  ``integrations.webhooks.dispatch``.  The record's value is the exact body the partner gets:
+  its ``data`` is the partner-facing projection of the event for the subscription's effective
+  grants (:func:`~processors.webhooks.subscriptions.effective_grants`; a partner's grants are
+  read from the partner registry table, ``partners``, at fan-out).
 * **Dispatch records** (and their retry-tier copies).  Delivery signs the body, sends it through
   the SSRF-pinned transport under the endpoint's own breaker, concurrency and rate limits, and
   writes one line per attempt to ``integrations.webhook.deliveries``.
@@ -60,9 +63,14 @@ from processors.webhooks.secrets import SecretBox, SecretDecryptFailed, active_s
 from processors.webhooks.signing import signature_headers
 from processors.webhooks.ssrf import AddressRefused
 from processors.webhooks.store import CatchUpTimeout
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable
+from processors.webhooks.subscriptions import (
+    GrantDirectory,
+    Subscription,
+    SubscriptionTable,
+    effective_grants,
+)
 
-__all__ = ["SubscriptionSource", "WebhooksApp"]
+__all__ = ["PartnerSource", "SubscriptionSource", "WebhooksApp"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,16 @@ class SubscriptionSource(Protocol):
     async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
     async def put(self, sub: Subscription) -> None: ...
     def add_listener(self, callback: Callable[[str, Subscription | None], None]) -> None: ...
+
+
+class PartnerSource(Protocol):
+    """The partner registry table, for the partners' grants (``processors.partners.store.PartnerStore``)."""
+
+    @property
+    def table(self) -> GrantDirectory: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait_caught_up(self, timeout_s: float = 30.0) -> None: ...
 
 
 class _NotDelivered(Retriable):
@@ -188,10 +206,13 @@ class WebhooksApp(RetryGateMixin):
         group: str,
         pending_reader: PendingReader | None = None,
         guard_factory: Callable[[str, EndpointPolicy, BreakerRegistry], EndpointGuard] | None = None,
+        partners: PartnerSource | None = None,
     ) -> None:
         self.codec = codec
         self.topics = topics
         self.store = store
+        self.partners = partners
+        """The partner registry (partners' grants); None: no registry, partners are granted nothing."""
         self.box = box
         self.transport = transport
         self.policy = policy
@@ -216,6 +237,7 @@ class WebhooksApp(RetryGateMixin):
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_started = False
+        self._store_loading: asyncio.Future[None] | None = None
         self._timeouts = policy.timeout.http()
         self.deliveries = WebhookDeliveryMetrics()
         """Delivery outcomes per subscription, for ``/metrics`` (one count per delivery-log line)."""
@@ -227,14 +249,21 @@ class WebhooksApp(RetryGateMixin):
         return self._sources
 
     async def start_store(self) -> None:
-        """Load the subscriptions (once; the API may need them before the engine starts the app)."""
-        if self._store_started:
-            return
-        self._store_started = True
+        """Load the subscriptions and the partner registry, once: the API may need them before
+        the engine starts the app, and whichever caller comes second waits for the same load
+        (no record may run before both tables are read)."""
+        if self._store_loading is None:
+            self._store_started = True
+            self._store_loading = asyncio.ensure_future(self._load_stores())
+        await asyncio.shield(self._store_loading)
+
+    async def _load_stores(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.store.add_listener(self._changed)
         await self.store.start()
         await self.store.wait_caught_up()
+        if self.partners is not None:
+            await self.partners.start()  # returns once the records written before it are read
         self.check_secrets()
 
     def check_secrets(self) -> list[str]:
@@ -282,10 +311,14 @@ class WebhooksApp(RetryGateMixin):
         await self.transport.close()
         if self._store_started:
             self._store_started = False
+            self._store_loading = None
             await self.store.stop()
+            if self.partners is not None:
+                await self.partners.stop()
 
     async def on_assigned(self, partitions: Sequence[TP]) -> None:
-        """Subscriptions caught up, and the ordering gate rebuilt, before any record runs.
+        """Subscriptions (and partners' grants) caught up, and the ordering gate rebuilt, before
+        any record runs.
 
         While the broker is away the table cannot catch up: the assignment waits for it (the
         records of these partitions could not run anyway) instead of failing the rebalance,
@@ -297,6 +330,8 @@ class WebhooksApp(RetryGateMixin):
         while True:
             try:
                 await self.store.wait_caught_up()
+                if self.partners is not None:
+                    await self.partners.wait_caught_up()  # their grants, before any fan-out
                 break
             except CatchUpTimeout as exc:
                 if time.monotonic() > deadline:
@@ -338,7 +373,9 @@ class WebhooksApp(RetryGateMixin):
         if key is None or key != event.subject.encode():
             raise ValidationFailed(f"message key does not match the event subject ({event.event_type})")
         subs = self.store.table.matching(event.event_type)
-        targets = [Target(sub.id, sub.ordered) for sub in subs]
+        # Grants as the registry shows them now: a change applies from the next event on.
+        partners = self.partners.table if self.partners is not None else None
+        targets = [Target(sub.id, sub.ordered, effective_grants(sub, partners)) for sub in subs]
         return dispatch_records(
             event, targets, topic=self.dispatch_topic, traceparent=header_value(headers, "traceparent")
         )

@@ -8,6 +8,13 @@ operator's: only the operator token sees and changes it.  Its secrets are kept e
 the compacted ``integrations.webhook.subscriptions`` topic (key = the id) and never holds a
 secret in clear.
 
+What its deliveries carry is the partner-facing projection of each event
+(:mod:`processors.partners.projection`) for its *effective grants*
+(:func:`effective_grants`): a partner's subscription receives the classes of personal data
+granted to the partner, at the moment each event is fanned out; an operator's own
+subscription receives the classes set on the subscription itself (``grants``, operator token
+only).  Both default to none.
+
 Event filters::
 
     policy.issued      exactly this event type
@@ -32,7 +39,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -49,16 +56,19 @@ from pydantic_core import PydanticCustomError
 
 from processors.contract import EVENT_TYPES
 from processors.errors import DecodeError, ValidationFailed
-from processors.partners.model import PARTNER_ID_PATTERN
+from processors.partners.model import PARTNER_ID_PATTERN, Partner, grants_field
+from processors.partners.projection import NO_GRANTS, DataClass, Grants
 from processors.webhooks.secrets import StoredSecret
 
 __all__ = [
     "ID_PATTERN",
     "MAX_FILTERS",
     "UPDATABLE_FIELDS",
+    "GrantDirectory",
     "InvalidSubscription",
     "Subscription",
     "SubscriptionTable",
+    "effective_grants",
     "filter_matches",
     "loggable_url",
     "new_subscription_id",
@@ -75,7 +85,7 @@ MAX_URL_CHARS: Final = 2048
 MAX_DISABLED_REASON_CHARS: Final = 500
 MAX_GRACE_S: Final = 30 * 24 * 3600
 UPDATABLE_FIELDS: Final = frozenset(
-    {"url", "events", "active", "ordered", "max_concurrency", "rate_limit_per_s", "description"}
+    {"url", "events", "active", "ordered", "max_concurrency", "rate_limit_per_s", "description", "grants"}
 )
 """What :meth:`Subscription.updated` may change (secrets rotate with :meth:`Subscription.rotated`)."""
 
@@ -246,6 +256,10 @@ class Subscription(BaseModel):
     max_concurrency: int = Field(default=10, ge=1, le=100)
     rate_limit_per_s: float | None = Field(default=None, gt=0, le=10_000)
     description: str | None = Field(default=None, max_length=200)
+    grants: tuple[DataClass, ...] = ()
+    """An operator's own subscription (no ``partner_id``): the classes of personal data its
+    deliveries carry.  Set with the operator token only; a partner's subscription receives
+    the partner's grants instead (see :func:`effective_grants`)."""
     created_at: UtcDatetime = Field(default_factory=_now)
     updated_at: UtcDatetime = Field(default_factory=_now)
     disabled_reason: str | None = Field(default=None, min_length=1, max_length=MAX_DISABLED_REASON_CHARS)
@@ -266,6 +280,11 @@ class Subscription(BaseModel):
         for event_filter in unique:
             _check_filter(event_filter, known=not stored)
         return unique
+
+    @field_validator("grants", mode="before")
+    @classmethod
+    def _grants(cls, value: Any, info: ValidationInfo) -> Any:
+        return grants_field(value, info)
 
     @field_validator("secrets", mode="after")
     @classmethod
@@ -327,6 +346,7 @@ class Subscription(BaseModel):
             "max_concurrency": self.max_concurrency,
             "rate_limit_per_s": self.rate_limit_per_s,
             "description": self.description,
+            "grants": [str(g) for g in self.grants],
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "disabled_reason": self.disabled_reason,
@@ -441,6 +461,30 @@ def _stored_secret(document: Any) -> StoredSecret:
     if not isinstance(document, dict):
         raise TypeError("a stored secret is an object")
     return StoredSecret.from_json(document)
+
+
+# --- grants ---------------------------------------------------------------------------------
+
+
+class GrantDirectory(Protocol):
+    """Where a partner's grants are read (:class:`~processors.partners.table.PartnerTable`)."""
+
+    def partner(self, partner_id: str) -> Partner | None: ...
+
+
+def effective_grants(sub: Subscription, partners: GrantDirectory | None) -> Grants:
+    """The classes of personal data ``sub``'s deliveries carry.
+
+    A partner's subscription: the partner's grants as ``partners`` shows them now (none when
+    it does not show the partner, or there is no registry); its own ``grants`` are ignored.
+    An operator's own subscription: the ``grants`` set on it.
+    """
+    if sub.partner_id is None:
+        return frozenset(sub.grants) if sub.grants else NO_GRANTS
+    partner = partners.partner(sub.partner_id) if partners is not None else None
+    if partner is None or not partner.grants:
+        return NO_GRANTS
+    return frozenset(partner.grants)
 
 
 # --- the table --------------------------------------------------------------------------------

@@ -313,3 +313,15 @@ async def test_the_cli_manages_partners_that_a_running_api_honours(
     code, _, err = await cli("create", "--name", "Bad", "--kind", "reinsurer", "--reinsurer-code", "bad code")
     assert code == 2
     assert "reinsurer_code" in err
+
+    # grants: set, shown, cleared; and given at creation
+    code, out, _ = await cli("grants", partner["id"], "--grant", "identity", "--grant", "contact")
+    assert (code, out) == (0, f"partner {partner['id']} grants: contact, identity\n")
+    code, out, _ = await cli("show", partner["id"], "--json")
+    assert (code, json.loads(out)["grants"]) == (0, ["contact", "identity"])
+    code, out, _ = await cli("grants", partner["id"], "--none", "--json")
+    assert (code, json.loads(out)["grants"], json.loads(out)["version"]) == (0, [], partner["version"] + 4)
+    code, out, _ = await cli(
+        "create", "--name", "Granted", "--kind", "broker", "--grant", "payment_instrument", "--json"
+    )
+    assert (code, json.loads(out)["grants"]) == (0, ["payment_instrument"])

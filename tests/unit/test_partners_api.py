@@ -195,6 +195,7 @@ async def test_create_list_get_and_patch_partners(api: Api, clock: Clock) -> Non
         "status": "active",
         "reinsurer_code": None,
         "distributor_code": "D-1001",
+        "grants": [],
         "created_at": "2025-03-01T12:00:00Z",
         "updated_at": "2025-03-01T12:00:00Z",
         "version": 1,
@@ -616,3 +617,105 @@ async def test_no_key_or_digest_reaches_the_logs(
         for digest in json.loads(value).get("digest", "sha256:-").split(":")[1:]:
             if digest != "-":
                 assert digest not in caplog.text
+
+
+# -- grants (data minimisation) ------------------------------------------------------------------
+
+
+async def test_the_operator_sets_a_partners_grants_and_the_partner_cannot(api: Api) -> None:
+    created = await api.partner(grants=["identity", "contact"])
+    assert created["grants"] == ["contact", "identity"]
+    key = (await api.key(created["id"]))["key"]
+    path = f"/api/v1/partners/{created['id']}"
+
+    status, changed = await api.call("PATCH", path, {"grants": ["payment_instrument"]})
+    assert (status, changed["grants"], changed["version"]) == (200, ["payment_instrument"], 2)
+    status, refused = await api.call("PATCH", path, {"grants": ["contact", "identity"]}, token=key)
+    assert (status, refused["error"]) == (403, "operator_only")
+    status, invalid = await api.call("PATCH", path, {"grants": ["everything"]})
+    assert (status, invalid["reasons"]) == (
+        400,
+        ["grants: each must be one of contact, identity, payment_instrument"],
+    )
+    status, null = await api.call("PATCH", path, {"grants": None})
+    assert (status, null["reasons"]) == (400, ["grants: must not be null"])
+    status, cleared = await api.call("PATCH", path, {"grants": []})
+    assert (status, cleared["grants"]) == (200, [])
+    status, bad_create = await api.call(
+        "POST", "/api/v1/partners", {"name": "B", "kind": "broker", "grants": ["x"]}
+    )
+    assert status == 400
+    assert bad_create["reasons"][0].startswith("grants.0:")
+
+
+async def test_subscription_grants_are_the_operators_for_its_own_subscriptions_only(
+    api: Api, subs: FakeSubscriptions
+) -> None:
+    a, key_a, _, _ = await two_partners(api)
+    mine = await api.subscription(token=key_a)
+    written = len(subs.records)
+
+    status, refused = await api.call(
+        "POST", "/api/v1/webhooks", {"url": URL, "events": ["*"], "grants": ["contact"]}, token=key_a
+    )
+    assert (status, refused["error"]) == (403, "operator_only")
+    status, refused = await api.call("PATCH", f"/api/v1/webhooks/{mine['id']}", {"grants": []}, token=key_a)
+    assert (status, refused["error"]) == (403, "operator_only")
+    status, partners = await api.call("PATCH", f"/api/v1/webhooks/{mine['id']}", {"grants": ["contact"]})
+    assert status == 400
+    assert partners["reasons"][0].startswith("grants: a partner's subscriptions receive the partner's grants")
+    status, _ = await api.call(
+        "POST",
+        "/api/v1/webhooks",
+        {"url": URL, "events": ["*"], "partner_id": a["id"], "grants": ["contact"]},
+    )
+    assert status == 400
+    assert len(subs.records) == written
+
+    own = await api.subscription(grants=["payment_instrument", "contact"])
+    assert (own["partner_id"], own["grants"]) == (None, ["contact", "payment_instrument"])
+    status, changed = await api.call("PATCH", f"/api/v1/webhooks/{own['id']}", {"grants": ["identity"]})
+    assert (status, changed["grants"]) == (200, ["identity"])
+    status, invalid = await api.call("PATCH", f"/api/v1/webhooks/{own['id']}", {"grants": ["biometric"]})
+    assert status == 400
+    assert invalid["reasons"][0].startswith("grants: unknown data class 'biometric'")
+    assert mine["grants"] == []
+
+
+async def test_event_types_show_what_the_caller_receives(api: Api) -> None:
+    a, key_a, _, _ = await two_partners(api)
+
+    def customer(document: dict[str, Any]) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], next(e for e in document["event_types"] if e["event_type"] == "customer.created")
+        )
+
+    status, mine = await api.call("GET", "/api/v1/event-types", token=key_a)
+    assert (status, mine["grants"]) == (200, [])
+    assert customer(mine)["example"]["data"] == {"customer_id": "CUST-000123"}
+    assert set(customer(mine)["withheld"]) == {"contact", "identity"}
+
+    await api.call("PATCH", f"/api/v1/partners/{a['id']}", {"grants": ["contact"]})
+    status, mine = await api.call("GET", "/api/v1/event-types", token=key_a)
+    assert (status, mine["grants"]) == (200, ["contact"])
+    assert customer(mine)["example"]["data"] == {"customer_id": "CUST-000123", "email": "jane@example.com"}
+    assert "email" in customer(mine)["schema"]["$defs"]["CustomerCreated"]["properties"]
+    assert "full_name" not in customer(mine)["schema"]["$defs"]["CustomerCreated"]["properties"]
+
+    status, default = await api.call("GET", "/api/v1/event-types")
+    assert (status, default["grants"], default["count"]) == (200, [], len(default["event_types"]))
+    status, of_partner = await api.call("GET", f"/api/v1/event-types?partner_id={a['id']}")
+    assert (status, of_partner["grants"]) == (200, ["contact"])
+    status, asked = await api.call("GET", "/api/v1/event-types?grants=identity,payment_instrument")
+    assert (status, asked["grants"]) == (200, ["identity", "payment_instrument"])
+
+    for token, query, expected in (
+        (key_a, "?grants=identity", 400),  # a partner sees its own, nothing else
+        (key_a, f"?partner_id={a['id']}", 400),
+        (TOKEN, "?grants=everything", 400),
+        (TOKEN, f"?grants=contact&partner_id={a['id']}", 400),
+        (TOKEN, "?partner_id=prt_000000000000000000000000", 404),
+        (TOKEN, "?partner_id=acme", 400),
+    ):
+        status, _ = await api.call("GET", f"/api/v1/event-types{query}", token=token)
+        assert status == expected, query
