@@ -24,7 +24,7 @@ from processors.partners.model import (
     decode_record,
 )
 
-__all__ = ["PartnerTable"]
+__all__ = ["PartnerTable", "text_key"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class PartnerTable:
 
         A tombstone deletes.  An undecodable value leaves the previous entry as it was.
         """
-        record_key = _text_key(key)
+        record_key = text_key(key)
         if record_key is None or self._kind_of(record_key) is None:
             self._skip("a record with an invalid key", None)
             return False
@@ -155,7 +155,8 @@ class PartnerTable:
         )
 
 
-def _text_key(key: bytes | None) -> str | None:
+def text_key(key: bytes | None) -> str | None:
+    """A compacted-table record key as text; None when absent or not ASCII (the record is refused)."""
     if key is None:
         return None
     try:

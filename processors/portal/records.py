@@ -40,6 +40,7 @@ from processors.apps.reinsurance import read_report
 from processors.errors import ContractError, DecodeError
 from processors.partners.keys import KEY_PREFIX
 from processors.partners.model import PARTNER_ID_PATTERN, Partner, decode_record
+from processors.partners.table import text_key
 from processors.webhooks.attempts import DeliveryAttempt
 from processors.webhooks.subscriptions import ID_PATTERN as SUBSCRIPTION_ID_PATTERN
 from processors.webhooks.subscriptions import Subscription
@@ -145,17 +146,8 @@ def decode(source: Source, at: Coordinates, key: bytes | None, value: bytes | No
 # --------------------------------------------------------------------------------- partners
 
 
-def _text_key(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-
-
 def _partner(at: Coordinates, key: bytes | None, value: bytes | None) -> Action:
-    record_key = _text_key(key)
+    record_key = text_key(key)
     if record_key is None:
         return Skipped("a record with an invalid key")
     if record_key.startswith(KEY_PREFIX):
@@ -192,7 +184,7 @@ def _partner(at: Coordinates, key: bytes | None, value: bytes | None) -> Action:
 
 
 def _subscription(at: Coordinates, key: bytes | None, value: bytes | None) -> Action:
-    sub_id = _text_key(key)
+    sub_id = text_key(key)
     if sub_id is None or _SUBSCRIPTION_KEY.fullmatch(sub_id) is None:
         return Skipped("a record with an invalid key")
     if value is None:
