@@ -43,6 +43,9 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 
+PROFILE: dict[str, str] = {}
+"""``{"stage": NAME}`` when ``--profile NAME`` was given."""
+
 #: The libraries whose versions can move a figure.
 LIBRARIES = (
     "confluent-kafka",
@@ -104,7 +107,11 @@ async def interleaved(
     warmup: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Run]]:
-    """Run every stage once to warm up (discarded), then ``rounds`` times in turn."""
+    """Run every stage once to warm up (discarded), then ``rounds`` times in turn.
+
+    With ``--profile STAGE`` (:func:`json_argument`), the first measured run of that stage is
+    recorded by py-spy and its profile printed (:mod:`bench.profile`).
+    """
     if warmup:
         for name, stage in stages.items():
             run = await stage()
@@ -112,7 +119,15 @@ async def interleaved(
     runs: dict[str, list[Run]] = {name: [] for name in stages}
     for index in range(rounds):
         for name, stage in stages.items():
-            run = await stage()
+            if index == 0 and name == PROFILE.get("stage"):
+                from bench import profile
+
+                with profile.record(name) as path:
+                    run = await stage()
+                if path is not None and path.exists():
+                    profile.report(profile.load(path))
+            else:
+                run = await stage()
             runs[name].append(run)
             log(f"  round {index + 1} {name}: {_describe(run)}")
     return runs
@@ -263,3 +278,15 @@ def _commit() -> str | None:
 def json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per stage (median)")
+    parser.add_argument(
+        "--profile",
+        metavar="STAGE",
+        action=_ProfileStage,
+        help="record the first measured run of STAGE with py-spy and print where its time went",
+    )
+
+
+class _ProfileStage(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        PROFILE["stage"] = str(values)
+        setattr(namespace, self.dest, values)
