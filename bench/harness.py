@@ -46,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE: dict[str, str] = {}
 """``{"stage": NAME}`` when ``--profile NAME`` was given."""
 
+PROFILED_PROCESS: dict[str, int] = {}
+"""Per stage, the process ``--profile`` records instead of this one (a bench whose stage runs
+its subject in a process of its own registers it here: ``bench/bench_portal.py``)."""
+
 #: The libraries whose versions can move a figure.
 LIBRARIES = (
     "confluent-kafka",
@@ -110,7 +114,8 @@ async def interleaved(
     """Run every stage once to warm up (discarded), then ``rounds`` times in turn.
 
     With ``--profile STAGE`` (:func:`json_argument`), the first measured run of that stage is
-    recorded by py-spy and its profile printed (:mod:`bench.profile`).
+    recorded by py-spy and its profile printed (:mod:`bench.profile`): this process's, or the
+    one :data:`PROFILED_PROCESS` names for the stage.
     """
     if warmup:
         for name, stage in stages.items():
@@ -122,7 +127,7 @@ async def interleaved(
             if index == 0 and name == PROFILE.get("stage"):
                 from bench import profile
 
-                with profile.record(name) as path:
+                with profile.record(name, pid=PROFILED_PROCESS.get(name)) as path:
                     run = await stage()
                 if path is not None and path.exists():
                     profile.report(profile.load(path))

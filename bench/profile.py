@@ -1,4 +1,5 @@
-"""Sampling profiles of one bench stage, with py-spy attached to the bench's own process.
+"""Sampling profiles of one bench stage, with py-spy attached to the bench's own process (or to
+the process a bench names for the stage, ``bench.harness.PROFILED_PROCESS``).
 
 ``--profile STAGE`` on any bench (see :func:`bench.harness.json_argument`) records the first
 measured run of ``STAGE`` — not the warm-up — as collapsed stacks in
@@ -98,9 +99,9 @@ def report(profile: Profile, *, top: int = 15, out: TextIO | None = None) -> Non
 
 
 @contextlib.contextmanager
-def record(stage: str) -> Iterator[Path | None]:
-    """py-spy attached to this process while the block runs; yields the output file (None when
-    py-spy is not installed: the stage runs unprofiled and that is said)."""
+def record(stage: str, *, pid: int | None = None) -> Iterator[Path | None]:
+    """py-spy attached to this process (or to process ``pid``) while the block runs; yields the
+    output file (None when py-spy is not installed: the stage runs unprofiled and that is said)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         print("  profile: py-spy is not installed (`./dev` installs the dev extra)", file=sys.stderr)
@@ -108,7 +109,7 @@ def record(stage: str) -> Iterator[Path | None]:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"profile-{stage}.txt"
-    command = [exe, "record", "--pid", str(os.getpid()), "--rate", str(RATE_HZ)]
+    command = [exe, "record", "--pid", str(pid if pid is not None else os.getpid()), "--rate", str(RATE_HZ)]
     command += ["--format", "raw", "--threads", "--output", str(path), "--nonblocking"]
     spy = subprocess.Popen(
         command,

@@ -21,7 +21,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # the live view is the output; logs only for errors
         logging.getLogger().setLevel(logging.ERROR)
-    return asyncio.run(run_demo(events=args.events, policies=args.policies, broker=args.broker))
+    return asyncio.run(
+        run_demo(events=args.events, policies=args.policies, broker=args.broker, serve=args.serve)
+    )
 
 
 def _cmd_samples(args: argparse.Namespace) -> int:
@@ -57,6 +59,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["auto", "external", "docker", "apache", "embedded"],
         default="auto",
         help="auto: $KAFKA_BOOTSTRAP_SERVERS if set, else the embedded broker",
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the summary, keep the broker, apps, API and partner portal answering until Ctrl-C",
     )
     demo.set_defaults(func=_cmd_demo)
 

@@ -114,13 +114,15 @@ def publish_samples(bootstrap: str, *, count: int, policies: int, fmt: str = "av
     return publish_events(bootstrap, premium_due_stream(count, policies), fmt=fmt)
 
 
-async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto") -> int:
+async def run_demo(
+    *, events: int = 300, policies: int = 60, broker: str = "auto", serve: bool = False
+) -> int:
     from processors.bordereaux.treaties import load_treaty_book
     from processors.runner import Runner
     from processors.settings import load_settings
     from processors.topics.admin import apply
     from processors.topics.catalogue import load_catalogue
-    from processors_dev import demo_bordereaux
+    from processors_dev import demo_bordereaux, demo_portal
     from processors_dev.devbroker import BrokerKind, provide_broker
     from processors_dev.sandbox.gateway import GatewayConfig
     from processors_dev.sandbox.partners import PartnerSandbox
@@ -161,7 +163,10 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             print(f"sandbox     payment gateway and reinsurer at {sandbox.url}")
             print(f"sandbox     regulator SFTP at {regulator.host}:{regulator.port}")
             overrides = {f"consumer.{k}": v for k, v in info.client_overrides().items()}
+            api, portal, token = demo_portal.api_settings(Path(workdir))
             settings = load_settings(
+                api=api,
+                portal=portal,
                 bootstrap_servers=bootstrap,
                 client_overrides=overrides,
                 payments={"gateway": {"base_url": sandbox.url}},
@@ -187,7 +192,12 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             ready = asyncio.Event()
             run_task = asyncio.create_task(runner.run(stop, on_ready=ready.set))
             await _until_ready(ready, run_task)
-            await _subscribe_partners(runner, partners)
+            assert runner.api is not None  # the settings enable it
+            behaviours = {name: (behaviour, events) for name, behaviour, events in DEMO_PARTNERS}
+            portal_demo = await demo_portal.register_partners(runner.api.url, token, partners, behaviours)
+            print(f"portal      {runner.api.url}/portal")
+            for name, key in portal_demo.keys.items():
+                print(f"key         {name:<17} {key}  (shown once)")
             mix = {"ok": 0.85, "declined": 0.07, "expired": 0.03, "pending": 0.05}
             sample = list(premium_due_stream(events, policies, seed=2024, token_mix=mix))
             sent = await loop.run_in_executor(
@@ -211,13 +221,23 @@ async def run_demo(*, events: int = 300, policies: int = 60, broker: str = "auto
             reinsurance_ok = await demo_bordereaux.wait_for(
                 expected_reinsurance, lambda: sandbox.reinsurer.reports, regulator.received
             )
+            portal_ok = await demo_portal.show_portal(portal_demo)
+
+            def summaries() -> bool:
+                charges = sandbox.gateway.charges_by_key
+                reports, files = dict(sandbox.reinsurer.reports), regulator.received()
+                ok = _summary(seen, sample, charges, time.monotonic() - t0)
+                ok = _partners_summary(partners, expected_deliveries) and partners_ok and ok
+                ok = demo_bordereaux.summary(expected_reinsurance, reports, files) and reinsurance_ok and ok
+                return portal_ok and ok
+
+            if serve:  # the summary first, then the portal stays up until Ctrl-C
+                ok = summaries()
+                await demo_portal.serve_until_interrupted(portal_demo)
             stop.set()
             await run_task
-            charges = sandbox.gateway.charges_by_key
-            reports, files = dict(sandbox.reinsurer.reports), regulator.received()
-        ok = _summary(seen, sample, charges, time.monotonic() - t0)
-        ok = _partners_summary(partners, expected_deliveries) and partners_ok and ok
-        ok = demo_bordereaux.summary(expected_reinsurance, reports, files) and reinsurance_ok and ok
+            if not serve:  # counted once every app has stopped: a late charge would show
+                ok = summaries()
         return 0 if ok else 1
     finally:
         stack.close()
@@ -321,34 +341,6 @@ async def _until_ready(ready: asyncio.Event, run_task: asyncio.Task[None]) -> No
     if run_task.done():
         run_task.result()  # start-up failed: raise its error
     waiter.cancel()
-
-
-async def _subscribe_partners(runner: Any, partners: Any) -> None:
-    """Three partner subscriptions, written to the subscriptions topic like the API does."""
-    from datetime import UTC, datetime
-
-    from processors.webhooks.app import WebhooksApp
-    from processors.webhooks.secrets import StoredSecret, generate_secret
-    from processors.webhooks.subscriptions import Subscription, new_subscription_id
-    from processors_dev.sandbox.partners import PartnerBehaviour
-
-    app = next(e.processor for e in runner.engines if isinstance(e.processor, WebhooksApp))
-    await app.start_store()
-    for name, behaviour, events in DEMO_PARTNERS:
-        secret = generate_secret()
-        partners.add(name, PartnerBehaviour(**behaviour), [secret])
-        sub_id = new_subscription_id()
-        stored = StoredSecret(app.box.encrypt(secret, associated=sub_id), created_at=datetime.now(UTC))
-        sub = Subscription.create(
-            id=sub_id,
-            url=partners.url(name),
-            events=list(events),
-            secrets=[stored],
-            max_concurrency=1 if behaviour["mode"] == "gone" else 10,
-            description=name,
-        )
-        await app.store.put(sub)
-        print(f"partner     {name:<16} {behaviour['mode']:<8} subscribed to {', '.join(events)}")
 
 
 async def _await_partners(partners: Any, expected: dict[str, int], runner: Any) -> bool:

@@ -45,6 +45,16 @@ def _logging_as_it_was() -> Iterator[None]:
         logging.getLogger(name).setLevel(was)
 
 
+@pytest.fixture(autouse=True)
+def _portal_store_per_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's API (with the webhooks app it serves ``/graphql``) gets its own portal store:
+    the default ``sqlite:///var/portal.db`` is one file per working directory, and a store built
+    from one test's topics is refused, by design, by the next test's differently named topics.
+    A test that names a store (in its environment or its settings) uses that one."""
+    if "PROCESSORS_PORTAL__DATABASE_URL" not in os.environ:
+        monkeypatch.setenv("PROCESSORS_PORTAL__DATABASE_URL", f"sqlite:///{tmp_path / 'portal.db'}")
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[object]:
     from processors_dev.devbroker import BrokerKind, provide_broker

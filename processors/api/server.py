@@ -132,6 +132,14 @@ class RouteProvider(Protocol):
     routes of the others refuse partner keys (403 ``operator_only``).  Every route finds who
     called under :data:`~processors.partners.auth.CALLER` in the request.
 
+    Public routes: a provider with ``public = True`` is mounted without the guard; its
+    handlers answer anyone (a static page), or check who calls themselves (``/graphql``, whose
+    WebSocket key comes in the first message, as a browser's handshake cannot carry an
+    ``Authorization`` header).
+
+    Metrics: a provider with a ``collectors()`` method has each collector it returns registered
+    in the server's ``/metrics`` registry when the server is built.
+
     ``routes()`` is called once, when the server is built (no I/O).  A provider may also
     define ``async start()`` and ``async stop()``: the server calls them (in order, and in
     reverse order) around serving requests.
@@ -227,6 +235,10 @@ class ApiServer:
         self._url: str | None = None
         self._used = False
         self.extra_routes = tuple(extra_routes)
+        for provider in self.extra_routes:
+            collectors = getattr(provider, "collectors", None)
+            for collector in collectors() if collectors is not None else ():
+                self.metrics.registry.register(collector)
         self._started_providers: list[RouteProvider] = []
         self.app = build_api_app(self)
 
@@ -674,6 +686,10 @@ def build_api_app(server: ApiServer) -> web.Application:
     keys = [k for p in server.extra_routes if (k := getattr(p, "partner_keys", None)) is not None]
     partner_keys: PartnerAuthenticator | None = keys[0] if keys else None
     for provider in server.extra_routes:
+        if getattr(provider, "public", False) is True:
+            for route in provider.routes():
+                route.register(app.router)
+            continue
         partner_access = bool(getattr(provider, "partner_access", False))
         for route in provider.routes():
             guarded = server._authenticated(route, partner_access=partner_access, partner_keys=partner_keys)

@@ -41,46 +41,49 @@ its secret.  Everything else shows :meth:`Subscription.public_view`; errors neve
 value.  Changes are written to the subscriptions topic and answered once this instance's table
 shows them (read-your-writes); a change first waits until the table holds every record written
 before the request, so it starts from the latest version.
+
+The handlers parse HTTP and answer; every rule above is
+:class:`~processors.webhooks.service.EndpointService`'s, shared with the partner portal's
+GraphQL mutations.  Each change (refusals included) is recorded on ``integrations.audit`` as
+``rest.<mutation>``; a caller's ``X-Request-Id`` (up to 128 printable characters) becomes its
+``correlation_id``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from processors.adapters import jsonwire
-from processors.errors import BrokerError
+from processors.observability.audit import AuditLogger
 from processors.partners.auth import Caller, caller_of
 from processors.partners.catalogue import catalogue_json
-from processors.partners.model import PARTNER_ID_PATTERN, Partner
-from processors.partners.projection import DATA_CLASSES, NO_GRANTS, DataClass, Grants, parse_grants
-from processors.webhooks.secrets import (
-    InvalidSecret,
-    SecretBox,
-    StoredSecret,
-    generate_secret,
-    validate_secret,
+from processors.partners.model import PARTNER_ID_PATTERN
+from processors.partners.projection import NO_GRANTS, Grants, parse_grants
+from processors.webhooks.secrets import SecretBox
+from processors.webhooks.service import (
+    EndpointDisabled,
+    EndpointError,
+    EndpointForbidden,
+    EndpointLimitReached,
+    EndpointNotFound,
+    EndpointService,
+    EndpointsUnavailable,
+    EndpointUrlRefused,
+    InvalidEndpoint,
+    NewEndpoint,
+    PartnerDirectory,
+    SubscriptionWriter,
+    UrlCheck,
 )
-from processors.webhooks.ssrf import AddressRefused
 from processors.webhooks.store import SubscriptionStore
-from processors.webhooks.subscriptions import (
-    MAX_GRACE_S,
-    InvalidSubscription,
-    Subscription,
-    SubscriptionTable,
-    loggable_url,
-    new_subscription_id,
-    summarise_errors,
-    valid_event_type,
-)
+from processors.webhooks.subscriptions import MAX_GRACE_S, summarise_errors, valid_event_type
 
 __all__ = [
     "DEFAULT_SUBSCRIPTIONS_TOPIC",
@@ -94,33 +97,12 @@ __all__ = [
     "WebhookRoutes",
 ]
 
-log = logging.getLogger(__name__)
-
 WEBHOOKS_PATH: Final = "/api/v1/webhooks"
 WEBHOOK_PATH: Final = "/api/v1/webhooks/{id}"
 ROTATE_PATH: Final = "/api/v1/webhooks/{id}/rotate-secret"
 EVENT_TYPES_PATH: Final = "/api/v1/event-types"
 DEFAULT_SUBSCRIPTIONS_TOPIC: Final = "integrations.webhook.subscriptions"
 MAX_BODY_BYTES: Final = 64 * 1024
-
-UrlCheck = Callable[[str], Awaitable[None]]
-"""Raises :class:`~processors.webhooks.ssrf.AddressRefused` when a URL may not be registered."""
-
-
-class SubscriptionWriter(Protocol):
-    """What the routes need of :class:`~processors.webhooks.store.SubscriptionStore`."""
-
-    @property
-    def table(self) -> SubscriptionTable: ...
-    async def put(self, sub: Subscription) -> None: ...
-    async def delete(self, sub_id: str) -> None: ...
-    async def wait_caught_up(self, timeout_s: float = 30) -> None: ...
-
-
-class PartnerDirectory(Protocol):
-    """The partners a subscription may belong to (:class:`~processors.partners.table.PartnerTable`)."""
-
-    def partner(self, partner_id: str) -> Partner | None: ...
 
 
 class _Body(BaseModel):
@@ -158,9 +140,6 @@ class _RotateBody(_Body):
 
 _BodyT = TypeVar("_BodyT", bound=_Body)
 
-_NULLABLE: Final = frozenset({"rate_limit_per_s", "description"})
-"""PATCH fields that ``null`` clears; the others must not be null."""
-
 
 class _Refused(Exception):
     def __init__(self, status: int, error: str, message: str, reasons: list[str] | None = None) -> None:
@@ -181,20 +160,33 @@ def _invalid(reasons: list[str]) -> _Refused:
     return _Refused(400, "invalid_request", "; ".join(reasons) or "invalid request", reasons)
 
 
-_NOT_FOUND: Final = (404, "not_found", "no such webhook subscription")
 _PARTNER_ID: Final = re.compile(PARTNER_ID_PATTERN)
+
+
+_STATUS: Final[Mapping[str, int]] = {
+    EndpointNotFound.code: 404,
+    InvalidEndpoint.code: 400,
+    EndpointLimitReached.code: 409,
+    EndpointUrlRefused.code: 422,
+    EndpointForbidden.code: 403,
+    EndpointDisabled.code: 409,
+    EndpointsUnavailable.code: 503,
+}
+
+
+def _refused(exc: EndpointError) -> _Refused:
+    """The HTTP answer to a refusal of the service."""
+    reasons = list(exc.reasons) if isinstance(exc, InvalidEndpoint) else None
+    return _Refused(_STATUS.get(exc.code, 400), exc.code, exc.message, reasons)
 
 
 class WebhookRoutes:
     """The subscription routes (a route provider for ``ApiServer(extra_routes=...)``).
 
-    ``store`` is read and written; with ``owns_store`` the routes' ``start()``/``stop()``
-    start and stop it.  ``box`` encrypts new secrets (associated data = the subscription id);
-    ``url_check`` vets every URL registered or changed.  ``default_grace_s`` is how long a
-    rotated-out secret keeps signing when the caller does not say; ``max_subscriptions``
-    bounds the table and ``max_per_partner`` each partner's share of it.
-    ``catch_up_timeout_s`` bounds the wait for the latest versions.  ``partners`` is the
-    partner registry (see the module docstring).
+    The rules are :class:`~processors.webhooks.service.EndpointService`'s (:attr:`service`,
+    built here from the arguments, which it documents; or given as ``service``, shared with
+    the partner portal): the handlers parse HTTP and answer.  With ``owns_store`` the routes'
+    ``start()``/``stop()`` start and stop the store.
     """
 
     partner_access: Final = True
@@ -213,20 +205,25 @@ class WebhookRoutes:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         partners: PartnerDirectory | None = None,
         max_per_partner: int = 100,
+        audit: AuditLogger | None = None,
+        service: EndpointService | None = None,
     ) -> None:
-        if not 0 <= default_grace_s <= MAX_GRACE_S:
-            raise ValueError(f"default_grace_s must be within 0..{MAX_GRACE_S}")
         self.store = store
         self.partners = partners
-        self.max_per_partner = max_per_partner
-        self.box = box
-        self.url_check = url_check
-        self.default_grace_s = default_grace_s
-        self.max_subscriptions = max_subscriptions
         self.owns_store = owns_store
-        self.catch_up_timeout_s = catch_up_timeout_s
+        self.service = service or EndpointService(
+            store,
+            box,
+            url_check,
+            default_grace_s=default_grace_s,
+            max_subscriptions=max_subscriptions,
+            catch_up_timeout_s=catch_up_timeout_s,
+            clock=clock,
+            partners=partners,
+            max_per_partner=max_per_partner,
+            audit=audit,
+        )
         self._clock = clock
-        self._write_lock = asyncio.Lock()
 
     @classmethod
     def create(
@@ -280,52 +277,26 @@ class WebhookRoutes:
         caller = caller_of(request)
         try:
             body = _parse(_CreateBody, await _read_json(request, required=True))
-            owner = self._owner(caller, body.partner_id)
-            grants = _grants(caller, owner, body.grants) if body.grants is not None else ()
-            secret = _partner_or_new_secret(body.secret)
-            sub_id = new_subscription_id()
-            now = self._clock()
-            ciphertext = self.box.encrypt(secret, associated=sub_id)
-            sub = _build(
-                id=sub_id,
-                partner_id=owner,
+            new = NewEndpoint(
                 url=body.url,
                 events=body.events,
-                secrets=(StoredSecret(ciphertext=ciphertext, created_at=now),),
-                active=body.active,
+                description=body.description,
                 ordered=body.ordered,
                 max_concurrency=body.max_concurrency,
                 rate_limit_per_s=body.rate_limit_per_s,
-                description=body.description,
-                grants=grants,
-                created_at=now,
-                updated_at=now,
+                active=body.active,
+                partner_id=body.partner_id,
+                grants=body.grants,
+                secret=body.secret,
             )
-            await self._check_url(sub.url)
-            async with self._write_lock:
-                await self._catch_up()
-                if len(self.store.table) >= self.max_subscriptions:
-                    raise _Refused(
-                        409, "limit_reached", f"at most {self.max_subscriptions} webhook subscriptions"
-                    )
-                if owner is not None and self._count_of(owner) >= self.max_per_partner:
-                    raise _Refused(
-                        409,
-                        "limit_reached",
-                        f"at most {self.max_per_partner} webhook subscriptions per partner",
-                    )
-                await self._put(sub)
+            created = await self.service.create(caller, new, surface="rest", request_id=_request_id(request))
         except _Refused as refused:
             return refused.response()
-        log.info(
-            "webhook subscription %s created for %s (%s), partner %s",
-            sub.id,
-            loggable_url(sub.url),
-            ", ".join(sub.events),
-            sub.partner_id or "none (operator)",
-        )
-        document = sub.public_view(now)
-        document["secret"] = secret.get_secret_value()
+        except EndpointError as exc:
+            return _refused(exc).response()
+        sub = created.endpoint
+        document = sub.public_view(created.at)
+        document["secret"] = created.secret.get_secret_value()
         return _no_store(
             web.json_response(document, status=201, headers={"Location": f"{WEBHOOKS_PATH}/{sub.id}"})
         )
@@ -341,25 +312,18 @@ class WebhookRoutes:
             reasons.append("partner_id: must be a partner id such as prt_0123456789abcdef01234567")
         if reasons:
             return _invalid(reasons).response()
-        await self._catch_up_quietly()
-        subs = [s for s in self.store.table.all() if caller.sees(s.partner_id)]
-        if event_type is not None:
-            subs = [s for s in subs if s.matches(event_type)]
-        if partner_id is not None:
-            subs = [s for s in subs if s.partner_id == partner_id]
+        subs = await self.service.list_endpoints(caller, event_type=event_type, partner_id=partner_id)
         now = self._clock()
         return web.json_response({"webhooks": [s.public_view(now) for s in subs], "count": len(subs)})
 
     async def get_subscription(self, request: web.Request) -> web.Response:
-        sub_id = request.match_info["id"]
-        await self._catch_up_quietly()
-        sub = self._get(sub_id, caller_of(request))
-        if sub is None:
-            return _Refused(*_NOT_FOUND).response()
+        try:
+            sub = await self.service.get(caller_of(request), request.match_info["id"])
+        except EndpointError as exc:
+            return _refused(exc).response()
         return web.json_response(sub.public_view(self._clock()))
 
     async def update_subscription(self, request: web.Request) -> web.Response:
-        sub_id = request.match_info["id"]
         caller = caller_of(request)
         try:
             raw = await _read_json(request, required=True)
@@ -369,80 +333,46 @@ class WebhookRoutes:
                 raise _invalid(["partner_id: a subscription stays with its partner"])
             body = _parse(_PatchBody, raw)
             changes = {name: getattr(body, name) for name in body.model_fields_set}
-            nulls = sorted(name for name, value in changes.items() if value is None and name not in _NULLABLE)
-            if nulls:
-                raise _invalid([f"{name}: must not be null" for name in nulls])
-            async with self._write_lock:
-                await self._catch_up()
-                sub = self._get(sub_id, caller)
-                if sub is None:
-                    raise _Refused(*_NOT_FOUND)
-                if "grants" in changes:
-                    changes["grants"] = _grants(caller, sub.partner_id, changes["grants"])
-                changes = {k: v for k, v in changes.items() if _differs(getattr(sub, k), v)}
-                if not changes:
-                    return web.json_response(sub.public_view(self._clock()))
-                try:
-                    new = sub.updated(now=self._clock(), **changes)
-                except InvalidSubscription as exc:
-                    raise _invalid(list(exc.reasons)) from exc
-                if "url" in changes:
-                    await self._check_url(new.url)
-                await self._put(new)
+            new = await self.service.update(
+                caller, request.match_info["id"], changes, surface="rest", request_id=_request_id(request)
+            )
         except _Refused as refused:
             return refused.response()
-        log.info("webhook subscription %s changed (%s)", new.id, ", ".join(sorted(changes)))
+        except EndpointError as exc:
+            return _refused(exc).response()
         return web.json_response(new.public_view(self._clock()))
 
     async def delete_subscription(self, request: web.Request) -> web.Response:
-        sub_id = request.match_info["id"]
-        caller = caller_of(request)
         try:
-            async with self._write_lock:
-                await self._catch_up()
-                if self._get(sub_id, caller) is None:
-                    raise _Refused(*_NOT_FOUND)
-                try:
-                    await self.store.delete(sub_id)
-                except BrokerError as exc:
-                    raise _unavailable(sub_id, exc) from exc
-        except _Refused as refused:
-            return refused.response()
-        log.info("webhook subscription %s deleted", sub_id)
+            await self.service.delete(
+                caller_of(request), request.match_info["id"], surface="rest", request_id=_request_id(request)
+            )
+        except EndpointError as exc:
+            return _refused(exc).response()
         return web.Response(status=204)
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
-        sub_id = request.match_info["id"]
         caller = caller_of(request)
         try:
             body = _parse(_RotateBody, await _read_json(request, required=False) or {})
-            secret = _partner_or_new_secret(body.secret)
-            grace_s = self.default_grace_s if body.grace_s is None else body.grace_s
-            async with self._write_lock:
-                await self._catch_up()
-                sub = self._get(sub_id, caller)
-                if sub is None:
-                    raise _Refused(*_NOT_FOUND)
-                now = self._clock()
-                ciphertext = self.box.encrypt(secret, associated=sub.id)
-                previous_expires_at = now + timedelta(seconds=grace_s)
-                current = sub.secrets[0].expires_at
-                if current is not None and current < previous_expires_at:
-                    previous_expires_at = current
-                try:
-                    new = sub.rotated(ciphertext, now=now, grace_s=grace_s)
-                except InvalidSubscription as exc:
-                    raise _invalid(list(exc.reasons)) from exc
-                await self._put(new)
+            rotated = await self.service.rotate_secret(
+                caller,
+                request.match_info["id"],
+                secret=body.secret,
+                grace_s=body.grace_s,
+                surface="rest",
+                request_id=_request_id(request),
+            )
         except _Refused as refused:
             return refused.response()
-        log.info("webhook subscription %s: secret rotated (previous signs for %g s)", sub_id, grace_s)
+        except EndpointError as exc:
+            return _refused(exc).response()
         return _no_store(
             web.json_response(
                 {
-                    "id": new.id,
-                    "secret": secret.get_secret_value(),
-                    "previous_expires_at": _iso(previous_expires_at),
+                    "id": rotated.endpoint.id,
+                    "secret": rotated.secret.get_secret_value(),
+                    "previous_expires_at": _iso(rotated.previous_expires_at),
                 }
             )
         )
@@ -484,61 +414,11 @@ class WebhookRoutes:
                 raise _invalid([f"grants: {exc}"]) from exc
         return NO_GRANTS
 
-    def _get(self, sub_id: str, caller: Caller) -> Subscription | None:
-        """The subscription, if ``caller`` may see it (another partner's is as if absent)."""
-        sub = self.store.table.get(sub_id)
-        if sub is None or not caller.sees(sub.partner_id):
-            return None
-        return sub
 
-    def _owner(self, caller: Caller, given: str | None) -> str | None:
-        """Who a new subscription belongs to: the calling partner, or the one the operator names."""
-        if not caller.is_operator:
-            if given is not None and given != caller.partner_id:
-                raise _invalid(["partner_id: leave it out or give your own; your key names your partner"])
-            return caller.partner_id
-        if self.partners is None or given is None:
-            # no registry, or the operator keeps it: an operator-owned subscription (no partner
-            # key sees it), like those from before subscriptions had owners
-            return given
-        if not _PARTNER_ID.fullmatch(given) or self.partners.partner(given) is None:
-            raise _invalid(["partner_id: no such partner"])
-        return given
-
-    def _count_of(self, partner_id: str) -> int:
-        return sum(1 for s in self.store.table.all() if s.partner_id == partner_id)
-
-    async def _check_url(self, url: str) -> None:
-        try:
-            await self.url_check(url)
-        except AddressRefused as exc:
-            log.info("webhook URL refused for %s: %s", loggable_url(url), exc.reason)
-            raise _Refused(422, "url_refused", exc.reason) from exc
-
-    async def _catch_up(self) -> None:
-        try:
-            await self.store.wait_caught_up(self.catch_up_timeout_s)
-        except BrokerError as exc:
-            log.warning("webhook subscriptions not caught up: %s", exc)
-            raise _Refused(503, "unavailable", "the subscriptions could not be read; retry later") from exc
-
-    async def _catch_up_quietly(self) -> None:
-        """Reads answer from the local table even when it could not catch up."""
-        try:
-            await self.store.wait_caught_up(self.catch_up_timeout_s)
-        except BrokerError as exc:
-            log.warning("webhook subscriptions not caught up; answering from the local table: %s", exc)
-
-    async def _put(self, sub: Subscription) -> None:
-        try:
-            await self.store.put(sub)
-        except BrokerError as exc:
-            raise _unavailable(sub.id, exc) from exc
-
-
-def _unavailable(sub_id: str, exc: BrokerError) -> _Refused:
-    log.error("webhook subscription %s: not stored: %s", sub_id, exc)
-    return _Refused(503, "unavailable", "the change could not be stored; retry later")
+def _request_id(request: web.Request) -> str | None:
+    """The caller's ``X-Request-Id`` (for the audit trail), if it gave a short printable one."""
+    given = request.headers.get("X-Request-Id")
+    return given if given is not None and 0 < len(given) <= 128 and given.isprintable() else None
 
 
 def _iso(moment: datetime) -> str:
@@ -549,53 +429,6 @@ def _no_store(response: web.Response) -> web.Response:
     """An answer carrying a secret must not be kept by a cache."""
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def _differs(current: Any, wanted: Any) -> bool:
-    if isinstance(current, tuple) and isinstance(wanted, list):
-        return current != tuple(dict.fromkeys(wanted))
-    return bool(current != wanted)
-
-
-def _grants(caller: Caller, owner: str | None, given: list[str]) -> tuple[DataClass, ...]:
-    """The grants an operator sets on its own subscription (documented order, each once).
-
-    A partner key may not set any (403: grants are the insurer's decision, not the partner's),
-    and a partner's subscription takes its partner's grants (400).
-    """
-    if not caller.is_operator:
-        raise _Refused(
-            403, "operator_only", "grants are set by the insurer's operators, not with a partner key"
-        )
-    if owner is not None:
-        raise _invalid(
-            [
-                "grants: a partner's subscriptions receive the partner's grants; "
-                "set them on the partner (PATCH /api/v1/partners/{id})"
-            ]
-        )
-    try:
-        granted = parse_grants(given)
-    except ValueError as exc:
-        raise _invalid([f"grants: {exc}"]) from exc
-    return tuple(c for c in DATA_CLASSES if c in granted)
-
-
-def _partner_or_new_secret(given: SecretStr | None) -> SecretStr:
-    if given is None:
-        return generate_secret()
-    try:
-        validate_secret(given.get_secret_value())
-    except InvalidSecret as exc:
-        raise _invalid([f"secret: {exc.reason}"]) from exc
-    return given
-
-
-def _build(**fields: Any) -> Subscription:
-    try:
-        return Subscription.create(**fields)
-    except InvalidSubscription as exc:
-        raise _invalid(list(exc.reasons)) from exc
 
 
 def _parse(model: type[_BodyT], raw: Any) -> _BodyT:

@@ -49,7 +49,10 @@ from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.transport import PinnedTransport
 
 if TYPE_CHECKING:
+    from processors.api.partners import PartnerRoutes
     from processors.api.server import RouteProvider
+    from processors.api.webhook_ops import WebhookOpsRoutes
+    from processors.api.webhooks import WebhookRoutes
     from processors.settings import Settings
     from processors.streams import TransactionalLoop
     from processors.webhooks.app import WebhooksApp
@@ -463,11 +466,108 @@ async def webhook_routes(settings: Settings, catalogue: Catalogue, app: Processo
         partners = PartnerRoutes.create(
             settings.bootstrap_servers, partners_topic, client_overrides=overrides
         )
-    return [
+    webhooks = WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check, partners=partners.table)
+    ops = WebhookOpsRoutes(view, feed, redeliverer)
+    providers: list[RouteProvider] = [
         partners,  # first: started before, and stopped after, the routes that use its table
-        WebhookRoutes(cast(SubscriptionStore, app.store), app.box, url_check, partners=partners.table),
-        WebhookOpsRoutes(view, feed, redeliverer),
+        webhooks,
+        ops,
     ]
+    graphql = _portal_graphql(settings, catalogue, app, partners, webhooks, ops)
+    if graphql is not None:
+        from processors.portal.page import PortalPage
+
+        providers.append(graphql)  # last: started after, and stopped before, what it reads
+        providers.append(PortalPage())  # the page at /portal (public, static; talks to /graphql)
+    return providers
+
+
+def _portal_graphql(
+    settings: Settings,
+    catalogue: Catalogue,
+    app: WebhooksApp,
+    partners: PartnerRoutes,
+    webhooks: WebhookRoutes,
+    ops: WebhookOpsRoutes,
+) -> RouteProvider | None:
+    """``/graphql``: the partner portal's API over the query store, the subscription service of
+    the REST routes, the operator redelivery machinery and the live feed (no I/O here).
+
+    Its parts start with the server, in this order, and stop in reverse: the query store
+    (migrated), its projector, the live feed, the delivery service (test events, redelivery).
+    Without the store's source topics in the catalogue there is no ``/graphql`` (logged).
+    """
+    from processors.portal.graphql.context import PortalServices
+    from processors.portal.graphql.view import GraphqlRoutes, StoreParts
+    from processors.portal.live import LiveFeed
+    from processors.portal.metrics import PortalMetrics
+    from processors.portal.projector import PortalTopics, Projector
+    from processors.portal.queries import CursorCodec, PortalQueries
+    from processors.portal.store import PortalStore
+    from processors.webhooks.app import USER_AGENT
+    from processors.webhooks.service import DeliveryService
+
+    try:
+        topics = PortalTopics.from_catalogue(catalogue)
+    except ConfigError as exc:
+        log.warning("no /graphql: the portal's query store has no source topic (%s)", exc)
+        return None
+    portal = settings.portal
+    limits = portal.graphql
+    kafka = KafkaClients(settings.bootstrap_servers, settings.client_overrides)
+    store = PortalStore(portal.database_url, busy_timeout_s=portal.busy_timeout_s)
+    secret = limits.cursor_secret
+    queries = PortalQueries(
+        store,
+        threads=limits.query_threads,
+        codec=CursorCodec(secret.get_secret_value().encode("utf-8") if secret is not None else None),
+    )
+    projector = Projector(kafka, topics, store, batch_size=portal.batch_size)
+    registry_store = partners.registry.store
+    live = LiveFeed(
+        kafka,
+        dispatch_topic=app.dispatch_topic,
+        deliveries_topic=topics.deliveries,
+        endpoints=app.store.table,
+        partners=registry_store if isinstance(registry_store, PartnerStore) else None,
+        settings=portal.live,
+    )
+    deliveries = DeliveryService.create(
+        webhooks.service,
+        ops,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_overrides=settings.client_overrides,
+    )
+    breakers = app.breakers
+
+    def breaker_state(endpoint_id: str) -> str:
+        name = f"webhook:{endpoint_id}"  # the webhooks app's breaker of the endpoint
+        return str(breakers.get(name).state) if name in breakers else "unknown"
+
+    keys = partners.partner_keys
+    if keys is None:  # pragma: no cover - PartnerRoutes always has keys with a registry
+        return None
+    services = PortalServices(
+        queries=queries,
+        partners=partners.table,
+        keys=keys,
+        endpoints=webhooks.service,
+        deliveries=deliveries,
+        live=live,
+        audit=None,  # the two services record every change on integrations.audit themselves
+        dispatch=ops.redeliverer,
+        breaker_state=breaker_state,
+        health_window_h=limits.health_window_h,
+        user_agent=USER_AGENT,
+        max_page_size=limits.max_page_size,
+    )
+    return GraphqlRoutes(
+        services,
+        limits,
+        operator_token=settings.api.auth_token,
+        parts=[StoreParts(store, queries), projector, live, deliveries],
+        collectors=[PortalMetrics(projector)],
+    )
 
 
 def _webhook_topics(_settings: Settings, catalogue: Catalogue) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from processors.bordereaux.rows import (
+    CLAIM_ROW_FIELDS,
     PREMIUM_ROW_FIELDS,
     REGULATORY_COLUMNS,
     ClaimMovement,
@@ -50,7 +51,9 @@ __all__ = [
     "regulatory_file_names",
     "regulatory_job",
     "regulatory_job_from_wire",
+    "report_csv",
     "report_id",
+    "report_rows",
 ]
 
 PREMIUM_TOTALS = (
@@ -218,6 +221,48 @@ def claims_report_from_wire(
     return compact_json(report)
 
 
+# --- a bordereau's rows as a download -------------------------------------------------------
+
+_REPORT_COLUMNS = {"PREMIUM_BORDEREAUX": PREMIUM_ROW_FIELDS, "CLAIMS_BORDEREAUX": CLAIM_ROW_FIELDS}
+
+
+def _claim_row_order(row: Mapping[str, Any]) -> tuple[str, bool, str]:
+    adjustment_of = row.get("adjustment_of")
+    return (row["claim_id"], adjustment_of is not None, adjustment_of or "")
+
+
+def report_rows(report_type: str, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A bordereau's rows (``policies`` or ``claims``, in their wire form) in the order the
+    report writes them: premium rows by policy, transaction date and event; claims rows by
+    claim, the row without ``adjustment_of`` first.  ``report_type`` is ``PREMIUM_BORDEREAUX``
+    or ``CLAIMS_BORDEREAUX``."""
+    if report_type == "PREMIUM_BORDEREAUX":
+        return sorted(rows, key=_premium_order)
+    if report_type == "CLAIMS_BORDEREAUX":
+        return sorted(rows, key=_claim_row_order)
+    raise ValueError(f"not a bordereau type: {report_type!r}")
+
+
+def report_csv(report_type: str, rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """A bordereau's rows as CSV: the same RFC 4180 format as the regulatory files
+    (:func:`_csv`), one column per row field in report order (:data:`PREMIUM_ROW_FIELDS` or
+    :data:`CLAIM_ROW_FIELDS`), rows as given (see :func:`report_rows`)."""
+    columns = _REPORT_COLUMNS.get(report_type)
+    if columns is None:
+        raise ValueError(f"not a bordereau type: {report_type!r}")
+    return _csv(columns, rows)
+
+
+def _csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """RFC 4180 CSV: ``\\r\\n`` line ends, UTF-8, a header row, minimal quoting, an absent or
+    null field empty."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(columns)
+    writer.writerows(["" if (value := row.get(name)) is None else value for name in columns] for row in rows)
+    return text.getvalue().encode("utf-8")
+
+
 # --- regulatory files -----------------------------------------------------------------------
 
 
@@ -257,13 +302,7 @@ def regulatory_file_from_wire(
 ) -> tuple[str, bytes, str, bytes]:
     """:func:`regulatory_file` from the rows' wire form (as in a partial)."""
     ordered = sorted(rows, key=_regulatory_order)
-    text = io.StringIO(newline="")
-    writer = csv.writer(text, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow(REGULATORY_COLUMNS)
-    writer.writerows(
-        ["" if (value := row.get(name)) is None else value for name in REGULATORY_COLUMNS] for row in ordered
-    )
-    data = text.getvalue().encode("utf-8")
+    data = _csv(REGULATORY_COLUMNS, ordered)
     csv_name, manifest_name = regulatory_file_names(book, day)
     manifest = {
         "file_name": csv_name,

@@ -19,6 +19,7 @@ See ``docs/observability.md``.
 from processors.observability.audit import (
     AUDIT_EVENT_TYPE,
     AUDIT_LOGGER_NAME,
+    Actor,
     AuditEvent,
     AuditLogger,
     AuditSink,
@@ -52,6 +53,7 @@ __all__ = [
     "AUDIT_EVENT_TYPE",
     "AUDIT_LOGGER_NAME",
     "MASK",
+    "Actor",
     "AuditEvent",
     "AuditLogger",
     "AuditSink",

@@ -53,6 +53,7 @@ from processors.observability.redact import _scrub, redact, redact_text
 __all__ = [
     "AUDIT_EVENT_TYPE",
     "AUDIT_LOGGER_NAME",
+    "Actor",
     "AuditEvent",
     "AuditLogger",
     "AuditSink",
@@ -143,6 +144,17 @@ def _new_audit_id() -> UUID:
 _ids = random.Random()
 
 
+class Actor(BaseModel):
+    """Who asked for an interaction through the API: the operator (the API token), or a
+    partner through one of its keys (``key_id`` is the key's visible id, never the key)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    kind: Literal["operator", "partner"]
+    partner_id: Label | None = None
+    key_id: Label | None = None
+
+
 class AuditEvent(BaseModel):
     """One external interaction, redacted.
 
@@ -150,7 +162,8 @@ class AuditEvent(BaseModel):
     message (``ATTEMPTS`` of the resilience layer; 1 for inbound requests, 0 when no call
     was made because the circuit was open).  ``request_summary`` and ``response_summary``
     are small mappings the caller chooses (amounts, statuses, ids); they are redacted on
-    the way in.
+    the way in.  ``actor`` says who asked, for a change made through the API (a partner's or
+    the operator's); ``None`` for interactions no one asked for (an app's own calls).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -173,6 +186,7 @@ class AuditEvent(BaseModel):
     request_summary: dict[str, Any] = Field(default_factory=dict)
     response_summary: dict[str, Any] = Field(default_factory=dict)
     error: ErrorText | None = None
+    actor: Actor | None = None
 
     @field_validator("request_summary", "response_summary", mode="before")
     @classmethod
@@ -378,6 +392,7 @@ class AuditLogger:
         request_summary: Any = None,
         response_summary: Any = None,
         error: str | BaseException | None = None,
+        actor: Actor | None = None,
     ) -> AuditEvent | None:
         """Build an event for this app and :meth:`record` it.
 
@@ -404,6 +419,7 @@ class AuditLogger:
                 request_summary=request_summary,
                 response_summary=response_summary,
                 error=error,
+                actor=actor,
             )
         except ValueError as exc:  # pydantic's ValidationError; inputs are hidden in it
             log.error("audit event of %s %s not recorded: %s", endpoint, operation, exc)

@@ -9,6 +9,10 @@ fan-out would), and, per data class not granted, the fields withheld::
     entries = event_catalogue(frozenset({DataClass.CONTACT}))
     entries[0]["schema"], entries[0]["example"], entries[0]["withheld"]
 
+The catalogue ends with the test event (``webhook.test``): what an endpoint receives when a
+test is asked for (the partner portal's ``sendTestEvent``); it carries no personal data, so
+nothing of it is withheld whatever the grants.
+
 The API serves it at ``GET /api/v1/event-types`` (:mod:`processors.api.webhooks`); each grant
 set's catalogue is built once and kept (there are at most 2³ grant sets).
 """
@@ -16,6 +20,7 @@ set's catalogue is built once and kept (there are at most 2³ grant sets).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Final
 
@@ -30,15 +35,29 @@ from processors.partners.projection import (
     grant_list,
     plan_for,
 )
-from processors.webhooks.delivery import delivery_body, event_data_json
+from processors.webhooks.delivery import (
+    TEST_EVENT_TYPE,
+    delivery_body,
+    event_data_json,
+    webhook_test_body,
+)
 from processors.webhooks.signing import webhook_id_for
+from processors.webhooks.subscriptions import ID_PATTERN as ENDPOINT_ID_PATTERN
 
-__all__ = ["EXAMPLE_SUBSCRIPTION", "catalogue_json", "event_catalogue", "projected_schema"]
+__all__ = [
+    "EXAMPLE_SUBSCRIPTION",
+    "catalogue_json",
+    "event_catalogue",
+    "projected_schema",
+    "webhook_test_schema",
+]
 
 EXAMPLE_SUBSCRIPTION: Final = "ep_" + "0" * 24
 """The subscription id the example bodies are made for (their ``webhook_id`` derives from it)."""
 
 _WEBHOOK_ID_PATTERN: Final = r"^msg_[0-9a-f]{26}$"
+_TEST_EXAMPLE_EVENT_ID: Final = "00000000-0000-4000-8000-000000000000"
+_TEST_EXAMPLE_AT: Final = datetime(2025, 1, 15, 10, 30, tzinfo=UTC)
 
 
 def projected_schema(event_type: str, grants: Grants) -> dict[str, Any]:
@@ -69,6 +88,51 @@ def projected_schema(event_type: str, grants: Grants) -> dict[str, Any]:
             "data": {"$ref": f"#/$defs/{payload}"},
         },
         "$defs": dict(sorted(projected.items())),
+    }
+
+
+def webhook_test_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a test event's body (``webhook.test``; the same for every
+    grant set: it carries no personal data)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:insurance-processors:webhook:{TEST_EVENT_TYPE}",
+        "title": f"{TEST_EVENT_TYPE} webhook delivery",
+        "description": (
+            "A test event, sent to one endpoint when a test is asked for, signed and delivered "
+            "like any other delivery. It carries no insurance data and no personal data."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["webhook_id", "event_type", "timestamp", "data"],
+        "properties": {
+            "webhook_id": {"type": "string", "pattern": _WEBHOOK_ID_PATTERN},
+            "event_type": {"const": TEST_EVENT_TYPE},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "data": {"$ref": "#/$defs/WebhookTest"},
+        },
+        "$defs": {
+            "WebhookTest": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["endpoint_id", "message"],
+                "properties": {
+                    "endpoint_id": {"type": "string", "pattern": ENDPOINT_ID_PATTERN},
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    }
+
+
+def _test_event_entry() -> dict[str, Any]:
+    webhook_id = webhook_id_for(EXAMPLE_SUBSCRIPTION, _TEST_EXAMPLE_EVENT_ID)
+    example = json.loads(webhook_test_body(webhook_id, EXAMPLE_SUBSCRIPTION, _TEST_EXAMPLE_AT))
+    return {
+        "event_type": TEST_EVENT_TYPE,
+        "withheld": {},
+        "schema": webhook_test_schema(),
+        "example": example,
     }
 
 
@@ -151,12 +215,14 @@ def catalogue_json(grants: Grants) -> bytes:
         }
         for event_type in sorted(EVENT_TYPES)
     ]
+    entries.append(_test_event_entry())
     document = {"grants": grant_list(grants), "event_types": entries, "count": len(entries)}
     return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def event_catalogue(grants: Grants) -> list[dict[str, Any]]:
-    """Per event type (sorted): ``event_type``, ``withheld`` (data class → the fields of that
-    class left out), ``schema`` (:func:`projected_schema`) and ``example`` (a projected body)."""
+    """Per event type (sorted, then the test event ``webhook.test``): ``event_type``,
+    ``withheld`` (data class → the fields of that class left out), ``schema``
+    (:func:`projected_schema`) and ``example`` (a projected body)."""
     entries: list[dict[str, Any]] = json.loads(catalogue_json(grants))["event_types"]
     return entries

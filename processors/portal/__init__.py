@@ -13,6 +13,8 @@ delivery results.
 * :mod:`processors.portal.projector` — the Kafka side: reads every partition, no group.
 * :mod:`processors.portal.metrics` — what the projector did, for ``/metrics``.
 * :mod:`processors.portal.cli` — ``processors portal rebuild|project``.
+* :mod:`processors.portal.queries` — the owner-scoped reads the GraphQL API answers from.
+* :mod:`processors.portal.graphql` — the GraphQL API at ``/graphql``.
 
 Nothing is imported here, so that the settings can use :mod:`~processors.portal.config`
 without loading SQLAlchemy.

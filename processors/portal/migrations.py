@@ -9,10 +9,15 @@ Rules:
 
 * :data:`MIGRATIONS` only grows.  A step never changes once released: a change is a new step
   (``ALTER TABLE …`` through SQLAlchemy's DDL constructs, or a rebuild note in the docs).
-* Step 1 creates the tables as :mod:`processors.portal.schema` defines them.  The first change
-  to that module must first copy today's definitions into step 1 (so step 1 keeps creating
-  version 1), then add step 2.  ``tests/unit/test_portal_store.py`` checks that a database
-  migrated from empty has exactly the schema the module defines.
+* Step 1 creates version 1: the tables as :mod:`processors.portal.schema` defines them, with
+  the indexes of version 1 (:data:`_V1_INDEXES` keeps those a later step dropped; the indexes
+  a later step added are left out).  Later steps so far change indexes only; a step that
+  changes a table must first freeze that table's version-1 definition here.
+  ``tests/unit/test_portal_store.py`` checks that a database migrated from empty has exactly
+  the schema the module defines, and one migrated from version 1 too.
+* Step 2 replaces the delivery log's indexes by partner-scoped keyset indexes (every portal
+  query filters on the partner first and pages newest first on
+  ``attempted_at, log_partition, log_offset``) and adds the bordereaux' keyset index.
 * :func:`migrate` runs every missing step in one transaction (DDL is transactional on both
   SQLite and PostgreSQL), under PostgreSQL's advisory lock on this store, so two processes
   starting together migrate once.  A database newer than this build is refused.
@@ -25,10 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, Index, MetaData, func, insert, select
 
 from processors.errors import ConfigError
-from processors.portal.schema import METADATA, SCHEMA_VERSION
+from processors.portal.schema import BORDEREAUX, DELIVERIES, METADATA, SCHEMA_VERSION
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "Migration", "current_version", "migrate"]
 
@@ -40,8 +45,45 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+_V1_INDEXES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    "ix_deliveries_partner_time": ("deliveries", ("partner_id", "attempted_at")),
+    "ix_deliveries_event_type_time": ("deliveries", ("event_type", "attempted_at")),
+    "ix_deliveries_status_time": ("deliveries", ("status", "attempted_at")),
+}
+"""Indexes of version 1 that a later step dropped: name → (table, columns)."""
+
+_V2_DELIVERY_INDEXES: Final = (
+    "ix_deliveries_partner_keyset",
+    "ix_deliveries_partner_endpoint_keyset",
+    "ix_deliveries_partner_type_keyset",
+    "ix_deliveries_partner_status_keyset",
+)
+_V2_BORDEREAU_INDEXES: Final = ("ix_bordereaux_reinsurer_keyset",)
+_ADDED_LATER: Final = frozenset(_V2_DELIVERY_INDEXES + _V2_BORDEREAU_INDEXES)
+
+
 def _v1(conn: Connection) -> None:
-    METADATA.create_all(conn, tables=[t for t in METADATA.sorted_tables if t is not SCHEMA_VERSION])
+    frozen = MetaData()
+    for table in METADATA.sorted_tables:
+        if table is SCHEMA_VERSION:
+            continue
+        copy = table.to_metadata(frozen)
+        for index in list(copy.indexes):
+            if index.name in _ADDED_LATER:
+                copy.indexes.discard(index)
+    for name, (table_name, columns) in _V1_INDEXES.items():
+        table = frozen.tables[table_name]
+        Index(name, *(table.c[column] for column in columns))
+    frozen.create_all(conn)
+
+
+def _v2(conn: Connection) -> None:
+    for name in _V1_INDEXES:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+    for table, names in ((DELIVERIES, _V2_DELIVERY_INDEXES), (BORDEREAUX, _V2_BORDEREAU_INDEXES)):
+        for index in table.indexes:
+            if index.name in names:
+                index.create(conn)
 
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
@@ -50,6 +92,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "partners, subscriptions, subscription owners, deliveries, bordereaux, bordereau deliveries, offsets",
         _v1,
     ),
+    Migration(2, "partner-scoped keyset indexes of the delivery log and the bordereaux", _v2),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -221,11 +221,35 @@ DELIVERIES = Table(
     Column("job_topic", Text, nullable=False),
     Column("job_partition", Integer, nullable=False),
     Column("job_offset", BigInteger, nullable=False),
-    Index("ix_deliveries_partner_time", "partner_id", "attempted_at"),
     Index("ix_deliveries_endpoint_time", "subscription_id", "attempted_at"),
-    Index("ix_deliveries_event_type_time", "event_type", "attempted_at"),
-    Index("ix_deliveries_status_time", "status", "attempted_at"),
     Index("ix_deliveries_webhook", "webhook_id"),
+    # The portal's delivery log: one partner's lines, newest first, in keyset order, alone or
+    # with one filter (schema version 2).
+    Index("ix_deliveries_partner_keyset", "partner_id", "attempted_at", "log_partition", "log_offset"),
+    Index(
+        "ix_deliveries_partner_endpoint_keyset",
+        "partner_id",
+        "subscription_id",
+        "attempted_at",
+        "log_partition",
+        "log_offset",
+    ),
+    Index(
+        "ix_deliveries_partner_type_keyset",
+        "partner_id",
+        "event_type",
+        "attempted_at",
+        "log_partition",
+        "log_offset",
+    ),
+    Index(
+        "ix_deliveries_partner_status_keyset",
+        "partner_id",
+        "status",
+        "attempted_at",
+        "log_partition",
+        "log_offset",
+    ),
 )
 
 BORDEREAUX = Table(
@@ -253,6 +277,7 @@ BORDEREAUX = Table(
     Column("log_offset", BigInteger, nullable=False),
     UniqueConstraint("treaty_number", "period_id", "report_type", name="uq_bordereaux_treaty_period_type"),
     Index("ix_bordereaux_reinsurer_period", "reinsurer_key", "period_id"),
+    Index("ix_bordereaux_reinsurer_keyset", "reinsurer_key", "period_id", "report_id"),  # version 2
 )
 
 BORDEREAU_DELIVERIES = Table(

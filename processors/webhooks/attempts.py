@@ -57,6 +57,7 @@ __all__ = [
     "AttemptsView",
     "DeliveryAttempt",
     "FailedMessage",
+    "FetchedRecord",
     "JobRef",
     "Redeliverer",
     "RedeliveryReport",
@@ -756,11 +757,18 @@ class RedeliveryReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _Fetched:
+class FetchedRecord:
+    """A dispatch record read back at its coordinates (:meth:`Redeliverer.read`)."""
+
     job: JobRef
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def subscription_id(self) -> str | None:
+        """The ``x-subscription-id`` header: the subscription the record was made for."""
+        return header_value(self.headers, _SUBSCRIPTION_HEADER)
 
 
 def redelivery_headers(headers: Iterable[tuple[str, bytes | None]], at: datetime) -> HeaderList:
@@ -835,6 +843,17 @@ class Redeliverer:
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
+    async def read(self, jobs: Sequence[JobRef]) -> list[FetchedRecord]:
+        """The dispatch records at ``jobs`` (each once, in coordinate order) that are still on
+        their topic, read as :meth:`redeliver` reads them (no producer needed).  Raises
+        BrokerError when they cannot be read."""
+        unique = sorted(set(jobs))
+        if not unique:
+            return []
+        loop = asyncio.get_running_loop()
+        fetched, _missing = await loop.run_in_executor(None, self._fetch, unique)
+        return fetched
+
     async def redeliver(
         self, jobs: Sequence[JobRef], *, expect_subscription: str | None = None
     ) -> RedeliveryReport:
@@ -889,7 +908,7 @@ class Redeliverer:
 
     # ------------------------------------------------------------------------ worker thread
 
-    def _fetch(self, jobs: Sequence[JobRef]) -> tuple[list[_Fetched], list[JobRef]]:
+    def _fetch(self, jobs: Sequence[JobRef]) -> tuple[list[FetchedRecord], list[JobRef]]:
         """Runs on a worker thread; a transient broker error (a leader moving) is tried again."""
         deadline = time.monotonic() + self._fetch_timeout_s
         backoff_s = 0.1
@@ -906,13 +925,15 @@ class Redeliverer:
             time.sleep(backoff_s)  # a worker thread, waiting for the cluster to settle
             backoff_s = min(backoff_s * 2, 2.0)
 
-    def _fetch_once(self, jobs: Sequence[JobRef], deadline: float) -> tuple[list[_Fetched], list[JobRef]]:
+    def _fetch_once(
+        self, jobs: Sequence[JobRef], deadline: float
+    ) -> tuple[list[FetchedRecord], list[JobRef]]:
         conf = self._kafka.reader("webhook-redeliver", eof=True)
         try:
             consumer = self._consumer_factory(conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"redelivery: cannot create consumer: {exc}") from exc
-        fetched: list[_Fetched] = []
+        fetched: list[FetchedRecord] = []
         missing: list[JobRef] = []
         try:
             groups = list(_by_partition(jobs))
@@ -936,7 +957,7 @@ class Redeliverer:
         offsets: list[int],
         bounds: tuple[int, int] | None,
         deadline: float,
-    ) -> tuple[list[_Fetched], list[JobRef]]:
+    ) -> tuple[list[FetchedRecord], list[JobRef]]:
         """The records at ``offsets`` (ascending) of one partition, and the offsets not there.
 
         Reads from the first wanted offset; a later one that is close is reached by reading on,
@@ -946,7 +967,7 @@ class Redeliverer:
             return [], [JobRef(topic, partition, o) for o in offsets]
         low, high = bounds
         wanted = frozenset(offsets)
-        found: dict[int, _Fetched] = {}
+        found: dict[int, FetchedRecord] = {}
         gone: list[int] = []
         passed = -1  # the highest offset settled since the partition was last assigned
         assigned = False
@@ -978,7 +999,7 @@ class Redeliverer:
                         continue
                     passed = offset
                     if offset in wanted:
-                        found[offset] = _Fetched(
+                        found[offset] = FetchedRecord(
                             JobRef(topic, partition, offset),
                             msg.key(),
                             msg.value(),

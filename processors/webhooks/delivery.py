@@ -5,6 +5,10 @@ Imports neither Kafka nor an HTTP library.  The record formats are the contract 
 its signature and ``webhook-id`` are the same on every attempt, after a crash and on replay.
 That body's ``data`` is the partner-facing projection of the event
 (:mod:`processors.partners.projection`) for the subscription's grants, taken at fan-out.
+
+A *test event* (``webhook.test``, :func:`webhook_test_record`) is a dispatch record made on
+request for one endpoint (the partner portal's ``sendTestEvent``), not fanned out from an
+event: it is delivered, signed and logged like any other, and carries no insurance data.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from processors.adapters import jsonwire
 from processors.contract import Event
@@ -24,6 +28,7 @@ from processors.runtime.message import HeaderList, KafkaMessage, OutRecord, head
 from processors.webhooks.signing import webhook_id_for
 
 __all__ = [
+    "TEST_EVENT_TYPE",
     "DispatchJob",
     "Outcome",
     "classify_status",
@@ -31,6 +36,8 @@ __all__ = [
     "dispatch_records",
     "event_data_json",
     "log_record",
+    "webhook_test_body",
+    "webhook_test_record",
 ]
 
 HX_SUBSCRIPTION = "x-subscription-id"
@@ -106,6 +113,49 @@ def dispatch_records(
         body = delivery_body(webhook_id, event, data_json)
         records.append(OutRecord(topic=topic, key=key, value=body, headers=headers))
     return records
+
+
+TEST_EVENT_TYPE: Final = "webhook.test"
+"""The event type of a test event: never fanned out, only sent to one endpoint on request."""
+
+TEST_EVENT_MESSAGE: Final = (
+    "A test event sent on request to check this endpoint; it carries no insurance data."
+)
+
+
+def webhook_test_body(webhook_id: str, endpoint_id: str, at: datetime) -> bytes:
+    """The body of a test event for ``endpoint_id``: the seed's envelope, and ``data`` naming
+    the endpoint (nothing else: no insurance data, no personal data)."""
+    return jsonwire.dumps(
+        {
+            "webhook_id": webhook_id,
+            "event_type": TEST_EVENT_TYPE,
+            "timestamp": _utc_iso(at),
+            "data": {"endpoint_id": endpoint_id, "message": TEST_EVENT_MESSAGE},
+        }
+    )
+
+
+def webhook_test_record(subscription_id: str, *, event_id: str, at: datetime, topic: str) -> OutRecord:
+    """A dispatch record of a test event for one subscription (its ``webhook_id`` derives from
+    ``event_id`` as for any event).  Keyed by its own webhook id, so it never waits behind an
+    ordered subscription's failing entity; its subject is the endpoint."""
+    webhook_id = webhook_id_for(subscription_id, event_id)
+    headers: HeaderList = [
+        ("content-type", b"application/json"),
+        (HX_SUBSCRIPTION, subscription_id.encode()),
+        (HX_WEBHOOK, webhook_id.encode()),
+        (HX_EVENT_ID, event_id.encode()),
+        (HX_EVENT_TYPE, TEST_EVENT_TYPE.encode()),
+        (HX_SUBJECT, subscription_id.encode()),
+        (HX_ORDERING, b"none"),
+    ]
+    return OutRecord(
+        topic=topic,
+        key=f"{subscription_id}|{webhook_id}".encode(),
+        value=webhook_test_body(webhook_id, subscription_id, at),
+        headers=headers,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from processors.partners.projection import (
     unclassified_fields,
 )
 from processors.webhooks import delivery
-from processors.webhooks.delivery import Target, dispatch_records
+from processors.webhooks.delivery import TEST_EVENT_TYPE, Target, dispatch_records
 from tests.pii_markers import MARKERS, MarkedEvent, marked_event, marked_events
 
 EVENTS = sorted(EVENT_TYPES)
@@ -265,6 +265,10 @@ GRANT_IDS = ["none", *(str(c) for c in DATA_CLASSES), "all"]
 @pytest.mark.parametrize("grants", GRANT_SETS, ids=GRANT_IDS)
 def test_each_projected_example_and_marked_body_fits_its_projected_schema(grants: Grants) -> None:
     entries = {e["event_type"]: e for e in event_catalogue(grants)}
+    test_event = entries.pop(TEST_EVENT_TYPE)  # last, after the contract's types
+    assert event_catalogue(grants)[-1]["event_type"] == TEST_EVENT_TYPE
+    assert test_event["withheld"] == {}
+    assert not list(Draft202012Validator(test_event["schema"]).iter_errors(test_event["example"]))
     assert sorted(entries) == EVENTS
     for event_type, entry in entries.items():
         Draft202012Validator.check_schema(entry["schema"])
