@@ -12,21 +12,34 @@ request for one page):
 * ``graphql``: 20 aiohttp clients POSTing the portal page's own delivery-log query
   (``processors/portal/static/queries.js``: ``deliveries(first: 20, filter: $filter)`` with
   every field of a line, its cursor and ``pageInfo``) with a partner key to ``/graphql`` of a
-  real API server (``processors run webhooks --api``) reading the same SQLite file.
+  real API server (``processors run webhooks --api``) reading the same SQLite file;
+* ``graphql-floor``: the same clients and requests to the stripped prototype of that path
+  (:func:`floor_app`, in its own process like the API server): a bare aiohttp route that
+  looks the key's partner up in a dict and executes the same document with plain
+  graphql-core on the published contract (``docs/portal-schema.graphql`` through
+  ``graphql.build_schema``; parsed and validated once), ``deliveries`` answered by the same
+  :meth:`~processors.portal.queries.PortalQueries.deliveries` call on the same threads with
+  cursors signed by the same codec, the answer written by the portal's JSON encoder.  It keeps
+  the guarantees of the path (the partner's own lines, signed cursors, UTC times, exact JSON)
+  and does nothing else: no key check against the registry, rate limit, limits, error coding
+  or extensions, and none of the API server's other work (the webhooks app, the projector).
+  It is what GraphQL itself costs here; ``graphql/graphql-floor`` is the product's overhead
+  above it (target ≥ 0.9).
 
-Request ``i`` of both stages is the same: partner ``i mod 5``, and in turn no filter, one of
+Request ``i`` of every stage is the same: partner ``i mod 5``, and in turn no filter, one of
 the partner's endpoints, status ``FAILED``, event type ``policy.issued``, or the last day
-(``since``).  Before measuring, every combination is asked of both sides and must return the
-same lines in the same order.
+(``since``).  Before measuring, every combination is asked of every side and must return the
+same lines in the same order; the floor's answer must be the API server's, byte for byte (both
+sign cursors with the same key).
 
 **Why the API server runs in its own process.**  That is how it runs in production: its clients
 are elsewhere.  In one process the 20 clients' own work (building requests, reading answers)
 would share the server's event loop and interpreter lock and be charged to GraphQL; in its
 own process the server has what the store stage has — one interpreter, the same query threads,
 the same file — and the clients run beside it (the machine has 2 cores: on a bigger one
-they would get in the server's way even less).  The ``graphql`` stage's CPU per request is the
-server process's (read from ``/proc``); what the clients cost is reported as a figure.  The
-store stage's CPU is this process's, which does nothing else.
+they would get in the server's way even less).  The ``graphql`` and ``graphql-floor`` stages'
+CPU per request is their server process's (read from ``/proc``); what the clients cost is
+reported as a figure.  The store stage's CPU is this process's, which does nothing else.
 
 **The store.**  Partners and their keys are made through the operator REST API, endpoints
 with each partner's key (the server's projector puts them in the store); the 100,000 lines are
@@ -37,9 +50,11 @@ bulk, with their owner, before the server answers its first query.  Their topic 
 
 Latency is each request's, from sending to the last byte read (``graphql``) or from the call to
 its return (``store``): p50 and p99 of every measured run of a stage (the warm-up not counted)
-are figures of the report.  Target: graphql/store throughput ≥ 0.5.  Usage::
+are figures of the report.  Targets: graphql/store throughput ≥ 0.5; graphql/graphql-floor
+≥ 0.9 (the product within 10% of the floor).  Usage::
 
     python bench/bench_portal.py [--deliveries 100000] [--requests 3000] [--concurrency 20] [--json F]
+        [--profile store|graphql|graphql-floor]
 """
 
 from __future__ import annotations
@@ -57,19 +72,29 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiohttp
+import graphql
+from aiohttp import web
 from sqlalchemy import insert
 
 from bench.common import broker, cpu_seconds, isolated_catalogue, wait_http
 from bench.harness import PROFILED_PROCESS, Comparison, Report, Run, Stopwatch, interleaved, json_argument
-from processors.portal.queries import DeliveryFilters, PortalQueries
+from processors.portal.graphql.scalars import parse_datetime, serialize_datetime
+from processors.portal.graphql.view import encode_json
+from processors.portal.queries import (
+    MAX_RESPONSE_BODY_CHARS,
+    CursorCodec,
+    DeliveryFilters,
+    DeliveryPosition,
+    PortalQueries,
+)
 from processors.portal.records import Coordinates, Source, Upsert, decode
 from processors.portal.schema import DELIVERIES
 from processors.portal.store import PortalStore
@@ -178,6 +203,7 @@ class Api:
             # the 20 clients share 5 keys: no per-key budget may be what limits the rate
             "PROCESSORS_PORTAL__GRAPHQL__RATE_PER_S": "100000",
             "PROCESSORS_PORTAL__GRAPHQL__RATE_BURST": "1000000",
+            "PROCESSORS_PORTAL__GRAPHQL__CURSOR_SECRET": CURSOR_SECRET,
         }
         overrides = info.client_overrides()
         if overrides:
@@ -197,6 +223,190 @@ class Api:
         found = cpu_seconds(self.pid)
         if found is None:
             raise RuntimeError(f"the API server stopped; its log: {self.logs / 'api.log'}")
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# -- the floor: the same document on plain graphql-core behind a bare route (its own process) ---
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "portal-schema.graphql"
+CURSOR_SECRET = "bench-portal-cursor-secret"
+"""Both servers sign cursors with this key, so their answers can be compared byte for byte."""
+
+
+def floor_schema(queries: PortalQueries) -> graphql.GraphQLSchema:
+    """The published contract built by graphql-core, ``Query.deliveries`` answered from
+    ``queries`` (the context is the caller's partner id); every other field unresolved."""
+    schema = graphql.build_schema(SCHEMA_FILE.read_text(encoding="utf-8"))
+    moment = schema.type_map["DateTime"]
+    status = schema.type_map["DeliveryStatus"]
+    query = schema.query_type
+    if not isinstance(moment, graphql.GraphQLScalarType) or not isinstance(status, graphql.GraphQLEnumType):
+        raise RuntimeError(f"{SCHEMA_FILE} is not the portal's schema")
+    if query is None:
+        raise RuntimeError(f"{SCHEMA_FILE} has no Query type")
+    moment.coerce_output_value = serialize_datetime
+    moment.coerce_input_value = parse_datetime
+    for name, value in status.values.items():
+        value.value = name.lower()  # the store's spelling
+    codec = queries.codec
+
+    async def deliveries(
+        _root: None,
+        info: graphql.GraphQLResolveInfo[Any],
+        first: int,
+        after: str | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        partner_id: str = info.context
+        position = codec.read_delivery(partner_id, after) if after is not None else None
+        given = filter or {}
+        filters = DeliveryFilters(
+            endpoint_id=given.get("endpointId"),
+            event_type=given.get("eventType"),
+            status=given.get("status"),
+            since=given.get("since"),
+            until=given.get("until"),
+        )
+        page = await queries.deliveries(partner_id, first=first, after=position, filters=filters)
+        edges = [
+            {"cursor": codec.delivery(partner_id, DeliveryPosition.of(row)), "node": _floor_node(row)}
+            for row in page.rows
+        ]
+        end = edges[-1]["cursor"] if edges else None
+        return {"edges": edges, "pageInfo": {"hasNextPage": page.has_next, "endCursor": end}}
+
+    query.fields["deliveries"].resolve = deliveries
+    return schema
+
+
+def _floor_node(row: dict[str, Any]) -> dict[str, Any]:
+    body = row["response_excerpt"]
+    if body is not None and len(body) > MAX_RESPONSE_BODY_CHARS:
+        body = body[: MAX_RESPONSE_BODY_CHARS - 1] + "…"
+    return {
+        "id": f"{row['log_partition']}:{row['log_offset']}",
+        "webhookId": row["webhook_id"],
+        "endpointId": row["subscription_id"],
+        "eventId": row["event_id"],
+        "eventType": row["event_type"],
+        "attempt": row["attempt"],
+        "status": row["status"],
+        "httpStatus": row["http_status"],
+        "latencyMs": row["latency_ms"],
+        "error": row["error"],
+        "responseBody": body,
+        "attemptedAt": row["attempted_at"],
+        "urlHost": row["url_host"],
+        "nextStep": row["next_step"],
+    }
+
+
+def floor_app(queries: PortalQueries, partners: dict[str, str]) -> web.Application:
+    """``POST /graphql``: ``partners`` maps ``Authorization`` to the partner id; a document is
+    parsed and validated once, then executed with plain graphql-core; the answer is written
+    with the portal's JSON encoder.  No rate limit, no limits, no error coding, no extensions."""
+    schema = floor_schema(queries)
+    documents: dict[str, graphql.DocumentNode] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        partner_id = partners.get(request.headers.get("Authorization", ""))
+        if partner_id is None:
+            return web.Response(status=401)
+        body = json.loads(await request.read())
+        source = body["query"]
+        document = documents.get(source)
+        if document is None:
+            document = graphql.parse(source)
+            errors = graphql.validate(schema, document)
+            if errors:
+                refused = {"data": None, "errors": [e.formatted for e in errors]}
+                return web.Response(status=400, text=encode_json(refused), content_type="application/json")
+            documents[source] = document
+        result = graphql.execute(
+            schema,
+            document,
+            context_value=partner_id,
+            variable_values=body.get("variables"),
+            operation_name=body.get("operationName"),
+        )
+        if isinstance(result, Awaitable):
+            result = await result
+        answer: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            answer["errors"] = [e.formatted for e in result.errors]
+        return web.Response(text=encode_json(answer), content_type="application/json")
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/graphql", handle)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve_floor(config: Path) -> None:
+    """The floor server's process: ``config`` names the database, port, threads and keys."""
+    settings = json.loads(await asyncio.to_thread(config.read_text, encoding="utf-8"))
+    store = PortalStore(settings["database"])
+    queries = PortalQueries(
+        store, threads=settings["query_threads"], codec=CursorCodec(CURSOR_SECRET.encode("utf-8"))
+    )
+    runner = web.AppRunner(floor_app(queries, settings["partners"]), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings["port"]).start()
+    try:
+        await asyncio.Event().wait()  # until terminated
+    finally:
+        await runner.cleanup()
+        queries.close()
+        store.close()
+
+
+class Floor:
+    """:func:`serve_floor` in its own process (``--serve-floor CONFIG``), as the API server is."""
+
+    def __init__(
+        self, database: str, members: Sequence[Member], directory: Path, *, query_threads: int
+    ) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = directory / "floor.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "database": database,
+                    "port": self.port,
+                    "query_threads": query_threads,
+                    "partners": {f"Bearer {m.key}": m.id for m in members},
+                }
+            ),
+            encoding="utf-8",
+        )
+        self.log = directory / "floor.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(  # fixed command
+                [sys.executable, os.path.abspath(__file__), "--serve-floor", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_s(self) -> float:
+        found = cpu_seconds(self.pid)
+        if found is None:
+            raise RuntimeError(f"the floor server stopped; its log: {self.log}")
         return found
 
     def stop(self) -> None:
@@ -347,16 +557,33 @@ async def store_run(
     return run
 
 
+class Server(Protocol):
+    """A server in its own process: where it answers, and its CPU time so far."""
+
+    url: str
+
+    def cpu_s(self) -> float: ...
+
+
 @dataclass
 class GraphqlClients:
-    api: Api
+    stage: str
+    server: Server
     session: aiohttp.ClientSession
     bodies: list[tuple[bytes, dict[str, str]]]
     """Per ask, the request body and headers (made before any clock starts)."""
-    client_cpu_us: list[float]
+    client_cpu_us: list[float] = field(default_factory=list)
+
+    async def answer(self, index: int) -> bytes:
+        body, headers = self.bodies[index]
+        async with self.session.post(self.server.url + "/graphql", data=body, headers=headers) as r:
+            answer = await r.read()
+        if r.status != 200 or b'"errors":' in answer:
+            raise RuntimeError(f"{self.stage}: {r.status} {answer[:300]!r}")
+        return answer
 
     async def run(self, *, requests: int, concurrency: int, latencies: Latencies) -> Run:
-        url = self.api.url + "/graphql"
+        url = self.server.url + "/graphql"
         taken: list[float] = []
         counter = iter(range(requests))
 
@@ -368,42 +595,47 @@ class GraphqlClients:
                     answer = await response.read()
                 taken.append((time.perf_counter() - t0) * 1000)
                 if response.status != 200 or b'"errors":' in answer:
-                    raise RuntimeError(f"graphql: {response.status} {answer[:300]!r}")
+                    raise RuntimeError(f"{self.stage}: {response.status} {answer[:300]!r}")
 
-        server_cpu = self.api.cpu_s()
+        server_cpu = self.server.cpu_s()
         watch = Stopwatch()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         mine = watch.stop(requests)
-        server = self.api.cpu_s() - server_cpu
-        latencies.record("graphql", taken)
+        server = self.server.cpu_s() - server_cpu
+        latencies.record(self.stage, taken)
         self.client_cpu_us.append(mine.cpu_us)
         return Run(requests, mine.wall_s, server)
 
 
-async def same_answers(clients: GraphqlClients, queries: PortalQueries, asks: Sequence[Ask]) -> None:
-    """Every ask answers the same lines, in the same order, on both sides."""
-    for ask, (body, headers) in zip(asks, clients.bodies, strict=True):
-        async with clients.session.post(clients.api.url + "/graphql", data=body, headers=headers) as r:
-            document = await r.json()
-        if r.status != 200 or document.get("errors"):
-            raise RuntimeError(f"graphql refused {ask.variables}: {r.status} {document}")
-        through_graphql = [edge["node"]["id"] for edge in document["data"]["deliveries"]["edges"]]
+async def same_answers(
+    product: GraphqlClients, floor: GraphqlClients, queries: PortalQueries, asks: Sequence[Ask]
+) -> None:
+    """Every ask answers the same lines, in the same order, on every side; the floor's answer
+    is the product's, byte for byte."""
+    for index, ask in enumerate(asks):
+        answer = await product.answer(index)
+        through_graphql = [edge["node"]["id"] for edge in json.loads(answer)["data"]["deliveries"]["edges"]]
         page = await queries.deliveries(ask.member.id, first=PAGE, filters=ask.filters)
         direct = [f"{row['log_partition']}:{row['log_offset']}" for row in page.rows]
         if through_graphql != direct or len(direct) != PAGE:
             raise RuntimeError(f"the two sides differ for {ask.variables}: {through_graphql} / {direct}")
+        bare = await floor.answer(index)
+        if bare != answer:
+            raise RuntimeError(
+                f"the floor answers {ask.variables} otherwise: {bare[:300]!r} / {answer[:300]!r}"
+            )
 
 
-async def settled(api: Api, *, idle_cores: float = 0.05, timeout_s: float = 120) -> None:
+async def settled(server: Server, *, idle_cores: float = 0.05, timeout_s: float = 120) -> None:
     """Until the server's CPU use falls below ``idle_cores`` over half a second (its start-up,
     and its feeds reading what the set-up wrote, are over)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        before, t0 = api.cpu_s(), time.perf_counter()
+        before, t0 = server.cpu_s(), time.perf_counter()
         await asyncio.sleep(0.5)  # a window to measure the server's CPU over
-        if (api.cpu_s() - before) / (time.perf_counter() - t0) < idle_cores:
+        if (server.cpu_s() - before) / (time.perf_counter() - t0) < idle_cores:
             return
-    raise RuntimeError(f"the API server did not settle within {timeout_s:g} s")
+    raise RuntimeError(f"{server.url} did not settle within {timeout_s:g} s")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -416,19 +648,23 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3_000, help="requests per run of each stage")
     parser.add_argument("--concurrency", type=int, default=20, help="concurrent clients in both stages")
     parser.add_argument(
-        "--query-threads", type=int, default=8, help="the portal's query_threads (both sides)"
+        "--query-threads", type=int, default=8, help="the portal's query_threads (every side)"
     )
+    parser.add_argument("--serve-floor", type=Path, metavar="CONFIG", help=argparse.SUPPRESS)
     json_argument(parser)
     args = parser.parse_args()
+    if args.serve_floor is not None:
+        await serve_floor(args.serve_floor)
+        return
 
     latencies = Latencies()
-    client_cpu_us: list[float] = []
     with broker() as info, tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         catalogue, topics_file, prefix = isolated_catalogue(info.bootstrap_servers, directory)
         database = f"sqlite:///{directory / 'portal.db'}"
         api = Api(info, topics_file, prefix, database, directory, query_threads=args.query_threads)
         PROFILED_PROCESS["graphql"] = api.pid  # --profile graphql records the server, not the clients
+        floor: Floor | None = None
         store = PortalStore(database)
         queries = PortalQueries(store, threads=args.query_threads)
         try:
@@ -440,45 +676,56 @@ async def main() -> None:
                 end = await asyncio.to_thread(fill, store, catalogue, prefix, owners, args.deliveries)
                 fill_s = time.perf_counter() - t0
                 print(f"  {args.deliveries:,} delivery-log lines in the store in {fill_s:.1f} s")
+                floor = Floor(database, owners, directory, query_threads=args.query_threads)
+                PROFILED_PROCESS["graphql-floor"] = floor.pid
+                await wait_http(floor.url + "/healthz", timeout_s=60)
                 asks = workload(owners, since=end - timedelta(days=1))
-                clients = GraphqlClients(
-                    api,
-                    session,
-                    [
-                        (
-                            json.dumps({"query": QUERY, "variables": ask.variables}).encode(),
-                            {"Authorization": f"Bearer {ask.member.key}", "Content-Type": "application/json"},
-                        )
-                        for ask in asks
-                    ],
-                    client_cpu_us,
-                )
-                await same_answers(clients, queries, asks)
+                bodies = [
+                    (
+                        json.dumps({"query": QUERY, "variables": ask.variables}).encode(),
+                        {"Authorization": f"Bearer {ask.member.key}", "Content-Type": "application/json"},
+                    )
+                    for ask in asks
+                ]
+                product = GraphqlClients("graphql", api, session, bodies)
+                bare = GraphqlClients("graphql-floor", floor, session, bodies)
+                await same_answers(product, bare, queries, asks)
                 await settled(api)
+                await settled(floor)
                 size = {"requests": args.requests, "concurrency": args.concurrency}
                 stages: dict[str, Callable[[], Awaitable[Run]]] = {
                     "store": lambda: store_run(queries, asks, latencies=latencies, **size),
-                    "graphql": lambda: clients.run(latencies=latencies, **size),
+                    "graphql": lambda: product.run(latencies=latencies, **size),
+                    "graphql-floor": lambda: bare.run(latencies=latencies, **size),
                 }
                 runs = await interleaved(stages, rounds=args.rounds)
         finally:
             await asyncio.to_thread(queries.close)
             store.close()
+            if floor is not None:
+                floor.stop()
             api.stop()
 
     figures: dict[str, float] = {}
-    for stage in ("store", "graphql"):
+    for stage in ("store", "graphql", "graphql-floor"):
         measured = latencies.measured(stage, warmup=True)
         figures[f"{stage}_p50_ms"] = round(percentile(measured, 0.50), 2)
         figures[f"{stage}_p99_ms"] = round(percentile(measured, 0.99), 2)
-    figures["graphql_client_cpu_us"] = round(sorted(client_cpu_us[1:])[len(client_cpu_us[1:]) // 2], 1)
+    for clients in (product, bare):
+        spent = sorted(clients.client_cpu_us[1:])
+        figures[f"{clients.stage}_client_cpu_us"] = round(spent[len(spent) // 2], 1)
     figures["deliveries"] = args.deliveries
     Report(
         bench="portal",
-        units={"store": "request", "graphql": "request"},
+        units={"store": "request", "graphql": "request", "graphql-floor": "request"},
         runs=runs,
-        # CPU is read in two processes (the server's, this one's): compared per stage, not as a ratio
-        comparisons=[Comparison("graphql/store", "graphql", "store", target=0.5, cpu=False)],
+        comparisons=[
+            # CPU is read in two processes (a server's, this one's): compared per stage, not as a ratio
+            Comparison("graphql/store", "graphql", "store", target=0.5, cpu=False),
+            Comparison("graphql-floor/store", "graphql-floor", "store", cpu=False),
+            # both are a server process's CPU per request: comparable
+            Comparison("graphql/graphql-floor", "graphql", "graphql-floor", target=0.9),
+        ],
         figures=figures,
         notes=[
             f"{args.deliveries:,} delivery-log lines over {args.partners} partners × {ENDPOINTS_PER_PARTNER} "
@@ -487,6 +734,11 @@ async def main() -> None:
             "graphql: the portal page's query to `processors run webhooks --api` in its own process; "
             "its CPU/request is that process's (graphql_client_cpu_us: the clients', in this process); "
             f"store: PortalQueries.deliveries on {args.query_threads} threads in this process",
+            "graphql-floor: the same request to a bare aiohttp route in its own process running the "
+            "document on plain graphql-core (schema built from docs/portal-schema.graphql, the same "
+            "PortalQueries call on the same threads, cursors signed, the key's partner looked up in a "
+            "dict); no rate limit, limits, error coding or extensions; its answers are the product's, "
+            "byte for byte",
             "latency: per request, p50/p99 of every measured run (warm-up not counted)",
         ],
     ).emit(args.json)

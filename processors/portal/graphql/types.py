@@ -321,7 +321,7 @@ class DeliveryAttempt:
             event_id=strawberry.ID(row["event_id"]),
             event_type=row["event_type"],
             attempt=row["attempt"],
-            status=DeliveryStatus(row["status"]),
+            status=_STATUS_OF.get(row["status"]) or DeliveryStatus(row["status"]),
             http_status=row["http_status"],
             latency_ms=row["latency_ms"],
             error=row["error"],
@@ -353,6 +353,12 @@ class DeliveryAttempt:
             next_step=attempt.next_step,
             job=attempt.job,
         )
+
+
+_STATUS_OF: Final = {status.value: status for status in DeliveryStatus}
+"""The store's spelling → the status (a dictionary read: an enum's lookup by value costs
+several times more, once per line of a page); a spelling not in it goes through the enum,
+which refuses it."""
 
 
 def _clip(text: str | None) -> str | None:

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
-import uuid
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -433,8 +434,16 @@ class GraphqlRoutes:
         return hmac.compare_digest(offered.encode("utf-8", "replace"), expected)
 
 
+_REQUEST_PREFIX: Final = secrets.token_hex(8)
+"""64 random bits per process: ids of two processes (two instances, a restart) never meet."""
+_REQUEST_COUNTER: Final = itertools.count(1)
+
+
 def _request_id() -> str:
-    return uuid.uuid4().hex
+    """A name for one request, unique across processes (audit records and logs correlate by
+    it): the process's random prefix and a counter (``next`` on a count is atomic).  It
+    says nothing about the caller, and costs a fraction of a random UUID per request."""
+    return f"{_REQUEST_PREFIX}-{next(_REQUEST_COUNTER):x}"
 
 
 def _answer(
