@@ -175,7 +175,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Api:
+class _ServerProcess:
+    """A bench server in its own process: its pid, CPU time so far, and a bounded stop."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    name: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_s(self) -> float:
+        found = cpu_seconds(self.pid)
+        if found is None:
+            raise RuntimeError(f"the {self.name} stopped; its log: {self.log}")
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Api(_ServerProcess):
     """``processors run webhooks --api`` on the isolated topics, the portal on ``database``."""
 
     def __init__(
@@ -213,25 +239,8 @@ class Api:
         self.proc = start_processor(
             env, "run", "webhooks", "--api", "--api-port", str(self.port), log_path=logs / "api.log"
         )
-        self.logs = logs
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def cpu_s(self) -> float:
-        found = cpu_seconds(self.pid)
-        if found is None:
-            raise RuntimeError(f"the API server stopped; its log: {self.logs / 'api.log'}")
-        return found
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.log = logs / "api.log"
+        self.name = "API server"
 
 
 # -- the floor: the same document on plain graphql-core behind a bare route (its own process) ---
@@ -371,7 +380,7 @@ async def serve_floor(config: Path) -> None:
         store.close()
 
 
-class Floor:
+class Floor(_ServerProcess):
     """:func:`serve_floor` in its own process (``--serve-floor CONFIG``), as the API server is."""
 
     def __init__(
@@ -392,30 +401,13 @@ class Floor:
             encoding="utf-8",
         )
         self.log = directory / "floor.log"
+        self.name = "floor server"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(  # fixed command
                 [sys.executable, os.path.abspath(__file__), "--serve-floor", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def cpu_s(self) -> float:
-        found = cpu_seconds(self.pid)
-        if found is None:
-            raise RuntimeError(f"the floor server stopped; its log: {self.log}")
-        return found
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 async def rest(session: aiohttp.ClientSession, api: Api, path: str, body: Any, *, token: str) -> Any:
