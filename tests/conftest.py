@@ -27,6 +27,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture
+def figures(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Records one line of a scenario's measured figures (events, results, duplicates, charges
+    per key, time to recover).  Figures are reported, never asserted on: the lines of every test
+    that ran are printed together at the end of the run, from the workers too."""
+
+    def record(line: str) -> None:
+        record_property("figures", line)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = [
+        (report.nodeid, value)
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figures"
+    ]
+    if lines:
+        terminalreporter.section("measured figures")
+        for nodeid, value in sorted(lines):
+            terminalreporter.write_line(f"{nodeid.rsplit('::', 1)[-1]}: {value}")
+
+
 @pytest.fixture(autouse=True)
 def _logging_as_it_was() -> Iterator[None]:
     """Undo what a test did to the logging set-up (``processors run`` installs a JSON, redacting

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ async def _until(condition: Any, *, timeout_s: float, what: str) -> None:
 
 
 async def test_a_broker_killed_mid_run_loses_nothing_and_charges_once(
-    session: aiohttp.ClientSession, tmp_path: Path
+    session: aiohttp.ClientSession, tmp_path: Path, figures: Callable[[str], None]
 ) -> None:
     broker = provide_broker(prefer=BrokerKind.APACHE)
     loop = asyncio.get_running_loop()
@@ -123,9 +124,11 @@ async def test_a_broker_killed_mid_run_loses_nothing_and_charges_once(
                 await _until(lambda: _is(readyz, 503), timeout_s=60, what="unready while the broker is down")
                 await asyncio.sleep(DOWN_S)  # the fault's duration, not a wait for an event
                 await loop.run_in_executor(None, broker.resume_broker)
+                resumed = time.monotonic()
                 await _until(
                     lambda: _is(readyz, 200), timeout_s=120, what="ready again once the broker is back"
                 )
+                ready_again_s = time.monotonic() - resumed
 
                 publish(bootstrap, "insurance.billing.events", second)
                 want = {e.event_id for e in events}
@@ -133,15 +136,27 @@ async def test_a_broker_killed_mid_run_loses_nothing_and_charges_once(
                     lambda r: want <= {decode(m).data.source_event_id for m in r},  # type: ignore[union-attr]
                     timeout_s=240,
                 )
+                answered_s = time.monotonic() - resumed
                 deliveries = {webhook_id_for(subscription, str(e.event_id)) for e in events}
                 async with asyncio.timeout(240):
                     await partner.wait_until(lambda p: deliveries <= p.accepted_ids())
+                delivered_s = time.monotonic() - resumed
             finally:
                 stop.set()
                 await task
                 results.close()
 
         charges = gateway.gateway.charges_by_key
+        per_event = Counter(decode(m).data.source_event_id for m in results.records)  # type: ignore[union-attr]
+        figures(
+            f"broker killed under payments and webhooks: events={len(events)} "
+            f"results={len(results.records)} distinct={len(per_event)} "
+            f"duplicates={sum(n - 1 for n in per_event.values())} charged keys={len(charges)} "
+            f"charges per key={sorted(Counter(charges.values()).items())} "
+            f"deliveries={len(deliveries)} accepted={len(partner.accepted_ids())} down={DOWN_S:g} s; "
+            f"after the restart: ready in {ready_again_s:.1f} s, every result in {answered_s:.1f} s, "
+            f"every delivery in {delivered_s:.1f} s"
+        )
         assert len(charges) == len(events)
         assert set(charges.values()) == {1}, "an idempotency key was charged twice"
         assert 503 in readiness

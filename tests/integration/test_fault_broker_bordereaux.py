@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,9 @@ DOWN_S = 12.0
 """How long the broker stays down (the scenario: 10-30 s)."""
 
 
-def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(tmp_path: Path) -> None:
+def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(
+    tmp_path: Path, figures: Callable[[str], None]
+) -> None:
     published = generate(37, EVENTS)
     want_reports, want_files = reference_reports(published)
     assert want_reports, "the generated events close no period: the test would prove nothing"
@@ -111,8 +114,8 @@ def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(tmp_path
     copies = Counter(report_id for report_id, _ in reports)
     duplicates = sum(n - 1 for n in copies.values())
     got_files = {m.key().decode(): m.value() for m in reader.on("integrations.regulatory.files")}
-    print(
-        f"\nbroker killed under bordereaux: events={len(published)} internal records committed at "
+    figures(
+        f"broker killed under bordereaux: events={len(published)} internal records committed at "
         f"the kill={committed_at_kill} down={DOWN_S:g} s reports={len(reports)} (expected "
         f"{len(want_reports)}) day files={len(got_files)} (expected {len(want_files)}) "
         f"duplicates={duplicates} restarts={restarts}; all out {recovered_s:.1f} s after the broker came back"

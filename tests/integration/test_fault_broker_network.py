@@ -117,6 +117,7 @@ async def test_latency_resets_and_a_black_hole_to_the_broker_lose_nothing(
     kafka_bootstrap: str,
     isolated_topics: Callable[..., tuple[Path, str]],
     tmp_path: Path,
+    figures: Callable[[str], None],
 ) -> None:
     topics_file, prefix = isolated_topics()
     billing = f"{prefix}insurance.billing.events"
@@ -189,8 +190,8 @@ async def test_latency_resets_and_a_black_hole_to_the_broker_lose_nothing(
     charges = sandbox.gateway.charges_by_key
     per_event = Counter(decode(m).data.source_event_id for m in collector.records)  # type: ignore[union-attr]
     text = log.read_text()
-    print(
-        f"\nbroker network faults (black hole {BLACK_HOLE_S:.0f} s): events={len(events)} "
+    figures(
+        f"broker network faults (black hole {BLACK_HOLE_S:.0f} s): events={len(events)} "
         f"results={len(collector.records)} distinct={len(per_event)} "
         f"duplicates={sum(n - 1 for n in per_event.values())} charged keys={len(charges)} "
         f"charges per key={sorted(Counter(charges.values()).items())} "

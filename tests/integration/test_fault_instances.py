@@ -11,7 +11,8 @@ import asyncio
 import random
 import signal
 import subprocess
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,10 @@ KILL_EVERY_S = (3.0, 6.0)
 
 
 async def test_members_killed_at_random_lose_nothing_and_charge_once(
-    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+    kafka_bootstrap: str,
+    isolated_topics: Callable[[], tuple[Path, str]],
+    tmp_path: Path,
+    figures: Callable[[str], None],
 ) -> None:
     topics_file, prefix = isolated_topics()
     billing = f"{prefix}insurance.billing.events"
@@ -72,11 +76,13 @@ async def test_members_killed_at_random_lose_nothing_and_charge_once(
                 members[victim] = launch()
             for batch in pending:
                 publish(kafka_bootstrap, billing, batch)
+            last_kill = time.monotonic()
             want = {e.event_id for e in events}
             await collector.wait_for(
                 lambda r: want <= {decode(m).data.source_event_id for m in r},  # type: ignore[union-attr]
                 timeout_s=300,
             )
+            answered_s = time.monotonic() - last_kill
             # the last replacement is running (a process still starting up has no SIGTERM
             # handler yet): all three members hold partitions before they are told to stop
             await collector.wait_for(
@@ -92,6 +98,14 @@ async def test_members_killed_at_random_lose_nothing_and_charge_once(
             assert member.returncode == 0
 
     charges = sandbox.gateway.charges_by_key
+    per_event = Counter(decode(m).data.source_event_id for m in collector.records)  # type: ignore[union-attr]
+    figures(
+        f"payments churn: events={len(events)} members=3 kills={kills} started={started} "
+        f"results={len(collector.records)} distinct={len(per_event)} "
+        f"duplicates={sum(n - 1 for n in per_event.values())} charged keys={len(charges)} "
+        f"charges per key={sorted(Counter(charges.values()).items())}; every result "
+        f"{answered_s:.1f} s after the last kill"
+    )
     assert len(charges) == len(events)
     assert set(charges.values()) == {1}, "an idempotency key was charged twice"
     first_seen: dict[str, list[int]] = defaultdict(list)

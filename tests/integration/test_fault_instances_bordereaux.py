@@ -78,7 +78,10 @@ def _pace(reader: CommittedReader, seconds: float) -> None:
 
 
 def test_static_members_killed_at_random_give_byte_identical_reports(
-    isolated_topics: Callable[..., tuple[Path, str]], kafka_bootstrap: str, tmp_path: Path
+    isolated_topics: Callable[..., tuple[Path, str]],
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    figures: Callable[[str], None],
 ) -> None:
     topics_file, prefix = isolated_topics()
     published = generate(31, EVENTS)
@@ -148,8 +151,8 @@ def test_static_members_killed_at_random_give_byte_identical_reports(
     reports = [(json.loads(m.value())["report_id"], m.value()) for m in reader.on(bordereaux)]
     copies = Counter(report_id for report_id, _ in reports)
     duplicates = sum(n - 1 for n in copies.values())
-    print(
-        f"\nbordereaux churn: events={len(published)} kills={sum(kills.values())} {dict(kills)} "
+    figures(
+        f"bordereaux churn: events={len(published)} kills={sum(kills.values())} {dict(kills)} "
         f"reports={len(reports)} (expected {len(want_reports)}, {reports_at_last_kill} out at the "
         f"last kill) day files={len(reader.on(files))} (expected {len(want_files)}) "
         f"duplicates={duplicates} copies per report={sorted(set(copies.values()))} "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +38,10 @@ RESETS_S = 10.0
 
 
 async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
-    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
+    kafka_bootstrap: str,
+    isolated_topics: Callable[..., tuple[Path, str]],
+    tmp_path: Path,
+    figures: Callable[[str], None],
 ) -> None:
     topics_file, prefix = isolated_topics("[1s, 2s, 5s, 10s, 20s, 30s, 60s, 2m]")
     billing = f"{prefix}insurance.billing.events"
@@ -73,6 +78,7 @@ async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
                 publish(kafka_bootstrap, billing, batches[3])
                 await asyncio.sleep(BLACK_HOLE_S)
                 proxy.set("pass")
+                cleared = time.monotonic()
                 publish(kafka_bootstrap, billing, batches[4])
 
                 want = {e.event_id for e in events}
@@ -80,10 +86,12 @@ async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
                     lambda r: want <= {decode(m).data.source_event_id for m in r},  # type: ignore[union-attr]
                     timeout_s=300,
                 )
+                answered_s = time.monotonic() - cleared
 
                 await collector.wait_for(
                     group_caught_up(kafka_bootstrap, f"{prefix}payments", billing), timeout_s=60
                 )
+                caught_up_s = time.monotonic() - cleared
             finally:
                 app.send_signal(signal.SIGTERM)
                 app.wait(60)
@@ -92,5 +100,14 @@ async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
         assert proxy.reset > 0, "no connection was reset: the fault did not happen"
 
     charges = sandbox.gateway.charges_by_key
+    per_event = Counter(decode(m).data.source_event_id for m in collector.records)  # type: ignore[union-attr]
+    figures(
+        f"gateway network faults (black hole {BLACK_HOLE_S:.0f} s): events={len(events)} "
+        f"results={len(collector.records)} distinct={len(per_event)} "
+        f"duplicates={sum(n - 1 for n in per_event.values())} charged keys={len(charges)} "
+        f"charges per key={sorted(Counter(charges.values()).items())} connections={proxy.accepted} "
+        f"resets={proxy.reset}; after the fault cleared: every result in {answered_s:.1f} s, "
+        f"lag 0 in {caught_up_s:.1f} s"
+    )
     assert len(charges) == len(events)
     assert set(charges.values()) == {1}, "an idempotency key was charged twice"

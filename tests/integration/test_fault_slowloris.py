@@ -87,6 +87,7 @@ async def test_a_slow_loris_partner_holds_only_its_own_slots(
     kafka_bootstrap: str,
     isolated_topics: Callable[..., tuple[Path, str]],
     session: aiohttp.ClientSession,
+    figures: Callable[[str], None],
 ) -> None:
     topics_file, prefix = isolated_topics()
     settings = webhook_settings(kafka_bootstrap, topics_file, prefix)
@@ -120,5 +121,10 @@ async def test_a_slow_loris_partner_holds_only_its_own_slots(
             stop.set()
             await task
 
+    figures(
+        f"slow-loris partner: events={len(events)} healthy deliveries={len(healthy.accepted_ids())} "
+        f"(expected {len(expected)}) slow partner connections={slow.connections} "
+        f"most open at once={slow.most_open} (its max_concurrency {SLOW_SLOTS})"
+    )
     assert slow.connections >= 1
     assert slow.most_open <= SLOW_SLOTS, f"the slow partner held {slow.most_open} connections"
