@@ -47,7 +47,6 @@ Nothing here logs a body, a key or any field of an event; partner and endpoint i
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import time
@@ -63,6 +62,7 @@ import confluent_kafka
 from processors.errors import BrokerError, ConfigError, ContractError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
+from processors.kafka.threaded import ThreadBoundConsumer
 from processors.partners.model import ApiKey, Partner
 from processors.portal.config import LiveFeedSettings
 from processors.runtime.message import KafkaMessage
@@ -559,8 +559,7 @@ class LiveFeed:
         self._poll_batch = poll_batch
         self._poll_timeout_s = poll_timeout_s
         self._broker_timeout_s = broker_timeout_s
-        self._consumer: Any = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread = ThreadBoundConsumer("portal-live")
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -634,11 +633,10 @@ class LiveFeed:
         if self._task is not None:
             raise RuntimeError("a LiveFeed starts once")
         loop = self._loop = asyncio.get_running_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="portal-live")
         try:
-            self._consumer = await loop.run_in_executor(self._executor, self._consumer_factory, self._conf)
+            await self._thread.open(self._consumer_factory, self._conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-            await self._close_consumer()
+            await self._thread.close()
             raise ConfigError(f"live feed: cannot create its Kafka consumer: {exc}") from exc
         if self._partners is not None:
             self._partners.add_listener(self._registry_changed)
@@ -652,16 +650,7 @@ class LiveFeed:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         self.router.end_all(FeedEnd(UNAVAILABLE, "the live feed stopped; subscribe again later"))
-        await self._close_consumer()
-
-    async def _close_consumer(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, consumer.close)
-        executor.shutdown(wait=True)
+        await self._thread.close()
 
     def _registry_changed(self, _key: str, entry: Any) -> None:
         """On the registry store's thread: the feeds of the partner concerned check their key."""
@@ -684,11 +673,10 @@ class LiveFeed:
     # ------------------------------------------------------------------------ the loop side
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while not self._stopping:
             try:
-                step = await loop.run_in_executor(self._executor, self._poll_step)
+                step = await self._thread.call(self._poll_step)
             except BrokerError as exc:
                 self._error = exc
                 ended = self.router.end_all(
@@ -757,7 +745,7 @@ class LiveFeed:
 
     def _poll_step(self) -> _Step:
         """Runs on the poll thread: the only place the consumer is used."""
-        consumer = self._consumer
+        consumer = self._thread.consumer
         step = _Step()
         now = time.monotonic()
         if now >= self._metadata_due:

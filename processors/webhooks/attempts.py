@@ -20,7 +20,6 @@ An unparsable delivery-log record is skipped and counted; its content is never l
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import heapq
 import logging
 import sys
@@ -41,6 +40,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from processors.errors import BrokerError, ConfigError
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
+from processors.kafka.threaded import ThreadBoundConsumer
 from processors.runtime.engine import OutputProducer
 from processors.runtime.failures import PROVENANCE_HEADERS
 from processors.runtime.message import HeaderList, OutRecord, header_value
@@ -484,9 +484,8 @@ class AttemptsFeed:
         self._broker_timeout_s = broker_timeout_s
         self._consumer_factory = consumer_factory
         self._admin_factory = admin_factory
-        self._consumer: Any = None
+        self._thread = ThreadBoundConsumer("webhook-attempts")
         self._admin: Any = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._partitions: frozenset[int] = frozenset()
@@ -517,13 +516,11 @@ class AttemptsFeed:
         """Create the clients and start tailing; returns without waiting for the broker."""
         if self._task is not None:
             raise RuntimeError("an AttemptsFeed starts once")
-        loop = asyncio.get_running_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook-attempts")
         try:
-            self._consumer = await loop.run_in_executor(self._executor, self._consumer_factory, self._conf)
+            await self._thread.open(self._consumer_factory, self._conf)
             self._admin = self._admin_factory(self._admin_conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-            await self._close_consumer()
+            await self._thread.close()
             raise ConfigError(f"webhook attempts feed: cannot create its Kafka clients: {exc}") from exc
         self._task = asyncio.create_task(self._run(), name=f"webhook-attempts:{self.topic}")
 
@@ -534,17 +531,8 @@ class AttemptsFeed:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         self._answer_all(False)
-        await self._close_consumer()
+        await self._thread.close()
         self._admin = None
-
-    async def _close_consumer(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, consumer.close)
-        executor.shutdown(wait=True)
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """True once the view holds every record the topic held when this was called.
@@ -623,11 +611,10 @@ class AttemptsFeed:
     # ------------------------------------------------------------------------ loop
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while not self._stopping:
             try:
-                step = await loop.run_in_executor(self._executor, self._poll_step)
+                step = await self._thread.call(self._poll_step)
             except BrokerError as exc:
                 log.error("webhook attempts feed stopped: %s", exc)
                 self._error = exc
@@ -666,7 +653,7 @@ class AttemptsFeed:
 
     def _poll_step(self) -> _Step:
         """Runs on the poll thread: the only place the consumer is used."""
-        consumer = self._consumer
+        consumer = self._thread.consumer
         now = time.monotonic()
         refresh_s = self._metadata_refresh_s if self._partitions else min(1.0, self._metadata_refresh_s)
         if now - self._metadata_at >= refresh_s:
