@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
@@ -19,7 +19,10 @@ from processors.errors import BrokerError
 from processors.kafka import KafkaClients
 from processors.runtime.message import OutRecord
 
-__all__ = ["AsyncProducer", "RecordTooLarge", "TransactionFailed", "TransactionalProducer"]
+if TYPE_CHECKING:
+    from processors.runtime.engine import OutputProducer
+
+__all__ = ["AsyncProducer", "ProducerSlot", "RecordTooLarge", "TransactionFailed", "TransactionalProducer"]
 
 
 class RecordTooLarge(BrokerError):
@@ -181,6 +184,39 @@ class AsyncProducer:
         if remaining:
             log.error("producer stopped with %d records not acknowledged", remaining)
         self._producer = None
+
+
+class ProducerSlot:
+    """The producer a service sends with: one it was given (its owner starts and stops it), or
+    one made from ``config()`` on :meth:`start` and flushed and closed by :meth:`stop`."""
+
+    def __init__(
+        self,
+        given: OutputProducer | None,
+        config: Callable[[], Mapping[str, Any]],
+        *,
+        stop_timeout_s: float,
+    ) -> None:
+        self.producer: OutputProducer | None = given
+        """What to send with; None before :meth:`start` and after :meth:`stop` of an own one."""
+        self._config = config
+        self._stop_timeout_s = stop_timeout_s
+        self._owned: AsyncProducer | None = None
+
+    async def start(self) -> None:
+        """Create and start the own producer, unless one was given or is already running."""
+        if self.producer is not None:
+            return
+        producer = AsyncProducer(self._config())
+        await producer.start()
+        self.producer = self._owned = producer
+
+    async def stop(self) -> None:
+        """Flush and close the own producer (a given one is left to its owner)."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            self.producer = None
+            await owned.stop(timeout_s=self._stop_timeout_s)
 
 
 class TransactionFailed(BrokerError):

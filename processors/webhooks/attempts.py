@@ -44,7 +44,7 @@ from processors.kafka.threaded import ThreadBoundConsumer
 from processors.runtime.engine import OutputProducer
 from processors.runtime.failures import PROVENANCE_HEADERS
 from processors.runtime.message import HeaderList, OutRecord, header_value
-from processors.runtime.producer import AsyncProducer
+from processors.runtime.producer import ProducerSlot
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -804,24 +804,20 @@ class Redeliverer:
         self._produce_timeout_s = produce_timeout_s
         self._clock = clock
         self._consumer_factory = consumer_factory
-        self._producer: OutputProducer | None = producer
-        self._owned: AsyncProducer | None = None
+        # An operator waits for the answer: a copy that cannot be written fails, it does not linger.
+        self._slot = ProducerSlot(
+            producer,
+            lambda: self._kafka.producer(delivery_timeout_s=produce_timeout_s),
+            stop_timeout_s=produce_timeout_s,
+        )
 
     async def start(self) -> None:
         """Create the producer (unless one was given)."""
-        if self._producer is not None:
-            return
-        # An operator waits for the answer: a copy that cannot be written fails, it does not linger.
-        producer = AsyncProducer(self._kafka.producer(delivery_timeout_s=self._produce_timeout_s))
-        await producer.start()
-        self._producer = self._owned = producer
+        await self._slot.start()
 
     async def stop(self) -> None:
         """Flush and close the producer this created (a given one is left to its owner)."""
-        owned, self._owned = self._owned, None
-        if owned is not None:
-            self._producer = None
-            await owned.stop(timeout_s=self._produce_timeout_s)
+        await self._slot.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -851,7 +847,7 @@ class Redeliverer:
         one dispatch partition keep their relative order.  Raises BrokerError when the records
         cannot be read or the copies are not acknowledged in time.
         """
-        producer = self._producer
+        producer = self._slot.producer
         if producer is None:
             raise BrokerError("the redeliverer is not started")
         unique = sorted(set(jobs))

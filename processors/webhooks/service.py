@@ -85,7 +85,7 @@ from processors.partners.auth import Caller
 from processors.partners.model import PARTNER_ID_PATTERN, Partner
 from processors.partners.projection import DATA_CLASSES, DataClass, parse_grants
 from processors.runtime.engine import OutputProducer
-from processors.runtime.producer import AsyncProducer
+from processors.runtime.producer import ProducerSlot
 from processors.webhooks.attempts import AttemptsView, JobRef, RedeliveryReport
 from processors.webhooks.delivery import TEST_EVENT_TYPE, webhook_test_record
 from processors.webhooks.secrets import (
@@ -872,9 +872,13 @@ class DeliveryService:
         self.produce_timeout_s = produce_timeout_s
         self.clock = clock
         self.audit = _Audit(audit) if audit is not None else endpoints.audit
-        self._kafka = kafka
-        self._producer = producer
-        self._owned: AsyncProducer | None = None
+
+        def producer_config() -> dict[str, Any]:
+            # A partner waits for the answer: a record that cannot be written fails, it does not linger.
+            assert kafka is not None  # without a producer there are Kafka clients (checked above)
+            return kafka.producer(delivery_timeout_s=produce_timeout_s, linger_ms=0)
+
+        self._slot = ProducerSlot(producer, producer_config, stop_timeout_s=produce_timeout_s)
 
     @classmethod
     def create(
@@ -901,20 +905,11 @@ class DeliveryService:
 
     async def start(self) -> None:
         """Create the producer of test events (unless one was given)."""
-        if self._producer is not None:
-            return
-        assert self._kafka is not None
-        # A partner waits for the answer: a record that cannot be written fails, it does not linger.
-        producer = AsyncProducer(self._kafka.producer(delivery_timeout_s=self.produce_timeout_s, linger_ms=0))
-        await producer.start()
-        self._producer = self._owned = producer
+        await self._slot.start()
 
     async def stop(self) -> None:
         """Flush and close the producer this created (a given one is left to its owner)."""
-        owned, self._owned = self._owned, None
-        if owned is not None:
-            self._producer = None
-            await owned.stop(timeout_s=self.produce_timeout_s)
+        await self._slot.stop()
 
     # -------------------------------------------------------------------------------- operations
 
@@ -925,7 +920,7 @@ class DeliveryService:
 
         async def work(response: dict[str, Any]) -> TestEventSent:
             sub = await self._deliverable(caller, endpoint_id)
-            producer = self._producer
+            producer = self._slot.producer
             if producer is None:
                 raise EndpointsUnavailable("test events cannot be sent now; retry later")
             event_id = str(uuid.uuid4())
