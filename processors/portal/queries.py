@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Select, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Select, func, literal, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from processors.portal.records import MAX_EXCERPT_CHARS
@@ -291,6 +291,12 @@ class StoreReads:
             columns = tuple(result.keys())
             return [dict(zip(columns, row, strict=True)) for row in result.all()]
 
+    def _page(self, statement: Select[Any], first: int) -> Page:
+        """The first ``first`` rows that ``statement`` reads, and whether it read more (it asks
+        for ``first`` + 1 rows: one more tells that a next page follows)."""
+        rows = self._rows(statement)
+        return Page(rows[:first], len(rows) > first)
+
     # -- partners -----------------------------------------------------------------------------
 
     def partner(self, partner_id: str) -> dict[str, Any] | None:
@@ -354,25 +360,17 @@ class StoreReads:
     ) -> Page:
         """A page of ``partner_id``'s delivery log, newest first, after ``after``."""
         _check_first(first)
-        rows = self._rows(self.deliveries_statement(partner_id, first=first, after=after, filters=filters))
-        return Page(rows[:first], len(rows) > first)
+        statement = self.deliveries_statement(partner_id, first=first, after=after, filters=filters)
+        return self._page(statement, first)
 
     def deliveries_statement(
         self, partner_id: str, *, first: int, after: DeliveryPosition | None, filters: DeliveryFilters
     ) -> Select[Any]:
         """The statement of :meth:`deliveries` (``first`` + 1 rows: one more tells a next page)."""
         d = DELIVERIES.c
-        statement = select(DELIVERIES).where(d.partner_id == partner_id)
-        if filters.endpoint_id is not None:
-            statement = statement.where(d.subscription_id == filters.endpoint_id)
-        if filters.event_type is not None:
-            statement = statement.where(d.event_type == filters.event_type)
-        if filters.status is not None:
-            statement = statement.where(d.status == filters.status)
-        if filters.since is not None:
-            statement = statement.where(d.attempted_at >= literal(filters.since, UtcDateTime))
-        if filters.until is not None:
-            statement = statement.where(d.attempted_at < literal(filters.until, UtcDateTime))
+        statement = select(DELIVERIES).where(
+            d.partner_id == partner_id, *_conditions(filters, _DELIVERY_FILTERS)
+        )
         if after is not None:
             statement = statement.where(
                 tuple_(d.attempted_at, d.log_partition, d.log_offset)
@@ -409,20 +407,14 @@ class StoreReads:
         """A page of the bordereaux of reinsurer ``reinsurer_key``, newest period first."""
         _check_first(first)
         b = BORDEREAUX.c
-        statement = select(BORDEREAUX).where(b.reinsurer_key == _owner_key(reinsurer_key))
-        if filters.treaty_number is not None:
-            statement = statement.where(b.treaty_number == filters.treaty_number)
-        if filters.period_id is not None:
-            statement = statement.where(b.period_id == filters.period_id)
-        if filters.report_type is not None:
-            statement = statement.where(b.report_type == filters.report_type)
+        statement = select(BORDEREAUX).where(
+            b.reinsurer_key == _owner_key(reinsurer_key), *_conditions(filters, _BORDEREAU_FILTERS)
+        )
         if after is not None:
             statement = statement.where(
                 tuple_(b.period_id, b.report_id) < tuple_(literal(after.period_id), literal(after.report_id))
             )
-        statement = statement.order_by(b.period_id.desc(), b.report_id.desc())
-        rows = self._rows(statement.limit(first + 1))
-        return Page(rows[:first], len(rows) > first)
+        return self._page(statement.order_by(b.period_id.desc(), b.report_id.desc()).limit(first + 1), first)
 
     def bordereau(self, reinsurer_key: str, report_id: str) -> dict[str, Any] | None:
         """Report ``report_id`` if it is reinsurer ``reinsurer_key``'s (else None)."""
@@ -454,6 +446,33 @@ class StoreReads:
 
 
 _INT: Final = DELIVERIES.c.attempt.type
+
+_FilterTable = tuple[tuple[str, Callable[[Any], ColumnElement[bool]]], ...]
+"""Per filter field, the condition a value of it puts on the list's rows."""
+
+_DELIVERY_FILTERS: Final[_FilterTable] = (
+    ("endpoint_id", lambda endpoint_id: DELIVERIES.c.subscription_id == endpoint_id),
+    ("event_type", lambda event_type: DELIVERIES.c.event_type == event_type),
+    ("status", lambda status: DELIVERIES.c.status == status),
+    ("since", lambda since: DELIVERIES.c.attempted_at >= literal(since, UtcDateTime)),
+    ("until", lambda until: DELIVERIES.c.attempted_at < literal(until, UtcDateTime)),
+)
+"""The conditions of :class:`DeliveryFilters`."""
+
+_BORDEREAU_FILTERS: Final[_FilterTable] = (
+    ("treaty_number", lambda treaty_number: BORDEREAUX.c.treaty_number == treaty_number),
+    ("period_id", lambda period_id: BORDEREAUX.c.period_id == period_id),
+    ("report_type", lambda report_type: BORDEREAUX.c.report_type == report_type),
+)
+"""The conditions of :class:`BordereauFilters`."""
+
+
+def _conditions(
+    filters: DeliveryFilters | BordereauFilters, table: _FilterTable
+) -> list[ColumnElement[bool]]:
+    """The conditions of ``table`` for the fields set in ``filters`` (None: not filtered on), in
+    the table's order."""
+    return [condition(value) for field, condition in table if (value := getattr(filters, field)) is not None]
 
 
 def _owner_key(reinsurer_key: str) -> str:

@@ -21,7 +21,9 @@ field              source
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import strawberry
 
@@ -49,6 +51,7 @@ from processors.portal.queries import (
     DeliveryFilters,
     DeliveryPosition,
     InvalidCursor,
+    Page,
     PortalStoreUnavailable,
 )
 from processors.webhooks.service import EndpointNotFound
@@ -78,6 +81,82 @@ def _page_size(info: Info, first: int | None) -> int:
             f"first must be at most {limit} (the maximum page size)", extensions={"max": limit}
         )
     return first
+
+
+_Position = TypeVar("_Position")
+_Node = TypeVar("_Node")
+_Edge = TypeVar("_Edge", bound="_HasCursor")
+_Connection = TypeVar("_Connection")
+_NodeIn = TypeVar("_NodeIn", contravariant=True)
+_EdgeOut = TypeVar("_EdgeOut", covariant=True)
+_ConnectionOut = TypeVar("_ConnectionOut", covariant=True)
+
+
+class _HasCursor(Protocol):
+    """An edge of a connection (the last one's cursor is the page's ``endCursor``)."""
+
+    cursor: str
+
+
+class _EdgeType(Protocol[_NodeIn, _EdgeOut]):
+    """An edge type of the schema: an edge of a node and its cursor."""
+
+    def __call__(self, *, cursor: str, node: _NodeIn) -> _EdgeOut: ...
+
+
+class _ConnectionType(Protocol[_Edge, _ConnectionOut]):
+    """A connection type of the schema: a page's edges and its ``pageInfo``."""
+
+    def __call__(self, *, edges: list[_Edge], page_info: PageInfo) -> _ConnectionOut: ...
+
+
+def _position_after(
+    read: Callable[[str, str], _Position], partner_id: str, after: str | None
+) -> _Position | None:
+    """The position that cursor ``after`` names in ``partner_id``'s list, as ``read`` (the list's
+    reading of :class:`~processors.portal.queries.CursorCodec`) finds it; None: ``after`` is not
+    given (the list from its start).  A cursor that is not of this list is the caller's error."""
+    if not _set(after):
+        return None
+    try:
+        return read(partner_id, str(after))
+    except InvalidCursor:
+        raise BadUserInput(_CURSOR_HINT) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _RelayList(Generic[_Position, _Node, _Edge, _Connection]):
+    """How a page of a keyset-paged list of the query store answers as a Relay connection: a
+    row's position (what its cursor holds) and node, and the list's edge and connection types."""
+
+    position: Callable[[Mapping[str, Any]], _Position]
+    node: Callable[[Mapping[str, Any]], _Node]
+    edge_type: _EdgeType[_Node, _Edge]
+    connection_type: _ConnectionType[_Edge, _Connection]
+
+    def connection(self, page: Page, partner_id: str, cursor: Callable[[str, _Position], str]) -> _Connection:
+        """``page`` of ``partner_id``'s list, each row's cursor made by ``cursor`` (the list's
+        cursors of :class:`~processors.portal.queries.CursorCodec`)."""
+        position, node, edge = self.position, self.node, self.edge_type
+        edges = [edge(cursor=cursor(partner_id, position(row)), node=node(row)) for row in page.rows]
+        return self.connection_type(
+            edges=edges,
+            page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
+        )
+
+
+_DELIVERY_LIST: Final = _RelayList(
+    position=DeliveryPosition.of,
+    node=DeliveryAttempt.from_row,
+    edge_type=DeliveryEdge,
+    connection_type=DeliveryConnection,
+)
+_BORDEREAU_LIST: Final = _RelayList(
+    position=BordereauPosition.of,
+    node=Bordereau.from_row,
+    edge_type=BordereauEdge,
+    connection_type=BordereauConnection,
+)
 
 
 def _me(info: Info) -> Partner:
@@ -134,12 +213,7 @@ async def _deliveries(
     queries = context.services.queries
     partner_id = context.partner_id
     size = _page_size(info, first)
-    position: DeliveryPosition | None = None
-    if _set(after):
-        try:
-            position = queries.codec.read_delivery(partner_id, str(after))
-        except InvalidCursor:
-            raise BadUserInput(_CURSOR_HINT) from None
+    position = _position_after(queries.codec.read_delivery, partner_id, after)
     filters = DeliveryFilters()
     if filter is not None and filter is not strawberry.UNSET:
         status = filter.status
@@ -154,17 +228,7 @@ async def _deliveries(
         page = await queries.deliveries(partner_id, first=size, after=position, filters=filters)
     except PortalStoreUnavailable as exc:
         raise Unavailable("the delivery log cannot be read now; retry later") from exc
-    edges = [
-        DeliveryEdge(
-            cursor=queries.codec.delivery(partner_id, DeliveryPosition.of(row)),
-            node=DeliveryAttempt.from_row(row),
-        )
-        for row in page.rows
-    ]
-    return DeliveryConnection(
-        edges=edges,
-        page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
-    )
+    return _DELIVERY_LIST.connection(page, partner_id, queries.codec.delivery)
 
 
 async def _message(info: Info, webhook_id: strawberry.ID) -> Message | None:
@@ -196,12 +260,7 @@ async def _bordereaux(
     queries = context.services.queries
     partner_id = context.partner_id
     size = _page_size(info, first)
-    position: BordereauPosition | None = None
-    if _set(after):
-        try:
-            position = queries.codec.read_bordereau(partner_id, str(after))
-        except InvalidCursor:
-            raise BadUserInput(_CURSOR_HINT) from None
+    position = _position_after(queries.codec.read_bordereau, partner_id, after)
     reinsurer_key = context.reinsurer_key
     if reinsurer_key is None:
         return BordereauConnection(edges=[], page_info=PageInfo(has_next_page=False, end_cursor=None))
@@ -217,17 +276,7 @@ async def _bordereaux(
         page = await queries.bordereaux(reinsurer_key, first=size, after=position, filters=filters)
     except PortalStoreUnavailable as exc:
         raise Unavailable("bordereaux cannot be read now; retry later") from exc
-    edges = [
-        BordereauEdge(
-            cursor=queries.codec.bordereau(partner_id, BordereauPosition.of(row)),
-            node=Bordereau.from_row(row),
-        )
-        for row in page.rows
-    ]
-    return BordereauConnection(
-        edges=edges,
-        page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
-    )
+    return _BORDEREAU_LIST.connection(page, partner_id, queries.codec.bordereau)
 
 
 async def _bordereau(info: Info, report_id: strawberry.ID) -> Bordereau | None:
