@@ -8,8 +8,8 @@ server refuses to run as root, so as root it runs as the ``postgres`` user (``ru
 which owns the directory.  Tests connect over the socket, each to a database of its own.
 
 Test modules share one server: :func:`postgres_server` starts it on first use and
-:func:`release` (each module's session fixture tears down through it) stops it when the
-last user is done.
+:func:`release` stops it when the last user is done.  A test module holds it through the
+session fixture :func:`pg`, imported by name (``from tests.postgres import pg as pg``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PostgresServer", "database", "postgres_server", "release"]
+__all__ = ["PostgresServer", "database", "pg", "postgres_server", "release"]
 
 _lock = threading.Lock()
 _server: PostgresServer | None = None
@@ -176,3 +176,13 @@ def database(server: PostgresServer) -> Iterator[str]:
         yield server.url(name)
     finally:
         server.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """The session's server, held by the test module that uses this fixture until the session ends."""
+    server = postgres_server()
+    try:
+        yield server
+    finally:
+        release()

@@ -36,29 +36,11 @@ from processors.topics.catalogue import load_catalogue
 from processors.webhooks.store import SubscriptionStore
 from tests import portal_samples as samples
 from tests.integration.helpers import start_processor
-from tests.postgres import PostgresServer, database, postgres_server, release
+from tests.portal_stores import new_database_url as new_database_url
+from tests.postgres import PostgresServer, database
+from tests.postgres import pg as pg
 
 DELIVERY_LINES = 20_000
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_server()
-    try:
-        yield server
-    finally:
-        release()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """Makes a database URL of the parametrised backend (``name`` tells them apart)."""
-    if request.param == "sqlite":
-        yield lambda name: f"sqlite:///{tmp_path / name}.db"
-        return
-    server: PostgresServer = request.getfixturevalue("pg")
-    with contextlib.ExitStack() as stack:
-        yield lambda name: stack.enter_context(database(server))
 
 
 def _producer(bootstrap: str) -> confluent_kafka.Producer:
@@ -116,6 +98,23 @@ async def _registry(bootstrap: str, topics: PortalTopics) -> dict[str, Any]:
         "sub_b": sub_b,
         "sub_old": sub_old,
     }
+
+
+def _rebuild(database_url: str, bootstrap: str, topics_file: Path) -> int:
+    """Runs ``processors portal rebuild --json`` into ``database_url``; its exit code."""
+    return main(
+        [
+            "portal",
+            "rebuild",
+            "--database-url",
+            database_url,
+            "--bootstrap-servers",
+            bootstrap,
+            "--topics-file",
+            str(topics_file),
+            "--json",
+        ]
+    )
 
 
 async def test_the_projector_and_a_rebuild_make_the_same_store(
@@ -180,19 +179,7 @@ async def test_the_projector_and_a_rebuild_make_the_same_store(
     assert projector.stats.ignored == {topics.partners: 1}
 
     with database(pg) as rebuilt_url:
-        code = main(
-            [
-                "portal",
-                "rebuild",
-                "--database-url",
-                rebuilt_url,
-                "--bootstrap-servers",
-                kafka_bootstrap,
-                "--topics-file",
-                str(topics_file),
-                "--json",
-            ]
-        )
+        code = _rebuild(rebuilt_url, kafka_bootstrap, topics_file)
         assert code == 0
         counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert (counts["partners"], counts["deliveries"], counts["bordereaux"], counts["skipped"]) == (
@@ -282,7 +269,7 @@ def test_a_projector_killed_mid_stream_loses_and_duplicates_nothing(
     kafka_bootstrap: str,
     isolated_topics: Callable[..., tuple[Path, str]],
     tmp_path: Path,
-    backend: Callable[[str], str],
+    new_database_url: Callable[[str], str],
 ) -> None:
     topics_file, _ = isolated_topics()
     topics = PortalTopics.from_catalogue(load_catalogue(topics_file))
@@ -295,7 +282,7 @@ def test_a_projector_killed_mid_stream_loses_and_duplicates_nothing(
         topics.deliveries,
         [(subs[n % 6].id, samples.delivery_line(subs[n % 6].id, n)) for n in range(DELIVERY_LINES)],
     )
-    url = backend("crash")
+    url = new_database_url("crash")
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "PROCESSORS_TOPICS_FILE": str(topics_file),
@@ -366,19 +353,7 @@ def test_a_projector_killed_mid_stream_loses_and_duplicates_nothing(
     rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(
-            [
-                "portal",
-                "rebuild",
-                "--database-url",
-                rebuilt_url,
-                "--bootstrap-servers",
-                kafka_bootstrap,
-                "--topics-file",
-                str(topics_file),
-                "--json",
-            ]
-        )
+        code = _rebuild(rebuilt_url, kafka_bootstrap, topics_file)
     assert code == 0
     assert json.loads(out.getvalue())["deliveries"] == DELIVERY_LINES
     rebuilt = PortalStore(rebuilt_url)

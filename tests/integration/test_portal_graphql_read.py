@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ import pytest
 from processors.bordereaux.rows import PREMIUM_ROW_FIELDS
 from tests import portal_samples as samples
 from tests.integration.portal_read_env import PortalEnv, eventually, portal_env
-from tests.postgres import PostgresServer, database, postgres_server, release
+from tests.portal_stores import store_url as store_url
+from tests.postgres import pg as pg
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -42,24 +43,6 @@ BORDEREAUX = """{ bordereaux { edges { cursor node {
     csv: download(format: CSV) json: download(format: JSON) } } pageInfo { hasNextPage } } }"""
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_server()
-    try:
-        yield server
-    finally:
-        release()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'portal.db'}"
-        return
-    with database(request.getfixturevalue("pg")) as url:
-        yield url
-
-
 async def _pages(env: PortalEnv, key: str, filter: dict[str, Any] | None = None) -> list[str]:
     seen: list[str] = []
     after = None
@@ -74,9 +57,9 @@ async def _pages(env: PortalEnv, key: str, filter: dict[str, Any] | None = None)
 
 
 async def test_a_partner_reads_its_own_things(
-    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], database_url: str
+    kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], store_url: str
 ) -> None:
-    async with portal_env(kafka_bootstrap, isolated_topics, database_url) as env:
+    async with portal_env(kafka_bootstrap, isolated_topics, store_url) as env:
         broker = await env.partner("Acme Brokers", "broker", distributor_code="D-1")
         reinsurer = await env.partner("Reinsurance Corp", "reinsurer", reinsurer_code="RE001")
         ok = await env.endpoint(broker, "/acme/ok", ["policy.issued"])

@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, cast
 
@@ -24,6 +24,8 @@ from processors.errors import BrokerError
 from processors.runtime.message import OutRecord
 from processors.runtime.producer import AsyncProducer
 from processors.settings import load_settings
+from tests.unit.api_fakes import client as client
+from tests.unit.api_fakes import server as server
 
 SECRET = "whsec_unit_test_secret"
 PREVIOUS = "whsec_unit_test_previous"
@@ -129,18 +131,6 @@ def make_server(
         return server
 
     return make
-
-
-@pytest.fixture
-async def server(make_server: Callable[..., ApiServer]) -> AsyncIterator[ApiServer]:
-    async with make_server() as api:
-        yield api
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(

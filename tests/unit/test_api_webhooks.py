@@ -2,78 +2,28 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, cast
 
 import aiohttp
 import pytest
 
-from processors.api.health import BrokerProbe
 from processors.api.server import ApiServer
 from processors.api.webhooks import WebhookRoutes
 from processors.errors import BrokerError
-from processors.runtime.message import OutRecord
-from processors.runtime.producer import AsyncProducer
-from processors.settings import load_settings
 from processors.webhooks.secrets import SecretBox, active_secrets
 from processors.webhooks.ssrf import AddressRefused
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable
+from tests.unit.api_fakes import NOW, Clock, FakeSubscriptionStore, JsonClient, api_server
+from tests.unit.api_fakes import box as box
+from tests.unit.api_fakes import client as client
+from tests.unit.api_fakes import clock as clock
+from tests.unit.api_fakes import server as server
+from tests.unit.api_fakes import store as store
 
 TOKEN = "api-token-for-webhook-tests"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PARTNER_SECRET = "partner-chosen-secret-0123456789abcdef"
 URL = "https://partner.example.com/hooks"
-
-
-class FakeStore:
-    """The store's interface in memory: records are what the topic would hold."""
-
-    def __init__(self) -> None:
-        self._table = SubscriptionTable()
-        self.records: list[tuple[str, bytes | None]] = []
-        self.fail: BrokerError | None = None
-        self.catch_up_fail: BrokerError | None = None
-        self.catch_ups = 0
-        self.started = self.stopped = False
-
-    @property
-    def table(self) -> SubscriptionTable:
-        return self._table
-
-    async def put(self, sub: Subscription) -> None:
-        if self.fail is not None:
-            raise self.fail
-        record = sub.to_record()
-        self.records.append((sub.id, record))
-        assert self._table.apply(sub.id.encode(), record)
-
-    async def delete(self, sub_id: str) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.records.append((sub_id, None))
-        self._table.apply(sub_id.encode(), None)
-
-    async def wait_caught_up(self, timeout_s: float = 30) -> None:
-        self.catch_ups += 1
-        if self.catch_up_fail is not None:
-            raise self.catch_up_fail
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class UrlCheck:
@@ -86,26 +36,6 @@ class UrlCheck:
             raise AddressRefused("host resolves to a private address")
 
 
-class NoProducer:
-    async def send(self, record: OutRecord) -> None:
-        raise AssertionError("the webhook routes produce through the store only")
-
-
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
-@pytest.fixture
-def box() -> SecretBox:
-    return SecretBox.ephemeral()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture
 def url_check() -> UrlCheck:
     return UrlCheck()
@@ -113,49 +43,19 @@ def url_check() -> UrlCheck:
 
 @pytest.fixture
 def make_server(
-    store: FakeStore, box: SecretBox, clock: Clock, url_check: UrlCheck
+    store: FakeSubscriptionStore, box: SecretBox, clock: Clock, url_check: UrlCheck
 ) -> Callable[..., ApiServer]:
     def make(**options: Any) -> ApiServer:
-        settings = load_settings(
-            bootstrap_servers="unused:9092", output_format="json", api={"port": 0, "auth_token": TOKEN}
-        )
-        routes = WebhookRoutes(store, box, url_check, clock=clock, **options)
-        server = ApiServer(settings, producer=cast(AsyncProducer, NoProducer()), extra_routes=[routes])
-        server.health.broker = BrokerProbe("unused:9092", check=lambda: None, cache_s=0.0)
-        return server
+        return api_server(TOKEN, [WebhookRoutes(store, box, url_check, clock=clock, **options)])
 
     return make
 
 
-@pytest.fixture
-async def server(make_server: Callable[..., ApiServer]) -> AsyncIterator[ApiServer]:
-    async with make_server() as api:
-        yield api
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-class Api:
-    def __init__(self, client: aiohttp.ClientSession, server: ApiServer) -> None:
-        self.client = client
-        self.server = server
-
+class Api(JsonClient):
     async def call(
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, auth: bool = True
     ) -> tuple[int, Any, str]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Content-Type": "application/json", **(AUTH if auth else {})}
-        async with self.client.request(
-            method, self.server.url + path, data=data, headers=headers
-        ) as response:
-            text = await response.text()
-            document = json.loads(text) if text else None
-            self.last_headers = response.headers
-            return response.status, document, text
+        return await self.request(method, path, body, token=TOKEN if auth else None, raw=raw)
 
     async def create(self, **body: Any) -> dict[str, Any]:
         payload = {"url": URL, "events": ["policy.issued"], **body}
@@ -183,7 +83,9 @@ def api(client: aiohttp.ClientSession, server: ApiServer) -> Api:
         ("POST", "/api/v1/webhooks/ep_000000000000000000000000/rotate-secret"),
     ],
 )
-async def test_every_route_needs_the_token(api: Api, store: FakeStore, method: str, path: str) -> None:
+async def test_every_route_needs_the_token(
+    api: Api, store: FakeSubscriptionStore, method: str, path: str
+) -> None:
     status, document, _ = await api.call(method, path, {"url": URL, "events": ["*"]}, auth=False)
 
     assert status == 401
@@ -200,7 +102,7 @@ async def test_a_wrong_token_is_refused(api: Api) -> None:
 
 
 async def test_the_routes_start_and_stop_a_store_they_own(
-    make_server: Callable[..., ApiServer], store: FakeStore
+    make_server: Callable[..., ApiServer], store: FakeSubscriptionStore
 ) -> None:
     async with make_server(owns_store=True):
         assert store.started
@@ -210,7 +112,7 @@ async def test_the_routes_start_and_stop_a_store_they_own(
 
 
 async def test_the_routes_leave_a_shared_store_alone(
-    make_server: Callable[..., ApiServer], store: FakeStore
+    make_server: Callable[..., ApiServer], store: FakeSubscriptionStore
 ) -> None:
     async with make_server():
         pass
@@ -221,7 +123,7 @@ async def test_the_routes_leave_a_shared_store_alone(
 # -- create -------------------------------------------------------------------------------------
 
 
-async def test_create_returns_the_secret_once(api: Api, store: FakeStore, box: SecretBox) -> None:
+async def test_create_returns_the_secret_once(api: Api, store: FakeSubscriptionStore, box: SecretBox) -> None:
     created = await api.create(events=["policy.*", "claim.paid"], description="Broker portal")
 
     secret = created["secret"]
@@ -253,7 +155,9 @@ async def test_create_returns_the_secret_once(api: Api, store: FakeStore, box: S
     assert [s.get_secret_value() for s in clear] == [secret]
 
 
-async def test_create_with_a_partner_secret_and_options(api: Api, store: FakeStore, box: SecretBox) -> None:
+async def test_create_with_a_partner_secret_and_options(
+    api: Api, store: FakeSubscriptionStore, box: SecretBox
+) -> None:
     created = await api.create(
         secret=PARTNER_SECRET, active=False, ordered=True, max_concurrency=3, rate_limit_per_s=2.5
     )
@@ -275,7 +179,7 @@ async def test_create_with_a_partner_secret_and_options(api: Api, store: FakeSto
     assert box.decrypt(sub.secrets[0].ciphertext, associated=sub.id).get_secret_value() == PARTNER_SECRET
 
 
-async def test_create_checks_the_url(api: Api, url_check: UrlCheck, store: FakeStore) -> None:
+async def test_create_checks_the_url(api: Api, url_check: UrlCheck, store: FakeSubscriptionStore) -> None:
     status, document, _ = await api.call(
         "POST", "/api/v1/webhooks", {"url": "https://internal.example/h", "events": ["*"]}
     )
@@ -304,7 +208,7 @@ async def test_create_checks_the_url(api: Api, url_check: UrlCheck, store: FakeS
     ],
 )
 async def test_invalid_bodies_are_400_with_reasons(
-    api: Api, store: FakeStore, body: dict[str, Any], reason: str
+    api: Api, store: FakeSubscriptionStore, body: dict[str, Any], reason: str
 ) -> None:
     status, document, _ = await api.call("POST", "/api/v1/webhooks", body)
 
@@ -353,7 +257,7 @@ async def test_the_subscription_limit(
     assert document["error"] == "limit_reached"
 
 
-async def test_a_broker_failure_is_503(api: Api, store: FakeStore) -> None:
+async def test_a_broker_failure_is_503(api: Api, store: FakeSubscriptionStore) -> None:
     store.fail = BrokerError("all brokers down")
 
     status, document, text = await api.call("POST", "/api/v1/webhooks", {"url": URL, "events": ["*"]})
@@ -364,7 +268,7 @@ async def test_a_broker_failure_is_503(api: Api, store: FakeStore) -> None:
     assert len(store.table) == 0
 
 
-async def test_changes_wait_for_the_table_to_catch_up(api: Api, store: FakeStore) -> None:
+async def test_changes_wait_for_the_table_to_catch_up(api: Api, store: FakeSubscriptionStore) -> None:
     store.catch_up_fail = BrokerError("not caught up")
 
     status, document, _ = await api.call("POST", "/api/v1/webhooks", {"url": URL, "events": ["*"]})
@@ -407,7 +311,7 @@ async def test_list_filters_by_event_type(api: Api) -> None:
 # -- update -------------------------------------------------------------------------------------
 
 
-async def test_patch_changes_fields(api: Api, store: FakeStore, clock: Clock) -> None:
+async def test_patch_changes_fields(api: Api, store: FakeSubscriptionStore, clock: Clock) -> None:
     created = await api.create()
     clock.now = NOW + timedelta(minutes=10)
 
@@ -445,7 +349,7 @@ async def test_patch_clears_nullable_fields_and_refuses_other_nulls(api: Api) ->
     assert reasons["reasons"] == ["events: must not be null", "url: must not be null"]
 
 
-async def test_patch_rechecks_a_new_url(api: Api, url_check: UrlCheck, store: FakeStore) -> None:
+async def test_patch_rechecks_a_new_url(api: Api, url_check: UrlCheck, store: FakeSubscriptionStore) -> None:
     created = await api.create()
     path = f"/api/v1/webhooks/{created['id']}"
 
@@ -460,7 +364,7 @@ async def test_patch_rechecks_a_new_url(api: Api, url_check: UrlCheck, store: Fa
     assert len(store.records) == 2
 
 
-async def test_patch_without_changes_writes_nothing(api: Api, store: FakeStore) -> None:
+async def test_patch_without_changes_writes_nothing(api: Api, store: FakeSubscriptionStore) -> None:
     created = await api.create(events=["policy.issued"])
 
     status, document, _ = await api.call(
@@ -502,7 +406,9 @@ async def test_invalid_patches_are_400(api: Api, body: dict[str, Any], reason: s
     assert any(r.startswith(reason) for r in document["reasons"]), document
 
 
-async def test_reenabling_a_disabled_endpoint_clears_its_failure_state(api: Api, store: FakeStore) -> None:
+async def test_reenabling_a_disabled_endpoint_clears_its_failure_state(
+    api: Api, store: FakeSubscriptionStore
+) -> None:
     created = await api.create()
     sub = store.table.get(created["id"])
     assert sub is not None
@@ -532,7 +438,7 @@ async def test_patch_unknown_is_404(api: Api) -> None:
 # -- delete -------------------------------------------------------------------------------------
 
 
-async def test_delete(api: Api, store: FakeStore) -> None:
+async def test_delete(api: Api, store: FakeSubscriptionStore) -> None:
     created = await api.create()
 
     status, _, text = await api.call("DELETE", f"/api/v1/webhooks/{created['id']}")
@@ -549,7 +455,7 @@ async def test_delete(api: Api, store: FakeStore) -> None:
 
 
 async def test_rotate_returns_a_new_secret_and_keeps_the_old_for_the_grace(
-    api: Api, store: FakeStore, box: SecretBox, clock: Clock
+    api: Api, store: FakeSubscriptionStore, box: SecretBox, clock: Clock
 ) -> None:
     created = await api.create()
     clock.now = NOW + timedelta(hours=1)
@@ -572,7 +478,9 @@ async def test_rotate_returns_a_new_secret_and_keeps_the_old_for_the_grace(
     assert created["secret"] not in text
 
 
-async def test_rotate_with_a_partner_secret_and_a_grace(api: Api, store: FakeStore, box: SecretBox) -> None:
+async def test_rotate_with_a_partner_secret_and_a_grace(
+    api: Api, store: FakeSubscriptionStore, box: SecretBox
+) -> None:
     created = await api.create()
 
     status, document, _ = await api.call(
@@ -601,7 +509,7 @@ async def test_rotate_with_a_partner_secret_and_a_grace(api: Api, store: FakeSto
     ],
 )
 async def test_invalid_rotations_are_400(
-    api: Api, store: FakeStore, body: dict[str, Any], reason: str
+    api: Api, store: FakeSubscriptionStore, body: dict[str, Any], reason: str
 ) -> None:
     created = await api.create()
 

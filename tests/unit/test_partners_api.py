@@ -8,61 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, cast
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from processors.api.health import BrokerProbe
 from processors.api.partners import PartnerRoutes
 from processors.api.server import ApiServer
 from processors.api.webhooks import WebhookRoutes
 from processors.errors import BrokerError
 from processors.partners.auth import PartnerKeys, caller_of
 from processors.partners.registry import PartnerRegistry
-from processors.runtime.message import OutRecord
-from processors.runtime.producer import AsyncProducer
-from processors.settings import load_settings
 from processors.webhooks.secrets import SecretBox, StoredSecret
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable, new_subscription_id
-from tests.unit.test_partners_auth import Clock, FakePartnerStore
+from processors.webhooks.subscriptions import Subscription, new_subscription_id
+from tests.unit.api_fakes import NOW, Clock, FakePartnerStore, FakeSubscriptionStore, JsonClient, api_server
+from tests.unit.api_fakes import client as client
+from tests.unit.api_fakes import clock as clock
+from tests.unit.api_fakes import server as server
 
 TOKEN = "operator-token-for-partner-tests"
 URL = "https://partner.example.com/hooks"
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NO_SUCH_SUB = "ep_000000000000000000000000"
-
-
-class FakeSubscriptions:
-    """The subscription store's interface in memory."""
-
-    def __init__(self) -> None:
-        self._table = SubscriptionTable()
-        self.records: list[tuple[str, bytes | None]] = []
-
-    @property
-    def table(self) -> SubscriptionTable:
-        return self._table
-
-    async def put(self, sub: Subscription) -> None:
-        record = sub.to_record()
-        self.records.append((sub.id, record))
-        assert self._table.apply(sub.id.encode(), record)
-
-    async def delete(self, sub_id: str) -> None:
-        self.records.append((sub_id, None))
-        self._table.apply(sub_id.encode(), None)
-
-    async def wait_caught_up(self, timeout_s: float = 30) -> None:
-        return None
-
-
-class NoProducer:
-    async def send(self, record: OutRecord) -> None:
-        raise AssertionError("nothing is produced outside the stores")
 
 
 async def allow_every_url(_url: str) -> None:
@@ -85,23 +54,15 @@ def partner_store() -> FakePartnerStore:
 
 
 @pytest.fixture
-def subs() -> FakeSubscriptions:
-    return FakeSubscriptions()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def subs() -> FakeSubscriptionStore:
+    return FakeSubscriptionStore()
 
 
 @pytest.fixture
 def make_server(
-    partner_store: FakePartnerStore, subs: FakeSubscriptions, clock: Clock
+    partner_store: FakePartnerStore, subs: FakeSubscriptionStore, clock: Clock
 ) -> Callable[..., ApiServer]:
     def make(*, with_partners: bool = True, **webhook_options: Any) -> ApiServer:
-        settings = load_settings(
-            bootstrap_servers="unused:9092", output_format="json", api={"port": 0, "auth_token": TOKEN}
-        )
         registry = PartnerRegistry(partner_store, clock=clock)
         partner_routes = PartnerRoutes(registry, partner_keys=PartnerKeys(partner_store, clock=clock))
         webhooks = WebhookRoutes(
@@ -114,46 +75,19 @@ def make_server(
         )
         providers: list[Any] = [partner_routes] if with_partners else []
         providers += [webhooks, OperatorOnly()]
-        server = ApiServer(settings, producer=cast(AsyncProducer, NoProducer()), extra_routes=providers)
-        server.health.broker = BrokerProbe("unused:9092", check=lambda: None, cache_s=0.0)
-        return server
+        return api_server(TOKEN, providers)
 
     return make
 
 
-@pytest.fixture
-async def server(make_server: Callable[..., ApiServer]) -> AsyncIterator[ApiServer]:
-    async with make_server() as api:
-        yield api
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-class Api:
+class Api(JsonClient):
     """Calls with a chosen Bearer token (the operator's by default)."""
-
-    def __init__(self, session: aiohttp.ClientSession, server: ApiServer) -> None:
-        self.session = session
-        self.server = server
-        self.headers: Any = None
 
     async def call(
         self, method: str, path: str, body: Any = None, *, token: str | None = TOKEN, raw: bytes | None = None
     ) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        async with self.session.request(
-            method, self.server.url + path, data=data, headers=headers
-        ) as response:
-            text = await response.text()
-            self.headers = response.headers
-            return response.status, json.loads(text) if text else None
+        status, document, _ = await self.request(method, path, body, token=token, raw=raw)
+        return status, document
 
     async def partner(self, **body: Any) -> dict[str, Any]:
         status, document = await self.call(
@@ -176,8 +110,8 @@ class Api:
 
 
 @pytest.fixture
-def api(session: aiohttp.ClientSession, server: ApiServer) -> Api:
-    return Api(session, server)
+def api(client: aiohttp.ClientSession, server: ApiServer) -> Api:
+    return Api(client, server)
 
 
 # -- the operator routes ------------------------------------------------------------------------
@@ -187,7 +121,7 @@ async def test_create_list_get_and_patch_partners(api: Api, clock: Clock) -> Non
     broker = await api.partner(name="Acme Brokers", kind="broker", distributor_code="D-1001")
     re = await api.partner(name="Reinsurance Corp", kind="reinsurer", reinsurer_code="RE001")
 
-    assert api.headers["Location"] == f"/api/v1/partners/{re['id']}"
+    assert api.last_headers["Location"] == f"/api/v1/partners/{re['id']}"
     assert broker == {
         "id": broker["id"],
         "name": "Acme Brokers",
@@ -324,8 +258,8 @@ async def test_a_key_is_shown_once_and_listed_without_secrets(
 
     created = await api.key(partner["id"], name="portal", expires_in_days=90)
 
-    assert api.headers["Cache-Control"] == "no-store"
-    assert api.headers["Location"] == f"/api/v1/partners/{partner['id']}/keys/{created['id']}"
+    assert api.last_headers["Cache-Control"] == "no-store"
+    assert api.last_headers["Location"] == f"/api/v1/partners/{partner['id']}/keys/{created['id']}"
     key = created["key"]
     assert key.startswith(created["prefix"] + "_")
     assert created["state"] == "active"
@@ -409,7 +343,7 @@ async def two_partners(api: Api) -> tuple[dict[str, Any], str, dict[str, Any], s
 
 
 async def test_a_partner_sees_and_changes_only_its_own_subscriptions(
-    api: Api, subs: FakeSubscriptions
+    api: Api, subs: FakeSubscriptionStore
 ) -> None:
     a, key_a, b, key_b = await two_partners(api)
     mine = await api.subscription(token=key_a, description="A's endpoint")
@@ -493,7 +427,7 @@ async def test_the_operator_names_an_existing_partner_on_create(api: Api) -> Non
 
 
 async def test_the_operator_sees_everything_and_legacy_subscriptions_are_its_own(
-    api: Api, subs: FakeSubscriptions
+    api: Api, subs: FakeSubscriptionStore
 ) -> None:
     a, key_a, b, key_b = await two_partners(api)
     of_a = await api.subscription(token=key_a)
@@ -541,10 +475,10 @@ async def test_a_subscription_stays_with_its_partner(api: Api) -> None:
 
 
 async def test_each_partner_has_a_share_of_the_subscriptions(
-    make_server: Callable[..., ApiServer], session: aiohttp.ClientSession
+    make_server: Callable[..., ApiServer], client: aiohttp.ClientSession
 ) -> None:
     async with make_server(max_per_partner=2) as server:
-        api = Api(session, server)
+        api = Api(client, server)
         _, key_a, b, key_b = await two_partners(api)
         await api.subscription(token=key_a)
         await api.subscription(token=key_a)
@@ -571,7 +505,7 @@ async def test_suspended_revoked_expired_and_bogus_keys_are_401_with_a_reason(ap
         "bogus": await api.call("GET", "/api/v1/webhooks", token="pk_live_abcd1234_" + "x" * 43),
         "malformed": await api.call("GET", "/api/v1/webhooks", token="pk_nonsense"),
     }
-    challenge = api.headers["WWW-Authenticate"]
+    challenge = api.last_headers["WWW-Authenticate"]
 
     assert {name: (status, doc["reason"]) for name, (status, doc) in answers.items()} == {
         "suspended": (401, "partner_suspended"),
@@ -586,10 +520,10 @@ async def test_suspended_revoked_expired_and_bogus_keys_are_401_with_a_reason(ap
 
 
 async def test_without_a_partner_registry_only_the_operator_token_works(
-    make_server: Callable[..., ApiServer], session: aiohttp.ClientSession
+    make_server: Callable[..., ApiServer], client: aiohttp.ClientSession
 ) -> None:
     async with make_server(with_partners=False) as server:
-        api = Api(session, server)
+        api = Api(client, server)
         status, document = await api.call("GET", "/api/v1/webhooks", token="pk_live_abcd1234_" + "x" * 43)
         made = await api.subscription()
 
@@ -649,7 +583,7 @@ async def test_the_operator_sets_a_partners_grants_and_the_partner_cannot(api: A
 
 
 async def test_subscription_grants_are_the_operators_for_its_own_subscriptions_only(
-    api: Api, subs: FakeSubscriptions
+    api: Api, subs: FakeSubscriptionStore
 ) -> None:
     a, key_a, _, _ = await two_partners(api)
     mine = await api.subscription(token=key_a)

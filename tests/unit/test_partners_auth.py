@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -21,67 +21,13 @@ from processors.partners.model import (
     RegistryEntry,
 )
 from processors.partners.registry import CreatedKey, LimitReached, PartnerRegistry
-from processors.partners.table import PartnerTable
-
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class FakePartnerStore:
-    """The partner store's interface in memory: ``records`` are what the topic would hold."""
-
-    def __init__(self) -> None:
-        self._table = PartnerTable()
-        self.records: list[tuple[str, bytes]] = []
-        self.fail: BrokerError | None = None
-        self.catch_up_fail: BrokerError | None = None
-        self.catch_ups = 0
-        self.running = True
-        self.started = self.stopped = False
-        self.on_catch_up: list[RegistryEntry] = []
-        """Entries that "arrive from another instance" on the next catch-up."""
-
-    @property
-    def table(self) -> PartnerTable:
-        return self._table
-
-    async def put(self, entry: RegistryEntry) -> None:
-        if self.fail is not None:
-            raise self.fail
-        record = entry.to_record()
-        self.records.append((entry.record_key, record))
-        assert self._table.apply(entry.record_key.encode(), record)
-
-    async def wait_caught_up(self, timeout_s: float = 30) -> None:
-        self.catch_ups += 1
-        if self.catch_up_fail is not None:
-            raise self.catch_up_fail
-        while self.on_catch_up:
-            entry = self.on_catch_up.pop(0)
-            self._table.apply(entry.record_key.encode(), entry.to_record())
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.unit.api_fakes import NOW, Clock, FakePartnerStore
+from tests.unit.api_fakes import clock as clock
 
 
 @pytest.fixture
 def store() -> FakePartnerStore:
     return FakePartnerStore()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,9 @@ from processors.portal.schema import METADATA
 from processors.portal.store import PortalStore
 from processors.webhooks.subscriptions import Subscription
 from tests import portal_samples as samples
-from tests.postgres import PostgresServer, database, postgres_server, release
+from tests.portal_stores import store as store
+from tests.portal_stores import store_url as store_url
+from tests.postgres import pg as pg
 
 PARTNERS_T = "t.integrations.partners"
 SUBS_T = "t.integrations.webhook.subscriptions"
@@ -43,34 +44,6 @@ LOG_T = "t.integrations.webhook.deliveries"
 REPORTS_T = "t.reinsurance.bordereaux"
 RESULTS_T = "t.integrations.reinsurance.deliveries"
 T0 = samples.NOW
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_server()
-    try:
-        yield server
-    finally:
-        release()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'portal.db'}"
-        return
-    with database(request.getfixturevalue("pg")) as url:
-        yield url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[PortalStore]:
-    made = PortalStore(store_url)
-    made.migrate()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 class World:

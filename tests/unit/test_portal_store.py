@@ -6,10 +6,9 @@ started once for the session by :mod:`tests.postgres`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,9 @@ from processors.portal.records import Change, Coordinates, Ignored, Skipped, Sou
 from processors.portal.schema import BORDEREAUX, DELIVERIES, METADATA, SCHEMA_VERSION, Money
 from processors.portal.store import PortalStore, parse_database_url
 from tests import portal_samples as samples
-from tests.postgres import PostgresServer, database, postgres_server, release
+from tests.portal_stores import new_database_url as new_database_url
+from tests.portal_stores import store as store
+from tests.postgres import pg as pg
 
 PARTNERS_T = "t.integrations.partners"
 SUBS_T = "t.integrations.webhook.subscriptions"
@@ -31,32 +32,10 @@ REPORTS_T = "t.reinsurance.bordereaux"
 RESULTS_T = "t.integrations.reinsurance.deliveries"
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
-    server = postgres_server()
-    try:
-        yield server
-    finally:
-        release()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'portal.db'}"
-        return
-    with database(request.getfixturevalue("pg")) as url:
-        yield url
-
-
 @pytest.fixture
-def store(store_url: str) -> Iterator[PortalStore]:
-    made = PortalStore(store_url)
-    made.migrate()
-    try:
-        yield made
-    finally:
-        made.close()
+def store_url(new_database_url: Callable[[str], str]) -> str:
+    """A new database of the parametrised backend; on SQLite in a directory the store has to make."""
+    return new_database_url("store/portal")
 
 
 class Log:

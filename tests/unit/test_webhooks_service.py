@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -38,9 +38,13 @@ from processors.webhooks.service import (
 )
 from processors.webhooks.signing import webhook_id_for
 from processors.webhooks.ssrf import AddressRefused
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable
+from processors.webhooks.subscriptions import Subscription
+from tests.unit.api_fakes import NOW, Clock
+from tests.unit.api_fakes import FakeSubscriptionStore as Store
+from tests.unit.api_fakes import box as box
+from tests.unit.api_fakes import clock as clock
+from tests.unit.api_fakes import store as store
 
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PARTNER_A = Partner(id="prt_" + "a" * 24, name="Broker A", kind="broker")
 PARTNER_B = Partner(id="prt_" + "b" * 24, name="Broker B", kind="broker")
 A = Caller(partner_id=PARTNER_A.id, key_id="akey0001")
@@ -51,48 +55,9 @@ NO_SUCH = "ep_" + "0" * 24
 DISPATCH = "integrations.webhooks.dispatch"
 
 
-class Store:
-    """The subscription store's interface in memory (records are what the topic would hold)."""
-
-    def __init__(self) -> None:
-        self._table = SubscriptionTable()
-        self.records: list[tuple[str, bytes | None]] = []
-        self.fail: BrokerError | None = None
-        self.catch_up_fail: BrokerError | None = None
-
-    @property
-    def table(self) -> SubscriptionTable:
-        return self._table
-
-    async def put(self, sub: Subscription) -> None:
-        if self.fail is not None:
-            raise self.fail
-        record = sub.to_record()
-        self.records.append((sub.id, record))
-        assert self._table.apply(sub.id.encode(), record)
-
-    async def delete(self, sub_id: str) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.records.append((sub_id, None))
-        self._table.apply(sub_id.encode(), None)
-
-    async def wait_caught_up(self, timeout_s: float = 30) -> None:
-        if self.catch_up_fail is not None:
-            raise self.catch_up_fail
-
-
 class Partners:
     def partner(self, partner_id: str) -> Partner | None:
         return {p.id: p for p in (PARTNER_A, PARTNER_B)}.get(partner_id)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def url_check(url: str) -> None:
@@ -128,23 +93,8 @@ class Redeliverer:
 
 
 @pytest.fixture
-def store() -> Store:
-    return Store()
-
-
-@pytest.fixture
 def sink() -> MemoryAuditSink:
     return MemoryAuditSink()
-
-
-@pytest.fixture
-def box() -> SecretBox:
-    return SecretBox.ephemeral()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
