@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -36,6 +36,7 @@ from processors.adapters import jsonwire
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport, TimeoutSettings
 from processors.errors import Retriable
 from processors.resilience.classify import classify_status
+from processors.utc import to_utc
 
 __all__ = [
     "CHECK_STATUSES",
@@ -318,6 +319,4 @@ def _time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError("verified_at must be an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return to_utc(parsed, naive_is_utc=True)

@@ -16,7 +16,7 @@ unreadable 2xx body      ``Retriable``: the charge may have happened; the same k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from processors.adapters import jsonwire
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport, TimeoutSettings
 from processors.errors import Permanent, Retriable
 from processors.resilience.classify import RETRIABLE_STATUSES
+from processors.utc import to_utc
 
 __all__ = [
     "GatewayRejected",
@@ -181,6 +182,4 @@ def _parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return to_utc(parsed, naive_is_utc=True)

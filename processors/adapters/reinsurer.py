@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -36,6 +36,7 @@ from processors.adapters import jsonwire
 from processors.adapters.http import HttpRequest, HttpResponse, HttpTransport, TimeoutSettings
 from processors.errors import Permanent, Retriable, ValidationFailed
 from processors.resilience.classify import RetriableHttpStatus, classify_status
+from processors.utc import to_utc
 
 __all__ = [
     "BORDEREAUX_PATH",
@@ -206,9 +207,7 @@ def _time(value: object) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError("received_at must be an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return to_utc(parsed, naive_is_utc=True)
 
 
 def _error_code(response: HttpResponse) -> str | None:

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 from aiohttp import web
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from processors.api.webhooks import _Body, _invalid, _no_store, _parse, _read_json, _Refused
 from processors.errors import BrokerError
@@ -49,6 +49,7 @@ from processors.partners.model import (
 from processors.partners.registry import LimitReached, PartnerRegistry
 from processors.partners.store import PARTNERS_TOPIC, PartnerStore
 from processors.partners.table import PartnerTable
+from processors.utc import UtcDatetime
 
 __all__ = ["KEYS_PATH", "KEY_PATH", "PARTNERS_PATH", "PARTNER_PATH", "PartnerRoutes"]
 
@@ -79,7 +80,7 @@ class _PatchPartner(_Body):
 
 class _CreateKey(_Body):
     name: str | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -215,7 +216,7 @@ class PartnerRoutes:
             body = _parse(_CreateKey, await _read_json(request, required=False) or {})
             if body.expires_at is not None and body.expires_in_days is not None:
                 raise _invalid(["expires_at: give expires_at or expires_in_days, not both"])
-            expires_at = body.expires_at.astimezone(UTC) if body.expires_at is not None else None
+            expires_at = body.expires_at
             if body.expires_in_days is not None:
                 expires_at = self._clock() + timedelta(days=body.expires_in_days)
             created = await self._do(

@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 from processors.contract.countries import COUNTRY_CODES
 from processors.contract.money import CurrencyCode, Money, NonNegativeMoney, PositiveMoney
 from processors.errors import UnknownEventType
+from processors.utc import utc_field
 
 __all__ = [
     "EVENT_TYPES",
@@ -103,20 +104,6 @@ def _country(value: str) -> str:
     return value
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise PydanticCustomError(
-            "naive_datetime",
-            "must be timezone-aware: naive datetimes are rejected (send UTC, e.g. 2024-01-15T10:30:00Z)",
-        )
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise PydanticCustomError(
-            "datetime_range", "is outside the representable range once converted to UTC"
-        ) from None
-
-
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 _TEXT_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
@@ -155,7 +142,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 CountryCode = Annotated[str, AfterValidator(_country)]
 """An ISO 3166-1 alpha-2 country code (``US``, ``GB``, ``DE``)."""
 
-UtcDatetime = Annotated[datetime, WrapValidator(_iso_text), AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, WrapValidator(_iso_text), AfterValidator(utc_field)]
 """A timezone-aware timestamp, normalised to UTC; naive datetimes are rejected."""
 
 Url = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")]

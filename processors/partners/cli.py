@@ -49,6 +49,7 @@ from processors.partners.projection import DATA_CLASSES
 from processors.partners.registry import CreatedKey, PartnerRegistry
 from processors.partners.store import PARTNERS_TOPIC, PartnerStore
 from processors.topics.catalogue import CatalogueError
+from processors.utc import to_utc
 
 __all__ = ["EXIT_BROKER", "EXIT_CONFIG", "EXIT_OK", "EXIT_REFUSED", "register_cli"]
 
@@ -203,7 +204,10 @@ def _utc_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give a time zone (2026-01-31T00:00Z): {text!r}")
-    return moment.astimezone(UTC)
+    try:
+        return to_utc(moment)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

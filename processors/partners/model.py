@@ -50,6 +50,7 @@ from pydantic_core import PydanticCustomError
 from processors.errors import DecodeError, ProcessorsError
 from processors.partners.keys import DIGEST_PATTERN, KEY_ID_PATTERN, KEY_PREFIX
 from processors.partners.projection import DATA_CLASSES, DataClass
+from processors.utc import UtcDatetime
 
 __all__ = [
     "ACTIVE",
@@ -152,15 +153,6 @@ def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise PydanticCustomError("naive_datetime", "must be timezone-aware (UTC)")
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 def _text(value: str, limit: int, what: str) -> str:

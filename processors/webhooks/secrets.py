@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
 from processors.errors import ConfigError, DecodeError, ProcessorsError, Retriable
+from processors.utc import to_utc
 from processors.webhooks.signing import SECRET_PREFIX
 
 __all__ = [
@@ -109,7 +110,10 @@ def validate_secret(value: str) -> None:
 def _aware(value: datetime, name: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware")
-    return value.astimezone(UTC)
+    try:
+        return to_utc(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 class SecretBox:
@@ -220,7 +224,10 @@ def _parse_time(value: object, name: str) -> datetime:
         raise DecodeError(f"stored secret: {name} is not an ISO-8601 time") from None
     if parsed.tzinfo is None:
         raise DecodeError(f"stored secret: {name} has no time zone")
-    return parsed.astimezone(UTC)
+    try:
+        return to_utc(parsed)
+    except ValueError as exc:
+        raise DecodeError(f"stored secret: {name} {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

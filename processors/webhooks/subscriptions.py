@@ -58,6 +58,7 @@ from processors.contract import EVENT_TYPES
 from processors.errors import DecodeError, ValidationFailed
 from processors.partners.model import PARTNER_ID_PATTERN, Partner, grants_field
 from processors.partners.projection import NO_GRANTS, DataClass, Grants
+from processors.utc import UtcDatetime
 from processors.webhooks.secrets import StoredSecret
 
 __all__ = [
@@ -150,15 +151,6 @@ def _printable(value: str, limit: int = 60) -> str:
 
 
 # --- field checks -----------------------------------------------------------------------------
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise PydanticCustomError("naive_datetime", "must be timezone-aware (UTC)")
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 def _check_url(value: str) -> str:

@@ -283,7 +283,10 @@ async def test_keys_can_expire_at_a_given_time(api: Api) -> None:
 
     assert created["expires_at"] == "2025-03-31T22:00:00Z"
     for body, reason in (
-        ({"expires_at": "2025-04-01T00:00:00"}, "expires_at: Input should have timezone info"),
+        ({"expires_at": "2025-04-01T00:00:00"}, "expires_at: must be timezone-aware"),
+        # valid times whose conversion to UTC leaves the calendar answered 500 (OverflowError)
+        ({"expires_at": "9999-12-31T23:59:59-23:59"}, "expires_at: is outside the representable range"),
+        ({"expires_at": "0001-01-01T00:00:00+14:00"}, "expires_at: is outside the representable range"),
         ({"expires_at": "2025-01-01T00:00:00Z"}, "expires_at: must be in the future"),
         ({"expires_at": "2025-04-01T00:00:00Z", "expires_in_days": 3}, "not both"),
         ({"expires_in_days": 0}, "expires_in_days: Input should be greater than or equal to 1"),

@@ -33,6 +33,8 @@ from graphql import (
 )
 from strawberry.types.scalar import ScalarDefinition
 
+from processors.utc import to_utc
+
 __all__ = [
     "JSON",
     "SCALAR_MAP",
@@ -105,7 +107,10 @@ def parse_datetime(value: Any) -> datetime:
         raise ValueError("a DateTime is ISO-8601 text with an offset, such as 2026-01-31T12:00:00Z") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("a DateTime must carry its offset (Z or +hh:mm): a time without a zone is ambiguous")
-    return moment.astimezone(UTC)
+    try:
+        return to_utc(moment)
+    except ValueError as exc:
+        raise ValueError(f"a DateTime {exc}") from None
 
 
 def _parse_datetime_literal(node: ValueNode, _variables: dict[str, Any] | None = None) -> datetime:
