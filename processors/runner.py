@@ -153,7 +153,10 @@ class Runner:
             app = spec.build(context)
             kafka = kafka_clients(self.settings)
             engine_settings = spec.engine_settings(self.settings)
-            max_bytes = getattr(app, "max_message_bytes", None)
+            # The producer takes the largest record any topic the app writes accepts (topics.yaml).
+            max_bytes = max(
+                self.catalogue.largest_record_written(name), getattr(app, "max_message_bytes", 0) or 0
+            )
             producer: AsyncProducer
             if engine_settings.exactly_once:
                 check_exactly_once(self.catalogue.app(name))

@@ -9,7 +9,9 @@ The file has five sections (all optional except what the apps refer to)::
       min_insync_replicas: 2
       retention: 7d
       cleanup_policy: delete
-    inputs:   [ {name, description, partitions?, retention?, cleanup_policy?, config?}, ... ]
+      max_message_bytes: 1048588   # the largest record a topic accepts (Kafka's default)
+    inputs:   [ {name, description, partitions?, retention?, cleanup_policy?,
+                 max_message_bytes?, config?}, ... ]
     outputs:  [ ... same shape ... ]
     state:    [ ... same shape ... ]
     apps:
@@ -18,10 +20,10 @@ The file has five sections (all optional except what the apps refer to)::
         outputs: [integrations.payment.results] # topics it writes (optional, for reference)
         state: []                               # state/changelog topics it owns (optional)
         retry_tiers: [5s, 30s, 5m, 30m]
-        retry:  {partitions?, retention?, config?}
-        dlq:    {partitions?, retention?, config?}
-        parked: {partitions?, retention?, config?}
-        dedupe: {window, config?}               # optional: drop repeated event ids
+        retry:  {partitions?, retention?, max_message_bytes?, config?}
+        dlq:    {partitions?, retention?, max_message_bytes?, config?}
+        parked: {partitions?, retention?, max_message_bytes?, config?}
+        dedupe: {window, max_message_bytes?, config?}   # optional: drop repeated event ids
 
 Each app generates its failure topics, named by the templates of the optional
 ``naming`` section (placeholders ``{app}``, ``{index}``, ``{delay}``); the defaults are:
@@ -42,6 +44,15 @@ Each app generates its failure topics, named by the templates of the optional
 Retry tier and DLQ partitions default to the largest partition count among the app's
 sources and may not be set below it.  ``parked`` defaults to the DLQ's partitions and
 retention.  Retries default to 7 days of retention, dead letters to 30 days.
+
+**Record sizes agree.**  Every topic states the largest record it accepts
+(``max_message_bytes``, Kafka's ``max.message.bytes``; the defaults' value unless the topic
+says otherwise).  A record read from a source must fit, whole and with the failure headers, in
+each retry tier and in the dead-letter topic: their limit defaults to the app's largest source
+limit plus :data:`FAILURE_HEADROOM_BYTES`, may not be set below the largest source limit, and
+``parked`` may not be below the DLQ.  (Should a cluster's topics drift from this, a dead letter
+too large for its topic is still written, as an excerpt with the original's size and sha256:
+:mod:`processors.runtime.failures`.)
 
 Durations are a whole number and a unit (``ms s m h d``); retention also takes
 ``forever``.  ``config`` holds extra raw Kafka topic configs (``segment.ms: 6h``
@@ -81,9 +92,11 @@ from processors.topics.durations import FOREVER, format_duration, parse_duration
 __all__ = [
     "DEFAULT_DLQ_TEMPLATE",
     "DEFAULT_FILE_NAME",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_PARKED_TEMPLATE",
     "DEFAULT_RETRY_TEMPLATE",
     "ENV_TOPICS_FILE",
+    "FAILURE_HEADROOM_BYTES",
     "KNOWN_TOPIC_CONFIGS",
     "MANAGED_CONFIGS",
     "AppTopics",
@@ -111,6 +124,7 @@ MANAGED_CONFIGS: Mapping[str, str] = MappingProxyType(
         "cleanup.policy": "cleanup_policy",
         "retention.ms": "retention",
         "min.insync.replicas": "min_insync_replicas",
+        "max.message.bytes": "max_message_bytes",
     }
 )
 """Kafka configs the catalogue sets from its own keys, and those keys."""
@@ -167,6 +181,21 @@ _TEMPLATE_FIELDS = {
     "parked": ({"app"}, {"app"}),
     "dedupe": ({"app"}, {"app"}),
 }  # template -> (required placeholders, allowed placeholders)
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Kafka's own default ``max.message.bytes`` (1 MiB plus the record batch overhead)."""
+
+FAILURE_HEADROOM_BYTES = 64 * 1024
+"""What a retry-tier copy or a dead letter may add to the record it carries: the failure
+headers (error class and a message of at most 480 characters, provenance, attempts, times)
+take about 1 KiB; the rest is margin."""
+
+EXCERPT_FLOOR_BYTES = 64 * 1024
+"""The smallest ``max_message_bytes`` the catalogue takes: a dead letter's excerpt (16 KiB) and
+its headers must always fit."""
+
+MAX_RECORD_BYTES = 1 << 30
+"""The largest: Kafka's ``max.message.bytes`` is a 32-bit int; a GiB is far past any sane record."""
 
 DEFAULT_RETRY_RETENTION_MS = 7 * 86_400_000
 DEFAULT_DLQ_RETENTION_MS = 30 * 86_400_000
@@ -237,6 +266,11 @@ class TopicSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", MappingProxyType(dict(sorted(self.config.items()))))
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest record the topic accepts (``max.message.bytes``)."""
+        return int(self.config.get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES))
 
     @property
     def retention_ms(self) -> int | None:
@@ -355,6 +389,14 @@ class Catalogue:
         except KeyError:
             raise ConfigError(_not_found("app", name, self._apps, self._path)) from None
 
+    def largest_record_written(self, app: str) -> int:
+        """The largest record ``app`` may have to write: the highest ``max.message.bytes`` of
+        its outputs, state, failure and dedupe topics (its producer's ``message.max.bytes``)."""
+        topics = self.app(app)
+        names = (*topics.outputs, *topics.state, *topics.failure_topics)
+        names += (topics.dedupe,) if topics.dedupe else ()
+        return max(self.topic(name).max_message_bytes for name in names)
+
     def of_kind(self, kind: TopicKind) -> tuple[TopicSpec, ...]:
         return tuple(t for t in self._topics if t.kind == kind)
 
@@ -470,6 +512,7 @@ def _config_value(value: object) -> str:
 
 
 Count = Annotated[int, Field(ge=1)]
+RecordBytes = Annotated[int, Field(ge=EXCERPT_FLOOR_BYTES, le=MAX_RECORD_BYTES)]
 Retention = Annotated[int, BeforeValidator(_retention)]
 Delay = Annotated[int, BeforeValidator(_delay)]
 Window = Annotated[int, BeforeValidator(_window)]
@@ -487,6 +530,7 @@ class _Defaults(_Model):
     min_insync_replicas: Count = 2
     retention: Retention = 7 * 86_400_000
     cleanup_policy: Policy = "delete"
+    max_message_bytes: RecordBytes = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class _Topic(_Model):
@@ -497,17 +541,20 @@ class _Topic(_Model):
     min_insync_replicas: Count | None = None
     retention: Retention | None = None
     cleanup_policy: Policy | None = None
+    max_message_bytes: RecordBytes | None = None
     config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
 class _Generated(_Model):
     partitions: Count | None = None
     retention: Retention | None = None
+    max_message_bytes: RecordBytes | None = None
     config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
 class _Dedupe(_Model):
     window: Window
+    max_message_bytes: RecordBytes | None = None
     config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
@@ -752,9 +799,14 @@ class _Assembler:
 
     @staticmethod
     def _config(
-        policy: str, retention_ms: int | None, rf: int, min_isr: int, extra: Mapping[str, str]
+        policy: str,
+        retention_ms: int | None,
+        rf: int,
+        min_isr: int,
+        extra: Mapping[str, str],
+        max_message_bytes: int,
     ) -> dict[str, str]:
-        config = {"cleanup.policy": policy, **extra}
+        config = {"cleanup.policy": policy, "max.message.bytes": str(max_message_bytes), **extra}
         if retention_ms is not None:
             config["retention.ms"] = str(retention_ms)
         if rf > 1:
@@ -794,7 +846,9 @@ class _Assembler:
             name=entry.name,
             partitions=entry.partitions or d.partitions,
             replication_factor=rf,
-            config=self._config(policy, retention, rf, min_isr, extra),
+            config=self._config(
+                policy, retention, rf, min_isr, extra, entry.max_message_bytes or d.max_message_bytes
+            ),
             kind=kind,
             app=None,
             description=entry.description.strip(),
@@ -856,14 +910,43 @@ class _Assembler:
         parked_partitions = entry.parked.partitions or dlq_partitions
         parked_retention = entry.parked.retention or dlq_retention
 
+        # Record sizes: whatever a source accepted fits in a retry tier and the DLQ, whole.
+        largest = max(known, key=lambda s: s.max_message_bytes, default=None)
+        source_bytes = largest.max_message_bytes if largest else d.max_message_bytes
+
+        def record_bytes(block: _Generated, key: str, least: int, default: int, than: str) -> int:
+            if block.max_message_bytes is None:
+                return default
+            if block.max_message_bytes < least:
+                self.fail(
+                    (*at, key, "max_message_bytes"),
+                    f"{who}: {key} max_message_bytes ({block.max_message_bytes}) must be ≥ {than} "
+                    f"({least}): a record it accepted could not be moved on whole",
+                )
+            return block.max_message_bytes
+
+        carried = source_bytes + FAILURE_HEADROOM_BYTES
+        of_source = f"that of its source '{largest.name}'" if largest else "the default"
+        retry_bytes = record_bytes(entry.retry, "retry", source_bytes, carried, of_source)
+        dlq_bytes = record_bytes(entry.dlq, "dlq", source_bytes, carried, of_source)
+        parked_bytes = record_bytes(entry.parked, "parked", dlq_bytes, dlq_bytes, "the dlq's")
+
         def make(
-            topic: str, kind: TopicKind, parts: int, retention: int, extra: dict[str, str], text: str
+            topic: str,
+            kind: TopicKind,
+            parts: int,
+            retention: int,
+            extra: dict[str, str],
+            text: str,
+            max_bytes: int,
         ) -> TopicSpec:
             return TopicSpec(
                 name=topic,
                 partitions=parts,
                 replication_factor=d.replication_factor,
-                config=self._config("delete", retention, d.replication_factor, d.min_insync_replicas, extra),
+                config=self._config(
+                    "delete", retention, d.replication_factor, d.min_insync_replicas, extra, max_bytes
+                ),
                 kind=kind,
                 app=name,
                 description=text,
@@ -878,17 +961,21 @@ class _Assembler:
             if self._claim(topic, (*at, "retry_tiers", index), name):
                 tiers.append(RetryTier(topic=topic, delay_ms=delay, index=index))
                 text = f"{name}: retry tier {index}, redelivered {format_duration(delay)} after failing"
-                specs.append(make(topic, "retry", retry_partitions, retry_retention, retry_extra, text))
+                specs.append(
+                    make(topic, "retry", retry_partitions, retry_retention, retry_extra, text, retry_bytes)
+                )
         dlq = dlq_topic_name(name, self.model.naming.dlq)
         dlq_extra = self._extra_config(entry.dlq.config, (*at, "dlq", "config"), who)
         if self._claim(dlq, (*at, "dlq"), name):
             text = f"{name}: dead letters (permanent failures, retries exhausted, poison input)"
-            specs.append(make(dlq, "dlq", dlq_partitions, dlq_retention, dlq_extra, text))
+            specs.append(make(dlq, "dlq", dlq_partitions, dlq_retention, dlq_extra, text, dlq_bytes))
         parked = parked_topic_name(name, self.model.naming.parked)
         parked_extra = self._extra_config(entry.parked.config, (*at, "parked", "config"), who)
         if self._claim(parked, (*at, "parked"), name):
             text = f"{name}: dead letters that failed again after replay (loop guard)"
-            specs.append(make(parked, "parked", parked_partitions, parked_retention, parked_extra, text))
+            specs.append(
+                make(parked, "parked", parked_partitions, parked_retention, parked_extra, text, parked_bytes)
+            )
         dedupe: str | None = None
         window = 0
         if entry.dedupe is not None:
@@ -906,7 +993,12 @@ class _Assembler:
                         partitions=floor,
                         replication_factor=d.replication_factor,
                         config=self._config(
-                            "compact,delete", window, d.replication_factor, d.min_insync_replicas, extra
+                            "compact,delete",
+                            window,
+                            d.replication_factor,
+                            d.min_insync_replicas,
+                            extra,
+                            entry.dedupe.max_message_bytes or d.max_message_bytes,
                         ),
                         kind="dedupe",
                         app=name,

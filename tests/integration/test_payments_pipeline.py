@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections import defaultdict
@@ -225,15 +226,37 @@ async def test_a_rebalance_drains_and_commits_so_no_event_is_processed_twice(
     assert set(charges.values()) == {1}
 
 
-async def test_an_event_too_large_for_the_dlq_is_dead_lettered_as_an_excerpt_and_its_key_moves_on(
-    kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
+@pytest.mark.parametrize(
+    "source_limit",
+    [
+        pytest.param(None, id="as-the-catalogue-says"),
+        pytest.param(4_000_000, id="source-raised-out-of-band"),
+    ],
+)
+async def test_an_event_as_large_as_its_source_allows_is_dead_lettered_and_its_key_moves_on(
+    kafka_bootstrap: str,
+    isolated_topics: Callable[[], tuple[Path, str]],
+    tmp_path: Path,
+    source_limit: int | None,
 ) -> None:
     """A 1,000,000-byte premium.due the source topic accepted used to wedge its partition: its
     dead letter (the same bytes plus headers) was refused for its size, retried every second
-    for ever, and the later events of its key never got a result."""
+    for ever, and the later events of its key never got a result.
+
+    As ``topics.yaml`` has it, the DLQ takes whatever the source took plus the failure headers,
+    so the dead letter holds the event whole.  Should the source's limit be raised on the
+    cluster alone (4 MB here, and a 2,000,000-byte event), the DLQ still refuses it: the dead
+    letter is then an excerpt with the original's size and sha256, and the key moves on too."""
     import hashlib
 
     import confluent_kafka
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
 
     topics_file, prefix = isolated_topics()
     billing = f"{prefix}insurance.billing.events"
@@ -241,12 +264,34 @@ async def test_an_event_too_large_for_the_dlq_is_dead_lettered_as_an_excerpt_and
     dlq = f"{prefix}integrations.payments.dlq"
     later = [premium_due(7, i, token=CARD_TOKENS["ok"]) for i in range(1, 4)]
     key = later[0].subject.encode()
-    huge = b'{"event_type": "premium.due", "pad": "' + b"x" * (1_000_000 - 40) + b'"}'
+    size = 1_000_000 if source_limit is None else 2_000_000
+    huge = b'{"event_type": "premium.due", "pad": "' + b"x" * (size - 40) + b'"}'
+    if source_limit is not None:  # raised on the cluster only, as an operator might
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        entry = ConfigEntry(
+            "max.message.bytes", str(source_limit), incremental_operation=AlterConfigOpType.SET
+        )
+        resource = ConfigResource(ResourceType.TOPIC, billing, incremental_configs=[entry])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
     upstream = confluent_kafka.Producer(
-        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 2_000_000}
+        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 4_000_000}
     )
-    upstream.produce(billing, key=key, value=huge, headers=[("content-type", b"application/json")])
-    assert upstream.flush(30) == 0
+    refused: list[object] = []
+    for _ in range(60):  # the broker applies an altered config a moment after acknowledging it
+        refused.clear()
+        upstream.produce(
+            billing,
+            key=key,
+            value=huge,
+            headers=[("content-type", b"application/json")],
+            on_delivery=lambda err, _msg: refused.append(err) if err is not None else None,
+        )
+        assert upstream.flush(30) == 0
+        if not refused:
+            break
+        await asyncio.sleep(0.5)  # polling the broker, which has no event to await
+    assert not refused, refused
     publish(kafka_bootstrap, billing, later)
 
     async with SandboxServer(gateway=GatewayConfig(seed=5)) as sandbox:
@@ -268,13 +313,18 @@ async def test_an_event_too_large_for_the_dlq_is_dead_lettered_as_an_excerpt_and
         assert proc.returncode == 0, (tmp_path / "p.log").read_text()[-3000:]
 
     [letter] = collector.on(dlq)
-    assert header(letter, H.VALUE_TRUNCATED) == "true"
-    assert header(letter, H.VALUE_SIZE) == str(len(huge))
-    assert header(letter, H.VALUE_SHA256) == hashlib.sha256(huge).hexdigest()
     assert header(letter, H.ERROR_CLASS) == "ValidationFailed"  # a JSON object, but no event
     assert header(letter, H.ORIGINAL_TOPIC) == billing
     assert header(letter, H.ORIGINAL_OFFSET) == "0"
-    assert huge.startswith(letter.value() or b"x")  # an excerpt of the original bytes
+    if source_limit is None:
+        assert letter.value() == huge  # whole
+        assert header(letter, H.VALUE_TRUNCATED) is None
+    else:
+        assert header(letter, H.VALUE_TRUNCATED) == "true"
+        assert header(letter, H.VALUE_SIZE) == str(len(huge))
+        assert header(letter, H.VALUE_SHA256) == hashlib.sha256(huge).hexdigest()
+        assert huge.startswith(letter.value() or b"x")  # an excerpt of the original bytes
+        assert len(letter.value() or b"") < len(huge)
     assert sorted(decode(m).data.reference_id for m in collector.on(results)) == [  # type: ignore[union-attr]
         "POL-2024-000007-I001",
         "POL-2024-000007-I002",

@@ -32,7 +32,7 @@ from processors.resilience.guard import EndpointGuard, Unguarded
 from processors.resilience.retry import RetryPolicy
 from processors.runtime.failures import H
 from processors.runtime.message import StaticMessage, header_value
-from processors.topics.catalogue import AppTopics, parse_catalogue
+from processors.topics.catalogue import FAILURE_HEADROOM_BYTES, AppTopics, parse_catalogue
 
 SOURCE = "reinsurance.bordereaux"
 DELIVERIES = "integrations.reinsurance.deliveries"
@@ -49,7 +49,7 @@ outputs:
   - name: reinsurance.bordereaux
     description: premium and claims bordereaux per treaty per period
     retention: 90d
-    config: {max.message.bytes: "16777216"}
+    max_message_bytes: 16777216
   - name: integrations.reinsurance.deliveries
     description: reinsurer acknowledgements of delivered bordereaux (key treaty number)
     retention: 90d
@@ -61,9 +61,8 @@ apps:
     sources: [reinsurance.bordereaux]
     outputs: [integrations.reinsurance.deliveries, integrations.audit]
     retry_tiers: [5s, 1m, 10m, 1h, 6h]
-    retry: {config: {max.message.bytes: "16777216"}}
-    dlq: {partitions: 6, retention: 30d, config: {max.message.bytes: "16777216"}}
-    parked: {retention: 90d, config: {max.message.bytes: "16777216"}}
+    dlq: {partitions: 6, retention: 30d}
+    parked: {retention: 90d}
 """
 
 
@@ -405,8 +404,10 @@ def test_a_report_of_the_largest_size_fits_every_topic_it_may_move_to() -> None:
     conf = KafkaClients("b:9092").producer(max_message_bytes=MAX_MESSAGE_BYTES)
     assert conf["message.max.bytes"] == MAX_REPORT_BYTES
     topics = app_topics()
-    for name in (SOURCE, *topics.failure_topics):
-        assert catalogue.topic(name).config["max.message.bytes"] == str(MAX_REPORT_BYTES), name
+    assert catalogue.topic(SOURCE).max_message_bytes == MAX_REPORT_BYTES
+    for name in topics.failure_topics:  # whole, with the failure headers
+        assert catalogue.topic(name).max_message_bytes == MAX_REPORT_BYTES + FAILURE_HEADROOM_BYTES, name
+    assert catalogue.largest_record_written("bordereaux-delivery") >= MAX_REPORT_BYTES
 
 
 # -- one endpoint per reinsurer ----------------------------------------------------------------------

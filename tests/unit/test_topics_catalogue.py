@@ -9,7 +9,9 @@ import pytest
 
 from processors.errors import ConfigError
 from processors.topics.catalogue import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     ENV_TOPICS_FILE,
+    FAILURE_HEADROOM_BYTES,
     AppTopics,
     Catalogue,
     CatalogueError,
@@ -127,7 +129,12 @@ def test_declared_topics_take_defaults_and_their_own_values() -> None:
         name="shop.orders",
         partitions=8,
         replication_factor=3,
-        config={"cleanup.policy": "delete", "retention.ms": "1209600000", "min.insync.replicas": "2"},
+        config={
+            "cleanup.policy": "delete",
+            "retention.ms": "1209600000",
+            "min.insync.replicas": "2",
+            "max.message.bytes": "1048588",
+        },
         kind="input",
         app=None,
         description="orders placed",
@@ -440,6 +447,79 @@ def test_retry_partitions_below_the_widest_source_are_refused() -> None:
     error = fail(text)
     assert error.problems[0].line == line_of(text, "partitions: 2")
     assert "retry partitions (2) must be ≥" in str(error)
+
+
+BIG_SOURCE = (
+    "inputs:\n"
+    "  - name: a.events\n"
+    "    description: default size\n"
+    "  - name: big.events\n"
+    "    description: large records\n"
+    "    max_message_bytes: 8388608\n"
+)
+
+
+def test_every_topic_states_its_largest_record_and_failures_carry_the_largest_source_whole() -> None:
+    catalogue = parse_catalogue(
+        with_app(
+            "pay:\n  sources: [a.events, big.events]\n  retry_tiers: [5s]\n  dedupe: {window: 1h}\n",
+            BIG_SOURCE,
+        )
+    )
+    assert catalogue.topic("a.events").config["max.message.bytes"] == str(DEFAULT_MAX_MESSAGE_BYTES)
+    assert catalogue.topic("big.events").max_message_bytes == 8_388_608
+    carried = 8_388_608 + FAILURE_HEADROOM_BYTES
+    for name in ("integrations.pay.retry.0-5s", "integrations.pay.dlq", "integrations.pay.parked"):
+        assert catalogue.topic(name).config["max.message.bytes"] == str(carried), name
+    assert catalogue.topic("integrations.pay.dedupe").max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    assert catalogue.largest_record_written("pay") == carried
+
+
+def test_the_defaults_set_every_topics_largest_record() -> None:
+    text = "defaults:\n  max_message_bytes: 2097152\n" + with_app("pay:\n  sources: [a.events]\n")
+    catalogue = parse_catalogue(text)
+    assert catalogue.topic("a.events").max_message_bytes == 2_097_152
+    assert catalogue.topic("integrations.pay.dlq").max_message_bytes == 2_097_152 + FAILURE_HEADROOM_BYTES
+
+
+@pytest.mark.parametrize("block", ["retry", "dlq"])
+def test_a_retry_tier_or_dlq_smaller_than_a_source_is_refused(block: str) -> None:
+    text = with_app(
+        "pay:\n  sources: [a.events, big.events]\n  retry_tiers: [5s]\n"
+        f"  {block}: {{max_message_bytes: 1048588}}\n",
+        BIG_SOURCE,
+    )
+    error = fail(text)
+    assert error.problems[0].line == line_of(text, f"{block}: {{max_message_bytes: 1048588}}")
+    assert (
+        f"app 'pay': {block} max_message_bytes (1048588) must be ≥ that of its source 'big.events' "
+        "(8388608): a record it accepted could not be moved on whole"
+    ) in str(error)
+
+
+def test_parked_smaller_than_the_dlq_is_refused_and_larger_ones_are_kept() -> None:
+    text = with_app("pay:\n  sources: [a.events]\n  parked: {max_message_bytes: 1048588}\n")
+    assert "parked max_message_bytes (1048588) must be ≥ the dlq's (1114124)" in str(fail(text))
+    roomy = parse_catalogue(with_app("pay:\n  sources: [a.events]\n  dlq: {max_message_bytes: 4194304}\n"))
+    assert roomy.topic("integrations.pay.dlq").max_message_bytes == 4_194_304
+    assert roomy.topic("integrations.pay.parked").max_message_bytes == 4_194_304
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (1000, "topic 'shop.orders': max_message_bytes must be ≥ 65536 (got 1000)"),
+        ("1MB", "topic 'shop.orders': max_message_bytes must be a whole number (got '1MB')"),
+    ],
+)
+def test_a_largest_record_below_an_excerpt_or_not_a_number_is_refused(value: object, reason: str) -> None:
+    text = MINIMAL.replace("    retention: 14d\n", f"    retention: 14d\n    max_message_bytes: {value}\n", 1)
+    assert reason in str(fail(text))
+
+
+def test_max_message_bytes_is_set_by_its_key_not_through_config() -> None:
+    text = MINIMAL.replace("compression.type: zstd", "max.message.bytes: 2000000")
+    assert "set 'max_message_bytes' instead of config 'max.message.bytes'" in str(fail(text))
 
 
 def test_retry_retention_must_outlast_the_longest_delay() -> None:
