@@ -644,9 +644,11 @@ class Soak:
             for service in ("gateway", "kyc", "reinsurer")
         }
         partners = await get_json(self.session, f"{self.url}/_control/partners")
-        evictions = sum(b["evictions"] for service in bounds.values() for b in service.values()) + sum(
-            b["evictions"] for p in partners["partners"] for b in p["bounds"].values()
-        )
+        # An evicted idempotency key could let a retried call be answered afresh (a second charge):
+        # the stores must be big enough for the run.  A partner's log of received requests keeps
+        # its newest ones by design; those evictions are a figure.
+        key_evictions = sum(b["evictions"] for service in bounds.values() for b in service.values())
+        log_evictions = sum(b["evictions"] for p in partners["partners"] for b in p["bounds"].values())
 
         produced = {
             s.name: {"sent": s.sent, "acked": s.acked, "failed": s.failed, "exhausted": s.exhausted}
@@ -691,14 +693,15 @@ class Soak:
         for app, a in apps.items():
             figures_flat[f"{app}_backlog_end"] = a["backlog_end"]["total"]
         figures_flat["charged_more_than_once"] = sum(1 for n in charges["by_key"].values() if n > 1)
-        figures_flat["sandbox_evictions"] = evictions
+        figures_flat["sandbox_key_evictions"] = key_evictions
+        figures_flat["partner_log_evictions"] = log_evictions
 
         return {
             "bench": "soak",
             "stages": {},
             "ratios": {},
             "figures": figures_flat,
-            "targets": {"charged_more_than_once": "== 0", "sandbox_evictions": "== 0"},
+            "targets": {"charged_more_than_once": "== 0", "sandbox_key_evictions": "== 0"},
             "config": {
                 "minutes": args.minutes,
                 "warmup_minutes": args.warmup_minutes,
@@ -789,7 +792,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"  gateway: {sandbox['total_charges']:,} charges over {sandbox['keys_charged']:,} keys, "
         f"{sandbox['charged_more_than_once']} charged more than once; "
-        f"sandbox evictions {report['figures']['sandbox_evictions']} (bounded structures)"
+        f"idempotency keys evicted {report['figures']['sandbox_key_evictions']:,}, partner log "
+        f"entries evicted {report['figures']['partner_log_evictions']:,} (newest 10,000 kept)"
     )
     partners = ", ".join(
         f"{name} {p['accepted']:,}/{p['received']:,}" for name, p in sandbox["partners"].items()
