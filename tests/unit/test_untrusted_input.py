@@ -3,37 +3,27 @@
 The regressions first (inputs found by fuzzing), then property-based suites: at least 10,000
 examples per entry point (``HYPOTHESIS_EXAMPLES`` changes it), each allowed to end only in the
 entry point's own refusal (a ``ContractError`` for the decoder, ``peek`` and the provider
-callbacks; a 4xx for the HTTP API).
+callbacks).  The HTTP API's routes, which answer a 4xx, are fuzzed in
+:mod:`tests.unit.test_untrusted_api_bodies` with the JSON values here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import http.client
 import json
 import os
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.adapters import jsonwire
-from processors.api.health import BrokerProbe
 from processors.api.inbound import PaymentConfirmationHandler
-from processors.api.server import ApiServer
-from processors.api.webhooks import WebhookRoutes
 from processors.apps.kyc.mapping import decision_from_callback
 from processors.contract import Codec, ContentType, LocalSchemaIds
 from processors.contract.examples import example_event
 from processors.errors import ContractError, DecodeError, ValidationFailed
-from processors.runtime.producer import AsyncProducer
-from processors.settings import load_settings
-from processors.webhooks.secrets import SecretBox
-from processors.webhooks.subscriptions import Subscription, SubscriptionTable
 
 CODEC = Codec(LocalSchemaIds())
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "10000"))
@@ -273,138 +263,3 @@ def test_kyc_callbacks_only_ever_refuse_with_a_contract_error(payload: Any) -> N
 @given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_the_strict_json_reader_only_ever_refuses_with_its_own_error(raw: bytes) -> None:
     _refuses_only_with(jsonwire.JsonRejected, lambda: jsonwire.loads_strict(raw))
-
-
-# --------------------------------------------------------------------------- the HTTP API
-
-TOKEN = "t" * 40
-
-
-class _Store:
-    """What the subscription routes need of the store, in memory."""
-
-    def __init__(self) -> None:
-        self._table = SubscriptionTable()
-
-    @property
-    def table(self) -> SubscriptionTable:
-        return self._table
-
-    async def put(self, sub: Subscription) -> None:
-        self._table.put(sub.id, sub)
-
-    async def delete(self, sub_id: str) -> None:
-        self._table.put(sub_id, None)
-
-    async def wait_caught_up(self, timeout_s: float = 30) -> None:
-        return None
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
-class _NoProducer:
-    async def send(self, record: object) -> None:
-        raise AssertionError("nothing is published by the subscription routes")
-
-
-async def _allow(url: str) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[tuple[str, int, str]]:
-    """An API server with the subscription routes on a loop of its own (hypothesis calls are sync)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    state: dict[str, Any] = {}
-
-    async def serve() -> None:
-        settings_ = load_settings(bootstrap_servers="unused:9092", api={"port": 0, "auth_token": TOKEN})
-        routes = WebhookRoutes(cast(Any, _Store()), SecretBox.ephemeral(), _allow)
-        server = ApiServer(settings_, producer=cast(AsyncProducer, _NoProducer()), extra_routes=[routes])
-        server.health.broker = BrokerProbe("unused:9092", check=lambda: None, cache_s=0.0)
-        async with server:
-            state["url"] = server.url
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    host, port = state["url"].removeprefix("http://").split(":")
-    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
-    yield host, int(port), secret
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
-    loop.close()
-
-
-def _request(api: tuple[str, int, str], method: str, path: str, body: bytes) -> int:
-    host, port, _ = api
-    connection = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        connection.request(
-            method,
-            path,
-            body=body,
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
-
-
-@st.composite
-def subscription_bodies(draw: st.DrawFn) -> bytes:
-    if draw(st.integers(0, 9)) == 0:
-        return draw(st.binary(max_size=200))
-    document: dict[str, Any] = {"url": "https://partner.example/hook", "events": ["policy.*"]}
-    for key in draw(
-        st.lists(
-            st.sampled_from(
-                [
-                    "url",
-                    "events",
-                    "secret",
-                    "active",
-                    "ordered",
-                    "max_concurrency",
-                    "rate_limit_per_s",
-                    "description",
-                    "x",
-                ]
-            ),
-            max_size=3,
-        )
-    ):
-        document[key] = draw(json_values)
-    return json.dumps(document, allow_nan=False).encode()
-
-
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(body=st.one_of(subscription_bodies(), st.just(b"[" * 4000), st.just(b'{"url": "x", "url": "y"}')))
-def test_the_subscription_api_answers_4xx_never_5xx(api: tuple[str, int, str], body: bytes) -> None:
-    status = _request(api, "POST", "/api/v1/webhooks", body)
-    assert status < 500, status
-    assert status in (201, 400, 413, 422), status
-
-
-def test_a_recover_body_of_brackets_is_a_400_not_a_500() -> None:
-    """``POST /api/v1/webhooks/{id}/recover`` with 4,000 ``[`` answered 500."""
-    from processors.api import webhook_ops
-
-    class Request:
-        content_length = 4000
-
-        async def read(self) -> bytes:
-            return b"[" * 4000
-
-    with pytest.raises(webhook_ops._BadRequest, match="must be JSON"):
-        asyncio.run(webhook_ops._since_from_body(cast(Any, Request())))
