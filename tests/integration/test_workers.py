@@ -32,8 +32,8 @@ def _free_port_pair() -> int:
         try:
             for port in range(base, base + 3):
                 s = socket.socket()
+                sockets.append(s)  # closed below whether or not the port is free
                 s.bind(("127.0.0.1", port))
-                sockets.append(s)
             return base
         except OSError:
             continue
