@@ -22,8 +22,7 @@ field              source
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 import strawberry
 
@@ -84,30 +83,7 @@ def _page_size(info: Info, first: int | None) -> int:
 
 
 _Position = TypeVar("_Position")
-_Node = TypeVar("_Node")
-_Edge = TypeVar("_Edge", bound="_HasCursor")
 _Connection = TypeVar("_Connection")
-_NodeIn = TypeVar("_NodeIn", contravariant=True)
-_EdgeOut = TypeVar("_EdgeOut", covariant=True)
-_ConnectionOut = TypeVar("_ConnectionOut", covariant=True)
-
-
-class _HasCursor(Protocol):
-    """An edge of a connection (the last one's cursor is the page's ``endCursor``)."""
-
-    cursor: str
-
-
-class _EdgeType(Protocol[_NodeIn, _EdgeOut]):
-    """An edge type of the schema: an edge of a node and its cursor."""
-
-    def __call__(self, *, cursor: str, node: _NodeIn) -> _EdgeOut: ...
-
-
-class _ConnectionType(Protocol[_Edge, _ConnectionOut]):
-    """A connection type of the schema: a page's edges and its ``pageInfo``."""
-
-    def __call__(self, *, edges: list[_Edge], page_info: PageInfo) -> _ConnectionOut: ...
 
 
 def _position_after(
@@ -124,39 +100,20 @@ def _position_after(
         raise BadUserInput(_CURSOR_HINT) from None
 
 
-@dataclass(frozen=True, slots=True)
-class _RelayList(Generic[_Position, _Node, _Edge, _Connection]):
-    """How a page of a keyset-paged list of the query store answers as a Relay connection: a
-    row's position (what its cursor holds) and node, and the list's edge and connection types."""
-
-    position: Callable[[Mapping[str, Any]], _Position]
-    node: Callable[[Mapping[str, Any]], _Node]
-    edge_type: _EdgeType[_Node, _Edge]
-    connection_type: _ConnectionType[_Edge, _Connection]
-
-    def connection(self, page: Page, partner_id: str, cursor: Callable[[str, _Position], str]) -> _Connection:
-        """``page`` of ``partner_id``'s list, each row's cursor made by ``cursor`` (the list's
-        cursors of :class:`~processors.portal.queries.CursorCodec`)."""
-        position, node, edge = self.position, self.node, self.edge_type
-        edges = [edge(cursor=cursor(partner_id, position(row)), node=node(row)) for row in page.rows]
-        return self.connection_type(
-            edges=edges,
-            page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
-        )
-
-
-_DELIVERY_LIST: Final = _RelayList(
-    position=DeliveryPosition.of,
-    node=DeliveryAttempt.from_row,
-    edge_type=DeliveryEdge,
-    connection_type=DeliveryConnection,
-)
-_BORDEREAU_LIST: Final = _RelayList(
-    position=BordereauPosition.of,
-    node=Bordereau.from_row,
-    edge_type=BordereauEdge,
-    connection_type=BordereauConnection,
-)
+def _connection(
+    page: Page,
+    cursor: Callable[[Mapping[str, Any]], str],
+    node: Callable[[Mapping[str, Any]], Any],
+    edge_type: Callable[..., Any],
+    connection_type: Callable[..., _Connection],
+) -> _Connection:
+    """``page`` as a Relay connection: an edge of each row's ``node`` and ``cursor``, and the last
+    edge's cursor as the page's ``endCursor``."""
+    edges = [edge_type(cursor=cursor(row), node=node(row)) for row in page.rows]
+    return connection_type(
+        edges=edges,
+        page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
+    )
 
 
 def _me(info: Info) -> Partner:
@@ -228,7 +185,14 @@ async def _deliveries(
         page = await queries.deliveries(partner_id, first=size, after=position, filters=filters)
     except PortalStoreUnavailable as exc:
         raise Unavailable("the delivery log cannot be read now; retry later") from exc
-    return _DELIVERY_LIST.connection(page, partner_id, queries.codec.delivery)
+    delivery, position_of = queries.codec.delivery, DeliveryPosition.of
+    return _connection(
+        page,
+        lambda row: delivery(partner_id, position_of(row)),
+        DeliveryAttempt.from_row,
+        DeliveryEdge,
+        DeliveryConnection,
+    )
 
 
 async def _message(info: Info, webhook_id: strawberry.ID) -> Message | None:
@@ -276,7 +240,14 @@ async def _bordereaux(
         page = await queries.bordereaux(reinsurer_key, first=size, after=position, filters=filters)
     except PortalStoreUnavailable as exc:
         raise Unavailable("bordereaux cannot be read now; retry later") from exc
-    return _BORDEREAU_LIST.connection(page, partner_id, queries.codec.bordereau)
+    bordereau, position_of = queries.codec.bordereau, BordereauPosition.of
+    return _connection(
+        page,
+        lambda row: bordereau(partner_id, position_of(row)),
+        Bordereau.from_row,
+        BordereauEdge,
+        BordereauConnection,
+    )
 
 
 async def _bordereau(info: Info, report_id: strawberry.ID) -> Bordereau | None:
