@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from processors.errors import ConfigError, ProcessorsError
+from processors.errors import EXIT_RESTART, ConfigError, ProcessorsError, RestartNeeded
 
 if TYPE_CHECKING:
     from processors.settings import Settings
@@ -342,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RestartNeeded as exc:
+        print(f"error: {exc} (exit {EXIT_RESTART}: restart this process)", file=sys.stderr)
+        return EXIT_RESTART
     except ProcessorsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

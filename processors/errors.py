@@ -15,6 +15,8 @@
     │   │                           burn attempts; ``wait_ready()`` returns when it admits calls again
     │   └── Permanent               never worth retrying (4xx validation, 422, schema errors)
     └── BrokerError                 the Kafka cluster failed an operation
+        └── RestartNeeded           this process cannot go on, a new one resumes from what
+                                    Kafka holds (``processors run`` exits with ``EXIT_RESTART``)
 
 Third-party exceptions (confluent_kafka, fastavro, aiohttp, pydantic) are translated where
 they enter the project and chained with ``raise ... from exc``.  The retry decision is
@@ -24,6 +26,7 @@ the exception's type.
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_RESTART",
     "Backpressure",
     "BrokerError",
     "ConfigError",
@@ -32,6 +35,7 @@ __all__ = [
     "IntegrationError",
     "Permanent",
     "ProcessorsError",
+    "RestartNeeded",
     "Retriable",
     "UnknownEventType",
     "ValidationFailed",
@@ -103,3 +107,14 @@ class Permanent(IntegrationError):
 
 class BrokerError(ProcessorsError):
     """The Kafka cluster failed an operation."""
+
+
+EXIT_RESTART = 75
+"""The exit code of a process that stopped so that a restart resumes its work (EX_TEMPFAIL)."""
+
+
+class RestartNeeded(BrokerError):
+    """The process cannot go on but a new incarnation can: its clients are unusable (a fatal
+    librdkafka error that replacing the client did not cure, a transaction call that never
+    returned), while every committed step is safe in Kafka.  ``processors run`` exits with
+    :data:`EXIT_RESTART` so a supervisor starts it again."""

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from processors.errors import BrokerError
+from processors.errors import EXIT_RESTART, BrokerError, RestartNeeded
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.kafka.stats import with_lag_statistics
@@ -113,6 +113,8 @@ class LoopStats:
     """Per assigned partition, records not yet committed (librdkafka's statistics, every 5 s)."""
     first_step_perf: float | None = None
     """``time.perf_counter()`` when the first poll step with records began (measurements)."""
+    producer_replacements: int = 0
+    """Producers replaced after a fatal error (the step in flight was read again)."""
 
 
 class _TxnEmitter:
@@ -157,8 +159,23 @@ class _TxnEmitter:
 STUCK_AFTER_S = 15.0
 """How long past its own timeout a transaction call may block before the watchdog acts."""
 
-EXIT_STUCK = 75
+EXIT_STUCK = EXIT_RESTART
 """The exit code of a process whose transaction call never returned (EX_TEMPFAIL: restart it)."""
+
+MAX_PRODUCER_REPLACEMENTS = 3
+"""Producers replaced after fatal errors with no committed transaction in between, before the
+loop gives up with :class:`~processors.errors.RestartNeeded`."""
+
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+def _fenced(error: KafkaError | None) -> bool:
+    return error is not None and error.code() in _FENCED
 
 
 def _exit_stuck(_what: str) -> None:
@@ -228,6 +245,8 @@ class TransactionalLoop:
         self._on_stuck = on_stuck or _exit_stuck
         self._txn_call: tuple[str, float] | None = None
         """The transaction call in progress and when it started (monotonic), for the watchdog."""
+        self._replacements_in_a_row = 0
+        self._producer_broken = False
 
     def when_ready(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the loop's thread, or now) once ``ready`` is set."""
@@ -262,17 +281,13 @@ class TransactionalLoop:
         # bordereaux topology). Collections still happen, less often.
         if gc.get_threshold()[0] < GC_THRESHOLD[0]:
             gc.set_threshold(*GC_THRESHOLD)
-        self._producer = self._producer_factory(self._producer_conf)
         watchdog = threading.Thread(
             target=self._watch, args=(stop,), name=f"{self.app}-txn-watchdog", daemon=True
         )
         watchdog.start()
-        try:
-            # Fences an earlier incarnation with the same transactional id and aborts what it
-            # left open, before this one reads any state.
-            self._producer.init_transactions(self.transaction_timeout_s)
-        except KafkaException as exc:
-            raise BrokerError(f"{self.app}: cannot initialise transactions: {exc}") from exc
+        # Fences an earlier incarnation with the same transactional id and aborts what it left
+        # open, before this one reads any state.
+        self._start_producer()
         self._consumer = self._consumer_factory(
             with_lag_statistics(self._consumer_conf, self._store_lag, transactional=True)
         )
@@ -335,10 +350,62 @@ class TransactionalLoop:
             self._restorer.close()
             self._restorer = None
         if self._producer is not None:
-            self._producer.flush(10)
+            # Between steps nothing is left to send; a producer in a fatal state has nothing
+            # it could still send.  Neither may hide why the loop stopped.
+            if not self._producer_broken:
+                try:
+                    self._producer.flush(10)
+                except KafkaException as exc:
+                    log.warning("%s: producer flush at close: %s", self.app, exc)
             # librdkafka's producer closes when the last reference goes: drop it now, not when
             # this loop object is collected (it would go on reconnecting to a stopped cluster)
             self._producer = None
+
+    def _start_producer(self) -> None:
+        """A new transactional producer, its transactions initialised.  ``init_transactions``
+        bumps the id's epoch: any earlier producer with the same transactional id is fenced
+        and the transaction it left open is aborted."""
+        self._producer = self._producer_factory(self._producer_conf)
+        self._producer_broken = False
+        try:
+            self._watched(
+                "init_transactions", lambda: self._producer.init_transactions(self.transaction_timeout_s)
+            )
+        except KafkaException as exc:
+            self._producer_broken = True
+            if _fenced(_kafka_error(exc)):
+                raise self._fenced_error(exc) from exc
+            raise RestartNeeded(f"{self.app}: cannot initialise transactions: {exc}") from exc
+
+    def _replace_producer(self, cause: KafkaException) -> None:
+        """Swap a producer that can no longer run transactions for a new one.
+
+        After a broker restart librdkafka may declare the producer fatally broken (seen:
+        ``INVALID_TXN_STATE`` when ending the transaction the restart interrupted).  Its open
+        transaction is aborted by the new producer's ``init_transactions``; the caller then
+        forgets the step and reads it again, as after any abort.
+        """
+        self._replacements_in_a_row += 1
+        if self._replacements_in_a_row > MAX_PRODUCER_REPLACEMENTS:
+            self._producer_broken = True
+            raise RestartNeeded(
+                f"{self.app}: {MAX_PRODUCER_REPLACEMENTS} new producers in a row failed to commit "
+                f"a transaction; last error: {cause}"
+            ) from cause
+        log.warning("%s: the producer cannot run transactions any more (%s); replacing it", self.app, cause)
+        old, self._producer = self._producer, None
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.purge()  # nothing of a broken producer may be sent late
+        del old
+        self.stats.producer_replacements += 1
+        self._start_producer()
+
+    def _fenced_error(self, exc: KafkaException) -> BrokerError:
+        return BrokerError(
+            f"{self.app}: fenced: another instance runs with the same transactional id "
+            f"{KafkaClients.transactional_id_of(self._producer_conf)!r} (give each instance its own "
+            f"instance id); this one stops: {exc}"
+        )
 
     # --- rebalance -----------------------------------------------------------------------
 
@@ -432,13 +499,15 @@ class TransactionalLoop:
         first: dict[tuple[str, int], int] = {}
         offsets: dict[tuple[str, int], int] = {}
         self._step_outputs = 0
-        self._producer.begin_transaction()
         try:
+            self._producer.begin_transaction()
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
+                    if err.fatal():
+                        raise RestartNeeded(f"{self.app}: fatal consumer error: {err.str()}")
                     raise KafkaException(err)
                 key = (msg.topic(), msg.partition())
                 task = self._tasks.get(key)
@@ -502,6 +571,7 @@ class TransactionalLoop:
             if store is not None:
                 store.commit()
         self._touched.clear()
+        self._replacements_in_a_row = 0
         self.stats.transactions += 1
         self.stats.outputs += self._step_outputs
         self.stats.last_commit_at = time.time()
@@ -580,19 +650,26 @@ class TransactionalLoop:
         self._tasks[key] = stage.make_task(topic, partition, self._stores.get(key), self._emitter)
 
     def _abort(self, exc: KafkaException, first: Mapping[tuple[str, int], int]) -> None:
-        error = exc.args[0] if exc.args else None
+        error = _kafka_error(exc)
         self.stats.aborts += 1
         log.warning("%s: transaction failed (%s); aborting the step", self.app, error)
-        if isinstance(error, KafkaError) and error.fatal():
-            # Fenced by a newer incarnation, or the producer is unusable: stop this instance
-            # (its uncommitted step is aborted by the broker or the fencing instance).
-            raise BrokerError(f"{self.app}: fatal producer error, this instance stops: {error}") from exc
-        try:
-            self._watched(
-                "abort_transaction", lambda: self._producer.abort_transaction(self.transaction_timeout_s)
-            )
-        except KafkaException as abort_exc:
-            raise BrokerError(f"{self.app}: cannot abort a transaction: {abort_exc}") from abort_exc
+        if _fenced(error):
+            # A newer incarnation with the same transactional id runs: it owns the work now
+            # (and aborts this one's open transaction); this instance must not fence it back.
+            self._producer_broken = True
+            raise self._fenced_error(exc) from exc
+        if error is not None and error.fatal():
+            self._replace_producer(exc)
+        else:
+            try:
+                self._watched(
+                    "abort_transaction", lambda: self._producer.abort_transaction(self.transaction_timeout_s)
+                )
+            except KafkaException as abort_exc:
+                if _fenced(_kafka_error(abort_exc)):
+                    self._producer_broken = True
+                    raise self._fenced_error(abort_exc) from abort_exc
+                self._replace_producer(abort_exc)
         # Forget the step: stores drop its writes, tasks are rebuilt from their stores and the
         # consumer goes back to the step's first records.
         for key in self._touched:
