@@ -23,8 +23,10 @@ request for one page):
   the guarantees of the path (the partner's own lines, signed cursors, UTC times, exact JSON)
   and does nothing else: no key check against the registry, rate limit, limits, error coding
   or extensions, and none of the API server's other work (the webhooks app, the projector).
-  It is what GraphQL itself costs here; ``graphql/graphql-floor`` is the product's overhead
-  above it (target ≥ 0.9).
+  It is what GraphQL costs here when graphql-core completes every field the general way;
+  ``graphql/graphql-floor`` is the product against it (target ≥ 0.9).  The product completes
+  plain values by plan (:mod:`processors.portal.graphql.plans`), which the floor does not: a
+  ratio above 1 is what the plans save, net of everything the floor leaves out.
 
 Request ``i`` of every stage is the same: partner ``i mod 5``, and in turn no filter, one of
 the partner's endpoints, status ``FAILED``, event type ``policy.issued``, or the last day

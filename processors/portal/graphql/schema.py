@@ -56,6 +56,7 @@ from processors.portal.config import GraphqlSettings
 from processors.portal.graphql.errors import ErrorCodes
 from processors.portal.graphql.limits import cost_rule
 from processors.portal.graphql.mutation import Mutation
+from processors.portal.graphql.plans import PlannedExecutionContext, attribute_resolver
 from processors.portal.graphql.query import Query
 from processors.portal.graphql.scalars import SCALAR_MAP
 from processors.portal.graphql.subscription import Subscription
@@ -111,7 +112,7 @@ def _read_attributes_directly(schema: GraphQLSchema) -> None:
                 and resolver is not None
                 and getattr(resolver, "__name__", None) == _BASIC_RESOLVER
             ):
-                field.resolve = _attribute(definition.python_name)
+                field.resolve = attribute_resolver(definition.python_name)
 
 
 def _name_enum_members_directly(schema: GraphQLSchema) -> None:
@@ -141,14 +142,6 @@ def _enum_names(names: dict[Any, str], otherwise: Callable[[Any], str]) -> Calla
             return otherwise(value)
 
     return coerce_output_value
-
-
-def _attribute(name: str) -> Callable[..., Any]:
-    def resolve(source: Any, _info: Any) -> Any:
-        return getattr(source, name)
-
-    resolve._is_default = True  # type: ignore[attr-defined]  # as strawberry marks its own
-    return resolve
 
 
 class DocumentCache:
@@ -239,6 +232,7 @@ def build_schema(settings: GraphqlSettings | None = None) -> PortalSchema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
+        execution_context_class=PlannedExecutionContext,
         # without introspection, no "did you mean" naming fields the caller did not ask for
         config=StrawberryConfig(scalar_map=SCALAR_MAP, disable_field_suggestions=not limits.introspection),
     )
