@@ -158,14 +158,20 @@ class DocumentCache:
         self._maxsize = maxsize
         self._lock = threading.Lock()
 
-    def prepared(self, query: str, context: ExecutionContext) -> tuple[DocumentNode, list[GraphQLError]]:
-        """The document of ``query`` and its validation errors (``GraphQLError`` or
-        ``RecursionError`` when it does not parse)."""
+    def lookup(self, query: str) -> tuple[DocumentNode, list[GraphQLError]] | None:
+        """The document of ``query`` and its validation errors if it was prepared before."""
         with self._lock:
             found = self._prepared.get(query)
             if found is not None:
                 self._prepared.move_to_end(query)
-                return found
+            return found
+
+    def prepared(self, query: str, context: ExecutionContext) -> tuple[DocumentNode, list[GraphQLError]]:
+        """The document of ``query`` and its validation errors (``GraphQLError`` or
+        ``RecursionError`` when it does not parse)."""
+        found = self.lookup(query)
+        if found is not None:
+            return found
         document = parse(query, max_tokens=self.max_tokens)
         prepared = (document, validate_document(context.schema._schema, document, context.validation_rules))
         with self._lock:

@@ -50,6 +50,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Final, Protocol
 
+import orjson
 import strawberry
 from aiohttp import web
 from cross_web import HTTPException
@@ -69,13 +70,22 @@ from processors.partners.auth import Caller, KeyRefused
 from processors.partners.keys import key_id_of, looks_like_partner_key
 from processors.portal.config import GraphqlSettings
 from processors.portal.graphql.context import PortalContext, PortalServices
+from processors.portal.graphql.direct import DirectQueries
 from processors.portal.graphql.errors import INTERNAL_MESSAGE, ErrorCode, coded, error_document, raised_at
 from processors.portal.graphql.limits import KeyRateLimiter
-from processors.portal.graphql.schema import build_schema
+from processors.portal.graphql.schema import PortalSchema, build_schema
 from processors.portal.queries import PortalQueries
 from processors.portal.store import PortalStore
 
-__all__ = ["GRAPHQL_PATH", "GraphqlRoutes", "Lifecycle", "PortalView", "StoreParts", "encode_json"]
+__all__ = [
+    "GRAPHQL_PATH",
+    "GraphqlRoutes",
+    "Lifecycle",
+    "PortalView",
+    "StoreParts",
+    "encode_json",
+    "encode_json_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,45 +102,33 @@ class Lifecycle(Protocol):
     async def stop(self) -> None: ...
 
 
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_JSON_OPTIONS: Final = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 
-def encode_json(data: object) -> str:
-    """Compact JSON; a ``Decimal`` written as the number it is, digit for digit (never through
-    a float).  Most answers hold no Decimal and take the C encoder as they are.  Not
-    :mod:`processors.adapters.jsonwire`: that writer refuses floats on purpose (money wires),
-    and portal answers carry floats (latencies, success rates) beside exact amounts."""
-    try:
-        return _ENCODER.encode(data)
-    except TypeError:
-        parts: list[str] = []
-        _write(data, parts)
-        return "".join(parts)
-
-
-def _write(value: Any, out: list[str]) -> None:
+def _exact(value: Any) -> Any:
+    """orjson's ``default``: a ``Decimal`` is written as the number it is, digit for digit."""
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("a non-finite decimal cannot be sent")
-        out.append(format(value, "f"))
-    elif isinstance(value, dict):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                out.append(",")
-            out.append(_ENCODER.encode(str(key)))
-            out.append(":")
-            _write(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _write(item, out)
-        out.append("]")
-    else:
-        out.append(_ENCODER.encode(value))
+        return orjson.Fragment(format(value, "f"))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def encode_json_bytes(data: object) -> bytes:
+    """Compact UTF-8 JSON (orjson); a ``Decimal`` written digit for digit, never through a
+    float.  A time must have been written by its scalar before (a ``datetime`` here is an
+    error, as a dataclass is).  Not :mod:`processors.adapters.jsonwire`: that writer refuses
+    floats on purpose (money wires), and portal answers carry floats (latencies, success rates)
+    beside exact amounts.  A non-finite float (which no ``Float`` field lets through, but a
+    ``JSON`` value read from an event might hold) is written as ``null``."""
+    return orjson.dumps(data, default=_exact, option=_JSON_OPTIONS)
+
+
+def encode_json(data: object) -> str:
+    """:func:`encode_json_bytes` as text."""
+    return encode_json_bytes(data).decode()
 
 
 class _TransportWS(BaseGraphQLTransportWSHandler[PortalContext, None]):
@@ -191,7 +189,14 @@ class PortalView(GraphQLView[PortalContext, None]):
         self.limiter = limiter
 
     def encode_json(self, data: object) -> str:
-        return encode_json(data)
+        return encode_json(data)  # text: WebSocket messages go as text frames
+
+    def create_response(self, response_data: Any, sub_response: web.Response) -> web.Response:
+        # strawberry's own decodes the bytes to text, which aiohttp encodes again
+        sub_response.body = encode_json_bytes(response_data)
+        sub_response.content_type = "application/json"
+        sub_response.charset = "utf-8"
+        return sub_response
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         return False  # no IDE: a GET without a query is a request without a query (400)
@@ -322,6 +327,12 @@ class GraphqlRoutes:
             self.limiter,
             connection_init_timeout_s=self.settings.connection_init_timeout_s,
         )
+        self.direct = (
+            DirectQueries(self.schema, self.view._get_stream_transport_from_headers)
+            if isinstance(self.schema, PortalSchema) and self.schema.documents is not None
+            else None
+        )
+        """Prepared queries POSTed as JSON, answered on graphql-core directly (:mod:`.direct`)."""
         self.operator_token = operator_token
         self.parts = tuple(parts)
         self._collectors = tuple(collectors)
@@ -424,6 +435,12 @@ class GraphqlRoutes:
         context = PortalContext(
             caller=found, key=SecretStr(key), services=self.services, request_id=_request_id()
         )
+        if self.direct is not None:
+            answer = await self.direct.answer(request, context)
+            if answer is not None:
+                return web.Response(
+                    body=encode_json_bytes(answer), content_type="application/json", charset="utf-8"
+                )
         return await self.view.run(request, context=context)
 
     def _is_operator_token(self, offered: str) -> bool:
@@ -450,7 +467,11 @@ def _answer(
     status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        status=status, text=encode_json(document), content_type="application/json", headers=headers
+        status=status,
+        body=encode_json_bytes(document),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
     )
 
 
