@@ -507,6 +507,12 @@ def test_decimals_are_exact_and_times_are_utc() -> None:
         '{"a":1234.50,"b":[0.0000001],"c":1.5}'
     )
     assert encode_json({"x": "é"}) == '{"x":"é"}'
+    # beyond 64 bits (orjson's limit), as an error may quote a caller's number; a Decimal beside it
+    assert encode_json({"got": 2**64, "a": Decimal("0.10")}) == f'{{"got":{2**64},"a":0.10}}'
+    with pytest.raises((TypeError, ValueError)):
+        encode_json({"a": Decimal("NaN")})
+    with pytest.raises(TypeError):
+        encode_json({"at": datetime(2026, 1, 1, tzinfo=UTC)})  # times are written by their scalar
     assert serialize_decimal(Decimal("700.10")) == "700.10"
     assert parse_decimal("1234.50") == Decimal("1234.50")
     for bad in (1.5, True, "abc", "NaN", None):

@@ -123,7 +123,49 @@ def encode_json_bytes(data: object) -> bytes:
     floats on purpose (money wires), and portal answers carry floats (latencies, success rates)
     beside exact amounts.  A non-finite float (which no ``Float`` field lets through, but a
     ``JSON`` value read from an event might hold) is written as ``null``."""
-    return orjson.dumps(data, default=_exact, option=_JSON_OPTIONS)
+    try:
+        return orjson.dumps(data, default=_exact, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson cannot write: an integer beyond 64 bits (an error may quote the number
+        # the caller sent).  The standard library writes any integer; this path is rare.
+        return _encode_slowly(data).encode()
+
+
+_STDLIB: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _encode_slowly(data: object) -> str:
+    try:
+        return _STDLIB.encode(data)
+    except TypeError:  # a Decimal somewhere: written digit for digit, the rest as it is
+        parts: list[str] = []
+        _write(data, parts)
+        return "".join(parts)
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a non-finite decimal cannot be sent")
+        out.append(format(value, "f"))
+    elif isinstance(value, dict):
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                out.append(",")
+            out.append(_STDLIB.encode(str(key)))
+            out.append(":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:
+        out.append(_STDLIB.encode(value))
 
 
 def encode_json(data: object) -> str:
