@@ -181,6 +181,7 @@ def register_secret(value: str | SecretStr) -> None:
         if text not in _secrets:
             # Longest first, so a secret that contains another is masked whole.
             _secrets = tuple(sorted((*_secrets, text), key=len, reverse=True))
+            _forget_clean()  # a text found clean may hold the new secret
 
 
 def clear_secrets() -> None:
@@ -188,6 +189,21 @@ def clear_secrets() -> None:
     global _secrets
     with _secrets_lock:
         _secrets = ()
+        _forget_clean()
+
+
+# Short texts scrubbing found nothing in, per ``digit_runs``: the labels of a hot path (names
+# of apps, endpoints, operations, statuses, currencies) recur on every record and are scrubbed
+# once.  Only texts left unchanged are kept, so nothing here is personal data the patterns
+# know; registering a secret empties it.  Bounded: emptied when full.
+_CLEAN_MAX: Final = 4096
+_CLEAN_TEXT_MAX: Final = 64
+_clean: dict[bool, set[str]] = {False: set(), True: set()}
+
+
+def _forget_clean() -> None:
+    for known in _clean.values():
+        known.clear()
 
 
 # -- free text ------------------------------------------------------------------------------
@@ -249,6 +265,47 @@ _KEY_WORDS = re.compile(
     r"(?<![A-Za-z0-9_-])(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<sep>\s*[=:]\s*)"
     r"(?P<value>[^\s\"',;&=:(){}\[\]][^,;&=:\n\"(){}\[\]]*?)(?=\s*(?:[,;&\n]|$|\s[A-Za-z_][A-Za-z0-9_-]*\s*[=:]))"
 )
+
+
+# -- cheap necessary conditions ---------------------------------------------------------------
+# The patterns above try every alternative at every position; most values on a hot path (ids,
+# names of endpoints, amounts) can hold none of them.  Each test below is implied by a match of
+# the pattern it guards (and so never skips one); ``tests/unit/test_redact.py`` compares the
+# result with and without them.
+_DIGITS_THEN_SEPARATOR = re.compile(r"\d\d\d[.-]\d\d(?:-|\d[.-])")  # SSN, 555-123-4567, 555.123.4567
+_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")  # 31.12.1985
+_UPPER_PAIR = re.compile(r"[A-Z][A-Z] ?\d")  # National Insurance numbers, IBANs
+_FOUR_DIGITS = re.compile(r"\d\d\d\d")
+
+
+def _may_hold_national(text: str) -> bool:
+    if "+" in text or "(" in text or "/" in text:
+        return True
+    if text.lower() != text and _UPPER_PAIR.search(text) is not None:
+        return True
+    if "-" in text or "." in text:
+        if _DIGITS_THEN_SEPARATOR.search(text) is not None:
+            return True
+        if "." in text and _DIGIT_DOT_DIGIT.search(text) is not None:
+            return True
+    return False
+
+
+def _may_hold_title(text: str) -> bool:
+    return " " in text  # a title is followed by one
+
+
+def _may_hold_birth_date(text: str) -> bool:
+    # Every date form of the pattern has four digits in a row; the lead words are matched
+    # ignoring case, which for ASCII text is what lower() gives (other text takes the pattern).
+    if _FOUR_DIGITS.search(text) is None:
+        return False
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return (
+        "do" in lowered or "d.o" in lowered or "born" in lowered or "birth" in lowered or "geboren" in lowered
+    )
 
 
 def _masked_email(match: re.Match[str]) -> str:
@@ -315,6 +372,23 @@ def _masked_pair(match: re.Match[str]) -> str:
 
 
 def _scrub(text: str, *, digit_runs: bool, extra_secrets: Iterable[str] = ()) -> str:
+    if extra_secrets or len(text) > _CLEAN_TEXT_MAX:
+        return _scrub_patterns(text, digit_runs=digit_runs, extra_secrets=extra_secrets)
+    known = _clean[digit_runs]
+    if text in known:
+        return text
+    secrets = _secrets
+    scrubbed = _scrub_patterns(text, digit_runs=digit_runs)
+    if scrubbed == text:
+        if len(known) >= _CLEAN_MAX:
+            known.clear()
+        known.add(text)
+        if secrets is not _secrets:  # a secret was registered meanwhile: judge again next time
+            known.discard(text)
+    return scrubbed
+
+
+def _scrub_patterns(text: str, *, digit_runs: bool, extra_secrets: Iterable[str] = ()) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -329,15 +403,18 @@ def _scrub(text: str, *, digit_runs: bool, extra_secrets: Iterable[str] = ()) ->
         text = _WEBHOOK_SECRET.sub(MASK, text)
     if "earer" in text or "EARER" in text or "Basic" in text:
         text = _AUTH_SCHEME.sub(_masked_auth, text)
-    text = _NATIONAL.sub(MASK, text)
+    if _may_hold_national(text):
+        text = _NATIONAL.sub(MASK, text)
     if digit_runs:
         if _DIGITS_HINT.search(text):
             text = _DIGITS_TEXT.sub(_masked_digits, text)
     elif len(text) >= 13:
         text = _PAN_CANDIDATE.sub(_masked_pan, text)
     if len(text) > 12:
-        text = _BIRTH_DATE.sub(_masked_birth, text)
-        text = _TITLED_NAME.sub(_masked_title, text)
+        if _may_hold_birth_date(text):
+            text = _BIRTH_DATE.sub(_masked_birth, text)
+        if _may_hold_title(text):
+            text = _TITLED_NAME.sub(_masked_title, text)
     if digit_runs:
         if "=" in text or ":" in text:
             text = _KEY_WORDS.sub(_masked_words, text)

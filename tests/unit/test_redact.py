@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from processors.adapters.http import HttpRequest
@@ -27,6 +30,8 @@ from processors.observability.redact import (
     redact_text,
     register_secret,
 )
+
+redact_module = importlib.import_module("processors.observability.redact")
 
 CARD_TOKEN = "tok_visa_4242"
 PASSPORT = "X12345678"
@@ -451,3 +456,95 @@ def test_redact_headers() -> None:
         "authorization": MASK,
         "accept": "*/*",
     }
+
+
+# -- the cheap tests in front of the patterns never skip a match ----------------------------
+
+_PIECES = [
+    "123-45-6789",
+    "AB123456C",
+    "AB 12 34 56 C",
+    "DE89 3704 0044 0532 0130 00",
+    "GB29NWBK60161331926819",
+    "+44 20 7946 0958",
+    "+1 (555) 123-4567",
+    "(555) 123-4567",
+    "555-123-4567",
+    "555.123.4567",
+    "12/31/1985",
+    "31.12.1985",
+    "dob 1985-03-12",
+    "D.O.B.: 12 March 1985",
+    "born on March 12, 1985",
+    "BIRTHDATE 1985-03-12",
+    "geboren 1985-03-12",
+    "née le 12 mars 1985",
+    "bırth date 1985-03-12",
+    "Mr John Smith",
+    "Dr. Anna-Maria Müller",
+    "Mrs. Jane Doe",
+    "4242 4242 4242 4242",
+    "6f1c1f7e-8a39-4c55-9d0e-3f1b2f0f6a10",
+    "pay-3f1c2a4e-1111-4222-8333-123456789abc",
+    "POL-000123",
+    "INV-2026-000123",
+    "123.45",
+    "EUR",
+    "2024-01-15T10:30:00Z",
+    "١٢٣-٤٥-٦٧٨٩",
+    "ＡＢ123456C",
+]
+_ALPHABET = "0123456789 -./+()ABDOQZabdeo:=né"
+_GLUE = st.sampled_from([" ", "-", ".", "/", "", ": ", "=", ",", "(", ")", "+", "x", "Z", "\n"])
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(_PIECES), st.text(alphabet=_ALPHABET, max_size=24)),
+        max_size=6,
+    ),
+    _GLUE,
+    st.booleans(),
+)
+@settings(max_examples=1500, deadline=None)
+def test_the_cheap_pre_checks_never_change_what_is_masked(
+    parts: list[str], glue: str, digit_runs: bool
+) -> None:
+    text = glue.join(parts)
+    quick = redact_module._scrub(text, digit_runs=digit_runs)
+    redact_module._forget_clean()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("_may_hold_national", "_may_hold_birth_date", "_may_hold_title"):
+            patch.setattr(redact_module, name, lambda _text: True)
+        thorough = redact_module._scrub(text, digit_runs=digit_runs)
+    assert quick == thorough
+
+
+@pytest.mark.parametrize("piece", _PIECES[:23])
+def test_every_sample_of_personal_data_is_seen_by_its_pre_check(piece: str) -> None:
+    seen = (
+        redact_module._may_hold_national(piece)
+        or redact_module._may_hold_birth_date(piece)
+        or redact_module._may_hold_title(piece)
+        or redact_module._PAN_CANDIDATE.search(piece) is not None
+    )
+    assert seen
+    assert redact_module._scrub(piece, digit_runs=False) != piece
+
+
+def test_a_text_once_found_clean_is_masked_after_a_secret_in_it_is_registered() -> None:
+    text = "key k_live_abcdef123456"
+    assert redact_text(text) == text
+    assert redact(text) == text  # both kinds of scrubbing now know the text as clean
+    register_secret("k_live_abcdef123456")
+    assert redact_text(text) == f"key {MASK}"
+    assert redact(text) == f"key {MASK}"
+
+
+def test_texts_found_clean_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact_module, "_CLEAN_MAX", 8)
+    for n in range(50):
+        assert redact(f"ref-{n}") == f"ref-{n}"
+        assert len(redact_module._clean[False]) <= 8
+    assert redact(f"mail {EMAIL}") == f"mail {MASK}"
+    assert f"mail {EMAIL}" not in redact_module._clean[False]  # only clean texts are kept
