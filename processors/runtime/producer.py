@@ -156,16 +156,19 @@ class AsyncProducer:
         return futures, too_large
 
     async def _acknowledged(self, futures: list[asyncio.Future[None]], too_large: list[OutRecord]) -> None:
-        if len(futures) == 1 and not too_large:
-            await futures[0]
-            return
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        # Every record is in flight already: waiting for each in turn takes as long as a
+        # gather, without its task machinery.  Each outcome is collected, whatever came first.
         other: BaseException | None = None
-        for outcome in outcomes:
-            if isinstance(outcome, RecordTooLarge):
-                too_large.extend(outcome.records)
-            elif isinstance(outcome, BaseException) and other is None:
-                other = outcome
+        for future in futures:
+            try:
+                await future
+            except RecordTooLarge as exc:
+                too_large.extend(exc.records)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                if other is None:
+                    other = exc
         if other is not None:
             raise other
         if too_large:
