@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -25,7 +26,7 @@ from processors.observability.audit import KafkaAuditSink, configure_audit_sink
 from processors.production import check_production
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import load_resilience
-from processors.runtime.engine import Engine
+from processors.runtime.engine import Engine, EngineSettings
 from processors.runtime.producer import AsyncProducer, TransactionalProducer
 from processors.settings import Settings
 from processors.streams import TransactionalLoop
@@ -45,6 +46,12 @@ def check_exactly_once(topics: AppTopics) -> None:
 
 
 log = logging.getLogger(__name__)
+
+
+def output_producer_config(kafka: KafkaClients, engine: EngineSettings, max_bytes: int) -> dict[str, Any]:
+    """The configuration of an at-least-once app's output producer: the engine's ``linger_ms``
+    unless the operator's client overrides set the producer's linger."""
+    return kafka.producer(max_message_bytes=max_bytes, default_linger_ms=engine.linger_ms)
 
 
 def make_codec(settings: Settings) -> Codec:
@@ -164,7 +171,7 @@ class Runner:
                 tid = f"{self.settings.group_prefix}{name}.{instance}"
                 producer = TransactionalProducer(kafka.transactional(tid, max_message_bytes=max_bytes))
             else:
-                producer = AsyncProducer(kafka.producer(max_message_bytes=max_bytes))
+                producer = AsyncProducer(output_producer_config(kafka, engine_settings, max_bytes))
             await producer.start()
             self._producers.append(producer)
             if self._audit_producer is None:

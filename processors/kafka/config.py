@@ -217,19 +217,23 @@ class KafkaClients:
         linger_ms: int | None = None,
         max_message_bytes: int | None = None,
         java_partitioner: bool = False,
+        default_linger_ms: int | None = None,
     ) -> dict[str, Any]:
         """Idempotent, acks=all.
 
         ``delivery_timeout_s``: a record not acknowledged in that time fails (someone waits on
         the answer); ``None``: the client never gives up on it.  ``linger_ms``: batching delay
-        (default 5).  ``max_message_bytes``: the largest record this producer must send.
+        (default 5).  ``default_linger_ms``: the same as a default the operator's
+        ``producer.linger.ms`` override may change (an app's engine setting).
+        ``max_message_bytes``: the largest record this producer must send.
         ``java_partitioner``: murmur2, so keys land where any other Kafka client puts them.
         """
         tuning = _producer_tuning(linger_ms, max_message_bytes, java_partitioner)
         if delivery_timeout_s is not None:
             tuning["delivery.timeout.ms"] = _ms(delivery_timeout_s)
             tuning["message.timeout.ms"] = _ms(delivery_timeout_s)
-        return self._render("producer", _PRODUCER, tuning, _PRODUCER_INVARIANTS)
+        defaults = _PRODUCER if default_linger_ms is None else {**_PRODUCER, "linger.ms": default_linger_ms}
+        return self._render("producer", defaults, tuning, _PRODUCER_INVARIANTS)
 
     def transactional(
         self,

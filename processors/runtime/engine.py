@@ -90,6 +90,10 @@ class EngineSettings(BaseModel):
     poll_timeout_ms: int = Field(default=100, ge=1, le=10_000)
     shutdown_grace_s: float = Field(default=30.0, gt=0)
     output_retry_backoff_ms: int = Field(default=1_000, ge=1)
+    linger_ms: int | None = Field(default=None, ge=0, le=1_000)
+    """How long the output producer waits to fill a batch (librdkafka ``linger.ms``); None: the
+    client default (5 ms).  Every output waits up to this long before it is sent, so an app a
+    partner waits on uses less.  A ``producer.linger.ms`` client override wins."""
     exactly_once: bool = False
     """Outputs, answered ids and offsets commit in one transaction (apps that declare
     ``dedupe``); see the module doc."""
