@@ -20,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from processors.adapters import jsonwire
@@ -97,17 +98,7 @@ class PaymentGateway:
         await self._transport.close()
 
     async def submit(self, request: PaymentRequest) -> PaymentOutcome:
-        body = jsonwire.dumps(
-            {
-                "policy_id": request.policy_id,
-                "amount": request.amount,
-                "currency": request.currency,
-                "payment_method": request.payment_method,
-                "idempotency_key": request.idempotency_key,
-                "transaction_type": request.transaction_type,
-                "reference_id": request.reference_id,
-            }
-        )
+        body = request_body(request)
         http_request = HttpRequest(
             method="POST",
             url=self._url,
@@ -121,6 +112,55 @@ class PaymentGateway:
         )
         response = await self._transport.send(http_request, timeouts=self.settings.timeouts)
         return parse_response(response)
+
+
+def request_body(request: PaymentRequest) -> bytes:
+    """The JSON body of ``request``: :func:`jsonwire.dumps` of its fields, byte for byte.
+
+    orjson writes it (the amount as a pre-written JSON number, digit for digit) when every
+    value is a plain string (the payment method a mapping of them) and the result is ASCII;
+    anything else (non-ASCII text or DEL, which jsonwire escapes; a type jsonwire refuses) takes
+    jsonwire's own path, which writes or refuses it exactly as before.
+    """
+    document: dict[str, Any] = {
+        "policy_id": request.policy_id,
+        "amount": request.amount,
+        "currency": request.currency,
+        "payment_method": request.payment_method,
+        "idempotency_key": request.idempotency_key,
+        "transaction_type": request.transaction_type,
+        "reference_id": request.reference_id,
+    }
+    amount = request.amount
+    if (
+        type(amount) is Decimal
+        and amount.is_finite()
+        and type(request.policy_id) is str
+        and type(request.currency) is str
+        and type(request.idempotency_key) is str
+        and type(request.transaction_type) is str
+        and type(request.reference_id) is str
+        and _plain_strings(request.payment_method)
+    ):
+        body = orjson.dumps({**document, "amount": orjson.Fragment(format(amount, "f"))})
+        if body.isascii() and b"\x7f" not in body:  # jsonwire escapes DEL, orjson does not
+            return body
+    return jsonwire.dumps(document)
+
+
+def _plain_strings(value: Any, depth: int = 0) -> bool:
+    """A mapping (nested at most twice) whose keys are strings and whose values are strings or None."""
+    if type(value) is not dict or depth > 2:
+        return False
+    for key, item in value.items():
+        if type(key) is not str:
+            return False
+        if type(item) is dict:
+            if not _plain_strings(item, depth + 1):
+                return False
+        elif item is not None and type(item) is not str:
+            return False
+    return True
 
 
 def parse_response(response: HttpResponse) -> PaymentOutcome:
