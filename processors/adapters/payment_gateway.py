@@ -132,14 +132,17 @@ def request_body(request: PaymentRequest) -> bytes:
         "reference_id": request.reference_id,
     }
     amount = request.amount
+    texts: tuple[object, ...] = (
+        request.policy_id,
+        request.currency,
+        request.idempotency_key,
+        request.transaction_type,
+        request.reference_id,
+    )
     if (
         type(amount) is Decimal
         and amount.is_finite()
-        and type(request.policy_id) is str
-        and type(request.currency) is str
-        and type(request.idempotency_key) is str
-        and type(request.transaction_type) is str
-        and type(request.reference_id) is str
+        and all(type(text) is str for text in texts)
         and _plain_strings(request.payment_method)
     ):
         body = orjson.dumps({**document, "amount": orjson.Fragment(format(amount, "f"))})
