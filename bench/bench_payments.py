@@ -13,7 +13,9 @@ Stages, run interleaved after a warm-up (medians of ``--rounds`` runs each):
   event with the adapter's request under deadline, in-place retry and a minimal breaker,
   result, answered-id marker and redacted audit record per attempt), with the product's
   librdkafka settings, on the same input, timed the same way;
-* ``payments-bare``: the payments app calling the gateway with no resilience layer;
+* ``payments-bare``: the payments app calling the gateway with no resilience layer (no breaker,
+  retry or deadline; its one attempt is audited as every call is, so ``resilience on/off``
+  measures the resilience layer and not the audit trail);
 * ``payments-eos``: the same app with exactly-once output (results, answered-id markers and
   offsets in Kafka transactions; ``PROCESSORS_ENGINE__EXACTLY_ONCE``);
 * ``payments-traced``: the same app with OpenTelemetry tracing on (spans batched to an exporter

@@ -72,6 +72,11 @@ def production_problems(settings: Settings, app_names: Sequence[str], *, api: bo
     from processors.apps.registry import app_spec
 
     problems: list[str] = []
+    if not settings.resilience_enabled:
+        problems.append(
+            "resilience_enabled (PROCESSORS_RESILIENCE_ENABLED) is false: endpoints would be called "
+            "with no breaker, retry or deadline (for benchmarks only)"
+        )
     for name in app_names:
         problems.extend(app_spec(name).production_problems(settings))
     if api:

@@ -165,7 +165,8 @@ class Settings(BaseSettings):
     resilience_file: Path | None = None
     """Per-endpoint breaker, retry and timeout settings (default: ./resilience.yaml)."""
     resilience_enabled: bool = True
-    """False calls endpoints with no breaker, retry or deadline: for benchmarks only."""
+    """False calls endpoints with no breaker, retry or deadline (each call still audited): for
+    benchmarks only; ``PROCESSORS_ENV=production`` refuses it."""
     client_overrides: dict[str, str] = Field(default_factory=dict)
     """librdkafka settings: ``consumer.<key>``, ``producer.<key>`` or ``client.<key>`` (both)."""
     engine: EngineSettings = Field(default_factory=EngineSettings)

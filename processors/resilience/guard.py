@@ -82,28 +82,7 @@ class EndpointGuard:
         breaker = self.breaker
 
         async def counted() -> T:  # runs only when the breaker admitted the call
-            attempt = record_context.count_call()
-            tracer = tracing.tracer()
-            if tracer is None:
-                return await audited(attempt)
-            operation_name = context.operation if context is not None else "call"
-            with tracing.client_span(tracer, self.endpoint, operation_name, attempt):
-                return await audited(attempt)
-
-        async def audited(attempt: int) -> T:
-            if context is None:
-                return await operation()
-            started = time.perf_counter()
-            try:
-                result = await operation()
-            except BaseException as exc:
-                if isinstance(exc, Exception):
-                    status, outcome = status_for_error(exc)
-                    self._audit(context, attempt, status, outcome, started, error=exc)
-                raise
-            status, response = context.describe(result) if context.describe else ("ok", None)
-            self._audit(context, attempt, status, "success", started, response=response)
-            return result
+            return await self._attempt(operation, context)
 
         async def attempt(_n: int) -> T:
             try:
@@ -119,6 +98,33 @@ class EndpointGuard:
             raise DeadlineExceeded(
                 f"{self.endpoint}: no answer within the {deadline_s:g} s deadline"
             ) from exc
+
+    async def _attempt(self, operation: Callable[[], Awaitable[T]], context: CallContext | None) -> T:
+        """One call: counted, traced when tracing is on, and audited when there is a context."""
+        attempt = record_context.count_call()
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await self._audited(operation, context, attempt)
+        operation_name = context.operation if context is not None else "call"
+        with tracing.client_span(tracer, self.endpoint, operation_name, attempt):
+            return await self._audited(operation, context, attempt)
+
+    async def _audited(
+        self, operation: Callable[[], Awaitable[T]], context: CallContext | None, attempt: int
+    ) -> T:
+        if context is None:
+            return await operation()
+        started = time.perf_counter()
+        try:
+            result = await operation()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                status, outcome = status_for_error(exc)
+                self._audit(context, attempt, status, outcome, started, error=exc)
+            raise
+        status, response = context.describe(result) if context.describe else ("ok", None)
+        self._audit(context, attempt, status, "success", started, response=response)
+        return result
 
     def _audit(
         self,
@@ -153,11 +159,12 @@ class EndpointGuard:
 
 
 class Unguarded(EndpointGuard):
-    """Calls the operation once, with no breaker, retry or deadline.
+    """Calls the operation once, with no breaker, retry or deadline; the call is still counted,
+    traced and audited (the audit trail is not part of the resilience layer).
 
-    Only for measuring what the resilience layer costs (``bench/``); never for production.
+    Only for measuring what the resilience layer costs (``bench/``); production refuses it
+    (``resilience_enabled``, :mod:`processors.production`).
     """
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
-        record_context.count_call()
-        return await operation()
+        return await self._attempt(operation, context)

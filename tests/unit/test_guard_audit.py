@@ -7,7 +7,7 @@ import pytest
 from processors.errors import Retriable
 from processors.observability.audit import MemoryAuditSink, configure_audit_sink
 from processors.resilience.config import EndpointPolicy
-from processors.resilience.guard import CallContext, EndpointGuard
+from processors.resilience.guard import CallContext, EndpointGuard, Unguarded
 from processors.resilience.retry import RetriesExhausted, RetryPolicy
 
 CARD = "tok_visa_secret_4242"
@@ -86,3 +86,24 @@ async def test_without_a_context_nothing_is_audited(sink: MemoryAuditSink) -> No
 
     await guard.call(op)
     assert sink.events == []
+
+
+async def test_without_the_resilience_layer_the_one_attempt_is_still_audited(sink: MemoryAuditSink) -> None:
+    guard = Unguarded("payment-gateway", EndpointPolicy())
+
+    async def op() -> str:
+        return "PMT-2"
+
+    assert await guard.call(op, context=_context()) == "PMT-2"
+
+    async def failing() -> str:
+        raise Retriable(f"503 for {CARD}")
+
+    with pytest.raises(Retriable):  # no retry: the failure propagates as it is
+        await guard.call(failing, context=_context())
+    assert [(e.outcome, e.status) for e in sink.events] == [
+        ("success", "COMPLETED"),
+        ("failure", "retriable_error"),
+    ]
+    assert all(e.attempt >= 1 for e in sink.events)  # counted like any call
+    assert all(CARD not in e.to_json().decode() for e in sink.events)

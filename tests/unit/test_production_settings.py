@@ -113,3 +113,12 @@ def test_config_check_exits_1_and_names_the_settings(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "PROCESSORS_PAYMENTS__GATEWAY__TOKEN" in out
     assert "PROCESSORS_REGULATORY__SFTP__PASSWORD" in out
+
+
+def test_calling_endpoints_without_the_resilience_layer_is_refused() -> None:
+    problems = production_problems(_fit(resilience_enabled=False), ["payments"], api=False)
+    assert len(problems) == 1
+    assert "PROCESSORS_RESILIENCE_ENABLED" in problems[0]
+    assert production_problems(_fit(resilience_enabled=False, env="development"), ["payments"], api=False)
+    with pytest.raises(ConfigError, match="resilience_enabled"):
+        check_production(_fit(resilience_enabled=False), ["payments"], api=False)
