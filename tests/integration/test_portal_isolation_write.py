@@ -183,14 +183,19 @@ async def test_partner_a_changes_nothing_of_partner_b(
             await b_receiver.wait_until(lambda p: checked_id in p.accepted_ids())
         [signed] = [d for d in b_receiver.received() if d.webhook_id == checked_id]
         assert signed.signature_valid  # the receiver knows B's first secret only
-        refusals = [
-            r
-            for r in portal.audit_records()
-            if r.get("actor", {})
-            and r["actor"].get("partner_id") == a.partner_id
-            and r["outcome"] != "success"
-        ]
-        assert refusals  # refused changes are on the audit trail too
+
+        async def a_refused() -> list[dict[str, Any]] | None:
+            found = [
+                r
+                for r in portal.audit_records()
+                if r.get("actor", {})
+                and r["actor"].get("partner_id") == a.partner_id
+                and r["outcome"] != "success"
+            ]
+            return found or None  # the audit producer hands records over without waiting
+
+        # refused changes are on the audit trail too
+        refusals = await eventually(a_refused, timeout_s=30, what="A's refused changes on the audit trail")
         assert {r["status"] for r in refusals} == {"not_found"}
 
     # each mutation on B's endpoint and on a missing one (redeliver with both of B's messages),
