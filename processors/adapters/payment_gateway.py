@@ -122,15 +122,6 @@ def request_body(request: PaymentRequest) -> bytes:
     anything else (non-ASCII text or DEL, which jsonwire escapes; a type jsonwire refuses) takes
     jsonwire's own path, which writes or refuses it exactly as before.
     """
-    document: dict[str, Any] = {
-        "policy_id": request.policy_id,
-        "amount": request.amount,
-        "currency": request.currency,
-        "payment_method": request.payment_method,
-        "idempotency_key": request.idempotency_key,
-        "transaction_type": request.transaction_type,
-        "reference_id": request.reference_id,
-    }
     amount = request.amount
     texts: tuple[object, ...] = (
         request.policy_id,
@@ -139,15 +130,26 @@ def request_body(request: PaymentRequest) -> bytes:
         request.transaction_type,
         request.reference_id,
     )
-    if (
+    fast = (
         type(amount) is Decimal
         and amount.is_finite()
         and all(type(text) is str for text in texts)
         and _plain_strings(request.payment_method)
-    ):
-        body = orjson.dumps({**document, "amount": orjson.Fragment(format(amount, "f"))})
+    )
+    document: dict[str, Any] = {
+        "policy_id": request.policy_id,
+        "amount": orjson.Fragment(format(amount, "f")) if fast else amount,
+        "currency": request.currency,
+        "payment_method": request.payment_method,
+        "idempotency_key": request.idempotency_key,
+        "transaction_type": request.transaction_type,
+        "reference_id": request.reference_id,
+    }
+    if fast:
+        body = orjson.dumps(document)
         if body.isascii() and b"\x7f" not in body:  # jsonwire escapes DEL, orjson does not
             return body
+        document["amount"] = amount
     return jsonwire.dumps(document)
 
 
