@@ -15,8 +15,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ import aiohttp
 
 from bench.harness import Run, Stopwatch
 from processors.adapters import jsonwire
+from processors.contract import Event
 from processors.runner import Runner
-from processors.settings import load_settings
+from processors.settings import Settings, load_settings
 from processors.topics.admin import apply
 from processors.topics.catalogue import Catalogue, load_catalogue
 from processors_dev.devbroker import BrokerInfo, BrokerKind, provide_broker
@@ -134,6 +135,49 @@ async def raw_http_rate(url: str, *, requests: int, concurrency: int) -> Run:
         return watch.stop(requests)
 
 
+@asynccontextmanager
+async def payments_world(
+    info: BrokerInfo,
+    url: str,
+    *,
+    events: int,
+    policies: int,
+    concurrency: int,
+    resilience: bool = True,
+    exactly_once: bool = False,
+) -> AsyncIterator[tuple[Settings, Catalogue, list[Event]]]:
+    """Isolated topics with ``events`` premium.due published over ``policies`` policies, and the
+    settings a payments run against the sandbox at ``url`` uses, and the events published: the
+    same input and set-up for the product (:func:`payments_rate`) and its floor
+    (``bench/floor_payments.py``)."""
+    from processors_dev.demo import publish_events
+
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
+        billing = f"{prefix}insurance.billing.events"
+        loop = asyncio.get_running_loop()
+        sample = list(premium_due_stream(events, policies, seed=int(time.time())))
+        await loop.run_in_executor(
+            None, lambda: publish_events(info.bootstrap_servers, sample, topic=billing)
+        )
+        yield (
+            load_settings(
+                bootstrap_servers=info.bootstrap_servers,
+                topics_file=path,
+                group_prefix=prefix,
+                resilience_enabled=resilience,
+                client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
+                payments={
+                    "gateway": {"base_url": url},
+                    "results_topic": f"{prefix}integrations.payment.results",
+                },
+                engine={"max_concurrency": concurrency, "exactly_once": exactly_once},
+            ),
+            catalogue,
+            sample,
+        )
+
+
 async def payments_rate(
     info: BrokerInfo,
     url: str,
@@ -171,25 +215,10 @@ async def payments_rate(
         finally:
             tracing.uninstall()
             provider.shutdown()
-    from processors_dev.demo import publish_events
-
-    with tempfile.TemporaryDirectory() as tmp:
-        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
-        billing = f"{prefix}insurance.billing.events"
-        loop = asyncio.get_running_loop()
-        sample = list(premium_due_stream(events, policies, seed=int(time.time())))
-        await loop.run_in_executor(
-            None, lambda: publish_events(info.bootstrap_servers, sample, topic=billing)
-        )
-        settings = load_settings(
-            bootstrap_servers=info.bootstrap_servers,
-            topics_file=path,
-            group_prefix=prefix,
-            resilience_enabled=resilience,
-            client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
-            payments={"gateway": {"base_url": url}, "results_topic": f"{prefix}integrations.payment.results"},
-            engine={"max_concurrency": concurrency, "exactly_once": exactly_once},
-        )
+    async with payments_world(
+        info, url, events=events, policies=policies, concurrency=concurrency,
+        resilience=resilience, exactly_once=exactly_once,
+    ) as (settings, catalogue, _sample):  # fmt: skip
         # one result per event, plus its answered-id marker when the app de-duplicates
         per_event = 2 if catalogue.app("payments").dedupe is not None else 1
         runner = Runner(settings, ["payments"], catalogue=catalogue)

@@ -75,7 +75,6 @@ import hashlib
 import queue
 import random
 import re
-import tempfile
 import threading
 import time
 from collections import deque
@@ -83,7 +82,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from io import BytesIO
-from pathlib import Path
 from typing import Any, Final
 from uuid import UUID, uuid4
 
@@ -92,7 +90,7 @@ import confluent_kafka
 import orjson
 from fastavro import schemaless_writer
 
-from bench.common import isolated_catalogue
+from bench.common import payments_world
 from bench.harness import Run, Stopwatch
 from processors.adapters.http import (
     MAX_RESPONSE_BYTES,
@@ -129,7 +127,7 @@ from processors.runner import kafka_clients, make_codec
 from processors.runtime.closing import close_group_consumer
 from processors.runtime.failures import H, dead_letter
 from processors.runtime.pending import RecentRecordsReader
-from processors.settings import Settings, load_settings
+from processors.settings import Settings
 from processors.topics.catalogue import Catalogue
 from processors_dev.devbroker import BrokerInfo
 from processors_dev.samples import premium_due_stream
@@ -1200,25 +1198,8 @@ async def payments_floor_rate(
     first assignment to its last result, as ``payments_rate`` times the product; then checked:
     one result and one marker per event on their topics, one audit record per attempt, and
     every idempotency key charged exactly once by the sandbox gateway."""
-    from processors_dev.demo import publish_events
-
-    with tempfile.TemporaryDirectory() as tmp:
-        catalogue, path, prefix = isolated_catalogue(info.bootstrap_servers, Path(tmp))
-        billing = f"{prefix}insurance.billing.events"
-        loop = asyncio.get_running_loop()
-        sample = list(premium_due_stream(events, policies, seed=int(time.time())))
-        await loop.run_in_executor(
-            None, lambda: publish_events(info.bootstrap_servers, sample, topic=billing)
-        )
-        settings = load_settings(
-            bootstrap_servers=info.bootstrap_servers,
-            topics_file=path,
-            group_prefix=prefix,
-            resilience_enabled=True,
-            client_overrides={f"consumer.{k}": v for k, v in info.client_overrides().items()},
-            payments={"gateway": {"base_url": url}, "results_topic": f"{prefix}integrations.payment.results"},
-            engine={"max_concurrency": concurrency, "exactly_once": False},
-        )
+    world = payments_world(info, url, events=events, policies=policies, concurrency=concurrency)
+    async with world as (settings, catalogue, sample):
         floor = FloorPayments(settings, catalogue, concurrency=concurrency)
         await floor.start()
         try:
