@@ -9,6 +9,7 @@ transaction aborts, and a suite that silently fell back to it would hide bugs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -100,6 +101,23 @@ def kafka_broker() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker: object) -> str:
     return str(kafka_broker.info.bootstrap_servers)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def one_heavy_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests that keep both cores busy for minutes take turns across the run's worker processes.
+
+    Two of them side by side on a two-core machine (each with its broker) slow each other down
+    several times over, past their own deadlines; one at a time, each finishes in its time.  The
+    lock file lives in the run's temporary root, which every xdist worker shares.
+    """
+    root = tmp_path_factory.getbasetemp().parent
+    with open(root / "heavy-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _HEX_AS_LETTERS = str.maketrans("0123456789", "ghijklmnop")
