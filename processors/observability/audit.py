@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, Protocol, Self
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -63,6 +64,7 @@ __all__ = [
     "Outcome",
     "audit_logger",
     "configure_audit_sink",
+    "outbound_json",
     "status_for_error",
     "trace_id_from_traceparent",
 ]
@@ -223,6 +225,123 @@ class AuditEvent(BaseModel):
         return fields
 
 
+# -- the record without the model ---------------------------------------------------------
+
+_OUTCOMES: Final = frozenset(("success", "failure", "rejected"))
+_LABEL_MAX: Final = 256
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _label(value: object) -> str | None:
+    """``value`` as a ``Label`` field stores it (scrubbed), or None when the field refuses it."""
+    if type(value) is not str or not 1 <= len(value) <= _LABEL_MAX:
+        return None
+    return _scrub(value, digit_runs=False)
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is written alike by orjson and by the model's serializer: text, whole
+    numbers, finite floats, booleans and None, in dicts with text keys and lists (8 deep)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth >= 8:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())  # type: ignore[attr-defined]
+    if kind is list:
+        return all(_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+def _summary(value: Any) -> dict[str, Any] | None:
+    """A summary as the model's validator stores it (redacted), or None when the fast writer
+    leaves it to the model (not a mapping after redaction, or a value it does not write)."""
+    if value is None:
+        return {}
+    cleaned = redact(value)
+    if type(cleaned) is not dict or not _plain(cleaned):
+        return None
+    return cleaned
+
+
+def outbound_json(
+    *,
+    app: str,
+    endpoint: str,
+    operation: str,
+    status: str,
+    outcome: str,
+    latency_ms: float,
+    attempt: int,
+    idempotency_key: str | None,
+    breaker_state: str | None,
+    correlation_id: str | None,
+    trace_id: str | None,
+    request_summary: Any,
+    response_summary: Any,
+    error: str | None,
+    audit_id: UUID | None = None,
+    occurred_at: datetime | None = None,
+) -> tuple[str, UUID, bytes] | None:
+    """(scrubbed app, audit id, value): the bytes ``AuditEvent(direction="outbound", ...)
+    .to_json()`` writes for these fields, without building the model; None when any field is
+    one the model would refuse or the fast writer does not handle (the caller then takes the
+    model's path).  ``tests/unit/test_audit_json.py`` holds the two to the same bytes."""
+    labels = [_label(app), _label(endpoint), _label(operation), _label(status)]
+    if None in labels or outcome not in _OUTCOMES:
+        return None
+    optional = []
+    for value in (idempotency_key, breaker_state, correlation_id):
+        scrubbed = None if value is None else _label(value)
+        if value is not None and scrubbed is None:
+            return None
+        optional.append(scrubbed)
+    if type(latency_ms) is not float or not 0.0 <= latency_ms < float("inf"):
+        return None
+    if type(attempt) is not int or attempt < 0:
+        return None
+    if trace_id is not None and (type(trace_id) is not str or _TRACE_ID.fullmatch(trace_id) is None):
+        return None
+    request, response = _summary(request_summary), _summary(response_summary)
+    if request is None or response is None:
+        return None
+    if error is not None:
+        if type(error) is not str:
+            return None
+        error = _error_text(error)
+    audit_id = audit_id or _new_audit_id()
+    written = orjson.dumps(
+        {
+            "event_type": AUDIT_EVENT_TYPE,
+            "audit_id": audit_id,
+            "occurred_at": occurred_at or datetime.now(UTC),
+            "app": labels[0],
+            "direction": "outbound",
+            "endpoint": labels[1],
+            "operation": labels[2],
+            "idempotency_key": optional[0],
+            "status": labels[3],
+            "outcome": outcome,
+            "latency_ms": latency_ms,
+            "attempt": attempt,
+            "breaker_state": optional[1],
+            "correlation_id": optional[2],
+            "trace_id": trace_id,
+            "request_summary": request,
+            "response_summary": response,
+            "error": error,
+            "actor": None,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+    app_label = labels[0]
+    assert app_label is not None
+    return app_label, audit_id, written
+
+
 # -- failure vocabulary ---------------------------------------------------------------------
 
 
@@ -281,11 +400,21 @@ class KafkaAuditSink:
         try:
             self._send(self.topic, event.app.encode(), event.to_json())
         except Exception as exc:
-            self._failed(event, exc)
+            self._failed(event.audit_id, exc)
         else:
             self.emitted += 1
 
-    def _failed(self, event: AuditEvent, exc: Exception) -> None:
+    def emit_json(self, app: str, audit_id: UUID, value: bytes) -> None:
+        """Hand over an event already written as ``AuditEvent.to_json()`` writes it
+        (:meth:`AuditLogger.record_outbound`); ``app`` is its scrubbed ``app`` field."""
+        try:
+            self._send(self.topic, app.encode(), value)
+        except Exception as exc:
+            self._failed(audit_id, exc)
+        else:
+            self.emitted += 1
+
+    def _failed(self, audit_id: UUID, exc: Exception) -> None:
         with self._lock:
             self.failed += 1
             now = time.monotonic()
@@ -295,7 +424,7 @@ class KafkaAuditSink:
             failed = self.failed
         log.warning(
             "audit event %s could not be handed to the producer for %s (%s: %s); %d lost so far",
-            event.audit_id,
+            audit_id,
             self.topic,
             type(exc).__name__,
             redact_text(str(exc)),
@@ -374,6 +503,81 @@ class AuditLogger:
                 )
         except Exception:
             log.exception("audit event %s could not be logged", event.audit_id)
+
+    def record_outbound(
+        self,
+        *,
+        endpoint: str,
+        operation: str,
+        status: str,
+        outcome: Outcome,
+        latency_ms: float,
+        attempt: int,
+        idempotency_key: str | None,
+        breaker_state: str | None,
+        correlation_id: str | None,
+        traceparent: str | bytes | None,
+        request_summary: Any,
+        response_summary: Any,
+        error: BaseException | None,
+    ) -> None:
+        """:meth:`record_interaction` of an app's own outbound call (no actor), on the hot path.
+
+        When the sink takes JSON (:class:`KafkaAuditSink`) and the audit log line is off, the
+        record is written straight to the bytes ``AuditEvent(...).to_json()`` writes, with the
+        checks and redaction of the model's validators (:func:`outbound_json`); anything those
+        checks would not let through, a value the fast writer does not handle, a log line to
+        write or another sink takes the model's path, which validates, logs and refuses exactly
+        as before.  Never raises.
+        """
+        sink = self.sink
+        emit_json = getattr(sink, "emit_json", None)
+        level = logging.INFO if outcome == "success" else logging.WARNING
+        if emit_json is not None and not _audit_log.isEnabledFor(level):
+            text = None if error is None else f"{type(error).__name__}: {error}"
+            try:
+                written = outbound_json(
+                    app=self.app,
+                    endpoint=endpoint,
+                    operation=operation,
+                    status=status,
+                    outcome=outcome,
+                    latency_ms=latency_ms,
+                    attempt=attempt,
+                    idempotency_key=idempotency_key,
+                    breaker_state=breaker_state,
+                    correlation_id=correlation_id,
+                    trace_id=trace_id_from_traceparent(traceparent),
+                    request_summary=request_summary,
+                    response_summary=response_summary,
+                    error=text,
+                )
+            except Exception:  # a bug in the fast writer must not lose the record
+                log.exception("audit event of %s %s: the JSON writer failed", endpoint, operation)
+                written = None
+            if written is not None:
+                app, audit_id, value = written
+                try:
+                    emit_json(app, audit_id, value)
+                except Exception:
+                    log.exception("audit sink %s raised", type(sink).__name__)
+                return
+        self.record_interaction(
+            direction="outbound",
+            endpoint=endpoint,
+            operation=operation,
+            status=status,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            attempt=attempt,
+            idempotency_key=idempotency_key,
+            breaker_state=breaker_state,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            request_summary=request_summary,
+            response_summary=response_summary,
+            error=error,
+        )
 
     def record_interaction(
         self,

@@ -140,8 +140,7 @@ class EndpointGuard:
         logger = self._auditors.get(context.app)
         if logger is None:
             logger = self._auditors[context.app] = audit_logger(context.app)
-        logger.record_interaction(
-            direction="outbound",
+        logger.record_outbound(
             endpoint=self.endpoint,
             operation=context.operation,
             status=status,
