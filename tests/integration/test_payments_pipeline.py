@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
@@ -196,7 +197,14 @@ async def test_a_rebalance_drains_and_commits_so_no_event_is_processed_twice(
         second = None
         try:
             await collector.wait_for(lambda r: len(r) >= 200, timeout_s=120)
+            # The gateway slows down until the second instance holds partitions, so the
+            # rebalance happens mid-stream however long the second takes to start.
+            sandbox.gateway.update_config(latency_ms=1_500)
             second = start_processor(env, "run", "payments", log_path=second_log)
+            await _logged(second_log, "app payments: assigned", second, timeout_s=180)
+            collector.poll(0.5)
+            assert len(collector.records) < len(events), "the first instance finished before the rebalance"
+            sandbox.gateway.update_config(latency_ms=40)
             await collector.wait_for(lambda r: len(r) >= len(events), timeout_s=240)
         finally:
             for proc in (first, second):
@@ -224,6 +232,18 @@ async def test_a_rebalance_drains_and_commits_so_no_event_is_processed_twice(
     assert all(seq == list(range(1, 11)) for seq in by_policy.values())
     assert len(charges) == len(events)
     assert set(charges.values()) == {1}
+
+
+async def _logged(path: Path, text: str, proc: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    """Return once ``text`` is in the log at ``path``; fail if the process exits first or time runs out."""
+    async with asyncio.timeout(timeout_s):
+        while not _holds(path, text):
+            assert proc.poll() is None, f"the process exited ({proc.returncode}) before logging {text!r}"
+            await asyncio.sleep(0.2)  # polls the log file: the line is the event awaited
+
+
+def _holds(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ from processors_dev.samples import mixed_events
 from processors_dev.sandbox.partners import Partner, PartnerBehaviour, PartnerSandbox, closed_port_url
 from tests.integration.helpers import Collector, header, publish, read_topics
 
-# deliveries wait up to 900 s, plus the lock's wait (one heavy test at a time)
-pytestmark = pytest.mark.timeout(1500)
+# deliveries wait up to 1200 s, plus the lock's wait (one heavy test at a time)
+pytestmark = pytest.mark.timeout(1800)
 
 TOKEN = "fan-out-t0ken"
 TIERS = "[1s, 2s, 3s, 5s, 10s, 20s, 10h]"
@@ -223,7 +223,7 @@ async def test_forty_partners_five_thousand_events(
                 for r in registered
                 if r.name not in ("dead", "gone")
             }
-            await all_received(healthy, timeout_s=900)
+            await all_received(healthy, timeout_s=1200)
             dead_id, gone_id = by_name["dead"].id, by_name["gone"].id
             await collector.wait_for(
                 lambda _: any(json.loads(m.value())["subscription_id"] == gone_id for m in collector.on(
