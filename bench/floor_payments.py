@@ -73,7 +73,6 @@ import asyncio
 import contextlib
 import hashlib
 import queue
-import random
 import re
 import threading
 import time
@@ -114,12 +113,11 @@ from processors.errors import (
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.observability.audit import (
-    AUDIT_EVENT_TYPE,
-    ERROR_MAX_CHARS,
+    outbound_json,
     status_for_error,
     trace_id_from_traceparent,
 )
-from processors.observability.redact import _scrub, redact, redact_text
+from processors.observability.redact import redact
 from processors.resilience.config import EndpointPolicy, load_resilience
 from processors.resilience.guard import DeadlineExceeded
 from processors.resilience.retry import RetriesExhausted
@@ -153,7 +151,6 @@ _READ_CHUNK: Final = 64 * 1024
 _MAX_PER_PARTITION: Final = 250_000  # answered ids held per partition (the product's bound)
 _IDENTIFIER = re.compile(NO_WHITESPACE)
 _URL = re.compile(r"^https?://\S+$")
-_audit_ids = random.Random()
 
 Output = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 """(topic, key, value, headers, partition or None: by key)."""
@@ -307,37 +304,31 @@ def audit_record(
     audit_id: UUID | None = None,
     occurred_at: datetime | None = None,
 ) -> bytes:
-    """``AuditEvent(...).to_json()`` of one outbound attempt, without the model: the labels
-    scrubbed and the error redacted and cut as the event's validators do.  The summaries must
-    come through :func:`redacted` (the request's once per record, however many attempts)."""
-    if error is not None:
-        error = redact_text(error)
-        if len(error) > ERROR_MAX_CHARS:
-            error = error[: ERROR_MAX_CHARS - 1] + "…"
-    return orjson.dumps(
-        {
-            "event_type": AUDIT_EVENT_TYPE,
-            "audit_id": audit_id or UUID(int=_audit_ids.getrandbits(128), version=4),
-            "occurred_at": occurred_at or datetime.now(UTC),
-            "app": _scrub(APP, digit_runs=False),
-            "direction": "outbound",
-            "endpoint": _scrub(ENDPOINT, digit_runs=False),
-            "operation": _scrub(operation, digit_runs=False),
-            "idempotency_key": _scrub(key, digit_runs=False),
-            "status": _scrub(status, digit_runs=False),
-            "outcome": outcome,
-            "latency_ms": latency_ms,
-            "attempt": attempt,
-            "breaker_state": _scrub(breaker_state, digit_runs=False),
-            "correlation_id": _scrub(correlation_id, digit_runs=False),
-            "trace_id": trace_id,
-            "request_summary": request_summary,
-            "response_summary": response_summary,
-            "error": error,
-            "actor": None,
-        },
-        option=orjson.OPT_UTC_Z,
+    """``AuditEvent(...).to_json()`` of one outbound attempt, without the model: the product's
+    own writer (:func:`~processors.observability.audit.outbound_json`), as the guard's
+    ``record_outbound`` uses it.  The summaries come through :func:`redacted` (the request's
+    once per record, however many attempts)."""
+    written = outbound_json(
+        app=APP,
+        endpoint=ENDPOINT,
+        operation=operation,
+        status=status,
+        outcome=outcome,
+        latency_ms=latency_ms,
+        attempt=attempt,
+        idempotency_key=key,
+        breaker_state=breaker_state,
+        correlation_id=correlation_id,
+        trace_id=trace_id,
+        request_summary=request_summary,
+        response_summary=response_summary,
+        error=error,
+        audit_id=audit_id,
+        occurred_at=occurred_at,
     )
+    if written is None:
+        raise ValueError(f"audit record of {operation} refused by the audit event's checks")
+    return written[2]
 
 
 def redacted(value: Any) -> dict[str, Any]:

@@ -530,6 +530,19 @@ class AuditLogger:
         write or another sink takes the model's path, which validates, logs and refuses exactly
         as before.  Never raises.
         """
+        fields: dict[str, Any] = {
+            "endpoint": endpoint,
+            "operation": operation,
+            "status": status,
+            "outcome": outcome,
+            "latency_ms": latency_ms,
+            "attempt": attempt,
+            "idempotency_key": idempotency_key,
+            "breaker_state": breaker_state,
+            "correlation_id": correlation_id,
+            "request_summary": request_summary,
+            "response_summary": response_summary,
+        }
         sink = self.sink
         emit_json = getattr(sink, "emit_json", None)
         level = logging.INFO if outcome == "success" else logging.WARNING
@@ -537,20 +550,7 @@ class AuditLogger:
             text = None if error is None else f"{type(error).__name__}: {error}"
             try:
                 written = outbound_json(
-                    app=self.app,
-                    endpoint=endpoint,
-                    operation=operation,
-                    status=status,
-                    outcome=outcome,
-                    latency_ms=latency_ms,
-                    attempt=attempt,
-                    idempotency_key=idempotency_key,
-                    breaker_state=breaker_state,
-                    correlation_id=correlation_id,
-                    trace_id=trace_id_from_traceparent(traceparent),
-                    request_summary=request_summary,
-                    response_summary=response_summary,
-                    error=text,
+                    app=self.app, trace_id=trace_id_from_traceparent(traceparent), error=text, **fields
                 )
             except Exception:  # a bug in the fast writer must not lose the record
                 log.exception("audit event of %s %s: the JSON writer failed", endpoint, operation)
@@ -562,22 +562,7 @@ class AuditLogger:
                 except Exception:
                     log.exception("audit sink %s raised", type(sink).__name__)
                 return
-        self.record_interaction(
-            direction="outbound",
-            endpoint=endpoint,
-            operation=operation,
-            status=status,
-            outcome=outcome,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            idempotency_key=idempotency_key,
-            breaker_state=breaker_state,
-            correlation_id=correlation_id,
-            traceparent=traceparent,
-            request_summary=request_summary,
-            response_summary=response_summary,
-            error=error,
-        )
+        self.record_interaction(direction="outbound", traceparent=traceparent, error=error, **fields)
 
     def record_interaction(
         self,
