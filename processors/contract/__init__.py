@@ -12,7 +12,7 @@ See ``docs/publishing-events.md`` for the contract as upstream teams read it.
 """
 
 from processors.contract.avro import writer_schema, writer_schema_name
-from processors.contract.codec import Codec, ContentType, Headers
+from processors.contract.codec import Codec, ContentType, EventRecord, Headers
 from processors.contract.events import (
     EVENT_TYPES,
     PII_FIELDS,
@@ -88,6 +88,7 @@ __all__ = [
     "CustomerCreated",
     "Event",
     "EventData",
+    "EventRecord",
     "Headers",
     "KycApproved",
     "KycCheck",

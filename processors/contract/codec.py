@@ -44,7 +44,7 @@ from processors.contract.events import (
 from processors.contract.registry import LocalSchemaIds, SchemaIdSource
 from processors.errors import ConfigError, ContractError, DecodeError, UnknownEventType, ValidationFailed
 
-__all__ = ["Codec", "ContentType", "Headers"]
+__all__ = ["Codec", "ContentType", "EventRecord", "Headers", "validation_reason"]
 
 Headers = Sequence[tuple[str, bytes | str | None]]
 """Kafka headers as confluent-kafka hands them over."""
@@ -79,6 +79,37 @@ class _Reader:
     writer: Any  # parsed writer schema
     reader: Any | None  # parsed local schema when it differs from the writer's, else None
     envelope: type[TypedEnvelope]
+
+
+def _headers(content_type: ContentType, event_type: str, traceparent: str | None) -> list[tuple[str, bytes]]:
+    headers = [
+        ("content-type", _CONTENT_TYPE_HEADER[ContentType(content_type)]),
+        ("event-type", event_type.encode()),
+    ]
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event in the form ``Event.model_dump()`` gives it, built without the models by a
+    hot path that checked what it did not take from validated input (see
+    ``processors.apps.payments.mapping.result_record``).  :meth:`Codec.encode_record` writes
+    it; :meth:`to_event` validates it into the model."""
+
+    event_type: str
+    subject: str
+    record: dict[str, Any]
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka key: the subject, UTF-8 encoded."""
+        return self.subject.encode()
+
+    def to_event(self) -> Event:
+        """The model of this record (validated: a builder's mistake is refused here)."""
+        return Event.model_validate(self.record)
 
 
 def _any_envelope() -> TypeAdapter[TypedEnvelope]:
@@ -126,30 +157,48 @@ class Codec:
     ) -> tuple[bytes, list[tuple[str, bytes]]]:
         """``(value, headers)`` for producing ``event`` (the key is ``event.key``)."""
         if content_type == ContentType.AVRO:
-            writer = self._writers.get(event.event_type) or self._writer(event.event_type)
-            buffer = BytesIO()
-            buffer.write(writer.prefix)
-            record = event.model_dump()
-            for path, name in writer.record_unions:
-                _tag_union_branch(record, path, name)
-            try:
-                schemaless_writer(buffer, writer.schema, record)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise ValidationFailed(
-                    f"{event.event_type} cannot be written as Avro ({type(exc).__name__})"
-                ) from exc
-            value = buffer.getvalue()
+            value = self._avro(event.event_type, event.model_dump())
         elif content_type == ContentType.JSON:
             value = event.__pydantic_serializer__.to_json(event)
         else:
             raise ConfigError(f"unsupported content type {content_type!r}")
-        headers = [
-            ("content-type", _CONTENT_TYPE_HEADER[ContentType(content_type)]),
-            ("event-type", event.event_type.encode()),
-        ]
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
-        return value, headers
+        return value, _headers(content_type, event.event_type, traceparent)
+
+    def encode_record(
+        self,
+        record: EventRecord,
+        content_type: ContentType = ContentType.AVRO,
+        *,
+        traceparent: str | None = None,
+    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """``(value, headers)`` for an event already in its record form: the bytes
+        :meth:`encode` writes for ``record.to_event()``.  Avro is written from the record as it
+        is (its builder checked it); JSON, and an event type with optional nested records,
+        go through the model."""
+        if content_type == ContentType.AVRO:
+            writer = self._writers.get(record.event_type) or self._writer(record.event_type)
+            if not writer.record_unions:
+                value = self._write(writer, record.event_type, record.record)
+                return value, _headers(content_type, record.event_type, traceparent)
+        return self.encode(record.to_event(), content_type, traceparent=traceparent)
+
+    def _avro(self, event_type: str, record: dict[str, Any]) -> bytes:
+        """Confluent-framed Avro of ``record`` (an ``Event.model_dump()``; its optional nested
+        records are tagged in place)."""
+        writer = self._writers.get(event_type) or self._writer(event_type)
+        for path, name in writer.record_unions:
+            _tag_union_branch(record, path, name)
+        return self._write(writer, event_type, record)
+
+    @staticmethod
+    def _write(writer: _Writer, event_type: str, record: dict[str, Any]) -> bytes:
+        buffer = BytesIO()
+        buffer.write(writer.prefix)
+        try:
+            schemaless_writer(buffer, writer.schema, record)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValidationFailed(f"{event_type} cannot be written as Avro ({type(exc).__name__})") from exc
+        return buffer.getvalue()
 
     def prepare(self, event_types: Iterable[str] | None = None) -> None:
         """Resolve (register) the writer schemas of these event types now instead of on first use."""
@@ -381,6 +430,12 @@ def _json_failure(exc: ValidationError) -> ContractError:
         tag = first.get("ctx", {}).get("tag", "")
         return UnknownEventType(f"unknown event type '{_clip(str(tag))}'")
     return ValidationFailed(_reason(exc, str(first["loc"][0]) if first["loc"] else None, tagged=True))
+
+
+def validation_reason(exc: ValidationError, what: str) -> str:
+    """``invalid <what>: <path>: <problem>; ...`` for ``exc``, as the codec words its own
+    refusals: no input values, no personal data."""
+    return _reason(exc, what, tagged=False)
 
 
 def _reason(exc: ValidationError, event_type: str | None, *, tagged: bool) -> str:

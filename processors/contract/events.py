@@ -93,6 +93,8 @@ SCHEMA_VERSION = 1
 """The envelope and payload version this build reads and writes."""
 
 _CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+MODEL_CONFIG = _CONFIG
+"""The configuration of every contract model (strictness, extra fields, errors without input)."""
 
 
 # --- field types --------------------------------------------------------------------------

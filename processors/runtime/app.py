@@ -26,7 +26,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from processors import context as record_context
 from processors.context import RecordContext
-from processors.contract import Codec, ContentType, Event
+from processors.contract import Codec, ContentType, Event, EventRecord
 from processors.errors import DuplicateEventId, ValidationFailed
 from processors.runtime.dedupe import AnsweredIds
 from processors.runtime.failures import H
@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-Emit = tuple[str, Event]
-"""(topic, event) an app wants published, keyed by the event's subject."""
+Emit = tuple[str, Event | EventRecord]
+"""(topic, event) an app wants published, keyed by the event's subject; a hot path may hand
+the event over in its record form (:class:`~processors.contract.EventRecord`)."""
 
 TP = tuple[str, int]
 
@@ -296,6 +297,11 @@ class EventApp(RecordApp[Event, Emit]):
     def records(self, msg: KafkaMessage, outputs: Sequence[Emit], context: RecordContext) -> list[OutRecord]:
         return [self.record(topic, event, traceparent=context.traceparent) for topic, event in outputs]
 
-    def record(self, topic: str, event: Event, *, traceparent: str | None = None) -> OutRecord:
-        value, headers = self.codec.encode(event, self.output_content_type, traceparent=traceparent)
+    def record(self, topic: str, event: Event | EventRecord, *, traceparent: str | None = None) -> OutRecord:
+        if isinstance(event, EventRecord):
+            value, headers = self.codec.encode_record(
+                event, self.output_content_type, traceparent=traceparent
+            )
+        else:
+            value, headers = self.codec.encode(event, self.output_content_type, traceparent=traceparent)
         return OutRecord(topic=topic, key=event.subject.encode(), value=value, headers=headers)

@@ -81,7 +81,7 @@ class PaymentsApp(EventApp):
             describe=_describe,
         )
         outcome = await self.guard.call(submit, context=context)
-        result = mapping.result_event(event, request, outcome, source=self.source)
+        result = mapping.result_record(event, request, outcome, source=self.source)
         return [(self.settings.results_topic, result)]
 
 
