@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from processors.runtime.collector import THRESHOLDS, collector_tuned
+
 __all__ = [
     "Comparison",
     "Report",
@@ -117,24 +119,27 @@ async def interleaved(
     recorded by py-spy and its profile printed (:mod:`bench.profile`): this process's, or the
     one :data:`PROFILED_PROCESS` names for the stage.
     """
-    if warmup:
-        for name, stage in stages.items():
-            run = await stage()
-            log(f"  warm-up {name}: {_describe(run)}")
-    runs: dict[str, list[Run]] = {name: [] for name in stages}
-    for index in range(rounds):
-        for name, stage in stages.items():
-            if index == 0 and name == PROFILE.get("stage"):
-                from bench import profile
-
-                with profile.record(name, pid=PROFILED_PROCESS.get(name)) as path:
-                    run = await stage()
-                if path is not None and path.exists():
-                    profile.report(profile.load(path))
-            else:
+    # Every stage in this process runs under the collector thresholds the product's runners
+    # set for themselves (processors.runtime.collector): ceilings and floors get the same.
+    with collector_tuned():
+        if warmup:
+            for name, stage in stages.items():
                 run = await stage()
-            runs[name].append(run)
-            log(f"  round {index + 1} {name}: {_describe(run)}")
+                log(f"  warm-up {name}: {_describe(run)}")
+        runs: dict[str, list[Run]] = {name: [] for name in stages}
+        for index in range(rounds):
+            for name, stage in stages.items():
+                if index == 0 and name == PROFILE.get("stage"):
+                    from bench import profile
+
+                    with profile.record(name, pid=PROFILED_PROCESS.get(name)) as path:
+                        run = await stage()
+                    if path is not None and path.exists():
+                        profile.report(profile.load(path))
+                else:
+                    run = await stage()
+                runs[name].append(run)
+                log(f"  round {index + 1} {name}: {_describe(run)}")
     return runs
 
 
@@ -228,7 +233,10 @@ class Report:
             write(f"  note: {note}")
         env = environment()
         libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
-        write(f"  on {env['cpus']} CPUs, load {env['load_1m']:.2f}, Python {env['python']}; {libs}")
+        write(
+            f"  on {env['cpus']} CPUs, load {env['load_1m']:.2f}, Python {env['python']} (collector "
+            f"thresholds {tuple(env['gc_thresholds'])} in every stage); {libs}"
+        )
 
     def emit(self, json_path: Path | None) -> None:
         self.print()
@@ -265,6 +273,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "load_1m": os.getloadavg()[0],
+        "gc_thresholds": list(THRESHOLDS),
         "commit": _commit(),
         "libraries": libraries,
     }

@@ -26,6 +26,7 @@ from processors.observability.audit import KafkaAuditSink, configure_audit_sink
 from processors.production import check_production
 from processors.resilience.breaker import BreakerRegistry
 from processors.resilience.config import load_resilience
+from processors.runtime.collector import collector_tuned
 from processors.runtime.engine import Engine, EngineSettings
 from processors.runtime.producer import AsyncProducer, TransactionalProducer
 from processors.settings import Settings
@@ -145,6 +146,12 @@ class Runner:
         configure_audit_sink(KafkaAuditSink(send, topic))
 
     async def run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None = None) -> None:
+        # The apps' long-lived state would be walked over and over by CPython's default
+        # collector thresholds (see processors.runtime.collector).
+        with collector_tuned():
+            await self._run(stop, on_ready=on_ready)
+
+    async def _run(self, stop: asyncio.Event, *, on_ready: Callable[[], None] | None) -> None:
         await self.check_topics()
         codec = make_codec(self.settings)
         resilience = load_resilience(self.settings.resilience_file)

@@ -20,7 +20,6 @@ and, if the partition comes back, only the changelog entries written since are r
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import threading
@@ -37,15 +36,13 @@ from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.kafka.stats import with_lag_statistics
 from processors.runtime.closing import close_group_consumer
+from processors.runtime.collector import collector_tuned
 from processors.runtime.failures import dead_letter
 from processors.streams.store import ChangelogStore, restore
 
 __all__ = ["Emitter", "LoopStats", "StageSpec", "Task", "TransactionalLoop"]
 
 log = logging.getLogger(__name__)
-
-GC_THRESHOLD = (50_000, 20, 100)
-"""Garbage-collector thresholds while a transactional loop runs (the process's, raised only)."""
 
 KEEP_REVOKED_STORE_S = 600.0
 """A revoked store is reused (read forward from its position) only within this time."""
@@ -279,8 +276,10 @@ class TransactionalLoop:
         # Stateful tasks keep many small, long-lived objects: Python's default collector
         # thresholds would scan them over and over (about 13 % of the CPU time in the
         # bordereaux topology). Collections still happen, less often.
-        if gc.get_threshold()[0] < GC_THRESHOLD[0]:
-            gc.set_threshold(*GC_THRESHOLD)
+        with collector_tuned():
+            self._run(stop)
+
+    def _run(self, stop: threading.Event) -> None:
         watchdog = threading.Thread(
             target=self._watch, args=(stop,), name=f"{self.app}-txn-watchdog", daemon=True
         )

@@ -169,6 +169,14 @@ class CommittedReader:
     def on(self, topic: str) -> list[Any]:
         return [m for m in self.records if m.topic() == topic]
 
+    def positions(self) -> str:
+        """Where this reader stands in each partition (for a failure message)."""
+        try:
+            assigned = self._consumer.position(self._consumer.assignment())
+        except confluent_kafka.KafkaException as exc:
+            return f"reader positions unknown: {exc}"
+        return "reader at: " + " ".join(f"{tp.topic}[{tp.partition}]={tp.offset}" for tp in assigned)
+
     def wait_until(
         self,
         condition: Callable[[], bool],
@@ -203,6 +211,61 @@ def high_watermark_sum(bootstrap: str, topic: str) -> int:
         )
     finally:
         consumer.close()
+
+
+def partition_table(bootstrap: str, topics: Iterable[str]) -> str:
+    """Per partition of ``topics``: log start, end, last stable offset and what each consumer
+    group committed; for a test's failure message, to tell a stalled app from a transaction
+    left open (last stable offset below the end) or a reader stuck behind one."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    groups = sorted(
+        g.group_id
+        for g in admin.list_consumer_groups(request_timeout=10).result().valid
+        if not g.group_id.startswith(("reader-", "probe-"))
+    )
+    plain = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"}
+    )
+    stable = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"probe-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",  # ListOffsets answers the last stable offset
+        }
+    )
+    lines = [f"groups: {', '.join(groups) or 'none'}"]
+    try:
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(plain.list_topics(topic, timeout=10).topics[topic].partitions)
+        ]
+        committed: dict[tuple[str, int], list[str]] = {}
+        for group in groups:
+            reader = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+            try:
+                for tp in reader.committed(wanted, timeout=10):
+                    if tp.offset >= 0:
+                        committed.setdefault((tp.topic, tp.partition), []).append(f"{group}={tp.offset}")
+            finally:
+                reader.close()
+        for tp in wanted:
+            start, end = plain.get_watermark_offsets(tp, timeout=10, cached=False)
+            _, last_stable = stable.get_watermark_offsets(tp, timeout=10, cached=False)
+            flag = "  <- open transaction" if last_stable < end else ""
+            groups_at = " ".join(committed.get((tp.topic, tp.partition), [])) or "-"
+            lines.append(
+                f"{tp.topic}[{tp.partition}] start={start} end={end} stable={last_stable} "
+                f"committed: {groups_at}{flag}"
+            )
+    except Exception as exc:  # a diagnostic must not hide the failure it explains
+        lines.append(f"(partition table incomplete: {type(exc).__name__}: {exc})")
+    finally:
+        plain.close()
+        stable.close()
+    return "\n".join(lines)
 
 
 def read_to_end(bootstrap: str, group: str, topics: Iterable[str]) -> bool:

@@ -34,6 +34,7 @@ from tests.integration.bordereaux_helpers import (
     app_env,
     count_records,
     kill,
+    partition_table,
     publish_in_order,
     reference_reports,
     start_app,
@@ -46,6 +47,14 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 20_000
 DOWN_S = 12.0
 """How long the broker stays down (the scenario: 10-30 s)."""
+INPUTS = ["insurance.policy.events", "insurance.claim.events"]
+OUTPUTS = ["reinsurance.bordereaux", "integrations.regulatory.files"]
+
+
+def _app_log(path: Path) -> str:
+    """The app's own log lines (librdkafka's connection chatter left out), the last 60."""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("%")]
+    return "\n".join(lines[-60:])
 
 
 def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(
@@ -67,7 +76,7 @@ def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(
         apply(bootstrap, load_catalogue(topics_file), replication_factor=1)
         env = app_env(bootstrap, "", topics_file, "a")
         env.pop("PROCESSORS_CLIENT_OVERRIDES")  # the product's own session
-        reader = CommittedReader(bootstrap, ["reinsurance.bordereaux", "integrations.regulatory.files"])
+        reader = CommittedReader(bootstrap, OUTPUTS)
         member = start_app(env, tmp_path / "a.log")
         publish_in_order(bootstrap, "", head)
         internal = ["integrations.bordereaux.by-policy", "integrations.bordereaux.partials"]
@@ -95,10 +104,16 @@ def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(
                 assert member.returncode == EXIT_STUCK, (tmp_path / "a.log").read_text()[-3000:]
                 assert len(restarts) <= 1, f"restarted more than once: {restarts}"
                 member = start_app(env, tmp_path / "a.log")  # as an orchestrator would
-            assert time.monotonic() < deadline, (
-                f"{len(want_reports)} reports and {len(want_files)} day files not out within 300 s "
-                f"({len(reader.records)} records)"
-            )
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{len(want_reports)} reports and {len(want_files)} day files not out within 300 s "
+                    f"({len(reader.records)} records; restarts {restarts})\n"
+                    + partition_table(bootstrap, [*INPUTS, *internal, *OUTPUTS])
+                    + "\n"
+                    + reader.positions()
+                    + "\n--- app log ---\n"
+                    + _app_log(tmp_path / "a.log")
+                )
             reader.poll()
         recovered_s = time.monotonic() - back
         assert stop(member) == 0, (tmp_path / "a.log").read_text()[-3000:]
