@@ -20,7 +20,7 @@ from processors.bordereaux.treaties import load_treaty_book
 from processors.contract import ContentType
 from processors.streams.driver import MemoryDriver
 from tests.bordereaux_oracle import Published
-from tests.integration.helpers import CODEC, start_processor
+from tests.integration.helpers import CODEC, start_processor, watermarks
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "tests" / "fixtures" / "treaties_test.yaml"
@@ -206,9 +206,7 @@ def high_watermark_sum(bootstrap: str, topic: str) -> int:
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        )
+        return sum(watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions)
     finally:
         consumer.close()
 
@@ -252,8 +250,8 @@ def partition_table(bootstrap: str, topics: Iterable[str]) -> str:
             finally:
                 reader.close()
         for tp in wanted:
-            start, end = plain.get_watermark_offsets(tp, timeout=10, cached=False)
-            _, last_stable = stable.get_watermark_offsets(tp, timeout=10, cached=False)
+            start, end = watermarks(plain, tp)
+            _, last_stable = watermarks(stable, tp)
             flag = "  <- open transaction" if last_stable < end else ""
             groups_at = " ".join(committed.get((tp.topic, tp.partition), [])) or "-"
             lines.append(
@@ -277,7 +275,7 @@ def read_to_end(bootstrap: str, group: str, topics: Iterable[str]) -> bool:
         for topic in topics:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
                 wanted.append(TopicPartition(topic, p))
-                ends[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                ends[(topic, p)] = watermarks(consumer, TopicPartition(topic, p))[1]
         committed = consumer.committed(wanted, timeout=10)
         return all(
             tp.offset >= ends[(tp.topic, tp.partition)] or ends[(tp.topic, tp.partition)] == 0
@@ -304,7 +302,7 @@ def count_records(bootstrap: str, topics: Iterable[str], *, committed: bool, tim
         assignment = []
         for topic in topics:
             for p in consumer.list_topics(topic, timeout=15).topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                low, high = watermarks(consumer, TopicPartition(topic, p))
                 if high > low:
                     ends[(topic, p)] = high
                     assignment.append(TopicPartition(topic, p, low))

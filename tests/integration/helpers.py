@@ -115,22 +115,19 @@ def sandbox_env(prefix: str, topics_file: Path, bootstrap: str, gateway_url: str
     }
 
 
+def watermarks(consumer: Any, tp: confluent_kafka.TopicPartition, *, cached: bool = False) -> tuple[int, int]:
+    """``consumer.get_watermark_offsets(tp)``, asked again for up to 30 s while the broker
+    answers with a transient error (a just-created topic may have no leader for a moment)."""
+    return retrying(lambda: consumer.get_watermark_offsets(tp, timeout=10, cached=cached), timeout_s=30)  # type: ignore[no-any-return]
+
+
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = confluent_kafka.Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"}
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        # a just-created topic may have no leader yet for a moment: ask again until it has
-        return {
-            p: retrying(
-                lambda p=p: consumer.get_watermark_offsets(
-                    confluent_kafka.TopicPartition(topic, p), timeout=10
-                ),
-                timeout_s=30,
-            )[1]
-            for p in partitions
-        }
+        return {p: watermarks(consumer, confluent_kafka.TopicPartition(topic, p))[1] for p in partitions}
     finally:
         consumer.close()
 
@@ -189,9 +186,7 @@ def read_topics(
         for topic in topics:
             metadata = consumer.list_topics(topic, timeout=15).topics[topic]
             for partition in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    confluent_kafka.TopicPartition(topic, partition), timeout=15
-                )
+                low, high = watermarks(consumer, confluent_kafka.TopicPartition(topic, partition))
                 if high > low:
                     targets[(topic, partition)] = high
                     assignment.append(confluent_kafka.TopicPartition(topic, partition, low))

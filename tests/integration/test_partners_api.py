@@ -30,6 +30,7 @@ from processors.cli import main
 from processors.settings import load_settings
 from processors.webhooks.secrets import SecretBox
 from processors.webhooks.store import SubscriptionStore
+from tests.integration.helpers import watermarks
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -125,7 +126,7 @@ def raw_values(bootstrap: str, topic: str) -> list[bytes]:
     )
     try:
         tp = confluent_kafka.TopicPartition(topic, 0)
-        _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        _low, high = watermarks(consumer, tp)
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         values: list[bytes] = []
         last = -1

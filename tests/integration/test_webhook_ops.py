@@ -28,6 +28,7 @@ from processors.api.server import ApiServer
 from processors.api.webhook_ops import CAUGHT_UP_HEADER, WebhookOpsRoutes
 from processors.settings import load_settings
 from processors.webhooks.attempts import JobRef
+from tests.integration.helpers import watermarks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -159,7 +160,7 @@ def read_to_end(bootstrap: str, topic: str) -> list[confluent_kafka.Message]:
         ends: dict[int, int] = {}
         starts = []
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, confluent_kafka.TopicPartition(topic, p))
             if high > low:
                 ends[p] = high
                 starts.append(confluent_kafka.TopicPartition(topic, p, low))

@@ -17,6 +17,7 @@ from processors.errors import BrokerError, ConfigError
 from processors.webhooks.secrets import SecretBox, StoredSecret, active_secrets
 from processors.webhooks.store import SubscriptionStore
 from processors.webhooks.subscriptions import Subscription, new_subscription_id
+from tests.integration.helpers import watermarks
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,7 +46,7 @@ def raw_values(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
     )
     try:
         tp = confluent_kafka.TopicPartition(topic, 0)
-        _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        _low, high = watermarks(consumer, tp)
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         records: list[tuple[bytes | None, bytes | None]] = []
         deadline = time.monotonic() + 30
