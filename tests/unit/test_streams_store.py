@@ -158,3 +158,89 @@ def test_two_stores_on_one_changelog_partition_are_both_restored() -> None:
     assert claims.base == {"claim:wm": b"21"}
     assert (policies.position, claims.position) == (4, 4)
     assert stats.records == 4  # the partition was read once, from the lower position
+
+
+def test_one_store_restores_tombstones_and_its_key_filter_from_where_it_was() -> None:
+    entries: list[tuple[str, bytes | None]] = [
+        ("mine:a", b"old"),  # read before: the store's position is past it
+        ("mine:a", b"1"),
+        ("other:b", b"2"),
+        ("mine:c", b"3"),
+        ("mine:c", None),
+        ("mine:d", b"4"),
+    ]
+    consumer = _Changelog(entries)
+    store = ChangelogStore("changelog", 0, key_filter=lambda key: key.startswith("mine:"))
+    store.base = {"mine:a": b"old", "mine:gone": b"x"}
+    store.position = 1
+    entries.append(("mine:gone", None))
+    stats = restore(consumer, [store])
+    assert consumer.assigned == []
+    assert store.base == {"mine:a": b"1", "mine:d": b"4"}
+    assert store.position == 7
+    assert stats.records == 6
+
+
+class _TwoPartitions(_Changelog):
+    """Partition 0 of ``changelog`` interleaved with entries of partition 1 already restored."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[StaticMessage]:
+        out: list[StaticMessage] = []
+        for entry in super().consume(num_messages, timeout):
+            out.append(_Entry("changelog", 1, entry.offset(), b"elsewhere", b"not mine"))
+            out.append(entry)
+        return out
+
+
+def test_entries_of_another_partition_in_the_batch_are_not_applied() -> None:
+    consumer = _TwoPartitions([("k", b"1"), ("k", b"2")])
+    store = ChangelogStore("changelog", 0)
+    stats = restore(consumer, [store])
+    assert store.base == {"k": b"2"}
+    assert stats.records == 2
+
+
+class _Broken(_Changelog):
+    """One good entry, then an error the client cannot retry."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[StaticMessage]:
+        good = super().consume(1, timeout)
+        return [*good, _Failing("changelog", 0, 1, None, None)] if good else []
+
+
+class _Failing(StaticMessage):
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+
+
+def test_an_error_mid_batch_ends_the_restore_with_the_store_at_the_last_entry_applied() -> None:
+    consumer = _Broken([("k", b"1"), ("k", b"2")])
+    store = ChangelogStore("changelog", 0)
+    with pytest.raises(BrokerError, match=r"restoring changelog\[0\]"):
+        restore(consumer, [store])
+    assert store.base == {"k": b"1"}
+    assert store.position == 1
+    assert consumer.assigned == []
+
+
+class _FromTheStart(_Changelog):
+    """A consumer that starts at the partition's beginning whatever offset it was given."""
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        super().assign(tps)
+        self.next = 0
+
+
+def test_entries_before_the_store_position_are_not_applied_again() -> None:
+    consumer = _FromTheStart([("k", b"old"), ("k", b"new")])
+    store = ChangelogStore("changelog", 0)
+    store.base = {"k": b"kept"}
+    store.position = 1
+    restore(consumer, [store])
+    assert store.base == {"k": b"new"}
+    consumer = _FromTheStart([("k", b"old"), ("j", b"1")])
+    store = ChangelogStore("changelog", 0)
+    store.base = {"k": b"kept"}
+    store.position = 1
+    restore(consumer, [store])
+    assert store.base == {"k": b"kept", "j": b"1"}
