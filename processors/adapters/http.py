@@ -31,6 +31,7 @@ __all__ = [
     "HttpTransport",
     "ResponseTooLarge",
     "TimeoutSettings",
+    "client_timeout",
 ]
 
 
@@ -58,6 +59,11 @@ class HttpResponse:
     body: bytes
 
     def header(self, name: str) -> str | None:
+        """The value of header ``name``, whatever its case (one lookup in aiohttp's own
+        case-insensitive mapping; a scan of a plain mapping)."""
+        value = self.headers.get(name)
+        if value is not None:
+            return value
         lowered = name.lower()
         for key, value in self.headers.items():
             if key.lower() == lowered:
@@ -85,6 +91,23 @@ class HttpResponse:
             text = ": ".join(str(x) for x in (payload.get("error"), payload.get("message")) if x)
             return text[:max_chars] or "no reason given"
         return "no reason given"
+
+
+_CLIENT_TIMEOUTS: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+
+def client_timeout(limits: TimeoutSettings) -> aiohttp.ClientTimeout:
+    """aiohttp's per-attempt timeouts for ``limits``: connect, then each read; no total (the
+    message deadline bounds the whole).  One immutable object per pair of values, built once."""
+    key = (limits.connect_timeout_s, limits.read_timeout_s)
+    timeout = _CLIENT_TIMEOUTS.get(key)
+    if timeout is None:
+        if len(_CLIENT_TIMEOUTS) >= 1024:  # endpoints' settings are few; never unbounded
+            _CLIENT_TIMEOUTS.clear()
+        timeout = _CLIENT_TIMEOUTS[key] = aiohttp.ClientTimeout(
+            total=None, sock_connect=key[0], sock_read=key[1]
+        )
+    return timeout
 
 
 class HttpTransport(Protocol):
@@ -140,20 +163,18 @@ class AiohttpTransport:
             await self.start()
             session = self._session
             assert session is not None
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect_timeout_s, sock_read=timeouts.read_timeout_s
-        )
         try:
             async with session.request(
                 request.method,
                 request.url,
                 headers=_with_traceparent(request.headers),
                 data=request.body,
-                timeout=timeout,
+                timeout=client_timeout(timeouts),
                 allow_redirects=False,
             ) as resp:
                 body = await _read_bounded(resp, self._max_response_bytes, request)
-                return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body)
+                # aiohttp's read-only, case-insensitive view of the answer's headers (no copy)
+                return HttpResponse(status=resp.status, headers=resp.headers, body=body)
         except TimeoutError as exc:
             raise HttpTimeout(f"{request.method} {_safe_url(request.url)}: timed out") from exc
         except aiohttp.ClientConnectionError as exc:
@@ -172,10 +193,11 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, request: HttpR
         )
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await resp.content.read(64 * 1024)
+    content = resp.content
+    while not content.at_eof():
+        chunk = await content.read(64 * 1024)
         if not chunk:
-            return b"".join(chunks)
+            break
         size += len(chunk)
         if size > limit:
             raise ResponseTooLarge(
@@ -183,6 +205,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, request: HttpR
                 f"over {limit} bytes"
             )
         chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _safe_url(url: str) -> str:
@@ -194,10 +217,10 @@ def _safe_url(url: str) -> str:
     return base
 
 
-def _with_traceparent(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request's headers plus the W3C ``traceparent`` of the call (tracing), if there is one."""
-    sent = dict(headers)
+def _with_traceparent(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The request's headers plus the W3C ``traceparent`` of the call (tracing), if there is one
+    (the request's own mapping, not a copy, when there is none)."""
     traceparent = tracing.outbound_traceparent()
-    if traceparent is not None:
-        sent["traceparent"] = traceparent
-    return sent
+    if traceparent is None:
+        return headers
+    return {**headers, "traceparent": traceparent}

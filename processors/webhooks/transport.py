@@ -25,7 +25,14 @@ from types import TracebackType
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from processors.adapters.http import ConnectFailed, HttpRequest, HttpResponse, HttpTimeout, TimeoutSettings
+from processors.adapters.http import (
+    ConnectFailed,
+    HttpRequest,
+    HttpResponse,
+    HttpTimeout,
+    TimeoutSettings,
+    client_timeout,
+)
 from processors.observability import tracing
 from processors.webhooks.ssrf import (
     AddressRefused,
@@ -235,9 +242,6 @@ class PinnedTransport:
             headers["traceparent"] = traceparent  # the delivery's call span (or the event's, untraced)
         if not any(name.lower() == "accept-encoding" for name in headers):
             headers["Accept-Encoding"] = "identity"  # the body cap then counts bytes on the wire
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=limits.connect_timeout_s, sock_read=limits.read_timeout_s
-        )
         token = _PIN.set(_Pin(host, port, tuple(addresses)))
         try:
             async with session.request(
@@ -245,11 +249,12 @@ class PinnedTransport:
                 request.url,
                 headers=headers,
                 data=request.body,
-                timeout=timeout,
+                timeout=client_timeout(limits),
                 allow_redirects=False,
             ) as resp:
                 body = await _read_capped(resp, self.max_response_bytes)
-                return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body)
+                # aiohttp's read-only, case-insensitive view of the answer's headers (no copy)
+                return HttpResponse(status=resp.status, headers=resp.headers, body=body)
         except TimeoutError as exc:
             raise HttpTimeout(f"{where}: timed out") from exc
         except aiohttp.ClientError as exc:
@@ -262,10 +267,11 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """At most ``limit`` bytes of the body; the rest is never read (the connection is dropped)."""
     chunks: list[bytes] = []
     remaining = limit
-    while remaining > 0:
-        chunk = await resp.content.read(remaining)
+    content = resp.content
+    while remaining > 0 and not content.at_eof():
+        chunk = await content.read(remaining)
         if not chunk:
             break
         chunks.append(chunk)
         remaining -= len(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
