@@ -73,7 +73,6 @@ import asyncio
 import contextlib
 import hashlib
 import queue
-import re
 import threading
 import time
 from collections import deque
@@ -99,9 +98,9 @@ from processors.adapters.http import (
     ResponseTooLarge,
 )
 from processors.adapters.payment_gateway import PaymentOutcome, parse_response
-from processors.apps.payments.mapping import idempotency_key
+from processors.apps.payments.mapping import gateway_fields, idempotency_key
 from processors.contract import Codec, avro
-from processors.contract.events import NO_WHITESPACE, Event, PaymentMethod
+from processors.contract.events import Event, PaymentMethod
 from processors.errors import (
     BrokerError,
     ContractError,
@@ -149,8 +148,6 @@ _DIGEST_FIELDS: Final[set[str]] = {"event_type", "subject", "data"}
 _AVRO: Final = b"application/avro"
 _READ_CHUNK: Final = 64 * 1024
 _MAX_PER_PARTITION: Final = 250_000  # answered ids held per partition (the product's bound)
-_IDENTIFIER = re.compile(NO_WHITESPACE)
-_URL = re.compile(r"^https?://\S+$")
 
 Output = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 """(topic, key, value, headers, partition or None: by key)."""
@@ -196,18 +193,6 @@ def request_body(
     )
 
 
-def _identifier(value: str | None, name: str) -> str:
-    if value is None or not 1 <= len(value) <= 128 or _IDENTIFIER.match(value) is None:
-        raise ValidationFailed(f"invalid gateway answer: {name} is not an identifier")
-    return value
-
-
-def _text(value: str, name: str, longest: int) -> str:
-    if not 1 <= len(value) <= longest:
-        raise ValidationFailed(f"invalid gateway answer: {name} must have 1 to {longest} characters")
-    return value
-
-
 def result_record(
     *,
     event_id: UUID,
@@ -223,55 +208,20 @@ def result_record(
     outcome: PaymentOutcome,
 ) -> tuple[str, dict[str, Any]]:
     """(event type, the Avro record) of ``mapping.result_event``: the envelope and payload as
-    the codec writes them.  The gateway's own fields are checked as the payload models check
-    them (``ValidationFailed``); the request's came from an event the codec validated."""
-    when = outcome.processed_at or occurred_at
-    if outcome.status == "COMPLETED":
-        receipt = outcome.receipt_url
-        if receipt is not None and (len(receipt) > 2048 or _URL.match(receipt) is None):
-            raise ValidationFailed("invalid gateway answer: receipt_url is not an http(s) URL")
-        event_type = "payment.completed"
-        data = {
-            "policy_id": policy_id,
-            "operation": operation,
-            "reference_id": reference_id,
-            "currency": currency,
-            "amount": amount,
-            "idempotency_key": key,
-            "source_event_id": source_event_id,
-            "payment_id": _identifier(outcome.payment_id or "", "payment_id"),
-            "gateway_reference": _identifier(outcome.gateway_reference or "", "gateway_reference"),
-            "processed_at": when,
-            "receipt_url": receipt,
-        }
-    elif outcome.status == "PENDING":
-        event_type = "payment.pending"
-        data = {
-            "policy_id": policy_id,
-            "operation": operation,
-            "reference_id": reference_id,
-            "currency": currency,
-            "amount": amount,
-            "idempotency_key": key,
-            "source_event_id": source_event_id,
-            "payment_id": _identifier(outcome.payment_id or "", "payment_id"),
-        }
-    else:
-        event_type = "payment.failed"
-        data = {
-            "policy_id": policy_id,
-            "operation": operation,
-            "reference_id": reference_id,
-            "currency": currency,
-            "amount": amount,
-            "idempotency_key": key,
-            "source_event_id": source_event_id,
-            "decline_code": _text(outcome.decline_code or "declined", "decline_code", 64),
-            "decline_reason": _text(
-                outcome.decline_reason or "declined by the gateway", "decline_reason", 1000
-            ),
-            "failed_at": when,
-        }
+    the codec writes them.  The gateway's own fields are checked by the product's
+    :func:`~processors.apps.payments.mapping.gateway_fields` (the payload models' own field
+    types, ``ValidationFailed``); the request's came from an event the codec validated."""
+    event_type, checked = gateway_fields(outcome, occurred_at)
+    data = {
+        "policy_id": policy_id,
+        "operation": operation,
+        "reference_id": reference_id,
+        "currency": currency,
+        "amount": amount,
+        "idempotency_key": key,
+        "source_event_id": source_event_id,
+        **checked,
+    }
     if not 1 <= len(correlation_id) <= 256:
         raise ValidationFailed("correlation_id must have 1 to 256 characters")
     record = {

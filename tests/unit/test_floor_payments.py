@@ -190,6 +190,8 @@ def test_the_result_is_the_codecs_avro_of_the_mappings_event(kind: str) -> None:
         ("payment_id", ""),
         ("gateway_reference", "x" * 129),
         ("receipt_url", "ftp://x"),
+        ("payment_id", "PMT-1\n"),  # the models refuse a trailing newline; a `$` regex would not
+        ("receipt_url", "https://r.invalid/1\n"),
     ],
 )
 def test_a_gateway_field_the_contract_refuses_is_refused(field: str, value: str) -> None:

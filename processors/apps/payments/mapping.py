@@ -28,7 +28,7 @@ from processors.contract.codec import validation_reason
 from processors.contract.events import MODEL_CONFIG, Code, Identifier, Text, Url, UtcDatetime
 from processors.errors import ValidationFailed
 
-__all__ = ["idempotency_key", "payment_request", "result_event", "result_record"]
+__all__ = ["gateway_fields", "idempotency_key", "payment_request", "result_event", "result_record"]
 
 
 def idempotency_key(event_id: UUID, app: str, operation: str) -> str:
@@ -136,34 +136,11 @@ _GATEWAY_FIELDS: dict[str, TypeAdapter[Any]] = {
 }
 
 
-def result_record(
-    event: Event,
-    request: PaymentRequest,
-    outcome: PaymentOutcome,
-    *,
-    source: str,
-    now: datetime | None = None,
-    event_id: UUID | None = None,
-) -> EventRecord:
-    """:func:`result_event` as an :class:`EventRecord`, without building the models.
-
-    The request's fields come from ``event``, which the codec validated under the same field
-    types (``tests/unit/test_payments_result_record.py`` holds the two contracts together);
-    the gateway's fields are checked here as the payload models check them, and a refusal is
-    a :class:`ValidationFailed` naming the field, never its value.  ``now`` is the event's
-    ``occurred_at`` (default: the current time, UTC) and the result's time when the gateway
-    gave none; ``event_id`` defaults to a fresh uuid4."""
-    occurred_at = now or datetime.now(UTC)
-    when = outcome.processed_at or occurred_at
-    data: dict[str, Any] = {
-        "policy_id": request.policy_id,
-        "operation": request.transaction_type,
-        "reference_id": request.reference_id,
-        "currency": request.currency,
-        "amount": request.amount,
-        "idempotency_key": request.idempotency_key,
-        "source_event_id": event.event_id,
-    }
+def gateway_fields(outcome: PaymentOutcome, now: datetime) -> tuple[str, dict[str, Any]]:
+    """(result event type, the gateway's own fields of its payload), checked as the payload
+    models check them; a refusal is a :class:`ValidationFailed` naming the field, never its
+    value.  ``now`` is the result's time when the gateway gave none."""
+    when = outcome.processed_at or now
     if outcome.status == "COMPLETED":
         event_type = "payment.completed"
         fields: dict[str, Any] = {
@@ -186,6 +163,37 @@ def result_record(
         checked = _GATEWAY_FIELDS[event_type].validate_python(fields)
     except ValidationError as exc:
         raise ValidationFailed(validation_reason(exc, f"gateway answer for {event_type}")) from None
+    return event_type, checked
+
+
+def result_record(
+    event: Event,
+    request: PaymentRequest,
+    outcome: PaymentOutcome,
+    *,
+    source: str,
+    now: datetime | None = None,
+    event_id: UUID | None = None,
+) -> EventRecord:
+    """:func:`result_event` as an :class:`EventRecord`, without building the models.
+
+    The request's fields come from ``event``, which the codec validated under the same field
+    types (``tests/unit/test_payments_result_record.py`` holds the two contracts together);
+    the gateway's fields are checked here as the payload models check them, and a refusal is
+    a :class:`ValidationFailed` naming the field, never its value.  ``now`` is the event's
+    ``occurred_at`` (default: the current time, UTC) and the result's time when the gateway
+    gave none; ``event_id`` defaults to a fresh uuid4."""
+    occurred_at = now or datetime.now(UTC)
+    event_type, checked = gateway_fields(outcome, occurred_at)
+    data: dict[str, Any] = {
+        "policy_id": request.policy_id,
+        "operation": request.transaction_type,
+        "reference_id": request.reference_id,
+        "currency": request.currency,
+        "amount": request.amount,
+        "idempotency_key": request.idempotency_key,
+        "source_event_id": event.event_id,
+    }
     data.update(checked)
     record = {
         "event_id": event_id or uuid4(),
