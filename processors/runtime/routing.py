@@ -151,6 +151,13 @@ class OrderingGate:
             return
         if not queue.ids:
             del by_key[key]
+            if not by_key:
+                del self._queues[(rid[0], rid[1])]
+
+    @property
+    def idle(self) -> bool:
+        """No key of any partition has events in retry (every record may run at once)."""
+        return not self._queues
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
@@ -223,6 +230,8 @@ class RetryRouter:
 
     def follow(self, msg: KafkaMessage) -> OutRecord | None:
         """The forward record when ``msg`` must wait behind an earlier event of its key."""
+        if self.gate.idle:
+            return None  # nothing in retry: the common case costs one lookup
         key = self._gated(msg)
         if key is None:
             return None
@@ -248,6 +257,8 @@ class RetryRouter:
         retry tier (and its followers behind it): processing it again would run it twice and
         ahead of its own retry.  The tier copy is the one that runs.
         """
+        if self.gate.idle:
+            return False
         key = self._gated(msg)
         if key is None or msg.topic() in self._tier_topics:
             return False
@@ -256,6 +267,8 @@ class RetryRouter:
         return queue is not None and rid in queue.ids
 
     def succeeded(self, msg: KafkaMessage) -> None:
+        if self.gate.idle:
+            return
         key = self._gated(msg)
         if key is not None:
             self.gate.done(original_id(msg), key)

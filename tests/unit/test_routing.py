@@ -86,7 +86,9 @@ def test_a_replayed_record_that_fails_again_past_the_limit_is_parked() -> None:
 
 def test_later_events_of_a_key_wait_behind_the_one_in_retry_in_order() -> None:
     router = RetryRouter(TOPICS, app="app")
+    assert router.gate.idle
     head = router.failed(_src(10), Retriable("503"), group="g", attempts=3)
+    assert not router.gate.idle
     # Offsets 11 and 12 of the same key arrive: both follow the head into its tier, in order.
     f11 = router.follow(_src(11))
     f12 = router.follow(_src(12))
@@ -111,7 +113,14 @@ def test_later_events_of_a_key_wait_behind_the_one_in_retry_in_order() -> None:
     assert router.follow(_moved(f12.headers, "app.retry.1-30s", 2)) is None
     router.succeeded(_moved(f12.headers, "app.retry.1-30s", 2))
     assert len(router.gate) == 0
+    assert router.gate.idle  # the last key out leaves nothing to look up
     assert router.follow(_src(14)) is None
+    assert not router.already_in_retry(_src(14))
+    # A new failure closes the gate again for its key.
+    router.failed(_src(15), Retriable("503"), group="g", attempts=1)
+    assert not router.gate.idle
+    assert router.already_in_retry(_src(15))
+    assert router.follow(_src(16)) is not None
 
 
 def test_a_dead_lettered_head_releases_its_followers() -> None:
