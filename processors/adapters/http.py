@@ -10,6 +10,7 @@ subclasses, so the retry decision stays with the exception type.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,21 +94,15 @@ class HttpResponse:
         return "no reason given"
 
 
-_CLIENT_TIMEOUTS: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
-
-
 def client_timeout(limits: TimeoutSettings) -> aiohttp.ClientTimeout:
     """aiohttp's per-attempt timeouts for ``limits``: connect, then each read; no total (the
     message deadline bounds the whole).  One immutable object per pair of values, built once."""
-    key = (limits.connect_timeout_s, limits.read_timeout_s)
-    timeout = _CLIENT_TIMEOUTS.get(key)
-    if timeout is None:
-        if len(_CLIENT_TIMEOUTS) >= 1024:  # endpoints' settings are few; never unbounded
-            _CLIENT_TIMEOUTS.clear()
-        timeout = _CLIENT_TIMEOUTS[key] = aiohttp.ClientTimeout(
-            total=None, sock_connect=key[0], sock_read=key[1]
-        )
-    return timeout
+    return _client_timeout(limits.connect_timeout_s, limits.read_timeout_s)
+
+
+@functools.lru_cache(maxsize=1024)  # endpoints' settings are few; never unbounded
+def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
 
 class HttpTransport(Protocol):

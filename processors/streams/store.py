@@ -216,8 +216,9 @@ def _apply(batch: list[Any], todo: dict[tuple[str, int], list[ChangelogStore]]) 
             return _apply_to_one(batch, topic, partition, only[0])
     applied = 0
     for msg in batch:
-        if msg.error() is not None:
-            _entry_error(msg)
+        err = msg.error()
+        if err is not None:
+            _entry_error(msg, err)
             continue
         targets = todo.get((msg.topic(), msg.partition()))
         if targets is None:
@@ -242,8 +243,9 @@ def _apply_to_one(batch: list[Any], topic: str, partition: int, store: Changelog
     applied = 0
     try:
         for msg in batch:
-            if msg.error() is not None:
-                _entry_error(msg)
+            err = msg.error()
+            if err is not None:
+                _entry_error(msg, err)
                 continue
             if msg.partition() != partition or msg.topic() != topic:
                 continue  # a partition already restored, still assigned
@@ -266,10 +268,9 @@ def _apply_to_one(batch: list[Any], topic: str, partition: int, store: Changelog
     return applied
 
 
-def _entry_error(msg: Any) -> None:
-    """An error in place of a changelog entry: the end of a partition and what the client retries
+def _entry_error(msg: Any, err: Any) -> None:
+    """``err`` in place of a changelog entry: the end of a partition and what the client retries
     itself pass; anything else ends the restore."""
-    err = msg.error()
     if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
         return
     if err.retriable() and not err.fatal():
