@@ -358,6 +358,15 @@ async def test_every_metric_the_dashboard_and_the_alerts_name_is_on_a_running_pr
 
             down = f"webhook:{subscriptions['down']}"
 
+            def dead_lettered(found: Scrape, app: str) -> float:
+                return sum(
+                    value
+                    for (name, labels), value in found.items()
+                    if name == "processors_app_failures_total"
+                    and dict(labels)["app"] == app
+                    and dict(labels)["destination"] == "dead_letter"
+                )
+
             def progress(found: Scrape) -> dict[str, float]:
                 return {
                     "delivered to ok": value_of(found, "processors_webhook_deliveries_total",
@@ -372,6 +381,9 @@ async def test_every_metric_the_dashboard_and_the_alerts_name_is_on_a_running_pr
                     "webhooks tier depth": sum(
                         depth for tier, depth in tier_depths(found, "webhooks").items() if tier != "0"
                     ),
+                    # the poison record, read by both apps of the billing topic
+                    "payments dead letters": dead_lettered(found, "payments"),
+                    "webhooks dead letters": dead_lettered(found, "webhooks"),
                 }  # fmt: skip
 
             async def complete() -> bool:
@@ -383,6 +395,8 @@ async def test_every_metric_the_dashboard_and_the_alerts_name_is_on_a_running_pr
                     and now["breaker of down opened"] >= 1
                     and now["bordereaux transactions"] >= 1
                     and now["webhooks tier depth"] >= 1
+                    and now["payments dead letters"] >= 1
+                    and now["webhooks dead letters"] >= 1
                 )
 
             try:
@@ -414,14 +428,7 @@ async def test_every_metric_the_dashboard_and_the_alerts_name_is_on_a_running_pr
     assert set(tier_depths(found, "webhooks")) == {str(index) for index in range(7)}
     # the poison record was dead-lettered by both apps that read the billing topic
     for app in ("payments", "webhooks"):
-        dead = [
-            value
-            for (name, labels), value in found.items()
-            if name == "processors_app_failures_total"
-            and dict(labels)["app"] == app
-            and dict(labels)["destination"] == "dead_letter"
-        ]
-        assert sum(dead) == 1, app
+        assert dead_lettered(found, app) == 1, app
     # 2024 reporting periods are read in the present: the open regulatory day is long overdue
     assert value_of(found, "processors_bordereaux_period_close_lag_seconds",
                     app="bordereaux", calendar="regulatory") > 86_400  # fmt: skip
