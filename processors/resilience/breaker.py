@@ -228,6 +228,8 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._generation = 0
+        self._closed_ticket = _Ticket(0, probe=False)
+        """The ticket of every call admitted while CLOSED in this generation (tickets are values)."""
         self._opened_at = 0.0
         self._consecutive_failures = 0
         self._probes_in_flight = 0
@@ -305,7 +307,7 @@ class CircuitBreaker:
         *around* ``call`` cancels it instead, and a cancelled call counts as neither success nor
         failure.)  The operation's own exceptions propagate unchanged.
         """
-        ticket = self._admit()
+        ticket = self.admit()
         started = time.perf_counter()
         try:
             if timeout_s is None:
@@ -313,19 +315,29 @@ class CircuitBreaker:
             else:
                 result = await self._bounded(operation, timeout_s)
         except BaseException as exc:
-            outcome = breaker_outcome(exc)
-            if outcome is BreakerOutcome.FAILURE:
-                self._record_failure(ticket)
-                self.latency.observe("failure", time.perf_counter() - started)
-            elif outcome is BreakerOutcome.HEALTHY:
-                self._record_success(ticket)
-                self.latency.observe("rejected", time.perf_counter() - started)
-            else:
-                self._release(ticket)
+            self.settle(ticket, started, exc)
             raise
-        self._record_success(ticket)
-        self.latency.observe("success", time.perf_counter() - started)
+        self.settle(ticket, started)
         return result
+
+    def settle(self, ticket: _Ticket, started: float, exc: BaseException | None = None) -> None:
+        """Count the outcome of a call admitted with ``ticket`` (``started``: its ``perf_counter``).
+
+        ``exc`` is what the call raised, None for a success: see :func:`breaker_outcome`.
+        """
+        if exc is None:
+            self._record_success(ticket)
+            self.latency.observe("success", time.perf_counter() - started)
+            return
+        outcome = breaker_outcome(exc)
+        if outcome is BreakerOutcome.FAILURE:
+            self._record_failure(ticket)
+            self.latency.observe("failure", time.perf_counter() - started)
+        elif outcome is BreakerOutcome.HEALTHY:
+            self._record_success(ticket)
+            self.latency.observe("rejected", time.perf_counter() - started)
+        else:
+            self._release(ticket)
 
     async def _bounded(self, operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:
         timer = asyncio.timeout(timeout_s)
@@ -363,10 +375,14 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ the machine
 
-    def _admit(self) -> _Ticket:
+    def admit(self) -> _Ticket:
+        """Take a call's permit; raise :class:`CircuitOpen` when the breaker refuses the call.
+
+        Every admitted call is settled exactly once (:meth:`settle`); :meth:`call` does both.
+        """
         state = self.state
         if state is BreakerState.CLOSED:
-            return _Ticket(self._generation, probe=False)
+            return self._closed_ticket
         if state is BreakerState.HALF_OPEN and self._probes_in_flight < self.settings.half_open_requests:
             self._probes_in_flight += 1
             return _Ticket(self._generation, probe=True)
@@ -413,6 +429,7 @@ class CircuitBreaker:
         now = self._clock()
         self._state = new
         self._generation += 1
+        self._closed_ticket = _Ticket(self._generation, probe=False)
         self._last_state_change_at = now
         self._transitions[(old, new)] = self._transitions.get((old, new), 0) + 1
         self._probes_in_flight = 0

@@ -79,48 +79,77 @@ class EndpointGuard:
         self._auditors: dict[str, AuditLogger] = {}
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
+        # One frame for the deadline, the attempts and the breaker (the layers of
+        # RetryPolicy.call and CircuitBreaker.call, with their rules shared through
+        # ``after_failure``, ``admit`` and ``settle``): this runs once per external call.
         breaker = self.breaker
-
-        async def counted() -> T:  # runs only when the breaker admitted the call
-            return await self._attempt(operation, context)
-
-        async def attempt(_n: int) -> T:
-            try:
-                return await breaker.call(counted)
-            except CircuitOpen as exc:
-                raise EndpointUnavailable(breaker, exc) from exc
-
+        retry = self.policy.retry
         deadline_s = self.policy.timeout.deadline_s
+        n = 1
         try:
             async with asyncio.timeout(deadline_s):
-                return await self.policy.retry.call(attempt)
+                while True:
+                    try:
+                        ticket = breaker.admit()
+                    except CircuitOpen as exc:
+                        raise EndpointUnavailable(breaker, exc) from exc
+                    started = time.perf_counter()
+                    try:
+                        result = await self._attempt(operation, context, started)
+                    except Retriable as exc:
+                        breaker.settle(ticket, started, exc)
+                        if isinstance(exc, Backpressure):
+                            raise  # the caller waits for the endpoint; no attempt is spent
+                        await asyncio.sleep(retry.after_failure(n, exc))
+                        n += 1
+                        continue
+                    except BaseException as exc:
+                        breaker.settle(ticket, started, exc)
+                        raise
+                    breaker.settle(ticket, started)
+                    return result
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"{self.endpoint}: no answer within the {deadline_s:g} s deadline"
             ) from exc
 
-    async def _attempt(self, operation: Callable[[], Awaitable[T]], context: CallContext | None) -> T:
-        """One call: counted, traced when tracing is on, and audited when there is a context."""
+    def _attempt(
+        self, operation: Callable[[], Awaitable[T]], context: CallContext | None, started: float
+    ) -> Awaitable[T]:
+        """One call (to await): counted, traced when tracing is on, audited when there is a context.
+
+        A plain function handing back the awaitable, so an untraced call adds no frame of its own.
+        """
         attempt = record_context.count_call()
         tracer = tracing.tracer()
-        if tracer is None:
-            return await self._audited(operation, context, attempt)
+        if tracer is not None:
+            return self._traced(tracer, operation, context, attempt, started)
+        if context is None:
+            return operation()
+        return self._audited(operation, context, attempt, started)
+
+    async def _traced(
+        self,
+        tracer: Any,
+        operation: Callable[[], Awaitable[T]],
+        context: CallContext | None,
+        attempt: int,
+        started: float,
+    ) -> T:
         operation_name = context.operation if context is not None else "call"
         with tracing.client_span(tracer, self.endpoint, operation_name, attempt):
-            return await self._audited(operation, context, attempt)
+            if context is None:
+                return await operation()
+            return await self._audited(operation, context, attempt, started)
 
     async def _audited(
-        self, operation: Callable[[], Awaitable[T]], context: CallContext | None, attempt: int
+        self, operation: Callable[[], Awaitable[T]], context: CallContext, attempt: int, started: float
     ) -> T:
-        if context is None:
-            return await operation()
-        started = time.perf_counter()
         try:
             result = await operation()
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                status, outcome = status_for_error(exc)
-                self._audit(context, attempt, status, outcome, started, error=exc)
+        except Exception as exc:
+            status, outcome = status_for_error(exc)
+            self._audit(context, attempt, status, outcome, started, error=exc)
             raise
         status, response = context.describe(result) if context.describe else ("ok", None)
         self._audit(context, attempt, status, "success", started, response=response)
@@ -166,4 +195,4 @@ class Unguarded(EndpointGuard):
     """
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, context: CallContext | None = None) -> T:
-        return await self._attempt(operation, context)
+        return await self._attempt(operation, context, time.perf_counter())

@@ -51,6 +51,22 @@ class RetryPolicy(BaseModel):
         ceiling = min(self.max_delay_ms, self.initial_delay_ms * self.multiplier ** (attempt - 1))
         return int((rng or random).uniform(0, ceiling))
 
+    def after_failure(self, attempt: int, exc: Retriable, *, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the attempt after ``attempt`` failed with ``exc``.
+
+        Raises :class:`RetriesExhausted` (from ``exc``) when no in-place attempt is left: out of
+        attempts, or the service wants a longer pause than ``max_delay_ms`` (the record moves to
+        a retry topic instead of sleeping here).
+        """
+        wanted_ms = None if exc.retry_after_s is None else exc.retry_after_s * 1000
+        if attempt >= self.max_attempts or (wanted_ms is not None and wanted_ms > self.max_delay_ms):
+            raise RetriesExhausted(
+                f"{attempt} attempts failed; last: {exc}",
+                attempts=attempt,
+                retry_after_s=exc.retry_after_s,
+            ) from exc
+        return self.backoff_ms(attempt, retry_after_s=exc.retry_after_s, rng=rng) / 1000
+
     async def call(
         self,
         operation: Callable[[int], Awaitable[T]],
@@ -66,14 +82,5 @@ class RetryPolicy(BaseModel):
             except Backpressure:
                 raise  # the caller waits for the endpoint; no attempt is spent
             except Retriable as exc:
-                wanted_ms = None if exc.retry_after_s is None else exc.retry_after_s * 1000
-                if attempt >= self.max_attempts or (wanted_ms is not None and wanted_ms > self.max_delay_ms):
-                    # Out of attempts, or the service wants a longer pause than the in-place
-                    # budget: the record moves to a retry topic instead of sleeping here.
-                    raise RetriesExhausted(
-                        f"{attempt} attempts failed; last: {exc}",
-                        attempts=attempt,
-                        retry_after_s=exc.retry_after_s,
-                    ) from exc
-                await sleep(self.backoff_ms(attempt, retry_after_s=exc.retry_after_s, rng=rng) / 1000)
+                await sleep(self.after_failure(attempt, exc, rng=rng))
                 attempt += 1
