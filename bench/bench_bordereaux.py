@@ -2,7 +2,7 @@
 
     python bench/bench_bordereaux.py [--events 50000] [--entries 1000000] [--rounds 3] [--json F]
 
-The generated policy and claim events are published once; three stages then read them, run
+The generated policy and claim events are published once; four stages then read them, run
 interleaved after a warm-up (medians of ``--rounds`` runs each, see ``bench/harness.py``):
 
 * ``ceiling``: one consumer (a fresh group each run) reads the events and decodes each with the
@@ -10,17 +10,24 @@ interleaved after a warm-up (medians of ``--rounds`` runs each, see ``bench/harn
 * ``plumbing``: the app's exactly-once path with no aggregation (the app's own route stage
   re-keys by policy; a second transactional stage decodes each event with the codec and writes
   one changelog entry per event, as the smallest de-duplicating state would);
+* ``plumbing-floor``: the same two stages with the same guarantees (one consumer, one
+  transactional producer, one transaction per fetched batch with its offsets, the same records
+  and changelog entries), hand-written on confluent_kafka and doing nothing else: the floor of
+  ``plumbing`` (``bench/floor_bordereaux.py``);
 * ``app``: the exactly-once bordereaux topology (route, ledger, assemble, each step a Kafka
   transaction) over the same events.
 
-Every run of ``plumbing`` and ``app`` writes to a fresh, isolated set of topics (a new prefix,
+Every run of ``plumbing``, ``plumbing-floor`` and ``app`` writes to a fresh, isolated set of topics (a new prefix,
 a new group, empty changelogs), so each run does the same work.  Each is timed — wall and
 process CPU — from its first record to its last output (the last report, for the app); the
 start-up before its first record is printed but not counted.  One unit is one event.
 
 Ratios: plumbing against the ceiling (what exactly-once costs on top of consume-and-decode,
-target ≥ 0.60), the app against the plumbing (what aggregation costs on top of exactly-once,
-target ≥ 0.60), and the app against the ceiling.
+target ≥ 0.60), plumbing against its floor (how close the product's exactly-once path is to
+the cheapest code with the same guarantees, target ≥ 0.90: where plumbing/ceiling misses its
+target, this says whether the product or the guarantees cost it), the app against the plumbing
+(what aggregation costs on top of exactly-once, target ≥ 0.60), and the app against the
+ceiling.
 
 Restore: ``--entries`` changelog entries written once to a partition after the stages, then
 read back in two stages interleaved in rounds of their own:
@@ -40,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import statistics
@@ -60,17 +66,15 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.common import broker, isolated_catalogue
+from bench.floor_bordereaux import CODEC, plumbing_floor_run, reading
 from bench.harness import Comparison, Report, Run, Stopwatch, interleaved, json_argument
 from processors.bordereaux.topology import BordereauxTopics, RouteTask, build_loop
 from processors.bordereaux.treaties import load_treaty_book
-from processors.contract import Codec, LocalSchemaIds
 from processors.kafka import KafkaClients
 from processors.streams.loop import Emitter, LoopStats, StageSpec, TransactionalLoop
 from processors.streams.store import ChangelogStore, restore
 from tests.bordereaux_oracle import generate
 from tests.integration.bordereaux_helpers import BOOK, publish_in_order, reference_reports
-
-CODEC = Codec(LocalSchemaIds())
 
 RESTORE_SCALE = 1_000_000
 """``restore_1m_s`` is the restore time of this many entries."""
@@ -149,7 +153,7 @@ def app_run(bootstrap: str, source_prefix: str, total: int, want_reports: int, b
     """The bordereaux topology over the published events, into fresh topics of its own."""
     with TemporaryDirectory() as tmp:
         _, _, prefix = isolated_catalogue(bootstrap, Path(tmp))
-    topics = _reading(BordereauxTopics.with_prefix(prefix), source_prefix)
+    topics = reading(BordereauxTopics.with_prefix(prefix), source_prefix)
     loop = build_loop(
         bootstrap_servers=bootstrap,
         group_id=f"{prefix}bordereaux",
@@ -180,15 +184,6 @@ def app_run(bootstrap: str, source_prefix: str, total: int, want_reports: int, b
         reader.close()
 
 
-def _reading(topics: BordereauxTopics, source_prefix: str) -> BordereauxTopics:
-    """``topics`` reading the events published under ``source_prefix``."""
-    return dataclasses.replace(
-        topics,
-        policy_events=f"{source_prefix}insurance.policy.events",
-        claim_events=f"{source_prefix}insurance.claim.events",
-    )
-
-
 class _DecodeAndKeep:
     """The plumbing's second stage: decode each routed event and keep its id (no aggregation)."""
 
@@ -216,7 +211,7 @@ def plumbing_run(bootstrap: str, source_prefix: str, total: int, batch_size: int
     """The app's exactly-once path with the aggregation taken out, into fresh topics of its own."""
     with TemporaryDirectory() as tmp:
         _, _, prefix = isolated_catalogue(bootstrap, Path(tmp))
-    topics = _reading(BordereauxTopics.with_prefix(prefix), source_prefix)
+    topics = reading(BordereauxTopics.with_prefix(prefix), source_prefix)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     metadata = admin.list_topics(timeout=15)
     by_policy_partitions = len(metadata.topics[topics.by_policy].partitions)
@@ -375,6 +370,9 @@ async def main() -> None:
                 "plumbing": lambda: asyncio.to_thread(
                     plumbing_run, bootstrap, prefix, total, args.batch_size
                 ),
+                "plumbing-floor": lambda: asyncio.to_thread(
+                    plumbing_floor_run, bootstrap, prefix, total, args.batch_size
+                ),
                 "app": lambda: asyncio.to_thread(
                     app_run, bootstrap, prefix, total, len(want_reports), args.batch_size
                 ),
@@ -408,6 +406,7 @@ async def main() -> None:
         units={
             "ceiling": "event",
             "plumbing": "event",
+            "plumbing-floor": "event",
             "app": "event",
             "restore-floor": "entry",
             "restore": "entry",
@@ -415,6 +414,7 @@ async def main() -> None:
         runs=runs,
         comparisons=[
             Comparison("plumbing/ceiling", "plumbing", "ceiling", target=0.60),
+            Comparison("plumbing/floor", "plumbing", "plumbing-floor", target=0.90),
             Comparison("app/plumbing", "app", "plumbing", target=0.60),
             Comparison("app/ceiling", "app", "ceiling"),
             Comparison("restore/restore-floor", "restore", "restore-floor", target=0.90),

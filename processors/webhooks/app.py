@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -174,8 +175,11 @@ class _Endpoint:
         return plain
 
 
+@functools.lru_cache(maxsize=4096)
 def url_host(url: str) -> str:
-    """Host (and port) of a partner URL for logs: never the path, query or user info."""
+    """Host (and port) of a partner URL for logs: never the path, query or user info.
+
+    Cached per URL (a pure function of the text; every delivery logs its endpoint's host)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or "?"
@@ -388,7 +392,8 @@ class WebhooksApp(RetryGateMixin):
         if forward is not None:
             return [forward]
         coordinates = original_id(msg)
-        previous = _int(header_value(msg.headers(), H.ATTEMPTS))
+        headers = msg.headers()
+        previous = _int(header_value(headers, H.ATTEMPTS))
         sub = self.store.table.get(job.subscription_id)
         if sub is None or not sub.deliverable:
             reason = "subscription deleted" if sub is None else _inactive_reason(sub)
@@ -431,9 +436,7 @@ class WebhooksApp(RetryGateMixin):
             return self._failed(msg, job, coordinates, undecryptable, attempt=0, host=host, sent=False)
 
         # this delivery's own context: calls add up from the attempts made before it
-        record_context.enter_new(
-            traceparent=header_value(msg.headers(), "traceparent"), previous_attempts=previous
-        )
+        record_context.enter_new(traceparent=header_value(headers, "traceparent"), previous_attempts=previous)
         attempt = previous + 1
         endpoint.waiting += 1
         try:
@@ -457,7 +460,7 @@ class WebhooksApp(RetryGateMixin):
                 ]
             if endpoint.rate is not None:
                 await endpoint.rate.acquire()
-            response = await self._send(endpoint, sub, job, secrets)
+            response = await self._send(endpoint, sub, job, secrets, host)
         except EndpointUnavailable:
             # Straight to a tier that waits at least until the breaker admits a probe again:
             # no pointless round through a shorter tier while it is still open.
@@ -500,7 +503,7 @@ class WebhooksApp(RetryGateMixin):
         ]  # fmt: skip
 
     async def _send(
-        self, endpoint: _Endpoint, sub: Subscription, job: DispatchJob, secrets: list[str]
+        self, endpoint: _Endpoint, sub: Subscription, job: DispatchJob, secrets: list[str], host: str
     ) -> HttpResponse:
         headers = signature_headers(
             webhook_id=job.webhook_id,
@@ -518,6 +521,8 @@ class WebhooksApp(RetryGateMixin):
 
         async def attempt() -> HttpResponse:
             response = await transport.send(request, timeouts=timeouts)
+            if 200 <= response.status < 300:
+                return response  # delivered (classify_status's first rule, without its lookups)
             outcome = classify_status(response.status, response.retry_after_s(), retry_after_cap_s=cap)
             if outcome.kind == "gone":
                 raise _Gone(outcome, response)
@@ -531,7 +536,7 @@ class WebhooksApp(RetryGateMixin):
             idempotency_key=job.webhook_id,
             request_summary={
                 "subscription_id": sub.id,
-                "url_host": url_host(sub.url),
+                "url_host": host,
                 "event_type": job.event_type,
                 "bytes": len(job.body),
             },

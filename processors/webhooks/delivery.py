@@ -14,10 +14,12 @@ event: it is delivered, signed and logged like any other, and carries no insuran
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from json.encoder import encode_basestring_ascii
+from typing import Final, Literal
 
 from processors.adapters import jsonwire
 from processors.contract import Event
@@ -249,30 +251,75 @@ def log_record(
     next_step: Literal["retry", "dlq"] | None = None,
     attempted_at: datetime | None = None,
 ) -> OutRecord:
-    """One line of ``integrations.webhook.deliveries`` (key: the subscription id)."""
-    value: dict[str, Any] = {
-        "subscription_id": job.subscription_id,
-        "webhook_id": job.webhook_id,
-        "event_id": job.event_id,
-        "event_type": job.event_type,
-        "subject": job.subject,
-        "attempt": attempt,
-        "status": status,
-        "http_status": http_status,
-        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
-        "error": error,
-        "response_excerpt": response_excerpt,
-        "attempted_at": _utc_iso(attempted_at or datetime.now(UTC)),
-        "url_host": url_host,
-        "next": next_step,
-        "job": {"topic": job_coordinates[0], "partition": job_coordinates[1], "offset": job_coordinates[2]},
-    }
+    """One line of ``integrations.webhook.deliveries`` (key: the subscription id).
+
+    The value is compact JSON with non-ASCII escaped, byte for byte what ``json.dumps(...,
+    separators=(",", ":"))`` writes for the line's fields in this order
+    (:func:`log_line_json`); written directly, since one is written per attempt.
+    """
     return OutRecord(
         topic=topic,
         key=job.subscription_id.encode(),
-        value=json.dumps(value, separators=(",", ":")).encode(),
+        value=log_line_json(
+            job,
+            status=status,
+            attempt=attempt,
+            url_host=url_host,
+            job_coordinates=job_coordinates,
+            http_status=http_status,
+            latency_ms=latency_ms,
+            error=error,
+            response_excerpt=response_excerpt,
+            next_step=next_step,
+            attempted_at=attempted_at,
+        ),
         headers=[("content-type", b"application/json")],
     )
+
+
+def log_line_json(
+    job: DispatchJob,
+    *,
+    status: Status,
+    attempt: int,
+    url_host: str,
+    job_coordinates: tuple[str, int, int],
+    http_status: int | None = None,
+    latency_ms: float | None = None,
+    error: str | None = None,
+    response_excerpt: str | None = None,
+    next_step: Literal["retry", "dlq"] | None = None,
+    attempted_at: datetime | None = None,
+) -> bytes:
+    """The value of a delivery-log line (see :func:`log_record`)."""
+    topic, partition, offset = job_coordinates
+    latency = None if latency_ms is None else round(latency_ms, 3)
+    return (
+        f'{{"subscription_id":{_text(job.subscription_id)},"webhook_id":{_text(job.webhook_id)},'
+        f'"event_id":{_text(job.event_id)},"event_type":{_text(job.event_type)},'
+        f'"subject":{_text(job.subject)},"attempt":{_number(attempt)},"status":{_text(status)},'
+        f'"http_status":{_number(http_status)},"latency_ms":{_number(latency)},'
+        f'"error":{_text(error)},"response_excerpt":{_text(response_excerpt)},'
+        f'"attempted_at":{_text(_utc_iso(attempted_at or datetime.now(UTC)))},'
+        f'"url_host":{_text(url_host)},"next":{_text(next_step)},'
+        f'"job":{{"topic":{_text(topic)},"partition":{_number(partition)},"offset":{_number(offset)}}}}}'
+    ).encode("ascii")
+
+
+def _text(value: str | None) -> str:
+    """A JSON string as ``json.dumps`` writes it (ASCII, escaped), or ``null``."""
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _number(value: float | None) -> str:
+    """A JSON number as ``json.dumps`` writes it, or ``null``."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value)  # NaN and the infinities as json.dumps writes them; bool
 
 
 def endpoint_event(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processors.contract.examples import example_event
 from processors.errors import ValidationFailed
@@ -120,3 +125,74 @@ def test_a_log_line_has_the_documented_fields() -> None:
     assert value["job"] == {"topic": "d", "partition": 1, "offset": 5}
     assert value["latency_ms"] == 12.346
     assert value["attempted_at"].endswith("Z")
+
+
+def _dumped_line(job: DispatchJob, **fields: Any) -> bytes:
+    """The delivery-log value as ``json.dumps`` writes the documented fields, in their order."""
+    latency = fields.get("latency_ms")
+    topic, partition, offset = fields["job_coordinates"]
+    value = {
+        "subscription_id": job.subscription_id,
+        "webhook_id": job.webhook_id,
+        "event_id": job.event_id,
+        "event_type": job.event_type,
+        "subject": job.subject,
+        "attempt": fields["attempt"],
+        "status": fields["status"],
+        "http_status": fields.get("http_status"),
+        "latency_ms": None if latency is None else round(latency, 3),
+        "error": fields.get("error"),
+        "response_excerpt": fields.get("response_excerpt"),
+        "attempted_at": fields["attempted_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "url_host": fields["url_host"],
+        "next": fields.get("next_step"),
+        "job": {"topic": topic, "partition": partition, "offset": offset},
+    }
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=40))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    error=_TEXT,
+    excerpt_text=_TEXT,
+    url_host=st.text(max_size=30),
+    http_status=st.one_of(st.none(), st.integers(min_value=100, max_value=599)),
+    latency_ms=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    attempt=st.integers(min_value=1, max_value=10**6),
+    offset=st.integers(min_value=0, max_value=2**62),
+    next_step=st.sampled_from([None, "retry", "dlq"]),
+    subject=st.text(min_size=1, max_size=30),
+)
+def test_a_log_line_is_byte_for_byte_what_json_dumps_writes(
+    error: str | None,
+    excerpt_text: str | None,
+    url_host: str,
+    http_status: int | None,
+    latency_ms: float | None,
+    attempt: int,
+    offset: int,
+    next_step: Literal["retry", "dlq"] | None,
+    subject: str,
+) -> None:
+    record = dispatch_records(example_event("policy.issued"), [Target('ep_é"', ordered=False)], topic="d")[0]
+    job = dataclasses.replace(
+        DispatchJob.from_message(StaticMessage("d", 1, 5, record.key, record.value, tuple(record.headers))),
+        subject=subject,
+    )
+    fields: dict[str, Any] = {
+        "status": "failed",
+        "attempt": attempt,
+        "url_host": url_host,
+        "job_coordinates": ("d\u2028", 3, offset),
+        "http_status": http_status,
+        "latency_ms": latency_ms,
+        "error": error,
+        "response_excerpt": excerpt_text,
+        "next_step": next_step,
+        "attempted_at": datetime(2026, 12, 7, 16, 30, 1, 234567, tzinfo=UTC),
+    }
+    line = log_record("deliveries", job, **fields)
+    assert line.value == _dumped_line(job, **fields)
