@@ -393,7 +393,7 @@ class RunSpoiled(RuntimeError):
     the floor's figure can only err on its fast side."""
 
 
-SPOILED_RUNS_ALLOWED = 3
+SPOILED_RUNS_ALLOWED = 6
 """Runs of the floor discarded in a row before the stage gives up."""
 
 
