@@ -307,6 +307,10 @@ def pipeline_settings(
             "allow": ["127.0.0.0/8"],
             "encryption_key": KEY,
             "max_connections_per_host": per_host,
+            # A waiting room as large as the worker budget: no delivery to a healthy receiver is
+            # ever deferred to a retry tier as "busy", so product and floor measure the same
+            # healthy path (a deferral would measure the tier's delay, not the record path).
+            "max_waiting_per_endpoint": concurrency,
             "engine": {"max_concurrency": concurrency, "max_buffered_per_partition": 5000,
                        "max_buffered": 30000},
         },

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +23,67 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    items[:] = long_tests_first(items, workers)
+
+
+def _cost(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("cost")
+    return float(marker.args[0]) if marker else 0.0
+
+
+def long_tests_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The collection in the order that lets ``--dist worksteal`` finish soonest.
+
+    Worksteal hands each worker one contiguous slice of the collection (the first
+    ``len // workers`` items to the first, and so on), and an idle worker later steals the back
+    half of the longest queue.  A test of several minutes that sat late in a slice would start
+    late and leave the other worker idle at the end.  So every test marked ``cost(seconds)``
+    goes to the front of a slice: those that take the heavy-test lock all to the first slice
+    (side by side they would only wait for each other), the others longest first, each to the
+    slice with the least marked cost so far.  The unmarked tests fill the slices up to their
+    sizes in their collected order, which keeps modules together.  The order depends only on
+    the collection, so every worker computes the same one, as xdist requires.
+    """
+    if workers < 2:
+        return items
+    long = [item for item in items if _cost(item) > 0]
+    light = [item for item in items if _cost(item) == 0]
+    fronts: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for item in sorted(long, key=_cost, reverse=True):
+        slot = 0 if "one_heavy_at_a_time" in getattr(item, "fixturenames", ()) else loads.index(min(loads))
+        fronts[slot].append(item)
+        loads[slot] += _cost(item)
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for slot in range(workers):
+        size = remaining // (workers - slot)  # what worksteal sends this slice
+        fill = max(0, size - len(fronts[slot]))
+        ordered += fronts[slot] + light[:fill]
+        light = light[fill:]
+        remaining -= len(fronts[slot]) + fill
+    return ordered + light
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """With ``PROCESSORS_TEST_TIMELINE=FILE``, each test's worker, start and end (Unix seconds)
+    are appended to FILE, one line per test: how a run's time was spent, and where a worker
+    stood idle."""
+    path = os.environ.get("PROCESSORS_TEST_TIMELINE")
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        if path:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(f"{worker} {start:.1f} {time.time():.1f} {item.nodeid}\n")
 
 
 @pytest.fixture
