@@ -487,22 +487,12 @@ class AuditLogger:
                 sink.emit(event)
             except Exception:  # a sink breaking its contract must not break the caller
                 log.exception("audit sink %s raised", type(sink).__name__)
-        try:
-            level = logging.INFO if event.outcome == "success" else logging.WARNING
-            if _audit_log.isEnabledFor(level):
-                _audit_log.log(
-                    level,
-                    "%s %s %s: %s (%s) in %.1f ms",
-                    event.direction,
-                    event.endpoint,
-                    event.operation,
-                    event.status,
-                    event.outcome,
-                    event.latency_ms,
-                    extra={**event.log_fields(), EXTRAS_REDACTED: True},
-                )
-        except Exception:
-            log.exception("audit event %s could not be logged", event.audit_id)
+        level = logging.INFO if event.outcome == "success" else logging.WARNING
+        if _audit_log.isEnabledFor(level):
+            try:
+                _log_line(level, event.log_fields())
+            except Exception:
+                log.exception("audit event %s could not be logged", event.audit_id)
 
     def record_outbound(
         self,
@@ -523,12 +513,13 @@ class AuditLogger:
     ) -> None:
         """:meth:`record_interaction` of an app's own outbound call (no actor), on the hot path.
 
-        When the sink takes JSON (:class:`KafkaAuditSink`) and the audit log line is off, the
-        record is written straight to the bytes ``AuditEvent(...).to_json()`` writes, with the
-        checks and redaction of the model's validators (:func:`outbound_json`); anything those
-        checks would not let through, a value the fast writer does not handle, a log line to
-        write or another sink takes the model's path, which validates, logs and refuses exactly
-        as before.  Never raises.
+        When the sink takes JSON (:class:`KafkaAuditSink`), the record is written straight to
+        the bytes ``AuditEvent(...).to_json()`` writes, with the checks and redaction of the
+        model's validators (:func:`outbound_json`), and the audit log line (when its level is
+        on) carries those bytes read back, which are the fields ``log_fields()`` gives; anything
+        those checks would not let through, a value the fast writer does not handle or another
+        sink takes the model's path, which validates, logs and refuses exactly as before.
+        Never raises.
         """
         fields: dict[str, Any] = {
             "endpoint": endpoint,
@@ -545,8 +536,7 @@ class AuditLogger:
         }
         sink = self.sink
         emit_json = getattr(sink, "emit_json", None)
-        level = logging.INFO if outcome == "success" else logging.WARNING
-        if emit_json is not None and not _audit_log.isEnabledFor(level):
+        if emit_json is not None:
             text = None if error is None else f"{type(error).__name__}: {error}"
             try:
                 written = outbound_json(
@@ -561,6 +551,12 @@ class AuditLogger:
                     emit_json(app, audit_id, value)
                 except Exception:
                     log.exception("audit sink %s raised", type(sink).__name__)
+                level = logging.INFO if outcome == "success" else logging.WARNING
+                if _audit_log.isEnabledFor(level):
+                    try:  # the fields as the model's log_fields() gives them: its JSON, read back
+                        _log_line(level, orjson.loads(value))
+                    except Exception:
+                        log.exception("audit event %s could not be logged", audit_id)
                 return
         self.record_interaction(direction="outbound", traceparent=traceparent, error=error, **fields)
 
@@ -615,6 +611,21 @@ class AuditLogger:
             return None
         self.record(event)
         return event
+
+
+def _log_line(level: int, fields: dict[str, Any]) -> None:
+    """The audit log line of one event, from its JSON-ready fields (already redacted)."""
+    _audit_log.log(
+        level,
+        "%s %s %s: %s (%s) in %.1f ms",
+        fields["direction"],
+        fields["endpoint"],
+        fields["operation"],
+        fields["status"],
+        fields["outcome"],
+        fields["latency_ms"],
+        extra={**fields, EXTRAS_REDACTED: True},
+    )
 
 
 def audit_logger(app: str, sink: AuditSink | None = None) -> AuditLogger:

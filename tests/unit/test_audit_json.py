@@ -225,7 +225,40 @@ def test_a_kafka_sink_gets_the_models_bytes_without_the_model() -> None:
     assert EMAIL not in value.decode()
 
 
-def test_with_the_audit_log_line_on_the_record_takes_the_models_path_and_is_logged() -> None:
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_with_the_audit_log_line_on_the_fast_writer_still_writes_the_record_and_the_line(
+    outcome: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``processors run`` logs at INFO: the audit line is on for every call, and the record still
+    skips the model; the line carries exactly the fields the model's ``log_fields()`` gives."""
+    built: list[object] = []
+    original = AuditEvent.__init__
+
+    def spy(self: AuditEvent, **values: Any) -> None:
+        built.append(values)
+        original(self, **values)
+
+    monkeypatch.setattr(AuditEvent, "__init__", spy)
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    sent: list[bytes] = []
+    sink = KafkaAuditSink(lambda topic, key, value: sent.append(value), "integrations.audit")
+    try:
+        _record(audit_logger("payments", sink), outcome=outcome)
+    finally:
+        configure_logging("WARNING", stream=io.StringIO())
+    assert built == []  # no model on the way
+    [value] = sent
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if '"processors.audit"' in x]
+    assert line["level"] == ("INFO" if outcome == "success" else "WARNING")
+    core = {"ts", "level", "logger", "msg"}
+    assert {k: v for k, v in line.items() if k not in core} == AuditEvent.from_json(value).log_fields()
+    assert line["msg"].startswith("outbound payment-gateway charge: ")
+    assert CARD not in stream.getvalue()
+    assert EMAIL not in stream.getvalue()
+
+
+def test_with_the_audit_log_line_on_the_record_is_logged_with_its_error_redacted() -> None:
     stream = io.StringIO()
     configure_logging("INFO", stream=stream)
     sent: list[bytes] = []
