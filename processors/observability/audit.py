@@ -26,6 +26,7 @@ pattern scrubber in validators, and every way of building one (the constructor,
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import threading
@@ -144,6 +145,8 @@ def _new_audit_id() -> UUID:
 
 
 _ids = random.Random()
+# A forked child would otherwise draw the same ids as its parent (and as its siblings).
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 class Actor(BaseModel):

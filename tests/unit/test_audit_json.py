@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,6 +25,7 @@ from processors.observability.audit import (
     AuditEvent,
     KafkaAuditSink,
     MemoryAuditSink,
+    _new_audit_id,
     audit_logger,
     outbound_json,
     trace_id_from_traceparent,
@@ -290,3 +292,17 @@ def test_a_record_the_model_refuses_is_not_written_and_is_logged(caplog: pytest.
         _record(audit_logger("payments", sink), operation="")
     assert sent == []
     assert any("not recorded" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_draws_audit_ids_of_its_own() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without running the parent's cleanup
+        os.write(write, _new_audit_id().bytes)
+        os._exit(0)
+    os.close(write)
+    child = UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != _new_audit_id()  # without a reseed both draw the same next id
