@@ -46,7 +46,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import broker, payments_rate, raw_http_rate, sandbox_process, wait_http
+from bench.common import broker, payments_rate, production_logging, raw_http_rate, sandbox_process, wait_http
 from bench.floor_payments import payments_floor_rate
 from bench.harness import Comparison, Report, interleaved, json_argument
 
@@ -60,6 +60,7 @@ async def main() -> None:
     parser.add_argument("--ceiling-requests", type=int, default=10_000)
     json_argument(parser)
     args = parser.parse_args()
+    logging_note = production_logging()
 
     with broker() as info, sandbox_process(args.latency_ms) as url:
         await wait_http(url + "/_sandbox/health")
@@ -96,9 +97,10 @@ async def main() -> None:
             Comparison("tracing on/off", "payments-traced", "payments"),
         ],
         notes=[
+            logging_note,
             f"{args.events} events over {args.policies} policies, key order, {args.concurrency} concurrent, "
             f"sandbox latency {args.latency_ms} ms; ceiling capped at "
-            f"{args.concurrency * 1000 // max(1, args.latency_ms):,} req/s by latency"
+            f"{args.concurrency * 1000 // max(1, args.latency_ms):,} req/s by latency",
         ],
     ).emit(args.json)
 

@@ -71,7 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import aiohttp
 import confluent_kafka
 
-from bench.common import broker, isolated_catalogue
+from bench.common import broker, isolated_catalogue, production_logging
 from bench.floor_webhooks import SPOILED_RUNS_ALLOWED, RunSpoiled, floor_running, webhooks_floor_run
 from bench.harness import Comparison, Report, Run, Stopwatch, interleaved, json_argument
 from processors.contract import Codec, ContentType, Event, LocalSchemaIds
@@ -562,6 +562,7 @@ async def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=500.0, help="deliveries/s in the latency phase")
     json_argument(parser)
     args = parser.parse_args()
+    logging_note = production_logging()
     per_host = PER_HOST
     print(
         f"connections: {args.concurrency} in all, {per_host} per host, on both sides "
@@ -632,6 +633,7 @@ async def main() -> None:
     targets: dict[str, str] = {}
     sizes = ", ".join(f"{stage} {statistics.fmean(v):.0f} B" for stage, v in bodies.items())
     notes = [
+        logging_note,
         f"{args.events} events per run over 100 endpoints (11 or 12 per event), receivers answer after "
         f"{args.latency_ms} ms; connections {args.concurrency} in all and {per_host} per host on both sides",
         f"mean delivery body at the receivers: {sizes}",

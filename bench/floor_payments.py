@@ -112,6 +112,7 @@ from processors.errors import (
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
 from processors.observability.audit import (
+    audit_line,
     outbound_json,
     status_for_error,
     trace_id_from_traceparent,
@@ -1122,6 +1123,7 @@ class FloorPayments:
             self._producer.produce(self.audit_topic, value, b"payments")
         except (BufferError, confluent_kafka.KafkaException):
             self.audit_lost += 1
+        audit_line(value, outcome)  # its log line, when the level is on (as the product writes it)
 
 
 def _resolve(future: asyncio.Future[dict[str, int]], value: dict[str, int]) -> None:

@@ -125,7 +125,12 @@ from processors.contract import Codec
 from processors.errors import BrokerError, ContractError, Permanent, Retriable, ValidationFailed
 from processors.kafka import KafkaClients
 from processors.kafka.consume import fetch
-from processors.observability.audit import outbound_json, status_for_error, trace_id_from_traceparent
+from processors.observability.audit import (
+    audit_line,
+    outbound_json,
+    status_for_error,
+    trace_id_from_traceparent,
+)
 from processors.partners.store import PARTNERS_TOPIC, PartnerStore
 from processors.resilience.classify import BreakerOutcome, breaker_outcome
 from processors.resilience.config import EndpointPolicy, load_resilience
@@ -1084,6 +1089,7 @@ class FloorWebhooks:
             self.audit_lost += 1
         else:
             self._send_audit(value)
+            audit_line(value, outcome)  # its log line, when the level is on (as the product writes it)
 
     # ------------------------------------------------------------------ outcomes
 

@@ -63,6 +63,7 @@ __all__ = [
     "KafkaAuditSink",
     "MemoryAuditSink",
     "Outcome",
+    "audit_line",
     "audit_logger",
     "configure_audit_sink",
     "outbound_json",
@@ -554,12 +555,7 @@ class AuditLogger:
                     emit_json(app, audit_id, value)
                 except Exception:
                     log.exception("audit sink %s raised", type(sink).__name__)
-                level = logging.INFO if outcome == "success" else logging.WARNING
-                if _audit_log.isEnabledFor(level):
-                    try:  # the fields as the model's log_fields() gives them: its JSON, read back
-                        _log_line(level, orjson.loads(value))
-                    except Exception:
-                        log.exception("audit event %s could not be logged", audit_id)
+                audit_line(value, outcome, audit_id)
                 return
         self.record_interaction(direction="outbound", traceparent=traceparent, error=error, **fields)
 
@@ -614,6 +610,18 @@ class AuditLogger:
             return None
         self.record(event)
         return event
+
+
+def audit_line(value: bytes, outcome: str, audit_id: UUID | None = None) -> None:
+    """The audit log line of a record :func:`outbound_json` wrote, when its level is on
+    (``INFO`` for a success, ``WARNING`` otherwise).  The line carries the record read back: the
+    fields the model's ``log_fields()`` gives.  Never raises."""
+    level = logging.INFO if outcome == "success" else logging.WARNING
+    if _audit_log.isEnabledFor(level):
+        try:
+            _log_line(level, orjson.loads(value))
+        except Exception:
+            log.exception("audit event %s could not be logged", audit_id)
 
 
 def _log_line(level: int, fields: dict[str, Any]) -> None:

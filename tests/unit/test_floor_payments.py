@@ -8,8 +8,11 @@ JSON, the answered-id digest, and the offset bookkeeping.  No Kafka, no HTTP.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, cast
 from uuid import UUID
 
@@ -359,3 +362,30 @@ def test_the_breaker_opens_after_consecutive_failures_and_probes_after_its_perio
     closed.failed()
     assert not closed.admit()
     assert closed.state == "open"
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_each_attempt_also_writes_the_products_audit_log_line(
+    outcome: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the audit log line on (``processors run`` logs at INFO, and the bench logs as it
+    does), the floor writes the line the product writes for the record it produced."""
+    from bench.floor_payments import FloorPayments
+    from processors.observability.logs import log_extras
+
+    produced: list[bytes] = []
+    floor = object.__new__(FloorPayments)
+    floor._producer = SimpleNamespace(produce=lambda _topic, value, _key: produced.append(value))  # type: ignore[attr-defined]
+    floor.audit_topic = "audit"
+    floor.audit_lost = 0
+    caplog.set_level(logging.INFO, logger="processors.audit")
+    floor._audit(
+        operation="charge", key="idem_1", status="COMPLETED" if outcome == "success" else "timeout",
+        outcome=outcome, started=time.perf_counter(), attempt=1, breaker_state="closed",
+        correlation="corr-1", trace_id=None, request_summary={"amount": "1.00"},
+        response_summary={}, error=None if outcome == "success" else "HttpTimeout: timed out",
+    )  # fmt: skip
+    [value] = produced
+    [line] = [r for r in caplog.records if r.name == "processors.audit"]
+    assert line.levelno == (logging.INFO if outcome == "success" else logging.WARNING)
+    assert log_extras(line) == AuditEvent.from_json(value).log_fields()

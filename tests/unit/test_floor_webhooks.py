@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import math
 import time
 from collections import deque
@@ -43,6 +44,7 @@ from processors.contract import Codec, ContentType, Event, LocalSchemaIds
 from processors.errors import ValidationFailed
 from processors.observability import tracing
 from processors.observability.audit import KafkaAuditSink, configure_audit_sink
+from processors.observability.logs import log_extras
 from processors.partners.model import Partner
 from processors.partners.projection import NO_GRANTS
 from processors.resilience.config import load_resilience
@@ -575,3 +577,34 @@ def test_no_delivery_received_gives_no_percentile() -> None:
     assert math.isnan(latency.p99_ms)
     assert latency.measured == 0
     assert latency.missing == len(matching(event.event_type))
+
+
+@pytest.mark.parametrize("answer", ["delivered", "server-error"])
+async def test_with_the_audit_log_line_on_both_write_the_same_line(
+    answer: str, audited: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``processors run`` logs at INFO, and the bench logs as it does: the floor writes the
+    product's audit log line for each attempt, so both pay for it."""
+    caplog.set_level(logging.INFO, logger="processors.audit")
+    w = World()
+    sub = w.subscribe(1)
+    w.product_http.answers[sub.url] = w.floor_http.answers[sub.url] = ANSWERS[answer]
+    msg = await w.dispatch()
+
+    def lines() -> list[tuple[int, dict[str, Any]]]:
+        found = []
+        for record in caplog.records:
+            if record.name == "processors.audit":
+                fields = {k: v for k, v in log_extras(record).items() if k not in VARYING}
+                found.append((record.levelno, fields))
+        caplog.clear()
+        return found
+
+    await w.product(msg)
+    product = lines()
+    await w.mine(msg)
+    assert lines() == product
+    assert [level for level, _ in product] == [logging.INFO if answer == "delivered" else logging.WARNING]
+
+
+VARYING = ("audit_id", "occurred_at", "latency_ms")
