@@ -110,7 +110,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.mark.cost(70)
 async def test_readyz_follows_the_broker_down_and_back_up(
     client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

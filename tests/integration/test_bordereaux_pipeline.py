@@ -65,7 +65,6 @@ def _setup(isolated_topics: Callable[..., tuple[Path, str]], n_events: int, seed
 
 
 # waits up to 600 s for the reports, plus the lock's wait (one heavy test at a time)
-@pytest.mark.cost(175)
 @pytest.mark.timeout(1500)
 @pytest.mark.usefixtures("one_heavy_at_a_time")
 def test_100k_events_match_an_independent_recomputation(
@@ -121,7 +120,6 @@ def test_100k_events_match_an_independent_recomputation(
         assert json.loads(job["manifest"]) == json.loads(json.dumps(manifest, default=str))
 
 
-@pytest.mark.cost(60)
 @pytest.mark.timeout(900)
 def test_sigkill_at_random_points_gives_byte_identical_reports(
     isolated_topics: Callable[..., tuple[Path, str]], kafka_bootstrap: str, tmp_path: Path
@@ -180,7 +178,6 @@ def test_sigkill_at_random_points_gives_byte_identical_reports(
     assert {m.key().decode(): m.value() for m in reader.on(files)} == want_files
 
 
-@pytest.mark.cost(50)
 @pytest.mark.timeout(900)
 def test_two_instances_one_stopped_mid_run_give_identical_reports(
     isolated_topics: Callable[..., tuple[Path, str]], kafka_bootstrap: str, tmp_path: Path

@@ -166,7 +166,6 @@ def test_aborted_transactions_are_invisible_to_read_committed(apache: ApacheKafk
     assert everything == [b"committed-1", b"aborted", b"committed-2"]
 
 
-@pytest.mark.cost(60)
 @needs_apache
 def test_apache_broker_restarts_on_the_same_address_with_its_data() -> None:
     with ApacheKafkaBroker() as broker:

@@ -122,7 +122,6 @@ class RestartableGateway:
             self._runner = None
 
 
-@pytest.mark.cost(45)
 async def test_outage_pauses_instead_of_dead_lettering_and_everything_arrives_after_recovery(
     kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:
@@ -314,7 +313,6 @@ async def test_later_events_of_a_policy_wait_behind_one_in_a_retry_tier(
     assert set(charges.values()) == {1}
 
 
-@pytest.mark.cost(50)
 async def test_key_order_holds_across_a_crash_while_an_event_waits_in_a_retry_tier(
     kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:

@@ -54,7 +54,6 @@ async def _until(condition: Any, *, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.cost(100)
 async def test_a_broker_killed_mid_run_loses_nothing_and_charges_once(
     session: aiohttp.ClientSession, tmp_path: Path, figures: Callable[[str], None]
 ) -> None:

@@ -57,7 +57,6 @@ def _app_log(path: Path) -> str:
     return "\n".join(lines[-60:])
 
 
-@pytest.mark.cost(180)
 def test_a_broker_killed_under_bordereaux_leaves_byte_identical_reports(
     tmp_path: Path, figures: Callable[[str], None]
 ) -> None:

@@ -112,7 +112,6 @@ def kafka_bootstrap(proxied_broker: ProxiedBroker) -> str:
     return proxied_broker.direct
 
 
-@pytest.mark.cost(90)
 async def test_latency_resets_and_a_black_hole_to_the_broker_lose_nothing(
     proxied_broker: ProxiedBroker,
     kafka_bootstrap: str,

@@ -37,7 +37,6 @@ KILL_EVERY_S = (3.0, 6.0)
 """Ten kills, one every 3-6 s: about a minute of churn, however slow the machine is."""
 
 
-@pytest.mark.cost(65)
 async def test_members_killed_at_random_lose_nothing_and_charge_once(
     kafka_bootstrap: str,
     isolated_topics: Callable[[], tuple[Path, str]],

@@ -77,7 +77,6 @@ def _pace(reader: CommittedReader, seconds: float) -> None:
         reader.poll(min(0.3, max(0.0, until - time.monotonic())))
 
 
-@pytest.mark.cost(100)
 def test_static_members_killed_at_random_give_byte_identical_reports(
     isolated_topics: Callable[..., tuple[Path, str]],
     kafka_bootstrap: str,

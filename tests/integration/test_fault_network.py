@@ -37,7 +37,6 @@ SPIKE_S = 10.0
 RESETS_S = 10.0
 
 
-@pytest.mark.cost(95)
 async def test_latency_resets_and_a_black_hole_to_the_gateway_lose_nothing(
     kafka_bootstrap: str,
     isolated_topics: Callable[..., tuple[Path, str]],

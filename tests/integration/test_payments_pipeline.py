@@ -37,7 +37,6 @@ def _instalment_number(reference_id: str) -> int:
     return int(reference_id.rsplit("-I", 1)[1])
 
 
-@pytest.mark.cost(40)
 async def test_sigkill_mid_run_loses_nothing_reorders_nothing_and_charges_once(
     kafka_bootstrap: str, isolated_topics: Callable[[], tuple[Path, str]], tmp_path: Path
 ) -> None:

@@ -265,7 +265,6 @@ def _writes_held(url: str) -> Iterator[Callable[[], dict[tuple[str, int], int]]]
         pg_conn.close()
 
 
-@pytest.mark.cost(40)
 def test_a_projector_killed_mid_stream_loses_and_duplicates_nothing(
     kafka_bootstrap: str,
     isolated_topics: Callable[..., tuple[Path, str]],

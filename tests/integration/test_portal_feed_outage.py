@@ -70,7 +70,6 @@ async def next_event(feed: Any, timeout_s: float = 60) -> LiveEvent:
     return got
 
 
-@pytest.mark.cost(40)
 async def test_the_feed_rides_out_a_broker_outage_and_keeps_its_subscribers(
     proxied_broker: ProxiedBroker,  # noqa: F811 - the imported fixture
     kafka_bootstrap: str,

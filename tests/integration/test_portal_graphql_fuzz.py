@@ -251,7 +251,6 @@ def operations(
 # ------------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.cost(45)
 async def test_generated_operations_get_typed_answers(
     kafka_bootstrap: str, isolated_topics: Callable[..., tuple[Path, str]], tmp_path: Path
 ) -> None:

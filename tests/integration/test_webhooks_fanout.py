@@ -156,7 +156,6 @@ async def all_received(partners: dict[str, tuple[Partner, set[str]]], timeout_s:
         raise AssertionError(f"deliveries still missing after {timeout_s} s: {missing}") from None
 
 
-@pytest.mark.cost(480)
 @pytest.mark.usefixtures("one_heavy_at_a_time")
 async def test_forty_partners_five_thousand_events(
     kafka_bootstrap: str,

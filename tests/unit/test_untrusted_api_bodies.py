@@ -535,7 +535,6 @@ ROUTES = [
 ]
 
 
-@pytest.mark.cost(60)
 @pytest.mark.parametrize("route", ROUTES, ids=str)
 @BODIES
 @given(data=st.data())
@@ -547,7 +546,6 @@ def test_a_route_answers_a_documented_status(api: LiveApi, route: Route, data: s
         api.new_key_holder()  # the partner holds all the keys it may: make the next ones for another
 
 
-@pytest.mark.cost(45)
 @BODIES
 @given(sub_id=PATH_IDS, webhook_id=PATH_IDS)
 def test_redelivering_a_message_answers_a_documented_status(

@@ -194,14 +194,12 @@ def _refuses_only_with(allowed: type[Exception], call: Callable[[], object]) -> 
     assert reason
 
 
-@pytest.mark.cost(55)
 @MANY
 @given(value=untrusted_values, headers=headers_strategy)
 def test_the_decoder_only_ever_refuses_with_a_contract_error(value: bytes, headers: list[Any]) -> None:
     _refuses_only_with(ContractError, lambda: CODEC.decode(value, headers))
 
 
-@pytest.mark.cost(55)
 @MANY
 @given(value=untrusted_values, headers=headers_strategy)
 def test_peek_only_ever_refuses_with_a_decode_error(value: bytes, headers: list[Any]) -> None:
@@ -246,7 +244,6 @@ def mutated_callbacks(draw: st.DrawFn) -> Any:
     return jsonwire.loads_strict(json.dumps(document, allow_nan=False))
 
 
-@pytest.mark.cost(95)
 @MANY
 @given(payload=mutated_callbacks())
 def test_payment_confirmations_only_ever_refuse_with_a_contract_error(payload: Any) -> None:
@@ -255,7 +252,6 @@ def test_payment_confirmations_only_ever_refuse_with_a_contract_error(payload: A
     _refuses_only_with(ContractError, lambda: handler(document, provider_event_id="evt_1"))
 
 
-@pytest.mark.cost(90)
 @MANY
 @given(payload=st.one_of(json_values, mutated_callbacks()))
 def test_kyc_callbacks_only_ever_refuse_with_a_contract_error(payload: Any) -> None:
