@@ -158,3 +158,61 @@ def test_log_tail_keeps_only_the_last_lines(tmp_path: Path) -> None:
     assert lines[-1] == "line 200"
     assert len(lines) == 60
     assert log_tail(tmp_path / "missing.log") == ""
+
+
+def test_a_loading_coordinator_is_tried_again_even_where_warnings_are_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted broker answers ``COORDINATOR_LOAD_IN_PROGRESS`` for a while; closing the
+    probe's producer then warns that its abort conflicts with the init.  The probe tries again
+    (the tests run with warnings as errors, where that warning used to end the wait)."""
+    import warnings
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from processors_dev.devbroker import _probe
+
+    attempts: list[str] = []
+
+    class LoadingThenReady:
+        def __init__(self, _conf: object) -> None:
+            pass
+
+        def init_transactions(self, _timeout: float) -> None:
+            attempts.append("init")
+            if len(attempts) < 3:
+                raise KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
+
+        def close(self) -> None:
+            if len(attempts) < 3:
+                warnings.warn(
+                    "Producer abort_transaction failed during close: Conflicting init_transactions "
+                    "API call is already in progress",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+
+    class OneBroker:
+        def __init__(self, _conf: object) -> None:
+            pass
+
+        def list_topics(self, timeout: float) -> object:
+            return SimpleNamespace(brokers={1: object()})
+
+    monkeypatch.setattr(_probe, "Producer", LoadingThenReady)
+    monkeypatch.setattr(_probe, "AdminClient", OneBroker)
+    monkeypatch.setattr(_probe, "_RETRY_PAUSE_S", 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _probe.wait_until_ready("127.0.0.1:9", timeout_s=30, transactions=True)
+    assert attempts == ["init", "init", "init"]
+    # Any other warning from close() still surfaces.
+    attempts.clear()
+    monkeypatch.setattr(
+        LoadingThenReady, "close", lambda _self: warnings.warn("other", RuntimeWarning, stacklevel=1)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="other"):
+            _probe.wait_until_ready("127.0.0.1:9", timeout_s=30, transactions=True)
