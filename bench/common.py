@@ -35,26 +35,18 @@ from processors_dev.samples import premium_due_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRODUCTION_LOGGING = (
-    "logging as processors run sets it up (INFO, JSON lines), to /dev/null; warnings also to stderr"
-)
+PRODUCTION_LOGGING = "logging as processors run sets it up (INFO, JSON lines, one stream), to /dev/null"
 
 
 def production_logging() -> str:
-    """Log as ``processors run`` does (INFO, redacted JSON lines), to /dev/null, warnings also to
-    stderr: the app pays its log lines (the audit line of every outbound call) as in production,
-    and the floors, which write the same audit line, pay them too.  Returns the bench's note."""
-    import logging
-
+    """Log as ``processors run`` does (INFO, redacted JSON lines to one stream), to /dev/null:
+    the app pays its log lines (the audit line of every outbound call) as in production, and
+    the floors, which write the same audit line, pay them too.  Warnings go there as well:
+    a second handler would format them twice, which production does not.  Returns the
+    bench's note."""
     from processors.observability import configure_logging
-    from processors.observability.logs import RedactingFilter, TextFormatter
 
     configure_logging("INFO", json_format=True, stream=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
-    warnings = logging.StreamHandler(sys.stderr)
-    warnings.setLevel(logging.WARNING)
-    warnings.addFilter(RedactingFilter())
-    warnings.setFormatter(TextFormatter())
-    logging.getLogger().addHandler(warnings)
     return PRODUCTION_LOGGING
 
 
