@@ -49,7 +49,7 @@ from pydantic import (
 
 from processors.contract import UtcDatetime
 from processors.errors import Backpressure, Permanent, Retriable
-from processors.observability.logs import EXTRAS_REDACTED
+from processors.observability.logs import EXTRAS_READY, EXTRAS_REDACTED
 from processors.observability.redact import _scrub, redact, redact_text
 
 __all__ = [
@@ -624,19 +624,37 @@ def audit_line(value: bytes, outcome: str, audit_id: UUID | None = None) -> None
             log.exception("audit event %s could not be logged", audit_id)
 
 
+_LINE_FORMAT: Final = "%s %s %s: %s (%s) in %.1f ms"
+
+
 def _log_line(level: int, fields: dict[str, Any]) -> None:
-    """The audit log line of one event, from its JSON-ready fields (already redacted)."""
-    _audit_log.log(
+    """The audit log line of one event, from its JSON-ready fields (already redacted).
+
+    The record is made and handed to the logger directly: ``Logger.log`` would also walk the
+    stack to find its caller, which is always this function."""
+    extra = {**fields, EXTRAS_REDACTED: True, EXTRAS_READY: fields}
+    record = _audit_log.makeRecord(
+        AUDIT_LOGGER_NAME,
         level,
-        "%s %s %s: %s (%s) in %.1f ms",
-        fields["direction"],
-        fields["endpoint"],
-        fields["operation"],
-        fields["status"],
-        fields["outcome"],
-        fields["latency_ms"],
-        extra={**fields, EXTRAS_REDACTED: True},
+        __file__,
+        _LINE_NUMBER,
+        _LINE_FORMAT,
+        (
+            fields["direction"],
+            fields["endpoint"],
+            fields["operation"],
+            fields["status"],
+            fields["outcome"],
+            fields["latency_ms"],
+        ),
+        None,
+        "_log_line",
+        extra,
     )
+    _audit_log.handle(record)
+
+
+_LINE_NUMBER: Final = _log_line.__code__.co_firstlineno
 
 
 def audit_logger(app: str, sink: AuditSink | None = None) -> AuditLogger:

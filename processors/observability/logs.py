@@ -33,6 +33,8 @@ from enum import Enum
 from typing import IO, Any, Final
 from uuid import UUID
 
+import orjson
+
 from processors.errors import ConfigError
 from processors.observability.redact import (
     MASK,
@@ -64,6 +66,10 @@ EXTRAS_REDACTED: Final = "_processors_extras_redacted"
 """Set (``extra={..., EXTRAS_REDACTED: True}``) by callers whose ``extra`` values already came
 out of :func:`redact` (the audit logger's validated :class:`AuditEvent` fields), so the
 filter does not walk them twice.  Nothing else may set it."""
+EXTRAS_READY: Final = "_processors_extras"
+"""Set (``extra={**fields, EXTRAS_READY: fields}``) by callers that already hold their
+``extra`` fields as one dict (the audit log line), so :func:`log_extras` returns it instead of
+scanning the record.  Nothing else may set it."""
 _EXC_TYPE: Final = "_processors_exc_type"
 _CORE_KEYS: Final = frozenset({"ts", "level", "logger", "msg", "exc_type", "exc", "stack"})
 
@@ -71,12 +77,13 @@ _exception_formatter = logging.Formatter()
 
 
 def log_extras(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra={...}`` fields of ``record`` (attributes a plain LogRecord does not have)."""
-    return {
-        key: value
-        for key, value in record.__dict__.items()
-        if key not in _STANDARD_ATTRS and not key.startswith("_")
-    }
+    """The ``extra={...}`` fields of ``record`` (attributes a plain LogRecord does not have, and
+    whose names do not start with ``_``)."""
+    ready = record.__dict__.get(EXTRAS_READY)
+    if ready is not None:
+        return ready  # type: ignore[no-any-return]
+    standard = _STANDARD_ATTRS
+    return {key: value for key, value in record.__dict__.items() if key not in standard and key[:1] != "_"}
 
 
 class RedactingFilter(logging.Filter):
@@ -112,10 +119,25 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted and its "YYYY-MM-DDTHH:MM:SS"
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return (
-        datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    """``record.created`` as UTC ISO 8601 with milliseconds and ``Z``."""
+    global _second
+    second, micros = divmod(round(record.created * 1_000_000), 1_000_000)  # as datetime rounds
+    cached = _second  # one tuple, replaced whole: threads never see a half-updated pair
+    if cached[0] == second:
+        prefix = cached[1]
+    else:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (second, prefix)
+    return f"{prefix}.{micros // 1000:03d}Z"
+
+
+_ORJSON_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+"""Dataclasses and datetimes go through :func:`_json_default` as with ``json``: a dataclass is
+written as ``<Name>``, never field by field (its fields were not redacted)."""
 
 
 def _json_default(value: Any) -> Any:
@@ -156,7 +178,10 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=_json_default, ensure_ascii=False)
+        try:
+            return orjson.dumps(entry, default=_json_default, option=_ORJSON_OPTIONS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # a non-str key, an int beyond 64 bits, …
+            return json.dumps(entry, default=_json_default, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):

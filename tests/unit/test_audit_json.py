@@ -276,6 +276,39 @@ def test_with_the_audit_log_line_on_the_record_is_logged_with_its_error_redacted
     assert line["error"] == "RuntimeError: to ***"
 
 
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_handlers_of_the_audit_logger_get_a_record_with_every_field(outcome: str) -> None:
+    """The line's record is made without ``Logger.log``: a handler of its own (an operator's,
+    on the audit logger or the root) still gets the fields as attributes, its level and where
+    it was logged."""
+    got: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    keep = Keep()
+    audit_log = logging.getLogger("processors.audit")
+    audit_log.addHandler(keep)
+    configure_logging("INFO", stream=io.StringIO())
+    sent: list[bytes] = []
+    sink = KafkaAuditSink(lambda topic, key, value: sent.append(value), "integrations.audit")
+    try:
+        _record(audit_logger("payments", sink), outcome=outcome)
+    finally:
+        audit_log.removeHandler(keep)
+        configure_logging("WARNING", stream=io.StringIO())
+    [record] = got
+    [value] = sent
+    assert record.levelno == (logging.INFO if outcome == "success" else logging.WARNING)
+    assert record.name == "processors.audit"
+    assert record.pathname.endswith(os.path.join("observability", "audit.py"))
+    assert record.funcName == "_log_line"
+    fields = AuditEvent.from_json(value).log_fields()
+    assert {key: getattr(record, key) for key in fields} == fields
+    assert record.getMessage().startswith(f"outbound payment-gateway charge: {fields['status']} ({outcome})")
+
+
 def test_a_sink_without_json_gets_the_model() -> None:
     sink = MemoryAuditSink()
     _record(audit_logger("payments", sink))

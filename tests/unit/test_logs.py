@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -16,6 +21,7 @@ from processors.observability import (
     RedactingFilter,
     clear_secrets,
     configure_logging,
+    logs,
     register_secret,
 )
 
@@ -224,3 +230,95 @@ def test_the_filter_can_protect_any_handler() -> None:
         child.removeHandler(handler)
         child.propagate = True
     assert out.getvalue() == "token *** for ***\n"
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Holder:
+    card_token: str
+
+
+def _reference_line(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the standard library's ``json`` writes for ``entry`` with the formatter's default."""
+    return json.loads(json.dumps(entry, default=logs._json_default, ensure_ascii=False))  # type: ignore[no-any-return]
+
+
+def test_extra_values_are_written_as_the_standard_json_writer_writes_them(stream: io.StringIO) -> None:
+    extra: dict[str, Any] = {
+        "amount": Decimal("1185.50"),
+        "audit_id": UUID("3b2c1d4e-0000-4000-8000-000000000001"),
+        "at": datetime(2026, 12, 7, 19, 0, 0, 123456, tzinfo=UTC),
+        "naive": datetime(2026, 12, 7, 19, 0),
+        "day": date(2026, 12, 7),
+        "clock": dt_time(19, 30),
+        "colour": _Colour.RED,
+        "tags": {"b"},
+        "pair": ("a", 1),
+        "nested": {"list": [1, 2.5, None, True], "text": "Zürich ✓"},
+        "ratio": 0.1,
+    }
+    log.info("values", extra=extra)
+    [line] = _lines(stream)
+    assert {key: line[key] for key in extra} == _reference_line(extra)
+
+
+def test_the_formatter_names_a_dataclass_never_writes_it_field_by_field() -> None:
+    # the redacting filter masks it first; the formatter alone must not spill it either
+    record = log.makeRecord(
+        log.name, logging.INFO, __file__, 1, "holder", None, None,
+        extra={"holder": _Holder(card_token=CARD_TOKEN)},
+    )  # fmt: skip
+    text = logs.JsonFormatter().format(record)
+    assert json.loads(text)["holder"] == "<_Holder>"
+    assert CARD_TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1: "non-text key"}, 2**70, {"deep": {2: "x"}}],
+    ids=["int-key", "int-beyond-64-bits", "nested-int-key"],
+)
+def test_values_the_fast_writer_refuses_are_still_written(stream: io.StringIO, value: Any) -> None:
+    log.info("odd", extra={"odd": value})
+    [line] = _lines(stream)
+    assert line["odd"] == _reference_line({"odd": value})["odd"]
+    assert line["msg"] == "odd"
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        1796682771.0,
+        1796682771.001,
+        1796682771.0005,
+        1796682771.999,
+        1796682771.9994,
+        1796682771.123456,
+        1577836799.9990001,  # last millisecond of 2019
+        951782400.5,  # 29 February 2000
+        *[1796682771 + i / 997 for i in range(0, 997, 37)],
+    ],
+)
+def test_the_timestamp_is_utc_iso_with_milliseconds_as_datetime_writes_it(created: float) -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.created = created
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert logs._timestamp(record) == expected
+    assert logs._timestamp(record) == expected  # the cached second gives the same
+
+
+def test_ready_extras_are_the_fields_given_and_the_record_carries_them_too() -> None:
+    fields = {"app": "payments", "attempt": 1}
+    record = logging.getLogger("processors.test.logs").makeRecord(
+        "processors.test.logs", logging.INFO, __file__, 1, "m", None, None,
+        extra={**fields, logs.EXTRAS_READY: fields},
+    )  # fmt: skip
+    assert logs.log_extras(record) == fields
+    assert record.app == "payments"  # type: ignore[attr-defined]
+    plain = logging.getLogger("processors.test.logs").makeRecord(
+        "processors.test.logs", logging.INFO, __file__, 1, "m", None, None, extra=fields
+    )
+    assert logs.log_extras(plain) == fields
