@@ -28,14 +28,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "tests/integration/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.integration)
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    items[:] = long_tests_first(items, workers)
+    items[:] = lock_holders_first(items, workers)
 
 
 def _takes_the_lock(item: pytest.Item) -> bool:
     return "one_heavy_at_a_time" in getattr(item, "fixturenames", ())
 
 
-def long_tests_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+def lock_holders_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     """The collection in the order that lets ``--dist worksteal`` finish soonest.
 
     Worksteal hands each worker one contiguous slice of the collection (the first

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import long_tests_first
+from tests.conftest import lock_holders_first
 
 
 @dataclass
@@ -31,18 +31,18 @@ def collection() -> list[Any]:
 
 def test_one_worker_keeps_the_collected_order() -> None:
     items = collection()
-    assert long_tests_first(items, 1) == items
+    assert lock_holders_first(items, 1) == items
 
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_the_lock_holders_lead_the_first_slice(workers: int) -> None:
-    ordered = long_tests_first(collection(), workers)
+    ordered = lock_holders_first(collection(), workers)
     assert [i.name for i in first_slice(ordered, workers)[:2]] == ["fanout", "bordereaux-100k"]
 
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_every_other_test_keeps_its_collected_order(workers: int) -> None:
-    ordered = long_tests_first(collection(), workers)
+    ordered = lock_holders_first(collection(), workers)
     assert sorted(i.name for i in ordered) == sorted(i.name for i in collection())
     rest = [i.name for i in collection() if i.name not in ("fanout", "bordereaux-100k")]
     assert [i.name for i in ordered[2:]] == rest
