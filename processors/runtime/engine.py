@@ -3,7 +3,12 @@
 One ``Engine`` = one consumer group = one app.  The engine
 
 * polls in a dedicated thread (all consumer calls happen there, librdkafka consumers are not
-  thread-safe) while handlers run concurrently on the asyncio loop;
+  thread-safe) while handlers run concurrently on the asyncio loop.  The thread keeps fetching
+  on its own: each batch is handed to the loop as one callback, and the next fetch starts as
+  soon as the loop has taken it in, not after a round trip through the poll coroutine (which
+  costs the loop two more turns per batch: a record's wait from the broker to its handler is
+  about halved under load).  It goes back to the loop when the loop has pauses, resumes or
+  seeks for it, when commits are due, and on stopping;
 * keeps each key's records in order (``Ordering.KEY``), or each partition's
   (``Ordering.PARTITION``), or none (``Ordering.UNORDERED``);
 * bounds buffered work per partition and per app, and *pauses partitions* at the bound instead
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -194,6 +200,8 @@ class Engine:
         self._to_seek: dict[TP, int] = {}
         self._endpoint_waiters: dict[str, int] = {}
         self._stopping = asyncio.Event()
+        self._wake = threading.Event()  # set on the loop: it has changes for the poll thread
+        self._taken = threading.Event()  # set on the loop: it took the batch the thread handed over
         self._draining = False
         self._last_commit = 0.0
         self._assigned_once = asyncio.Event()
@@ -223,6 +231,7 @@ class Engine:
     def stop(self) -> None:
         """Ask the engine to stop: no more fetching; ``run()`` drains, commits and returns."""
         self._stopping.set()
+        self._wake.set()
 
     async def run(self) -> None:
         """Consume until ``stop()``; always drains, commits and closes on the way out."""
@@ -261,6 +270,7 @@ class Engine:
         while not self._stopping.is_set():
             if self._fatal is not None:
                 raise self._fatal
+            self._wake.clear()  # before taking the changes: one made after them wakes the thread
             pause, resume = self._take_pause_changes()
             seeks = self._take_seeks()
             commits: list[confluent_kafka.TopicPartition] = []
@@ -271,9 +281,8 @@ class Engine:
                 if self._transactional is not None:
                     await self._commit_transaction(commits)
                     commits = []
-            msgs = await loop.run_in_executor(self._executor, self._poll_step, pause, resume, seeks, commits)
-            for msg in msgs:
-                self._dispatch(msg)
+            until = self._last_commit + interval_s
+            await loop.run_in_executor(self._executor, self._poll_step, pause, resume, seeks, commits, until)
 
     def _poll_step(
         self,
@@ -281,8 +290,15 @@ class Engine:
         resume: list[TP],
         seeks: list[confluent_kafka.TopicPartition],
         commits: list[confluent_kafka.TopicPartition],
-    ) -> Sequence[KafkaMessage]:
-        """Runs on the poll thread: the only place consumer methods are called (with callbacks)."""
+        until: float,
+    ) -> None:
+        """Runs on the poll thread: the only place consumer methods are called (with callbacks).
+
+        Applies the loop's changes, then fetches and hands each batch to the loop
+        (:meth:`_take`), waiting until the loop has taken it before fetching again (so a
+        partition the batch filled to its bound is paused before anything more is fetched).
+        Returns when the loop has changes (``_wake``), when commits are due (``until``,
+        monotonic), on stopping or a fatal error."""
         consumer = self._consumer
         assert consumer is not None
         if pause:
@@ -297,9 +313,32 @@ class Engine:
             _pause_resume(consumer.resume, resume)
         if commits:
             self._commit(consumer, commits, asynchronous=True)
-        msgs = fetch(consumer, self.settings.poll_batch, self.settings.poll_timeout_ms / 1000)
-        # confluent_kafka.Message satisfies KafkaMessage; its stub types headers more loosely.
-        return cast(Sequence[KafkaMessage], msgs)
+        loop = self._loop
+        assert loop is not None
+        batch, timeout_s = self.settings.poll_batch, self.settings.poll_timeout_ms / 1000
+        wake, taken, stopping = self._wake, self._taken, self._stopping
+        while True:
+            msgs = fetch(consumer, batch, timeout_s)
+            if msgs:
+                taken.clear()
+                loop.call_soon_threadsafe(self._take, msgs)
+                while not taken.wait(1.0):
+                    if loop.is_closed():
+                        return
+            if wake.is_set() or stopping.is_set() or self._fatal is not None or time.monotonic() >= until:
+                return
+
+    def _take(self, msgs: Sequence[Any]) -> None:
+        """On the loop: the batch the poll thread fetched, dispatched in order."""
+        try:
+            for msg in msgs:
+                # confluent_kafka.Message satisfies KafkaMessage; its stub types headers more loosely.
+                self._dispatch(cast(KafkaMessage, msg))
+        except BaseException as exc:  # a fatal consumer error: the poll loop raises it
+            self._fatal = self._fatal or exc
+            self._wake.set()
+        finally:
+            self._taken.set()
 
     def _commit(
         self,
@@ -443,6 +482,7 @@ class Engine:
         state.deferred_until = due
         self._pause(state, "not-due")
         self._to_seek[state.tp] = offset
+        self._wake.set()
         state.deferred_timer = loop.call_later(max(0.0, due - time.time()), self._undefer, state)
 
     def _undefer(self, state: PartitionState) -> None:
@@ -582,6 +622,7 @@ class Engine:
         if not was_paused:
             self._to_resume.discard(state.tp)
             self._to_pause.add(state.tp)
+            self._wake.set()
 
     def _unpause(self, state: PartitionState, reason: str) -> None:
         if reason not in state.pause_reasons or self._parts.get(state.tp) is not state:
@@ -590,6 +631,7 @@ class Engine:
         if not state.paused:
             self._to_pause.discard(state.tp)
             self._to_resume.add(state.tp)
+            self._wake.set()
 
     def pause_partitions(self, partitions: Sequence[TP], reason: str) -> None:
         """Pause fetching for ``partitions`` until ``resume_partitions`` with the same reason."""
@@ -732,6 +774,7 @@ class Engine:
         loop = self._loop
         assert loop is not None
         self._draining = True
+        self._wake.set()  # a poll step still running (the poll loop was cancelled) hands back at once
         for state in self._parts.values():
             state.halted.set()
             if state.deferred_timer is not None:

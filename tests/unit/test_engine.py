@@ -456,3 +456,32 @@ async def test_a_partition_taken_back_while_its_old_work_outlives_the_grace_gets
         release.set()
         engine.stop()
         await task
+
+
+async def test_the_poll_thread_fetches_again_once_the_loop_took_a_batch_not_after_a_poll_step() -> None:
+    """Between two commits, with nothing to pause or seek, one poll step fetches batch after
+    batch: each is handed to the loop and the next fetch follows as soon as the loop took it,
+    without a round trip through the poll coroutine for every batch."""
+    msgs = [_msg(0, i, f"K{i}") for i in range(12)]
+    consumer, producer, proc = FakeConsumer(msgs, [0]), FakeProducer(), ScriptedProcessor()
+    engine = Engine(
+        proc,  # type: ignore[arg-type]
+        consumer_conf={"group.id": "g"},
+        producer=producer,
+        settings=EngineSettings(commit_interval_ms=60_000, poll_batch=1),
+        consumer_factory=consumer,
+    )
+    steps = 0
+    step = engine._poll_step
+
+    def counted(*args: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        return step(*args)
+
+    engine._poll_step = counted  # type: ignore[method-assign]
+    await _run_until(engine, lambda: len(producer.sent) == 12)
+    assert len(proc.started) == 12
+    assert consumer.consume_calls >= 12  # one record per fetch (poll_batch 1)
+    assert steps <= 2  # the first step fetched them all (a second one at most, once stopping)
+    assert consumer.last_commit(0) == 12  # committed on the way out
