@@ -33,8 +33,6 @@ from enum import Enum
 from typing import IO, Any, Final
 from uuid import UUID
 
-import orjson
-
 from processors.errors import ConfigError
 from processors.observability.redact import (
     MASK,
@@ -135,11 +133,6 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{prefix}.{micros // 1000:03d}Z"
 
 
-_ORJSON_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-"""Dataclasses and datetimes go through :func:`_json_default` as with ``json``: a dataclass is
-written as ``<Name>``, never field by field (its fields were not redacted)."""
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal | UUID):
         return str(value)
@@ -178,10 +171,8 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        try:
-            return orjson.dumps(entry, default=_json_default, option=_ORJSON_OPTIONS).decode()
-        except (TypeError, orjson.JSONEncodeError):  # a non-str key, an int beyond 64 bits, …
-            return json.dumps(entry, default=_json_default, ensure_ascii=False)
+        # The standard writer's layout (", " and ": "): operators' tooling may match on it.
+        return json.dumps(entry, default=_json_default, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):

@@ -246,6 +246,14 @@ def _reference_line(entry: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(entry, default=logs._json_default, ensure_ascii=False))  # type: ignore[no-any-return]
 
 
+def test_the_line_is_laid_out_as_the_standard_json_writer_lays_it_out(stream: io.StringIO) -> None:
+    # Operators' tooling may match on the layout (``"level": "ERROR"``), not only parse it.
+    log.warning("laid out", extra={"app": "payments", "nested": {"a": [1, 2]}})
+    [text] = stream.getvalue().splitlines()
+    assert text == json.dumps(json.loads(text), ensure_ascii=False)
+    assert '"level": "WARNING"' in text
+
+
 def test_extra_values_are_written_as_the_standard_json_writer_writes_them(stream: io.StringIO) -> None:
     extra: dict[str, Any] = {
         "amount": Decimal("1185.50"),
@@ -281,7 +289,7 @@ def test_the_formatter_names_a_dataclass_never_writes_it_field_by_field() -> Non
     [{1: "non-text key"}, 2**70, {"deep": {2: "x"}}],
     ids=["int-key", "int-beyond-64-bits", "nested-int-key"],
 )
-def test_values_the_fast_writer_refuses_are_still_written(stream: io.StringIO, value: Any) -> None:
+def test_values_beyond_plain_json_are_still_written(stream: io.StringIO, value: Any) -> None:
     log.info("odd", extra={"odd": value})
     [line] = _lines(stream)
     assert line["odd"] == _reference_line({"odd": value})["odd"]
