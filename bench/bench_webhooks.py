@@ -28,11 +28,14 @@ Ratios: webhooks/ceiling (throughput and CPU per delivery, target ≥ 0.70), web
 product is from the cheapest code with its guarantees), isolation (webhooks-dead10 against
 webhooks, throughput, target ≥ 0.90) and bare/ceiling (no target).
 
-Then the latency a partner feels, of the product (``webhooks``) and then of its floor
-(``webhooks-floor``, the same prototype), each on fresh topics and subscriptions in the same
-run: events are produced at a paced rate, so that the 100 endpoints (same layout, all healthy,
-answering at once) receive ``--latency-rate`` deliveries/s (default 500) for
-``--latency-seconds`` (default 20) after a short warm-up; each delivery's latency is the
+Then the latency a partner feels, of the product (``webhooks``) and of its floor
+(``webhooks-floor``, the same prototype), in phases on fresh topics and subscriptions in the
+same run: one discarded round of both, then ``--latency-rounds`` (default 3) interleaved, and
+the median of each figure over the rounds (a single phase on this shared machine now and then
+stalls for seconds, in either subject, and one such phase made a whole run's figures
+meaningless).  In a phase, events are produced at a paced rate, so that the 100 endpoints (same
+layout, all healthy, answering at once) receive ``--latency-rate`` deliveries/s (default 500)
+for ``--latency-seconds`` (default 10) after a short warm-up; each delivery's latency is the
 partner's receive time (recorded by the sandbox receiver per delivery, ``time.time()``) minus
 its event's produce time (``time.time()`` in this process, just before ``Producer.produce``,
 ``linger.ms`` 0), matched through the delivery's ``webhook-id`` (a hash of the subscription and
@@ -527,6 +530,40 @@ async def e2e_latency(
     return measure_latency(sent, received, window_start=started_at + warmup_s, cpu=cpu)
 
 
+async def _e2e_phase(
+    info: BrokerInfo,
+    partners: Partners,
+    stage: str,
+    subject: Subject,
+    **kwargs: Any,
+) -> Latency:
+    """One e2e latency phase; a floor phase that left the healthy path is measured again."""
+    for spoiled in range(SPOILED_RUNS_ALLOWED + 1):
+        try:
+            return await e2e_latency(info, partners, subject, **kwargs)
+        except RunSpoiled as exc:  # only the floor's runs are ever discarded
+            if spoiled == SPOILED_RUNS_ALLOWED:
+                raise
+            print(f"    {stage}: phase discarded ({exc}); measuring again on fresh topics")
+    raise AssertionError("unreachable")
+
+
+def median_latency(runs: Sequence[Latency]) -> Latency:
+    """The median of each figure over ``runs`` (p50 and p99 each their own median); counts summed,
+    CPU from the run whose p50 is the median one."""
+    by_p50 = sorted(runs, key=lambda r: r.p50_ms)
+    middle = by_p50[(len(by_p50) - 1) // 2]
+    return Latency(
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        rate_per_s=statistics.median(r.rate_per_s for r in runs),
+        measured=sum(r.measured for r in runs),
+        missing=sum(r.missing for r in runs),
+        events_per_s=statistics.median(r.events_per_s for r in runs),
+        cpu=middle.cpu,
+    )
+
+
 def _latency_ratio(floor: float, product: float) -> float:
     """Floor latency / product latency (≤ 1 when the product is slower; NaN without figures)."""
     return round(floor / product, 3) if product > 0 else math.nan
@@ -556,7 +593,10 @@ async def main() -> None:
     )
     parser.add_argument("--latency-ms", type=int, default=20, help="receivers' answer delay (throughput)")
     parser.add_argument(
-        "--latency-seconds", type=float, default=20.0, help="measured e2e latency phase (0: skip)"
+        "--latency-seconds", type=float, default=10.0, help="measured e2e latency per phase (0: skip)"
+    )
+    parser.add_argument(
+        "--latency-rounds", type=int, default=3, help="interleaved e2e rounds after a discarded one"
     )
     parser.add_argument("--latency-warmup", type=float, default=3.0, help="seconds before it is measured")
     parser.add_argument("--latency-rate", type=float, default=500.0, help="deliveries/s in the latency phase")
@@ -604,29 +644,31 @@ async def main() -> None:
                         settings, catalogue, concurrency=args.concurrency
                     ),
                 }
-                for stage, subject in subjects.items():
-                    print(
-                        f"  e2e latency {stage}: {args.latency_rate:.0f} deliveries/s, receivers answering "
-                        f"at once, {args.latency_warmup:.0f} s warm-up + {args.latency_seconds:.0f} s measured"
-                    )
-                    for spoiled in range(SPOILED_RUNS_ALLOWED + 1):
-                        try:
-                            latencies[stage] = await e2e_latency(
-                                info,
-                                partners,
-                                subject,
-                                rate=args.latency_rate,
-                                seconds=args.latency_seconds,
-                                warmup_s=args.latency_warmup,
-                                **limits,
-                            )
-                        except RunSpoiled as exc:  # only the floor's runs are ever discarded
-                            if spoiled == SPOILED_RUNS_ALLOWED:
-                                raise
-                            print(f"    {stage}: phase discarded ({exc}); measuring again on fresh topics")
-                            continue
-                        break
-                    print(_latency_line(stage, latencies[stage]))
+                print(
+                    f"  e2e latency: {args.latency_rate:.0f} deliveries/s, receivers answering at once, "
+                    f"{args.latency_warmup:.0f} s warm-up + {args.latency_seconds:.0f} s measured per phase; "
+                    f"one discarded round, then {args.latency_rounds} interleaved, medians"
+                )
+                per_round: dict[str, list[Latency]] = {stage: [] for stage in subjects}
+                for index in range(args.latency_rounds + 1):
+                    for stage, subject in subjects.items():
+                        latency = await _e2e_phase(
+                            info,
+                            partners,
+                            stage,
+                            subject,
+                            rate=args.latency_rate,
+                            seconds=args.latency_seconds,
+                            warmup_s=args.latency_warmup,
+                            **limits,
+                        )
+                        label = "warm-up" if index == 0 else f"round {index}"
+                        print(_latency_line(f"{label} {stage}", latency))
+                        if index > 0:
+                            per_round[stage].append(latency)
+                latencies = {stage: median_latency(runs_) for stage, runs_ in per_round.items()}
+                for stage, latency in latencies.items():
+                    print(_latency_line(f"median {stage}", latency))
             bodies = partners.bodies
 
     figures: dict[str, float] = {}
