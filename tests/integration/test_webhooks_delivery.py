@@ -88,7 +88,7 @@ async def test_ordered_subscription_keeps_entity_order_while_the_partner_fails(
             publish(kafka_bootstrap, f"{prefix}insurance.policy.events", events)
             expected = {webhook_id_for(sub.id, str(e.event_id)) for e in events}
             async with asyncio.timeout(240):
-                await partner.wait_until(lambda p: expected <= p.accepted_ids())
+                await partner.wait_until(lambda p: p.has_accepted(expected))
         finally:
             stop.set()
             await task
@@ -303,7 +303,7 @@ async def test_after_a_410_an_operator_re_enables_and_recovers_what_was_skipped(
             expected = {i for i in queued if i is not None}
             assert expected <= {webhook_id_for(sub.id, str(e.event_id)) for e in events}
             async with asyncio.timeout(60):
-                await partner.wait_until(lambda p: expected <= p.accepted_ids())
+                await partner.wait_until(lambda p: p.has_accepted(expected))
             status, attempts = await api.call("GET", f"/api/v1/webhooks/{sub.id}/attempts?limit=500")
         finally:
             stop.set()

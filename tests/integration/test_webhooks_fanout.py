@@ -146,7 +146,7 @@ async def all_received(partners: dict[str, tuple[Partner, set[str]]], timeout_s:
     try:
         async with asyncio.timeout(timeout_s):
             for partner, expected in partners.values():
-                await partner.wait_until(lambda p, want=expected: want <= p.accepted_ids())  # type: ignore[misc]
+                await partner.wait_until(lambda p, want=expected: p.has_accepted(want))  # type: ignore[misc]
     except TimeoutError:
         missing = {
             name: len(expected - partner.accepted_ids())

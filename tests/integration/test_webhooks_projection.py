@@ -78,7 +78,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def received_all(partner: Partner, ids: set[str], timeout_s: float = 120) -> None:
     try:
         async with asyncio.timeout(timeout_s):
-            await partner.wait_until(lambda p: ids <= p.accepted_ids())
+            await partner.wait_until(lambda p: p.has_accepted(ids))
     except TimeoutError:
         missing = len(ids - partner.accepted_ids())
         raise AssertionError(f"{missing} deliveries still missing after {timeout_s} s") from None

@@ -283,3 +283,23 @@ async def test_the_regulator_keeps_the_newest_upload_records(tmp_path: Path) -> 
     assert DEFAULT_MAX_UPLOADS == 100_000
     with pytest.raises(ValueError, match="max_uploads"):
         SftpRegulator(tmp_path, max_uploads=0)
+
+
+async def test_has_accepted_asks_for_every_id_and_only_remembered_ones_count(serve: Any) -> None:
+    receivers = PartnerReceivers(PartnersConfig(max_ids=3))
+    client = await serve(receivers)
+    partner = receivers.add("acme", PartnerBehaviour(), [SECRET])
+    body = b'{"event_type":"policy.issued"}'
+    assert partner.has_accepted(set())
+    assert not partner.has_accepted({"msg_0"})
+    for i in range(2):
+        response = await client.post("/partners/acme", data=body, headers=signed(f"msg_{i}", body))
+        assert response.status == 200, await response.text()
+    assert partner.has_accepted({"msg_0", "msg_1"})
+    assert not partner.has_accepted({"msg_0", "msg_9"})  # as many remembered as asked, one missing
+    assert not partner.has_accepted({"msg_0", "msg_1", "msg_2"})
+    for i in range(2, 5):
+        response = await client.post("/partners/acme", data=body, headers=signed(f"msg_{i}", body))
+        assert response.status == 200, await response.text()
+    assert partner.has_accepted({"msg_2", "msg_3", "msg_4"})
+    assert not partner.has_accepted({"msg_0"})  # forgotten: only 3 ids are remembered
