@@ -695,13 +695,15 @@ async def main() -> None:
         notes.append(
             f"e2e latency: event produced (time.time() before Producer.produce, linger.ms 0) → partner received "
             f"(sandbox receiver's time.time()), same machine; {latency.events_per_s:.1f} events/s fanned out "
-            f"to 11-12 endpoints each, {latency.measured} deliveries measured over {args.latency_seconds:.0f} s"
+            f"to 11-12 endpoints each, {latency.measured} deliveries measured in {args.latency_rounds} "
+            f"interleaved rounds of {args.latency_seconds:.0f} s after a discarded one; p50 and p99 are "
+            "the medians of the rounds'"
             + (f", {latency.missing} never received" if latency.missing else "")
             + f"; this process kept {latency.cpu.cpu_share:.2f} cores busy"
         )
         notes.append(
-            f"e2e latency of the floor (bench/floor_webhooks.py), measured after the product the same way on "
-            f"fresh topics: {floor.events_per_s:.1f} events/s, {floor.measured} deliveries measured"
+            f"e2e latency of the floor (bench/floor_webhooks.py), in rounds interleaved with the product's, "
+            f"the same way on fresh topics: {floor.events_per_s:.1f} events/s, {floor.measured} deliveries measured"
             + (f", {floor.missing} never received" if floor.missing else "")
             + f"; this process kept {floor.cpu.cpu_share:.2f} cores busy; e2e_*_floor/product is the "
             "floor's latency over the product's (≥ 0.90: the product within 10 % of its floor)"
