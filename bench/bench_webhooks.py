@@ -56,6 +56,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import math
 import os
 import statistics
@@ -570,8 +571,12 @@ def _latency_ratio(floor: float, product: float) -> float:
 
 
 def _latency_line(stage: str, latency: Latency) -> str:
+    return f"    {stage}: {_latency_figures(latency)}"
+
+
+def _latency_figures(latency: Latency) -> str:
     return (
-        f"    {stage}: p50 {latency.p50_ms:.2f} ms, p99 {latency.p99_ms:.2f} ms over {latency.measured} "
+        f"p50 {latency.p50_ms:.2f} ms, p99 {latency.p99_ms:.2f} ms over {latency.measured} "
         f"deliveries ({latency.rate_per_s:.0f}/s received), {latency.missing} never received, "
         f"{latency.cpu.cpu_share:.2f} cores in this process"
     )
@@ -649,10 +654,10 @@ async def main() -> None:
                     f"{args.latency_warmup:.0f} s warm-up + {args.latency_seconds:.0f} s measured per phase; "
                     f"one discarded round, then {args.latency_rounds} interleaved, medians"
                 )
-                per_round: dict[str, list[Latency]] = {stage: [] for stage in subjects}
-                for index in range(args.latency_rounds + 1):
-                    for stage, subject in subjects.items():
-                        latency = await _e2e_phase(
+                per_round = await interleaved(
+                    {
+                        stage: functools.partial(
+                            _e2e_phase,
                             info,
                             partners,
                             stage,
@@ -662,10 +667,11 @@ async def main() -> None:
                             warmup_s=args.latency_warmup,
                             **limits,
                         )
-                        label = "warm-up" if index == 0 else f"round {index}"
-                        print(_latency_line(f"{label} {stage}", latency))
-                        if index > 0:
-                            per_round[stage].append(latency)
+                        for stage, subject in subjects.items()
+                    },
+                    rounds=args.latency_rounds,
+                    describe=_latency_figures,
+                )
                 latencies = {stage: median_latency(runs_) for stage, runs_ in per_round.items()}
                 for stage, latency in latencies.items():
                     print(_latency_line(f"median {stage}", latency))

@@ -29,9 +29,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from processors.runtime.collector import THRESHOLDS, collector_tuned
+
+T = TypeVar("T")
 
 __all__ = [
     "Comparison",
@@ -107,13 +109,17 @@ class Stopwatch:
 
 
 async def interleaved(
-    stages: Mapping[str, Callable[[], Awaitable[Run]]],
+    stages: Mapping[str, Callable[[], Awaitable[T]]],
     *,
     rounds: int = 3,
     warmup: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, list[Run]]:
+    describe: Callable[[Any], str] | None = None,
+) -> dict[str, list[T]]:
     """Run every stage once to warm up (discarded), then ``rounds`` times in turn.
+
+    A stage returns a :class:`Run` unless ``describe`` says how to print what it returns
+    (the webhooks bench's latency phases return their latency figures).
 
     With ``--profile STAGE`` (:func:`json_argument`), the first measured run of that stage is
     recorded by py-spy and its profile printed (:mod:`bench.profile`): this process's, or the
@@ -121,12 +127,13 @@ async def interleaved(
     """
     # Every stage in this process runs under the collector thresholds the product's runners
     # set for themselves (processors.runtime.collector): ceilings and floors get the same.
+    show = describe or _describe
     with collector_tuned():
         if warmup:
             for name, stage in stages.items():
                 run = await stage()
-                log(f"  warm-up {name}: {_describe(run)}")
-        runs: dict[str, list[Run]] = {name: [] for name in stages}
+                log(f"  warm-up {name}: {show(run)}")
+        runs: dict[str, list[T]] = {name: [] for name in stages}
         for index in range(rounds):
             for name, stage in stages.items():
                 if index == 0 and name == PROFILE.get("stage"):
@@ -139,7 +146,7 @@ async def interleaved(
                 else:
                     run = await stage()
                 runs[name].append(run)
-                log(f"  round {index + 1} {name}: {_describe(run)}")
+                log(f"  round {index + 1} {name}: {show(run)}")
     return runs
 
 
